@@ -1,0 +1,1 @@
+"""The competing networks, one module each: synthesizer S, classifier targets T."""

@@ -1,0 +1,125 @@
+r"""Launcher: `python -m terse_tf.train --flagfile=configs/affnist.flags`.
+
+Declares the flags, reads them once into a frozen TrainConfig and hands it to train_lib. Rerunning the same
+command resumes from the run directory's latest checkpoint; --fresh starts over.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+
+from absl import app, flags, logging
+
+from terse_tf import compositor, train_lib, trainer
+from terse_tf.data import affnist, mnist
+from terse_tf.errors import TerseError
+from terse_tf.networks import classifier
+
+# Run.
+flags.DEFINE_string("run_dir", "runs/affnist", "Directory for checkpoints, TensorBoard, results, exports.")
+flags.DEFINE_bool("fresh", False, "Delete this run's checkpoints, logs and exports first and start over.")
+flags.DEFINE_string("init_checkpoint", "", "Checkpoint prefix to initialise S and T from when the run "
+                    "directory has no checkpoint of its own.")
+flags.DEFINE_integer("seed", 0, "Seed for splits, initialisation and shuffling.")
+flags.DEFINE_enum("strategy", "auto", trainer.STRATEGIES, "auto: MirroredStrategy when several GPUs are "
+                  "visible, else the default single-device strategy.")
+flags.DEFINE_bool("export", True, "Write SavedModels of S and T at the end of the run.")
+flags.DEFINE_integer("checkpoint_every_steps", 25, "Synthesizer steps between checkpoints.", lower_bound=1)
+flags.DEFINE_integer("image_summary_every_steps", 100, "Synthesizer steps between composite image grids.",
+                     lower_bound=1)
+flags.DEFINE_integer("eval_batch_size", 1000, "Batch size for evaluation.", lower_bound=1)
+
+# Data.
+flags.DEFINE_enum("data_source", "auto", mnist.SOURCES, "MNIST source. auto: idx when --mnist_dir is set, "
+                  "else the 10k digits bundled with the package (offline).")
+flags.DEFINE_string("mnist_dir", "", "Folder with the four standard MNIST IDX files (.gz or raw).")
+flags.DEFINE_string("tfds_data_dir", "", "data_dir for --data_source=tfds.")
+flags.DEFINE_bool("tfds_download", True, "Let TFDS download MNIST when it is not prepared.")
+flags.DEFINE_integer("num_val", 1000, "Training digits held out for validation.", lower_bound=1)
+flags.DEFINE_integer("num_heldout_test", 1000, "Test digits held out when the source has no test split.",
+                     lower_bound=1)
+flags.DEFINE_integer("num_train", 0, "Cap on training digits (0: all that remain).", lower_bound=0)
+flags.DEFINE_string("affnist_dir", "", "Real affNIST test .mat file or folder; else one is generated.")
+flags.DEFINE_string("affnist_cache_dir", "~/.cache/terse_tf", "Where generated affNIST test sets are kept "
+                    "('' for none).")
+flags.DEFINE_integer("affnist_test_digits", 1000, "Test digits transformed into the generated affNIST test "
+                     "set (0: all).", lower_bound=0)
+flags.DEFINE_integer("affnist_transforms_per_digit", affnist.TRANSFORMS_PER_DIGIT,
+                     "Random transforms per test digit (affNIST: 32).", lower_bound=1)
+
+# Compositor.
+flags.DEFINE_enum("param_clamp", "tanh", compositor.CLAMP_MODES, "How S's raw outputs are clamped to "
+                  "affNIST's ranges: tanh (smooth) or clip (hard).")
+flags.DEFINE_float("max_translation_px", compositor.AffineRanges.max_translation_px,
+                   "Translation bound in pixels.", lower_bound=0)
+flags.DEFINE_bool("mask_cleanup", False, "Supplementary A.2 mask clean-up (threshold, ReLU, renormalise, "
+                  "blur) before blending.")
+flags.DEFINE_float("mask_threshold", 0.1, "Scalar subtracted from the warped mask.", lower_bound=0,
+                   upper_bound=0.99)
+flags.DEFINE_float("mask_blur_sigma", 0.5, "Gaussian blur of the cleaned mask, pixels.", lower_bound=0)
+
+# Networks and optimisation.
+flags.DEFINE_enum("target", "paper", classifier.ARCHITECTURES, "Target classifier T.")
+flags.DEFINE_integer("batch_size", 64, "T's batch size.", lower_bound=1)
+flags.DEFINE_float("target_lr", 0.01, "T's SGD learning rate.", lower_bound=0)
+flags.DEFINE_float("target_momentum", 0.9, "T's SGD momentum.", lower_bound=0)
+flags.DEFINE_float("target_weight_decay", 5e-4, "T's weight decay.", lower_bound=0)
+flags.DEFINE_integer("baseline_epochs", 3, "Epochs of T on real digits before the first cycle.",
+                     lower_bound=0)
+flags.DEFINE_integer("finetune_epochs", 2, "Epochs of T on real digits + cache per cycle.", lower_bound=0)
+flags.DEFINE_integer("cycles", 4, "Sleep cycles (synthesize, then fine-tune).", lower_bound=0)
+flags.DEFINE_integer("synth_batch_size", 64, "S's batch size.", lower_bound=1)
+flags.DEFINE_float("synth_lr", 1e-3, "S's Adam learning rate.", lower_bound=0)
+flags.DEFINE_float("synth_weight_decay", 1e-4, "S's weight decay.", lower_bound=0)
+flags.DEFINE_integer("synth_width", 32, "S's channel width.", lower_bound=2)
+flags.DEFINE_float("synth_dropout", 0.3, "Dropout in S's regression head.", lower_bound=0, upper_bound=0.99)
+flags.DEFINE_float("hard_threshold", 0.0, "A composite is hard when p_gt - max_other < this.",
+                   lower_bound=-1, upper_bound=1)
+flags.DEFINE_integer("hard_per_class", 500, "Hard examples to cache per class per cycle.", lower_bound=1)
+flags.DEFINE_integer("synth_max_steps", 400, "Cap on S steps per cycle.", lower_bound=1)
+
+FLAGS = flags.FLAGS
+
+
+def config_from_flags() -> trainer.TrainConfig:
+  """Reads every flag once; nothing below the launcher sees FLAGS."""
+  return trainer.TrainConfig(
+      run_dir=FLAGS.run_dir,
+      data=mnist.DataConfig(source=FLAGS.data_source, mnist_dir=FLAGS.mnist_dir,
+                            tfds_data_dir=FLAGS.tfds_data_dir, tfds_download=FLAGS.tfds_download,
+                            num_val=FLAGS.num_val, num_heldout_test=FLAGS.num_heldout_test,
+                            num_train=FLAGS.num_train, seed=FLAGS.seed),
+      affnist=affnist.AffnistConfig(affnist_dir=FLAGS.affnist_dir,
+                                    cache_dir=os.path.expanduser(FLAGS.affnist_cache_dir),
+                                    num_test_digits=FLAGS.affnist_test_digits,
+                                    transforms_per_digit=FLAGS.affnist_transforms_per_digit, seed=FLAGS.seed),
+      compositor=compositor.CompositorConfig(
+          ranges=compositor.AffineRanges(max_translation_px=FLAGS.max_translation_px),
+          clamp_mode=FLAGS.param_clamp, mask_cleanup=FLAGS.mask_cleanup,
+          mask_threshold=FLAGS.mask_threshold, mask_blur_sigma=FLAGS.mask_blur_sigma),
+      target=FLAGS.target, seed=FLAGS.seed, batch_size=FLAGS.batch_size, target_lr=FLAGS.target_lr,
+      target_momentum=FLAGS.target_momentum, target_weight_decay=FLAGS.target_weight_decay,
+      baseline_epochs=FLAGS.baseline_epochs, finetune_epochs=FLAGS.finetune_epochs, cycles=FLAGS.cycles,
+      synth_batch_size=FLAGS.synth_batch_size, synth_lr=FLAGS.synth_lr,
+      synth_weight_decay=FLAGS.synth_weight_decay, synth_width=FLAGS.synth_width,
+      synth_dropout=FLAGS.synth_dropout, hard_threshold=FLAGS.hard_threshold,
+      hard_per_class=FLAGS.hard_per_class, synth_max_steps=FLAGS.synth_max_steps, strategy=FLAGS.strategy,
+      checkpoint_every_steps=FLAGS.checkpoint_every_steps,
+      image_summary_every_steps=FLAGS.image_summary_every_steps, eval_batch_size=FLAGS.eval_batch_size,
+      init_checkpoint=FLAGS.init_checkpoint, fresh=FLAGS.fresh, export=FLAGS.export)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    train_lib.run(config_from_flags(), command_line=shlex.join(sys.argv))
+  except TerseError as e:
+    logging.error("%s: %s", type(e).__name__, e)
+    sys.exit(f"terse_tf: error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,434 @@
+"""The TERSE trainer for classification targets (paper §3.4, A.1).
+
+One Trainer owns the strategy, both networks, their optimizers, every GradientTape, the step counters, the
+hard-example cache and the checkpoint. The schedule:
+
+  1. baseline: T trained on the real training digits;
+  2. C sleep cycles, each
+     a. synthesize: S trained with T frozen to maximise T's loss on its composites; every composite with
+        p_gt - max_other < threshold goes to the cache until each class has its quota (or a step cap);
+     b. fine-tune: T trained on the real digits plus the whole cache with S frozen;
+  3. export S and T as SavedModels.
+
+Every phase is resumable: the checkpoint carries the phase, cycle, epoch and step it reached.
+Resume order: the latest checkpoint in the run directory -> --init_checkpoint (weights only) -> scratch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+import keras
+from absl import logging
+
+from terse_tf import compositor as compositor_lib
+from terse_tf import losses
+from terse_tf.cache import HardExampleCache
+from terse_tf.data import affnist, mnist
+from terse_tf.errors import ConfigError, NonFiniteLossError
+from terse_tf.networks import classifier, synthesizer
+
+STRATEGIES = ("auto", "default", "mirrored")
+PHASE_BASELINE, PHASE_SYNTHESIZE, PHASE_FINETUNE, PHASE_DONE = range(4)
+PHASE_NAMES = ("baseline", "synthesize", "finetune", "done")
+IMAGE_SHAPE = (mnist.IMAGE_SIZE, mnist.IMAGE_SIZE, 1)
+FOREGROUND_SHAPE = (mnist.IMAGE_SIZE, mnist.IMAGE_SIZE, 2)  # White ink + the digit as alpha.
+# What --fresh removes: only the paths a run writes, never the rest of the run directory.
+RUN_OUTPUTS = ("checkpoints", "tensorboard", "export", "results.json", "config.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  run_dir: str
+  data: mnist.DataConfig = mnist.DataConfig()
+  affnist: affnist.AffnistConfig = affnist.AffnistConfig()
+  compositor: compositor_lib.CompositorConfig = compositor_lib.CompositorConfig()
+  target: str = "paper"
+  seed: int = 0
+  # Target T: SGD with momentum and weight decay (A.1), batch 64.
+  batch_size: int = 64
+  target_lr: float = 0.01
+  target_momentum: float = 0.9
+  target_weight_decay: float = 5e-4
+  baseline_epochs: int = 3
+  finetune_epochs: int = 2
+  cycles: int = 4
+  # Synthesizer S: Adam (A.1).
+  synth_batch_size: int = 64
+  synth_lr: float = 1e-3
+  synth_weight_decay: float = 1e-4
+  synth_width: int = 32
+  synth_dropout: float = 0.3
+  hard_threshold: float = 0.0
+  hard_per_class: int = 500
+  synth_max_steps: int = 400
+  # Infrastructure.
+  strategy: str = "auto"
+  checkpoint_every_steps: int = 25
+  image_summary_every_steps: int = 100
+  eval_batch_size: int = 1000
+  init_checkpoint: str = ""
+  fresh: bool = False
+  export: bool = True
+
+  def __post_init__(self):
+    if self.strategy not in STRATEGIES:
+      raise ConfigError(f"--strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+    if self.target not in classifier.ARCHITECTURES:
+      raise ConfigError(f"--target must be one of {classifier.ARCHITECTURES}, got {self.target!r}")
+    for name in ("batch_size", "synth_batch_size", "hard_per_class", "synth_max_steps",
+                 "checkpoint_every_steps", "eval_batch_size"):
+      if getattr(self, name) < 1:
+        raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
+    for name in ("baseline_epochs", "finetune_epochs", "cycles"):
+      if getattr(self, name) < 0:
+        raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
+    if not 0 <= self.synth_dropout < 1:
+      raise ConfigError(f"--synth_dropout must be in [0, 1), got {self.synth_dropout}")
+    if not -1 <= self.hard_threshold <= 1:
+      raise ConfigError(f"--hard_threshold compares p_gt - max_other, which lies in [-1, 1]; got "
+                        f"{self.hard_threshold}")
+
+
+class SynthStepOutputs(NamedTuple):
+  """What one synthesizer step produces, gathered over replicas: losses, metrics and summaries take it."""
+  loss: tf.Tensor        # scalar, S's loss (negative T cross-entropy).
+  params: tf.Tensor      # [B, 6] clamped affine parameters.
+  composites: tf.Tensor  # [B, H, W, C]
+  labels: tf.Tensor      # [B]
+  margins: tf.Tensor     # [B] p_gt - max_other under T.
+
+
+def build_strategy(name: str) -> tf.distribute.Strategy:
+  """The one place the distribution strategy is chosen: mirrored over several GPUs, else the default."""
+  if name == "mirrored" or (name == "auto" and len(tf.config.list_logical_devices("GPU")) > 1):
+    return tf.distribute.MirroredStrategy()
+  return tf.distribute.get_strategy()
+
+
+def _foregrounds(digits: tf.Tensor) -> tf.Tensor:
+  """uint8 digits [..., H, W] -> RGBA-style cut-outs [..., H, W, 2]: white ink whose alpha is the digit."""
+  alpha = tf.cast(digits, tf.float32)[..., None] / 255.0
+  return tf.concat([tf.ones_like(alpha), alpha], axis=-1)
+
+
+def _as_images(pixels: tf.Tensor) -> tf.Tensor:
+  """uint8 [..., H, W, C] -> float [..., H, W, C] in [0, 1]."""
+  return tf.cast(pixels, tf.float32) / 255.0
+
+
+def _image_grid(images: tf.Tensor, columns: int = 8) -> tf.Tensor:
+  """[N, H, W, C] -> one [1, rows*H, columns*W, C] grid for TensorBoard."""
+  count = (images.shape[0] // columns) * columns
+  images = images[:count]
+  _, height, width, channels = images.shape
+  grid = tf.reshape(images, [count // columns, columns, height, width, channels])
+  grid = tf.transpose(grid, [0, 2, 1, 3, 4])
+  return tf.reshape(grid, [1, count // columns * height, columns * width, channels])
+
+
+def _write_json(path: str, payload: dict) -> None:
+  """Atomic: a crash mid-write never leaves a truncated file behind."""
+  handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+  with os.fdopen(handle, "w") as f:
+    json.dump(payload, f, indent=2)
+  os.replace(temporary, path)
+
+
+class Trainer:
+  """Runs (or resumes) the whole TERSE schedule for one run directory."""
+
+  def __init__(self, config: TrainConfig):
+    self.config = config
+    if config.fresh:
+      for name in RUN_OUTPUTS:
+        path = os.path.join(config.run_dir, name)
+        if os.path.isdir(path):
+          shutil.rmtree(path)
+        elif os.path.exists(path):
+          os.remove(path)
+    os.makedirs(config.run_dir, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+
+    self.splits = mnist.load_splits(config.data)
+    affnist_config = config.affnist
+    test_images, test_labels, self.affnist_description = affnist.load_test_set(
+        self.splits.test_images, self.splits.test_labels, affnist_config)
+    self.affnist_test = (test_images, test_labels)
+    logging.info("data: %s digits %s; affNIST test: %d images, %s", self.splits.source, self.splits.sizes(),
+                 len(test_labels), self.affnist_description)
+
+    self.strategy = build_strategy(config.strategy)
+    with self.strategy.scope():
+      self.target = classifier.build_classifier(config.target, IMAGE_SHAPE, mnist.NUM_CLASSES)
+      self.synthesizer = synthesizer.build_synthesizer(IMAGE_SHAPE, config.synth_width, config.synth_dropout,
+                                                       seed=config.seed)
+      self.target_optimizer = keras.optimizers.SGD(config.target_lr, momentum=config.target_momentum,
+                                                   weight_decay=config.target_weight_decay)
+      self.synth_optimizer = keras.optimizers.Adam(config.synth_lr, weight_decay=config.synth_weight_decay)
+      # Built here, before any tf.function step: under MirroredStrategy a lazily built Keras 3 optimizer
+      # fails inside the first step ("You must feed a value for placeholder tensor").
+      self.target_optimizer.build(self.target.trainable_variables)
+      self.synth_optimizer.build(self.synthesizer.trainable_variables)
+    self.cache = HardExampleCache(max(1, config.cycles) * config.hard_per_class * mnist.NUM_CLASSES,
+                                  IMAGE_SHAPE, mnist.NUM_CLASSES)
+    self.phase = tf.Variable(PHASE_BASELINE, dtype=tf.int64, trainable=False, name="phase")
+    self.cycle = tf.Variable(0, dtype=tf.int64, trainable=False, name="cycle")
+    self.epoch_in_phase = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_in_phase")
+    self.synth_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="synth_step_in_cycle")
+    self.target_global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="target_global_step")
+    self.synth_global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="synth_global_step")
+    self.elapsed_s = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="elapsed_s")
+    # The evaluation history rides in the checkpoint, so results always agree with the restored state.
+    self.history_json = tf.Variable("[]", dtype=tf.string, trainable=False, name="history_json")
+    self.checkpoint = tf.train.Checkpoint(
+        synthesizer=self.synthesizer, target=self.target, synth_optimizer=self.synth_optimizer,
+        target_optimizer=self.target_optimizer, cache=self.cache, phase=self.phase, cycle=self.cycle,
+        epoch_in_phase=self.epoch_in_phase, synth_step=self.synth_step,
+        target_global_step=self.target_global_step, synth_global_step=self.synth_global_step,
+        elapsed_s=self.elapsed_s, history_json=self.history_json)
+    self.checkpoint_manager = tf.train.CheckpointManager(
+        self.checkpoint, os.path.join(config.run_dir, "checkpoints"), max_to_keep=3)
+    self.writer = tf.summary.create_file_writer(os.path.join(config.run_dir, "tensorboard"))
+    self.results_path = os.path.join(config.run_dir, "results.json")
+    self.history: list[dict] = []
+    self._started = time.time()
+    self._elapsed_at_start = 0.0
+    self._restore()
+    self._target_step = tf.function(self._target_step_fn)
+    self._synth_step = tf.function(self._synth_step_fn)
+    self._predict = tf.function(lambda images: tf.argmax(self.target(images, training=False), axis=-1,
+                                                         output_type=tf.int32))
+
+  # ----------------------------------------------------------------------------------------- state
+  def _restore(self) -> None:
+    latest = self.checkpoint_manager.latest_checkpoint
+    if latest:
+      self.checkpoint.restore(latest).assert_existing_objects_matched()
+      self.history = json.loads(self.history_json.numpy().decode())
+      logging.info("resumed from %s: phase %s, cycle %d, %d cached hard examples", latest,
+                   PHASE_NAMES[int(self.phase.numpy())], int(self.cycle.numpy()), len(self.cache))
+    elif self.config.init_checkpoint:
+      tf.train.Checkpoint(synthesizer=self.synthesizer, target=self.target).restore(
+          self.config.init_checkpoint).expect_partial()
+      logging.info("initialised S and T from --init_checkpoint=%s", self.config.init_checkpoint)
+    self._elapsed_at_start = float(self.elapsed_s.numpy())
+
+  def _save(self) -> None:
+    self.elapsed_s.assign(self._elapsed_at_start + time.time() - self._started)
+    self.checkpoint_manager.save()
+
+  def _check_finite(self, loss: float, what: str) -> None:
+    if not np.isfinite(loss):
+      raise NonFiniteLossError(
+          f"{what} loss became {loss} at cycle {int(self.cycle.numpy())}; stopped without saving, the last "
+          f"good checkpoint ({self.checkpoint_manager.latest_checkpoint or 'none yet'}) is kept. Lower "
+          "the learning rates or check the data.")
+
+  # ----------------------------------------------------------------------------------------- data
+  def _target_dataset(self, epoch_seed: int) -> tf.distribute.DistributedDataset:
+    """Real training digits plus every cached hard example, shuffled, for one epoch of T."""
+    cache_images, cache_labels = self.cache.contents()
+    images = np.concatenate([self.splits.train_images[..., None], cache_images])
+    labels = np.concatenate([self.splits.train_labels, cache_labels])
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+      batch = context.get_per_replica_batch_size(self.config.batch_size)
+      ds = tf.data.Dataset.from_tensor_slices((images, labels)).shard(
+          context.num_input_pipelines, context.input_pipeline_id)
+      ds = ds.shuffle(len(labels), seed=epoch_seed).batch(batch, drop_remainder=True)
+      return ds.map(lambda x, y: (_as_images(x), y)).prefetch(tf.data.AUTOTUNE)
+
+    return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+  def _synth_dataset(self, seed: int) -> tf.distribute.DistributedDataset:
+    """Endless (foreground, background, label) batches: training digits on black affNIST backgrounds."""
+    digits, labels = self.splits.train_images, self.splits.train_labels
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+      batch = context.get_per_replica_batch_size(self.config.synth_batch_size)
+      ds = tf.data.Dataset.from_tensor_slices((digits, labels)).shard(
+          context.num_input_pipelines, context.input_pipeline_id)
+      ds = ds.shuffle(len(labels), seed=seed).repeat().batch(batch, drop_remainder=True)
+      return ds.map(lambda d, y: (_foregrounds(d), tf.zeros([batch, *IMAGE_SHAPE]), y)).prefetch(2)
+
+    return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+  # ----------------------------------------------------------------------------------------- steps
+  def _target_step_fn(self, batch) -> tf.Tensor:
+    def replica_step(images, labels):
+      with tf.GradientTape() as tape:
+        logits = self.target(images, training=True)
+        # The one place losses are scaled: mean over the global batch, summed over replicas below.
+        loss = tf.nn.compute_average_loss(losses.target_loss(labels, logits))
+      variables = self.target.trainable_variables
+      self.target_optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+      return loss
+
+    per_replica = self.strategy.run(replica_step, args=batch)
+    return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+  def _synth_step_fn(self, batch) -> SynthStepOutputs:
+    config = self.config.compositor
+
+    def replica_step(foreground, background, labels):
+      with tf.GradientTape() as tape:
+        raw = self.synthesizer([compositor_lib.premultiplied(foreground), background], training=True)
+        params = compositor_lib.clamp_params(raw, config.ranges, config.clamp_mode)
+        result = compositor_lib.composite(foreground, background, params, config)
+        logits = self.target(result.image, training=False)  # T frozen: only S's variables are updated.
+        loss = tf.nn.compute_average_loss(losses.synthesizer_loss(labels, logits))
+      variables = self.synthesizer.trainable_variables
+      self.synth_optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+      return loss, params, result.image, labels, losses.hardness_margin(labels, logits)
+
+    loss, *per_example = self.strategy.run(replica_step, args=batch)
+    return SynthStepOutputs(self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                            *(self.strategy.gather(x, axis=0) for x in per_example))
+
+  # ----------------------------------------------------------------------------------------- phases
+  def _train_target_epochs(self, epochs: int, seed_base: int) -> None:
+    while int(self.epoch_in_phase.numpy()) < epochs:
+      epoch = int(self.epoch_in_phase.numpy())
+      total, steps = 0.0, 0
+      for batch in self._target_dataset(seed_base + epoch):
+        loss = float(self._target_step(batch).numpy())
+        self._check_finite(loss, "target")
+        total, steps = total + loss, steps + 1
+        self.target_global_step.assign_add(1)
+      mean = total / max(steps, 1)
+      with self.writer.as_default(step=int(self.target_global_step.numpy())):
+        tf.summary.scalar("train/target_loss", mean)
+      logging.info("%s epoch %d/%d: target loss %.4f over %d steps (%d cached hard examples)",
+                   PHASE_NAMES[int(self.phase.numpy())], epoch + 1, epochs, mean, steps, len(self.cache))
+      self.epoch_in_phase.assign_add(1)
+      self._save()
+
+  def _synthesize(self, cycle: int) -> None:
+    config = self.config
+    quota = config.hard_per_class
+    iterator = iter(self._synth_dataset(config.seed * 1000 + cycle * 100 + int(self.synth_step.numpy())))
+    margins_seen = []
+    while (int(self.synth_step.numpy()) < config.synth_max_steps and
+           self.cache.class_counts(cycle).min() < quota):
+      outputs = self._synth_step(next(iterator))
+      loss = float(outputs.loss.numpy())
+      self._check_finite(loss, "synthesizer")
+      margins = outputs.margins.numpy()
+      hard = losses.is_hard(outputs.margins, config.hard_threshold).numpy()
+      added = self.cache.add(outputs.composites.numpy()[hard], outputs.labels.numpy()[hard], margins[hard],
+                             cycle, quota)
+      margins_seen.append(margins)
+      self.synth_step.assign_add(1)
+      self.synth_global_step.assign_add(1)
+      step = int(self.synth_global_step.numpy())
+      with self.writer.as_default(step=step):
+        tf.summary.scalar("train/synth_loss", loss)
+        tf.summary.scalar("train/hard_yield", float(hard.mean()))
+        tf.summary.scalar("train/hard_added", added)
+        tf.summary.scalar("cache/size", len(self.cache))
+        if step % config.image_summary_every_steps == 0:
+          tf.summary.image("composites/during_synthesis", _image_grid(outputs.composites))
+      in_cycle = int(self.synth_step.numpy())
+      if in_cycle % config.checkpoint_every_steps == 0:
+        counts = self.cache.class_counts(cycle)
+        logging.info("cycle %d synthesize step %d: S loss %.3f, %.0f%% of batch hard, cycle quota %d/%d "
+                     "(fewest in a class %d)", cycle, in_cycle, loss, 100 * hard.mean(), counts.sum(),
+                     quota * mnist.NUM_CLASSES, counts.min())
+        self._save()
+
+    counts = self.cache.class_counts(cycle)
+    if counts.min() < quota:
+      logging.warning("cycle %d: step cap --synth_max_steps=%d reached with %d/%d hard examples (fewest in a "
+                      "class: %d)", cycle, config.synth_max_steps, counts.sum(), quota * mnist.NUM_CLASSES,
+                      counts.min())
+    with self.writer.as_default(step=cycle):
+      tf.summary.scalar("synth/steps_to_fill_cache", int(self.synth_step.numpy()))
+      images, labels = self.cache.contents()
+      recent = images[self.cache.cycles.numpy()[:len(self.cache)] == cycle][:64]
+      if len(recent) >= 8:
+        tf.summary.image("composites/hard_examples_by_cycle", _image_grid(_as_images(recent)))
+      if margins_seen:
+        tf.summary.histogram("synth/hardness_margin", np.concatenate(margins_seen))
+
+  def _evaluate(self, label: str) -> dict:
+    def accuracy(images: np.ndarray, labels: np.ndarray) -> float:
+      correct = 0
+      for start in range(0, len(labels), self.config.eval_batch_size):
+        batch = _as_images(images[start:start + self.config.eval_batch_size, ..., None])
+        predictions = self._predict(batch).numpy()
+        correct += int((predictions == labels[start:start + self.config.eval_batch_size]).sum())
+      return correct / len(labels)
+
+    cycle = int(self.cycle.numpy())
+    record = {"after": label, "cycle": cycle, "cache_size": len(self.cache),
+              "mnist_val_accuracy": accuracy(self.splits.val_images, self.splits.val_labels),
+              "affnist_test_accuracy": accuracy(*self.affnist_test)}
+    with self.writer.as_default(step=cycle):
+      tf.summary.scalar("eval/mnist_val_accuracy", record["mnist_val_accuracy"])
+      tf.summary.scalar("eval/affnist_test_accuracy", record["affnist_test_accuracy"])
+      tf.summary.scalar("eval/cache_size", record["cache_size"])
+    logging.info("eval after %s: MNIST-val accuracy %.4f, affNIST-test accuracy %.4f", label,
+                 record["mnist_val_accuracy"], record["affnist_test_accuracy"])
+    self.history = [h for h in self.history if h["after"] != label] + [record]
+    self.history_json.assign(json.dumps(self.history))
+    self._write_results()
+    return record
+
+  def _write_results(self) -> None:
+    before = next((h for h in self.history if h["after"] == "baseline"), None)
+    final = self.history[-1] if self.history and self.history[-1]["after"] != "baseline" else None
+    _write_json(self.results_path, {
+        "affnist_test_accuracy_before": before and before["affnist_test_accuracy"],
+        "affnist_test_accuracy_after": final and final["affnist_test_accuracy"],
+        "mnist_val_accuracy_before": before and before["mnist_val_accuracy"],
+        "mnist_val_accuracy_after": final and final["mnist_val_accuracy"],
+        "cycles_completed": sum(1 for h in self.history if h["after"] != "baseline"),
+        "hard_examples": len(self.cache),
+        "affnist_test_set": self.affnist_description,
+        "data": {"source": self.splits.source, **self.splits.sizes()},
+        "wall_time_s": round(self._elapsed_at_start + time.time() - self._started, 1),
+        "history": self.history,
+    })
+
+  # ----------------------------------------------------------------------------------------- driver
+  def run(self) -> dict:
+    """Runs every remaining phase; returns the results written to results.json."""
+    config = self.config
+    if int(self.phase.numpy()) == PHASE_BASELINE:
+      self._train_target_epochs(config.baseline_epochs, seed_base=config.seed * 1000)
+      self._evaluate("baseline")
+      self._advance(PHASE_SYNTHESIZE if config.cycles else PHASE_DONE, next_cycle=1)
+
+    while int(self.phase.numpy()) in (PHASE_SYNTHESIZE, PHASE_FINETUNE):
+      cycle = int(self.cycle.numpy())
+      if int(self.phase.numpy()) == PHASE_SYNTHESIZE:
+        self._synthesize(cycle)
+        self._advance(PHASE_FINETUNE, next_cycle=cycle)
+      self._train_target_epochs(config.finetune_epochs, seed_base=config.seed * 1000 + 10 * cycle)
+      self._evaluate(f"cycle {cycle}")
+      if cycle < config.cycles:
+        self._advance(PHASE_SYNTHESIZE, next_cycle=cycle + 1)
+      else:
+        self._advance(PHASE_DONE, next_cycle=cycle)
+
+    self.writer.flush()
+    self._write_results()
+    with open(self.results_path) as f:
+      return json.load(f)
+
+  def _advance(self, phase: int, next_cycle: int) -> None:
+    self.phase.assign(phase)
+    self.cycle.assign(next_cycle)
+    self.epoch_in_phase.assign(0)
+    if phase == PHASE_SYNTHESIZE:
+      self.synth_step.assign(0)
+    self._save()

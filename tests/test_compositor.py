@@ -1,0 +1,154 @@
+"""The compositor against scipy.ndimage, finite differences and its own contracts."""
+
+import numpy as np
+import pytest
+import scipy.ndimage
+import tensorflow as tf
+
+from terse_tf import compositor
+
+# Both sides compute the same bilinear weights; the tolerance only absorbs float64 rounding.
+WARP_TOLERANCE = 1e-9
+
+
+def random_params(rng: np.random.Generator, batch: int) -> np.ndarray:
+  low, high = compositor.AffineRanges().bounds()
+  return rng.uniform(low, high, size=(batch, compositor.NUM_PARAMS))
+
+
+@pytest.mark.parametrize("input_hw,output_hw", [((40, 40), (40, 40)), ((17, 23), (31, 19))])
+def test_warp_matches_scipy_affine_transform(input_hw, output_hw):
+  rng = np.random.default_rng(0)
+  images = rng.uniform(size=(4, *input_hw, 3))
+  params = random_params(rng, 4)
+  matrix = compositor.params_to_matrix(tf.constant(params), input_hw, output_hw)
+  warped = compositor.warp(tf.constant(images), matrix, output_hw).numpy()
+
+  for b in range(4):
+    m = matrix[b].numpy()
+    # scipy indexes (row, col) = (y, x): swap both axes of the (x, y) matrix.
+    rowcol_matrix = np.array([[m[1, 1], m[1, 0]], [m[0, 1], m[0, 0]]])
+    rowcol_offset = np.array([m[1, 2], m[0, 2]])
+    for c in range(3):
+      expected = scipy.ndimage.affine_transform(images[b, ..., c], rowcol_matrix, rowcol_offset,
+                                                output_shape=output_hw, order=1, mode="grid-constant")
+      np.testing.assert_allclose(warped[b, ..., c], expected, atol=WARP_TOLERANCE)
+
+
+def test_forward_transform_moves_a_point_where_the_parameters_say():
+  # A single bright pixel at offset (3, 0) from the centre, rotated by 90 degrees and shifted by (2, -1),
+  # must land at centre + R90 @ (3, 0) + (2, -1) = centre + (0, 3) + (2, -1) = centre + (2, 2).
+  image = np.zeros((1, 41, 41, 1))
+  image[0, 20, 23, 0] = 1.0
+  params = tf.constant([[90.0, 2.0, -1.0, 0.0, 1.0, 1.0]], tf.float64)
+  matrix = compositor.params_to_matrix(params, (41, 41))
+  warped = compositor.warp(tf.constant(image), matrix).numpy()[0, ..., 0]
+  assert np.unravel_index(np.argmax(warped), warped.shape) == (22, 22)
+  assert warped.max() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_identity_parameters_give_the_input_back():
+  rng = np.random.default_rng(1)
+  foreground = rng.uniform(size=(3, 40, 40, 2)).astype(np.float32)
+  background = rng.uniform(size=(3, 40, 40, 1)).astype(np.float32)
+  identity = compositor.identity_params(3)
+  matrix = compositor.params_to_matrix(identity, (40, 40))
+  np.testing.assert_allclose(compositor.warp(tf.constant(foreground), matrix).numpy(), foreground,
+                             atol=1e-5)
+  result = compositor.composite(tf.constant(foreground), tf.constant(background), identity)
+  alpha = foreground[..., 1:]
+  expected = foreground[..., :1] * alpha + (1 - alpha) * background
+  np.testing.assert_allclose(result.image.numpy(), expected, atol=1e-5)
+  np.testing.assert_allclose(result.warped_mask.numpy(), alpha, atol=1e-5)
+
+
+def test_tanh_clamp_maps_zero_to_identity():
+  identity = compositor.clamp_params(tf.zeros([2, 6]), compositor.AffineRanges(), "tanh")
+  np.testing.assert_allclose(identity.numpy(), compositor.identity_params(2).numpy(), atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", compositor.CLAMP_MODES)
+def test_clamping_keeps_parameters_in_affnist_ranges(mode):
+  ranges = compositor.AffineRanges()
+  low, high = (np.array(b) for b in ranges.bounds())
+  raw = tf.constant(np.random.default_rng(2).normal(scale=100.0, size=(256, 6)), tf.float32)
+  clamped = compositor.clamp_params(raw, ranges, mode).numpy()
+  assert np.all(clamped >= low - 1e-5) and np.all(clamped <= high + 1e-5)
+  assert np.allclose(clamped.min(axis=0), low, atol=1e-3)  # large raw values reach the bounds
+  assert np.allclose(clamped.max(axis=0), high, atol=1e-3)
+
+
+def test_clip_clamp_is_exact_inside_the_range():
+  inside = tf.constant(random_params(np.random.default_rng(3), 16), tf.float32)
+  clamped = compositor.clamp_params(inside, compositor.AffineRanges(), "clip")
+  np.testing.assert_array_equal(clamped.numpy(), inside.numpy())
+
+
+def test_unknown_clamp_mode_is_rejected():
+  with pytest.raises(ValueError, match="clamp mode"):
+    compositor.CompositorConfig(clamp_mode="sigmoid")
+
+
+@pytest.mark.parametrize("mask_cleanup", [False, True])
+def test_gradients_wrt_parameters_match_finite_differences(mask_cleanup):
+  rng = np.random.default_rng(4)
+  # Smooth inputs keep the bilinear kinks small relative to the step; float64 keeps rounding out of it.
+  foreground = scipy.ndimage.gaussian_filter(rng.uniform(size=(2, 24, 24, 2)), sigma=(0, 2, 2, 0))
+  background = rng.uniform(size=(2, 24, 24, 1))
+  params = random_params(rng, 2)
+  projection = rng.normal(size=(2, 24, 24, 1))
+  config = compositor.CompositorConfig(mask_cleanup=mask_cleanup, mask_threshold=0.05)
+
+  def objective(p):
+    result = compositor.composite(tf.constant(foreground), tf.constant(background), p, config)
+    return tf.reduce_sum(result.image * projection)
+
+  params_t = tf.constant(params)
+  with tf.GradientTape() as tape:
+    tape.watch(params_t)
+    value = objective(params_t)
+  analytic = tape.gradient(value, params_t).numpy()
+
+  eps = 1e-6
+  numeric = np.zeros_like(params)
+  for index in np.ndindex(params.shape):
+    step = np.zeros_like(params)
+    step[index] = eps
+    numeric[index] = (objective(tf.constant(params + step)) -
+                      objective(tf.constant(params - step))).numpy() / (2 * eps)
+  np.testing.assert_allclose(analytic, numeric, rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_wrt_image_matches_finite_differences():
+  rng = np.random.default_rng(5)
+  image = rng.uniform(size=(1, 8, 8, 1))
+  projection = tf.constant(rng.normal(size=(1, 8, 8, 1)))
+  matrix = compositor.params_to_matrix(tf.constant([[10.0, 0.5, 0.3, 0.1, 1.1, 0.9]], tf.float64), (8, 8))
+
+  def objective(x):
+    return tf.reduce_sum(compositor.warp(x, matrix) * projection)
+
+  image_t = tf.constant(image)
+  with tf.GradientTape() as tape:
+    tape.watch(image_t)
+    value = objective(image_t)
+  analytic = tape.gradient(value, image_t).numpy()
+  # The warp is linear in the image, so a unit step gives the exact directional derivative.
+  numeric = np.zeros_like(image)
+  for index in np.ndindex(image.shape):
+    basis = np.zeros_like(image)
+    basis[index] = 1.0
+    numeric[index] = objective(tf.constant(basis)).numpy()
+  np.testing.assert_allclose(analytic, numeric, atol=1e-12)
+  assert np.abs(analytic).sum() > 0
+
+
+def test_mask_cleanup_removes_the_halo_and_keeps_the_interior():
+  mask = np.zeros((1, 20, 20, 1), np.float32)
+  mask[0, 5:15, 5:15] = 1.0
+  mask[0, 4, 5:15] = 0.05  # the faint halo bilinear resampling leaves
+  cleaned = compositor.clean_mask(tf.constant(mask), threshold=0.1, blur_sigma=0.0).numpy()
+  assert cleaned[0, 4, 5:15].max() == 0.0
+  np.testing.assert_allclose(cleaned[0, 5:15, 5:15], 1.0)
+  blurred = compositor.clean_mask(tf.constant(mask), threshold=0.1, blur_sigma=1.0).numpy()
+  assert 0 < blurred[0, 4, 10, 0] < 0.5 and blurred[0, 10, 10, 0] == pytest.approx(1.0, abs=1e-3)
