@@ -75,6 +75,7 @@ class TrainConfig:
   checkpoint_every_steps: int = 25
   image_summary_every_steps: int = 100
   eval_batch_size: int = 1000
+  jit_compile: bool = True
   init_checkpoint: str = ""
   fresh: bool = False
   export: bool = True
@@ -108,9 +109,14 @@ class SynthStepOutputs(NamedTuple):
 
 
 def build_strategy(name: str) -> tf.distribute.Strategy:
-  """The one place the distribution strategy is chosen: mirrored over several GPUs, else the default."""
-  if name == "mirrored" or (name == "auto" and len(tf.config.list_logical_devices("GPU")) > 1):
-    return tf.distribute.MirroredStrategy()
+  """The one place the distribution strategy is chosen: mirrored over several GPUs, else the default.
+
+  An explicit "mirrored" with no GPU mirrors over the logical CPU devices (how the tests run it).
+  """
+  gpus = tf.config.list_logical_devices("GPU")
+  if name == "mirrored" or (name == "auto" and len(gpus) > 1):
+    devices = gpus or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([device.name for device in devices])
   return tf.distribute.get_strategy()
 
 
@@ -204,6 +210,9 @@ class Trainer:
     self._elapsed_at_start = 0.0
     self._restore()
     self._target_step = tf.function(self._target_step_fn)
+    # XLA pays for the compositor's gathers (about 15% of a synthesizer step on CPU) but not for the whole
+    # step, whose convolutions it makes slower; bench/compositor.py has the compositor's own figures.
+    self._composite = tf.function(compositor_lib.composite, jit_compile=config.jit_compile)
     self._synth_step = tf.function(self._synth_step_fn)
     self._predict = tf.function(lambda images: tf.argmax(self.target(images, training=False), axis=-1,
                                                          output_type=tf.int32))
@@ -283,7 +292,7 @@ class Trainer:
       with tf.GradientTape() as tape:
         raw = self.synthesizer([compositor_lib.premultiplied(foreground), background], training=True)
         params = compositor_lib.clamp_params(raw, config.ranges, config.clamp_mode)
-        result = compositor_lib.composite(foreground, background, params, config)
+        result = self._composite(foreground, background, params, config)
         logits = self.target(result.image, training=False)  # T frozen: only S's variables are updated.
         loss = tf.nn.compute_average_loss(losses.synthesizer_loss(labels, logits))
       variables = self.synthesizer.trainable_variables

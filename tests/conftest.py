@@ -1,8 +1,41 @@
 """Test set-up shared by every test file."""
 
+import copy
+import dataclasses
 import os
+import subprocess
 import sys
 
+import pytest
+
 # Repository root on the path so `terse_tf` imports without an install; quiet TF start-up logs.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+SMOKE_FLAGFILE = os.path.join(REPO_ROOT, "configs", "affnist_smoke.flags")
+
+
+def smoke_config(run_dir, **overrides):
+  """The TrainConfig of configs/affnist_smoke.flags, parsed by the real launcher, with overrides."""
+  from terse_tf import train
+
+  flag_values = copy.deepcopy(train.FLAGS)  # A private copy: the global FLAGS stay unparsed.
+  flag_values(["test", f"--flagfile={SMOKE_FLAGFILE}", f"--run_dir={run_dir}", "--affnist_cache_dir="])
+  config = train.config_from_flags(flag_values)
+  nested = {"data": config.data, "affnist": config.affnist, "compositor": config.compositor}
+  for key, value in overrides.items():
+    section, _, field = key.partition("__")
+    if field:
+      nested[section] = dataclasses.replace(nested[section], **{field: value})
+    else:
+      config = dataclasses.replace(config, **{key: value})
+  return dataclasses.replace(config, **nested)
+
+
+def run_cli(*args, timeout=300, check=True):
+  """Runs `python -m terse_tf.train ARGS` from the repository root; returns the CompletedProcess."""
+  result = subprocess.run([sys.executable, "-m", "terse_tf.train", *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+  if check and result.returncode != 0:
+    raise AssertionError(f"exit {result.returncode}\n{result.stderr[-4000:]}")
+  return result

@@ -1,0 +1,103 @@
+"""The launcher as a user runs it: the smoke flagfile end to end, kill-and-resume, and bad input."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO_ROOT, SMOKE_FLAGFILE, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_smoke_flagfile_runs_end_to_end_and_exports_signatures(tmp_path):
+  run_dir = tmp_path / "run"
+  result = run_cli(f"--flagfile={SMOKE_FLAGFILE}", f"--run_dir={run_dir}", "--affnist_cache_dir=")
+  assert "affNIST-test accuracy:" in result.stderr and "before TERSE" in result.stderr
+  with open(run_dir / "results.json") as f:
+    results = json.load(f)
+  assert results["cycles_completed"] == 2 and results["affnist_test_accuracy_after"] is not None
+
+  cli = shutil.which("saved_model_cli") or os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+  for name, inputs, outputs in (("synthesizer", ("foreground", "background"),
+                                 ("params", "composite", "warped_mask")),
+                                ("target", ("images",), ("probabilities",))):
+    shown = subprocess.run([cli, "show", "--all", "--dir", str(run_dir / "export" / name)],
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "signature_def['serving_default']" in shown.stdout
+    for key in inputs + outputs:
+      assert f"['{key}']" in shown.stdout, (name, key)
+
+
+def read_cache(checkpoint_dir):
+  """(phase, cache images, labels) in the latest checkpoint, or None while none is readable."""
+  try:
+    reader = tf.train.load_checkpoint(str(checkpoint_dir))
+    size = int(reader.get_tensor("cache/size/.ATTRIBUTES/VARIABLE_VALUE"))
+    return (int(reader.get_tensor("phase/.ATTRIBUTES/VARIABLE_VALUE")),
+            reader.get_tensor("cache/images/.ATTRIBUTES/VARIABLE_VALUE")[:size],
+            reader.get_tensor("cache/labels/.ATTRIBUTES/VARIABLE_VALUE")[:size])
+  except (ValueError, tf.errors.OpError):  # Not written yet, or rotated away mid-read.
+    return None
+
+
+def test_killed_run_resumes_without_losing_cache_entries(tmp_path):
+  run_dir = tmp_path / "run"
+  args = [f"--flagfile={SMOKE_FLAGFILE}", f"--run_dir={run_dir}", "--affnist_cache_dir=", "--export=false",
+          "--hard_per_class=40", "--synth_max_steps=200", "--checkpoint_every_steps=1", "--cycles=1"]
+  process = subprocess.Popen([sys.executable, "-m", "terse_tf.train", *args], cwd=REPO_ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  seen = None
+  deadline = time.time() + 240
+  try:
+    while time.time() < deadline and process.poll() is None:
+      state = read_cache(run_dir / "checkpoints")
+      if state is not None and state[0] == 1 and len(state[2]) > 0:  # mid-synthesis, entries cached
+        seen = state
+        break
+      time.sleep(0.05)
+  finally:
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+  assert seen is not None, "the run never checkpointed a partly filled cache before it ended"
+  _, images_at_kill, labels_at_kill = seen
+
+  run_cli(*args)  # The same command again resumes.
+  phase, images, labels = read_cache(run_dir / "checkpoints")
+  assert phase == 3  # done
+  assert len(labels) >= len(labels_at_kill)
+  np.testing.assert_array_equal(images[:len(labels_at_kill)], images_at_kill)
+  np.testing.assert_array_equal(labels[:len(labels_at_kill)], labels_at_kill)
+  with open(run_dir / "results.json") as f:
+    assert json.load(f)["cycles_completed"] == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--mnist_dir=/nonexistent/mnist"], "--mnist_dir=/nonexistent/mnist: not a directory"),
+    (["--affnist_dir=/nonexistent/affnist"], "--affnist_dir=/nonexistent/affnist: expected affNIST's"),
+    (["--target=resnet"], "flag --target=resnet: value should be one of"),
+    (["--cycles=-1"], "flag --cycles=-1: -1 is not a non-negative integer"),
+])
+def test_bad_input_gets_one_clear_error_and_no_traceback(tmp_path, args, message):
+  result = run_cli(f"--flagfile={SMOKE_FLAGFILE}", f"--run_dir={tmp_path}", *args, check=False)
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_malformed_mnist_file_names_the_file(tmp_path):
+  for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+               "t10k-labels-idx1-ubyte.gz"):
+    (tmp_path / name).write_bytes(b"this is not gzip")
+  result = run_cli(f"--flagfile={SMOKE_FLAGFILE}", f"--run_dir={tmp_path / 'run'}",
+                   f"--mnist_dir={tmp_path}", check=False)
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert "train-images-idx3-ubyte.gz: cannot read IDX file" in result.stderr

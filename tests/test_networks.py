@@ -1,0 +1,71 @@
+"""Shapes and initialisation of S and the T classifiers."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from terse_tf.networks import classifier, synthesizer
+
+
+def test_synthesizer_maps_foreground_and_background_to_six_parameters():
+  model = synthesizer.build_synthesizer((40, 40, 1), width=16, dropout_rate=0.3, seed=0)
+  foreground, background = tf.random.uniform([5, 40, 40, 1]), tf.zeros([5, 40, 40, 1])
+  assert model([foreground, background], training=False).shape == (5, 6)
+  assert [i.name for i in model.inputs] == ["foreground", "background"]
+
+
+def test_synthesizer_shares_its_backbone_and_splits_mid_level_branches():
+  model = synthesizer.build_synthesizer((40, 40, 1), width=16)
+  names = [layer.name for layer in model.layers]
+  assert names.count("shared_backbone") == 1  # one set of weights applied to fg and bg
+  assert "foreground_branch" in names and "background_branch" in names
+  backbone = model.get_layer("shared_backbone")
+  assert len(backbone._inbound_nodes) == 2
+
+
+def test_synthesizer_dropout_makes_transforms_diverse_only_in_training():
+  model = synthesizer.build_synthesizer((40, 40, 1), width=16, dropout_rate=0.5, seed=0)
+  foreground = tf.tile(tf.random.uniform([1, 40, 40, 1], seed=1), [8, 1, 1, 1])
+  background = tf.zeros_like(foreground)
+  training = model([foreground, background], training=True).numpy()
+  inference = model([foreground, background], training=False).numpy()
+  assert np.std(training, axis=0).max() > 1e-4
+  assert np.std(inference, axis=0).max() < 1e-6
+
+
+def test_synthesizer_uses_xavier_initialisation_with_gain_0_4():
+  model = synthesizer.build_synthesizer((40, 40, 1), width=32, seed=0)
+  kernel = model.get_layer("regression_fc1").kernel.numpy()
+  fan_in, fan_out = kernel.shape
+  limit = 0.4 * np.sqrt(6.0 / (fan_in + fan_out))
+  assert np.abs(kernel).max() <= limit
+  # Uniform on [-limit, limit] has standard deviation limit / sqrt(3).
+  assert kernel.std() == pytest.approx(limit / np.sqrt(3), rel=0.05)
+
+
+@pytest.mark.parametrize("architecture", classifier.ARCHITECTURES)
+def test_classifiers_return_logits_per_class(architecture):
+  model = classifier.build_classifier(architecture, (40, 40, 1), 10)
+  logits = model(tf.random.uniform([3, 40, 40, 1]), training=False)
+  assert logits.shape == (3, 10)
+
+
+def test_paper_classifier_has_two_convolutions_and_two_dense_layers():
+  model = classifier.build_classifier("paper", (40, 40, 1), 10)
+  kinds = [type(layer).__name__ for layer in model.layers]
+  assert kinds.count("Conv2D") == 2 and kinds.count("Dense") == 2
+  assert any("Dropout" in kind for kind in kinds)
+
+
+def test_itn_classifier_uses_swish():
+  model = classifier.build_classifier("itn_swish", (40, 40, 1), 10)
+  activations = [layer for layer in model.layers if type(layer).__name__ == "Activation"]
+  x = tf.linspace(-4.0, 4.0, 9)
+  assert len(activations) == 4
+  for layer in activations:  # Keras names it silu: x * sigmoid(x).
+    np.testing.assert_allclose(layer(x).numpy(), (x * tf.sigmoid(x)).numpy(), rtol=1e-6)
+
+
+def test_unknown_architecture_is_rejected():
+  with pytest.raises(ValueError, match="target architecture must be one of"):
+    classifier.build_classifier("resnet", (40, 40, 1), 10)

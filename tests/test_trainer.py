@@ -1,0 +1,143 @@
+"""The trainer in-process: a smoke run end to end, resume, --fresh, NaN handling, TensorBoard output."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO_ROOT, smoke_config
+from terse_tf import train_lib, trainer as trainer_lib
+from terse_tf.errors import ConfigError, NonFiniteLossError
+
+
+def summary_tags(run_dir):
+  tags = set()
+  for path in glob.glob(os.path.join(run_dir, "tensorboard", "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      tags.update(value.tag for value in event.summary.value)
+  return tags
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  run_dir = str(tmp_path_factory.mktemp("smoke"))
+  config = smoke_config(run_dir)
+  return config, train_lib.run(config)
+
+
+def test_smoke_run_writes_results_before_and_after(smoke_run):
+  config, results = smoke_run
+  assert results["cycles_completed"] == config.cycles == 2
+  assert [h["after"] for h in results["history"]] == ["baseline", "cycle 1", "cycle 2"]
+  for key in ("affnist_test_accuracy_before", "affnist_test_accuracy_after"):
+    assert 0.0 <= results[key] <= 1.0
+  assert results["affnist_test_accuracy_after"] == results["history"][-1]["affnist_test_accuracy"]
+  with open(os.path.join(config.run_dir, "results.json")) as f:
+    assert json.load(f) == results
+  with open(os.path.join(config.run_dir, "config.json")) as f:
+    assert json.load(f)["config"]["cycles"] == 2
+
+
+def test_smoke_run_fills_the_cache_per_class_and_cycle(smoke_run):
+  config, _ = smoke_run
+  trainer = trainer_lib.Trainer(config)  # Resumes the finished run: nothing left to train.
+  assert int(trainer.phase.numpy()) == trainer_lib.PHASE_DONE
+  images, labels = trainer.cache.contents()
+  assert len(labels) > 0 and images.shape[1:] == (40, 40, 1)
+  for cycle in (1, 2):
+    assert trainer.cache.class_counts(cycle).max() <= config.hard_per_class
+  # Every cached composite was hard when it was made.
+  margins = trainer.cache.margins.numpy()[:len(labels)]
+  assert np.all(margins < config.hard_threshold)
+
+
+def test_smoke_run_logs_scalars_images_and_histograms(smoke_run):
+  config, _ = smoke_run
+  tags = summary_tags(config.run_dir)
+  for tag in ("train/target_loss", "train/synth_loss", "train/hard_yield", "cache/size",
+              "eval/mnist_val_accuracy", "eval/affnist_test_accuracy", "composites/during_synthesis",
+              "synth/hardness_margin"):
+    assert tag in tags, tag
+
+
+def test_smoke_run_exports_both_savedmodels(smoke_run):
+  config, _ = smoke_run
+  for name in ("synthesizer", "target"):
+    assert os.path.exists(os.path.join(config.run_dir, "export", name, "saved_model.pb"))
+
+
+def test_rerun_of_a_finished_run_resumes_without_training(smoke_run):
+  config, results = smoke_run
+  trainer = trainer_lib.Trainer(config)
+  step_before = int(trainer.target_global_step.numpy())
+  rerun = trainer.run()
+  assert int(trainer.target_global_step.numpy()) == step_before
+  assert rerun["history"] == results["history"]
+
+
+def test_fresh_starts_over(tmp_path):
+  config = smoke_config(str(tmp_path), cycles=0, baseline_epochs=1, export=False)
+  train_lib.run(config)
+  assert os.listdir(tmp_path / "checkpoints")
+  (tmp_path / "notes.txt").write_text("not ours")
+  trainer = trainer_lib.Trainer(smoke_config(str(tmp_path), fresh=True, cycles=0, export=False))
+  assert int(trainer.phase.numpy()) == trainer_lib.PHASE_BASELINE
+  assert int(trainer.target_global_step.numpy()) == 0
+  assert (tmp_path / "notes.txt").exists()  # --fresh removes only what a run writes
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = smoke_config(str(tmp_path), cycles=1, export=False)
+  trainer = trainer_lib.Trainer(config)
+  trainer.run()
+  last_good = trainer.checkpoint_manager.latest_checkpoint
+  for variable in trainer.target.trainable_variables:
+    variable.assign(variable * np.nan)
+  trainer.phase.assign(trainer_lib.PHASE_FINETUNE)
+  trainer.epoch_in_phase.assign(0)
+  with pytest.raises(NonFiniteLossError, match="target loss became nan.*last good checkpoint"):
+    trainer.run()
+  assert trainer.checkpoint_manager.latest_checkpoint == last_good
+  restored = trainer_lib.Trainer(config)
+  assert all(np.isfinite(v.numpy()).all() for v in restored.target.trainable_variables)
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"strategy": "tpu"}, "--strategy must be one of"),
+    ({"target": "resnet"}, "--target must be one of"),
+    ({"hard_threshold": 3.0}, "--hard_threshold compares p_gt - max_other"),
+    ({"synth_dropout": 1.0}, "--synth_dropout must be in"),
+    ({"batch_size": 0}, "--batch_size must be >= 1"),
+])
+def test_bad_training_configs_get_one_clear_error(tmp_path, override, message):
+  with pytest.raises(ConfigError, match=message):
+    smoke_config(str(tmp_path), **override)
+
+
+MIRRORED_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    sys.path.insert(0, "tests")
+    from conftest import smoke_config
+    from terse_tf import trainer as trainer_lib
+    trainer = trainer_lib.Trainer(smoke_config(sys.argv[1], strategy="mirrored", cycles=1, export=False))
+    results = trainer.run()
+    print(json.dumps({"replicas": trainer.strategy.num_replicas_in_sync,
+                      "cycles": results["cycles_completed"], "cache": len(trainer.cache)}))
+""")
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
+  result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(tmp_path)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads(result.stdout.strip().splitlines()[-1])
+  assert summary == {"replicas": 2, "cycles": 1, "cache": summary["cache"]} and summary["cache"] > 0
