@@ -14,7 +14,7 @@ from absl import app, flags, logging
 
 from terse_tf import compositor, train_lib, trainer
 from terse_tf.data import affnist, mnist
-from terse_tf.errors import TerseError
+from terse_tf.errors import ConfigError, TerseError
 from terse_tf.networks import classifier
 
 # Run.
@@ -78,10 +78,22 @@ flags.DEFINE_integer("synth_width", 32, "S's channel width.", lower_bound=2)
 flags.DEFINE_float("synth_dropout", 0.3, "Dropout in S's regression head.", lower_bound=0, upper_bound=0.99)
 flags.DEFINE_float("hard_threshold", 0.0, "A composite is hard when p_gt - max_other < this.",
                    lower_bound=-1, upper_bound=1)
-flags.DEFINE_integer("hard_per_class", 500, "Hard examples to cache per class per cycle.", lower_bound=1)
+flags.DEFINE_list("hard_per_class", ["500"], "Hard examples to cache per class per cycle: one value for "
+                  "every cycle, or a comma-separated value per cycle.")
+flags.DEFINE_enum("sample_source", "terse", trainer.SAMPLE_SOURCES, "Where each cycle's added samples come "
+                  "from: terse (the synthesizer's hard composites), random_affine (the random augmentation "
+                  "baseline, affNIST's recipe), none (control: fine-tune on real digits only).")
 flags.DEFINE_integer("synth_max_steps", 400, "Cap on S steps per cycle.", lower_bound=1)
 
 FLAGS = flags.FLAGS
+
+
+def integers_flag(name: str, values: list[str]) -> tuple[int, ...]:
+  """A list flag's values as integers, or a ConfigError naming the flag."""
+  try:
+    return tuple(int(v) for v in values)
+  except ValueError:
+    raise ConfigError(f"--{name} expects comma-separated integers, got {','.join(values)!r}") from None
 
 
 def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> trainer.TrainConfig:
@@ -107,7 +119,8 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> trainer.TrainCon
       synth_batch_size=f.synth_batch_size, synth_lr=f.synth_lr,
       synth_weight_decay=f.synth_weight_decay, synth_width=f.synth_width,
       synth_dropout=f.synth_dropout, hard_threshold=f.hard_threshold,
-      hard_per_class=f.hard_per_class, synth_max_steps=f.synth_max_steps, strategy=f.strategy,
+      hard_per_class=integers_flag("hard_per_class", f.hard_per_class), synth_max_steps=f.synth_max_steps,
+      sample_source=f.sample_source, strategy=f.strategy,
       checkpoint_every_steps=f.checkpoint_every_steps,
       image_summary_every_steps=f.image_summary_every_steps, eval_batch_size=f.eval_batch_size,
       jit_compile=f.jit_compile,

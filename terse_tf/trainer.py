@@ -7,6 +7,8 @@ hard-example cache and the checkpoint. The schedule:
   2. C sleep cycles, each
      a. synthesize: S trained with T frozen to maximise T's loss on its composites; every composite with
         p_gt - max_other < threshold goes to the cache until each class has its quota (or a step cap);
+        with --sample_source=random_affine the quota is filled by random affNIST-recipe transforms instead
+        (the in-tree baseline), and with --sample_source=none nothing is added (the control);
      b. fine-tune: T trained on the real digits plus the whole cache with S frozen;
   3. export S and T as SavedModels.
 
@@ -37,6 +39,10 @@ from terse_tf.errors import ConfigError, NonFiniteLossError
 from terse_tf.networks import classifier, synthesizer
 
 STRATEGIES = ("auto", "default", "mirrored")
+# Where each cycle's added samples come from: TERSE's synthesizer (hard composites against the current T),
+# the in-tree baseline of random affine augmentation with affNIST's recipe, or nothing (a control that
+# fine-tunes on the real digits alone for the same epochs).
+SAMPLE_SOURCES = ("terse", "random_affine", "none")
 PHASE_BASELINE, PHASE_SYNTHESIZE, PHASE_FINETUNE, PHASE_DONE = range(4)
 PHASE_NAMES = ("baseline", "synthesize", "finetune", "done")
 IMAGE_SHAPE = (mnist.IMAGE_SIZE, mnist.IMAGE_SIZE, 1)
@@ -68,8 +74,10 @@ class TrainConfig:
   synth_width: int = 32
   synth_dropout: float = 0.3
   hard_threshold: float = 0.0
-  hard_per_class: int = 500
+  # Samples added per class in each cycle: one value for every cycle, or one value per cycle.
+  hard_per_class: tuple[int, ...] = (500,)
   synth_max_steps: int = 400
+  sample_source: str = "terse"
   # Infrastructure.
   strategy: str = "auto"
   checkpoint_every_steps: int = 25
@@ -85,8 +93,15 @@ class TrainConfig:
       raise ConfigError(f"--strategy must be one of {STRATEGIES}, got {self.strategy!r}")
     if self.target not in classifier.ARCHITECTURES:
       raise ConfigError(f"--target must be one of {classifier.ARCHITECTURES}, got {self.target!r}")
-    for name in ("batch_size", "synth_batch_size", "hard_per_class", "synth_max_steps",
-                 "checkpoint_every_steps", "eval_batch_size"):
+    if self.sample_source not in SAMPLE_SOURCES:
+      raise ConfigError(f"--sample_source must be one of {SAMPLE_SOURCES}, got {self.sample_source!r}")
+    if not self.hard_per_class or min(self.hard_per_class) < 1:
+      raise ConfigError(f"--hard_per_class needs values >= 1, got {list(self.hard_per_class)}")
+    if len(self.hard_per_class) not in (1, self.cycles):
+      raise ConfigError(f"--hard_per_class has {len(self.hard_per_class)} values; expected one, or one per "
+                        f"cycle (--cycles={self.cycles})")
+    for name in ("batch_size", "synth_batch_size", "synth_max_steps", "checkpoint_every_steps",
+                 "eval_batch_size"):
       if getattr(self, name) < 1:
         raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
     for name in ("baseline_epochs", "finetune_epochs", "cycles"):
@@ -97,6 +112,14 @@ class TrainConfig:
     if not -1 <= self.hard_threshold <= 1:
       raise ConfigError(f"--hard_threshold compares p_gt - max_other, which lies in [-1, 1]; got "
                         f"{self.hard_threshold}")
+
+
+  def quota(self, cycle: int) -> int:
+    """Samples to add per class in `cycle` (1-based)."""
+    return self.hard_per_class[0] if len(self.hard_per_class) == 1 else self.hard_per_class[cycle - 1]
+
+  def cache_capacity(self) -> int:
+    return max(1, sum(self.quota(c) for c in range(1, self.cycles + 1))) * mnist.NUM_CLASSES
 
 
 class SynthStepOutputs(NamedTuple):
@@ -184,8 +207,7 @@ class Trainer:
       # fails inside the first step ("You must feed a value for placeholder tensor").
       self.target_optimizer.build(self.target.trainable_variables)
       self.synth_optimizer.build(self.synthesizer.trainable_variables)
-    self.cache = HardExampleCache(max(1, config.cycles) * config.hard_per_class * mnist.NUM_CLASSES,
-                                  IMAGE_SHAPE, mnist.NUM_CLASSES)
+    self.cache = HardExampleCache(config.cache_capacity(), IMAGE_SHAPE, mnist.NUM_CLASSES)
     self.phase = tf.Variable(PHASE_BASELINE, dtype=tf.int64, trainable=False, name="phase")
     self.cycle = tf.Variable(0, dtype=tf.int64, trainable=False, name="cycle")
     self.epoch_in_phase = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_in_phase")
@@ -214,8 +236,7 @@ class Trainer:
     # step, whose convolutions it makes slower; bench/compositor.py has the compositor's own figures.
     self._composite = tf.function(compositor_lib.composite, jit_compile=config.jit_compile)
     self._synth_step = tf.function(self._synth_step_fn)
-    self._predict = tf.function(lambda images: tf.argmax(self.target(images, training=False), axis=-1,
-                                                         output_type=tf.int32))
+    self._logits = tf.function(lambda images: self.target(images, training=False))
 
   # ----------------------------------------------------------------------------------------- state
   def _restore(self) -> None:
@@ -323,7 +344,7 @@ class Trainer:
 
   def _synthesize(self, cycle: int) -> None:
     config = self.config
-    quota = config.hard_per_class
+    quota = config.quota(cycle)
     iterator = iter(self._synth_dataset(config.seed * 1000 + cycle * 100 + int(self.synth_step.numpy())))
     margins_seen = []
     while (int(self.synth_step.numpy()) < config.synth_max_steps and
@@ -368,14 +389,48 @@ class Trainer:
       if margins_seen:
         tf.summary.histogram("synth/hardness_margin", np.concatenate(margins_seen))
 
+  def _augment_randomly(self, cycle: int) -> None:
+    """The random-augmentation baseline: `quota` training digits per class under affNIST-recipe transforms.
+
+    Every sample is kept, hard or not; their margins under the current T are logged beside TERSE's.
+    """
+    quota = self.config.quota(cycle)
+    rng = np.random.default_rng([self.config.seed, cycle])
+    labels = self.splits.train_labels
+    picks = np.concatenate([
+        rng.choice(np.flatnonzero(labels == c), quota, replace=quota > np.sum(labels == c))
+        for c in range(mnist.NUM_CLASSES)])
+    digits, picked_labels = affnist.generate(self.splits.train_images[picks], labels[picks],
+                                             transforms_per_digit=1, seed=int(rng.integers(2**31)))
+    images = digits[..., None].astype(np.float32) / 255.0
+    margins = np.concatenate([
+        losses.hardness_margin(picked_labels[i:i + self.config.eval_batch_size],
+                               self._logits(images[i:i + self.config.eval_batch_size])).numpy()
+        for i in range(0, len(images), self.config.eval_batch_size)])
+    self.cache.add(images, picked_labels, margins, cycle, quota)
+    logging.info("cycle %d: added %d random affine samples (%.0f%% of them hard for T)", cycle, len(images),
+                 100 * float(np.mean(margins < self.config.hard_threshold)))
+    with self.writer.as_default(step=cycle):
+      tf.summary.scalar("cache/size", len(self.cache))
+      tf.summary.histogram("synth/hardness_margin", margins)
+      tf.summary.image("composites/added_by_cycle", _image_grid(tf.constant(images[:64])))
+
+  def _add_samples(self, cycle: int) -> None:
+    if self.config.sample_source == "terse":
+      self._synthesize(cycle)
+    elif self.config.sample_source == "random_affine":
+      self._augment_randomly(cycle)
+
+  def _accuracy(self, images: np.ndarray, labels: np.ndarray) -> float:
+    correct = 0
+    for start in range(0, len(labels), self.config.eval_batch_size):
+      batch = _as_images(images[start:start + self.config.eval_batch_size, ..., None])
+      predictions = tf.argmax(self._logits(batch), axis=-1, output_type=tf.int32).numpy()
+      correct += int((predictions == labels[start:start + self.config.eval_batch_size]).sum())
+    return correct / len(labels)
+
   def _evaluate(self, label: str) -> dict:
-    def accuracy(images: np.ndarray, labels: np.ndarray) -> float:
-      correct = 0
-      for start in range(0, len(labels), self.config.eval_batch_size):
-        batch = _as_images(images[start:start + self.config.eval_batch_size, ..., None])
-        predictions = self._predict(batch).numpy()
-        correct += int((predictions == labels[start:start + self.config.eval_batch_size]).sum())
-      return correct / len(labels)
+    accuracy = self._accuracy
 
     cycle = int(self.cycle.numpy())
     record = {"after": label, "cycle": cycle, "cache_size": len(self.cache),
@@ -420,7 +475,7 @@ class Trainer:
     while int(self.phase.numpy()) in (PHASE_SYNTHESIZE, PHASE_FINETUNE):
       cycle = int(self.cycle.numpy())
       if int(self.phase.numpy()) == PHASE_SYNTHESIZE:
-        self._synthesize(cycle)
+        self._add_samples(cycle)
         self._advance(PHASE_FINETUNE, next_cycle=cycle)
       self._train_target_epochs(config.finetune_epochs, seed_base=config.seed * 1000 + 10 * cycle)
       self._evaluate(f"cycle {cycle}")

@@ -51,7 +51,7 @@ def test_smoke_run_fills_the_cache_per_class_and_cycle(smoke_run):
   images, labels = trainer.cache.contents()
   assert len(labels) > 0 and images.shape[1:] == (40, 40, 1)
   for cycle in (1, 2):
-    assert trainer.cache.class_counts(cycle).max() <= config.hard_per_class
+    assert trainer.cache.class_counts(cycle).max() <= config.quota(cycle)
   # Every cached composite was hard when it was made.
   margins = trainer.cache.margins.numpy()[:len(labels)]
   assert np.all(margins < config.hard_threshold)
@@ -141,3 +141,36 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads(result.stdout.strip().splitlines()[-1])
   assert summary == {"replicas": 2, "cycles": 1, "cache": summary["cache"]} and summary["cache"] > 0
+
+
+def test_random_affine_baseline_fills_exact_quotas_per_cycle(tmp_path):
+  config = smoke_config(str(tmp_path), sample_source="random_affine", cycles=2, hard_per_class=(3, 5),
+                        export=False)
+  trainer = trainer_lib.Trainer(config)
+  results = trainer.run()
+  assert results["cycles_completed"] == 2
+  assert trainer.cache.class_counts(1).tolist() == [3] * 10
+  assert trainer.cache.class_counts(2).tolist() == [5] * 10
+  images, _ = trainer.cache.contents()
+  # Random affNIST-recipe transforms move the digits off the centre of the frame.
+  centroids = [np.argwhere(im[..., 0] > 128).mean(axis=0) for im in images]
+  assert np.std(centroids, axis=0).max() > 1.5
+
+
+def test_none_source_fine_tunes_on_real_digits_only(tmp_path):
+  config = smoke_config(str(tmp_path), sample_source="none", cycles=2, export=False)
+  trainer = trainer_lib.Trainer(config)
+  results = trainer.run()
+  assert len(trainer.cache) == 0 and results["cycles_completed"] == 2
+  assert int(trainer.synth_global_step.numpy()) == 0
+  assert int(trainer.target_global_step.numpy()) > 0
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"hard_per_class": (3, 4, 5), "cycles": 2}, "expected one, or one per cycle"),
+    ({"hard_per_class": (0,)}, "--hard_per_class needs values >= 1"),
+    ({"sample_source": "gan"}, "--sample_source must be one of"),
+])
+def test_bad_sample_schedules_get_one_clear_error(tmp_path, override, message):
+  with pytest.raises(ConfigError, match=message):
+    smoke_config(str(tmp_path), **override)

@@ -1,0 +1,1 @@
+"""Experiments that reproduce the paper's claims with terse_tf."""

@@ -1,0 +1,264 @@
+r"""The efficiency experiment (paper §4.1, Fig. 1): affNIST-test accuracy against samples added.
+
+    python -m terse_tf.experiments.affnist_efficiency --flagfile=configs/affnist_efficiency.flags
+
+For each seed, one baseline T is trained on the real digits; every arm then starts from that checkpoint and
+goes through the same schedule, one sleep cycle per point of --k_grid: add samples until the total reaches
+k, then fine-tune T for --finetune_epochs on real digits + everything added so far. The arms differ only in
+where the samples come from (trainer.SAMPLE_SOURCES): random affine augmentation with affNIST's recipe (the
+paper's red curve), TERSE's hard composites (green), or nothing (the control). Same architecture,
+optimiser, epochs and seeds for every arm.
+
+Writes to --results_dir: <label>.csv (arm, k, k_added, seed, accuracy), <label>.png, <label>.md and
+<label>.json with the headline figure — the fraction of random augmentation's samples TERSE needs to reach
+random augmentation's final accuracy. Curves are also TensorBoard scalars under <run_dir>/tensorboard/<arm>.
+All flags of terse_tf.train apply (data source, networks, optimisers); the ones below are the experiment's.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+
+from terse_tf import train  # Declares the shared flags; config_from_flags reads them.
+from terse_tf.data import mnist
+from terse_tf.errors import ConfigError, TerseError
+from terse_tf.trainer import SAMPLE_SOURCES, TrainConfig, Trainer
+
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; each trains its own baseline and runs every arm.")
+flags.DEFINE_list("k_grid", ["1000", "2000", "4000", "8000", "16000", "32000", "64000"],
+                  "Total added samples after each cycle (multiples of the class count).")
+flags.DEFINE_list("arms", list(SAMPLE_SOURCES), f"Arms to run, from {SAMPLE_SOURCES}.")
+flags.DEFINE_string("results_dir", "bench/results", "Where the CSV, plot, table and summary go.")
+flags.DEFINE_string("label", "", "Name of the result files; default: affnist_efficiency_<data source>.")
+flags.DEFINE_integer("synth_steps_per_sample_batch", 8, "TERSE's step cap per cycle, in multiples of the "
+                     "steps that one batch per 64 samples would need (room for a falling hard yield).",
+                     lower_bound=1)
+FLAGS = flags.FLAGS
+
+ARM_TITLES = {"random_affine": "random affine augmentation", "terse": "TERSE", "none": "no added samples"}
+ARM_COLOURS = {"random_affine": "tab:red", "terse": "tab:green", "none": "tab:gray"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  base: TrainConfig
+  seeds: tuple[int, ...]
+  k_grid: tuple[int, ...]
+  arms: tuple[str, ...]
+  results_dir: str
+  label: str
+  synth_steps_per_sample_batch: int = 8
+
+  def __post_init__(self):
+    if not self.seeds:
+      raise ConfigError("--seeds needs at least one seed")
+    unknown = set(self.arms) - set(SAMPLE_SOURCES)
+    if unknown or not self.arms:
+      raise ConfigError(f"--arms must be a non-empty subset of {SAMPLE_SOURCES}, got {list(self.arms)}")
+    if not self.k_grid or list(self.k_grid) != sorted(set(self.k_grid)) or self.k_grid[0] <= 0:
+      raise ConfigError(f"--k_grid must be increasing positive totals, got {list(self.k_grid)}")
+    if any(k % mnist.NUM_CLASSES for k in self.k_grid):
+      raise ConfigError(f"--k_grid values must be multiples of {mnist.NUM_CLASSES} (samples are added per "
+                        f"class), got {list(self.k_grid)}")
+
+  def per_class_increments(self) -> tuple[int, ...]:
+    per_class = [k // mnist.NUM_CLASSES for k in self.k_grid]
+    return tuple(b - a for a, b in zip([0] + per_class[:-1], per_class))
+
+
+def seeded(config: TrainConfig, seed: int, run_dir: str, **changes) -> TrainConfig:
+  """The training seed varies (initialisation, shuffling, synthesis); the data split and test set do not,
+  so every seed is scored on the same affNIST-style test images."""
+  return dataclasses.replace(config, run_dir=run_dir, seed=seed, export=False, fresh=False, **changes)
+
+
+def run_seed(experiment: ExperimentConfig, seed: int) -> list[dict]:
+  """Baseline, then every arm from the baseline's checkpoint; one row per (arm, k) with this seed."""
+  base = experiment.base
+  seed_dir = os.path.join(base.run_dir, f"seed{seed}")
+  baseline = Trainer(seeded(base, seed, os.path.join(seed_dir, "baseline"), cycles=0, hard_per_class=(1,)))
+  baseline.run()
+  checkpoint = baseline.checkpoint_manager.latest_checkpoint
+  increments = experiment.per_class_increments()
+  step_cap = (experiment.synth_steps_per_sample_batch * max(increments) * mnist.NUM_CLASSES //
+              base.synth_batch_size + 1)
+
+  rows = []
+  for arm in experiment.arms:
+    config = seeded(base, seed, os.path.join(seed_dir, arm), baseline_epochs=0, init_checkpoint=checkpoint,
+                    cycles=len(increments), hard_per_class=increments, sample_source=arm,
+                    synth_max_steps=max(base.synth_max_steps, step_cap),
+                    # The cache reaches max(k) images: save it at phase ends, not every few steps.
+                    checkpoint_every_steps=max(base.checkpoint_every_steps, step_cap))
+    started = time.time()
+    results = Trainer(config).run()
+    history = results["history"]
+    rows.append({"arm": arm, "k": 0, "k_added": 0, "seed": seed,
+                 "affnist_test_accuracy": history[0]["affnist_test_accuracy"]})
+    for k, record in zip(experiment.k_grid, history[1:]):
+      rows.append({"arm": arm, "k": k, "k_added": record["cache_size"], "seed": seed,
+                   "affnist_test_accuracy": record["affnist_test_accuracy"]})
+    logging.info("seed %d arm %s: affNIST-test accuracy %.4f -> %.4f in %.0f s", seed, arm,
+                 history[0]["affnist_test_accuracy"], history[-1]["affnist_test_accuracy"],
+                 time.time() - started)
+  return rows
+
+
+def summarise(rows: list[dict], k_grid: tuple[int, ...]) -> dict:
+  """Mean and spread per (arm, k), and the headline fraction of random augmentation's samples."""
+  curves = {}
+  for arm in sorted({r["arm"] for r in rows}):
+    points = []
+    for k in (0, *k_grid):
+      accuracies = [r["affnist_test_accuracy"] for r in rows if r["arm"] == arm and r["k"] == k]
+      added = [r["k_added"] for r in rows if r["arm"] == arm and r["k"] == k]
+      points.append({"k": k, "k_added_mean": float(np.mean(added)), "mean": float(np.mean(accuracies)),
+                     "std": float(np.std(accuracies)), "min": float(np.min(accuracies)),
+                     "max": float(np.max(accuracies)), "seeds": len(accuracies)})
+    curves[arm] = points
+  headline = {}
+  if "random_affine" in curves and "terse" in curves:
+    target = curves["random_affine"][-1]["mean"]
+    reached = next((p for p in curves["terse"][1:] if p["mean"] >= target), None)
+    random_samples = curves["random_affine"][-1]["k_added_mean"]
+    headline = {
+        "random_affine_final_accuracy": target,
+        "random_affine_samples": random_samples,
+        "terse_final_accuracy": curves["terse"][-1]["mean"],
+        "terse_samples_to_reach_it": reached and reached["k_added_mean"],
+        # First grid point at or above the target: an upper bound, the grid is not interpolated.
+        "fraction_of_random_samples": reached and reached["k_added_mean"] / random_samples,
+    }
+  return {"curves": curves, "headline": headline}
+
+
+def write_outputs(experiment: ExperimentConfig, rows: list[dict], summary: dict, wall_time_s: float,
+                  command: str) -> dict[str, str]:
+  os.makedirs(experiment.results_dir, exist_ok=True)
+  stem = os.path.join(experiment.results_dir, experiment.label)
+  paths = {"csv": stem + ".csv", "png": stem + ".png", "md": stem + ".md", "json": stem + ".json"}
+
+  with open(paths["csv"], "w", newline="") as f:
+    writer = csv.DictWriter(f, ["arm", "k", "k_added", "seed", "affnist_test_accuracy"])
+    writer.writeheader()
+    writer.writerows(rows)
+
+  import matplotlib  # Imported here: only the report needs it.
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  figure, axes = plt.subplots(figsize=(7, 4.5))
+  for arm, points in summary["curves"].items():
+    grid = points[1:]
+    ks = [p["k"] for p in grid]
+    means = np.array([p["mean"] for p in grid])
+    axes.plot(ks, means, "o-", color=ARM_COLOURS[arm], label=ARM_TITLES[arm])
+    axes.fill_between(ks, [p["min"] for p in grid], [p["max"] for p in grid], color=ARM_COLOURS[arm],
+                      alpha=0.2)
+  start = np.mean([p[0]["mean"] for p in summary["curves"].values()])
+  axes.axhline(start, color="black", linestyle=":", label="MNIST-only start")
+  axes.set_xscale("log", base=2)
+  axes.set_xlabel("samples added (k)")
+  axes.set_ylabel("affNIST-test accuracy")
+  seeds = len(experiment.seeds)
+  axes.set_title(f"{experiment.label}: mean over {seeds} seeds, band = min..max")
+  axes.grid(alpha=0.3)
+  axes.legend()
+  figure.tight_layout()
+  figure.savefig(paths["png"], dpi=120)
+  plt.close(figure)
+
+  arms = list(summary["curves"])
+  lines = [f"# {experiment.label}", "",
+           f"Command: `{command}`  ", f"Wall time: {wall_time_s / 60:.1f} min; seeds {list(experiment.seeds)}; "
+           f"target `{experiment.base.target}`; data `{experiment.base.data.source}`.", "",
+           "affNIST-test accuracy, mean +- std over seeds (error rate = 1 - accuracy):", "",
+           "| k | " + " | ".join(ARM_TITLES[a] for a in arms) + " |",
+           "|---|" + "---|" * len(arms)]
+  for i, k in enumerate((0, *experiment.k_grid)):
+    cells = [f"{summary['curves'][a][i]['mean']:.4f} +- {summary['curves'][a][i]['std']:.4f}" for a in arms]
+    lines.append(f"| {k} | " + " | ".join(cells) + " |")
+  headline = summary["headline"]
+  if headline:
+    lines += ["", f"Random augmentation's final accuracy: {headline['random_affine_final_accuracy']:.4f} with "
+              f"{headline['random_affine_samples']:.0f} samples."]
+    if headline["fraction_of_random_samples"] is None:
+      lines.append(f"TERSE did not reach it on this grid (TERSE's final accuracy "
+                   f"{headline['terse_final_accuracy']:.4f}).")
+    else:
+      lines.append(f"TERSE reached it with {headline['terse_samples_to_reach_it']:.0f} samples: "
+                   f"**{headline['fraction_of_random_samples']:.3f}** of random augmentation's "
+                   "(first grid point at or above; an upper bound).")
+  with open(paths["md"], "w") as f:
+    f.write("\n".join(lines) + "\n")
+
+  with open(paths["json"], "w") as f:
+    json.dump({"command": command, "wall_time_s": round(wall_time_s, 1), "seeds": list(experiment.seeds),
+               "k_grid": list(experiment.k_grid), "config": dataclasses.asdict(experiment.base), **summary},
+              f, indent=2)
+  return paths
+
+
+def log_curves(experiment: ExperimentConfig, rows: list[dict], summary: dict) -> None:
+  """TensorBoard: one run per arm, accuracy against k (mean, and each seed)."""
+  for arm, points in summary["curves"].items():
+    writer = tf.summary.create_file_writer(os.path.join(experiment.base.run_dir, "tensorboard", arm))
+    with writer.as_default():
+      for point in points:
+        tf.summary.scalar("efficiency/affnist_test_accuracy_mean", point["mean"], step=point["k"])
+      for row in rows:
+        if row["arm"] == arm:
+          tf.summary.scalar(f"efficiency/affnist_test_accuracy_seed{row['seed']}",
+                            row["affnist_test_accuracy"], step=row["k"])
+    writer.close()
+
+
+def run(experiment: ExperimentConfig, command: str = "") -> dict:
+  started = time.time()
+  rows = [row for seed in experiment.seeds for row in run_seed(experiment, seed)]
+  summary = summarise(rows, experiment.k_grid)
+  log_curves(experiment, rows, summary)
+  paths = write_outputs(experiment, rows, summary, time.time() - started, command)
+  headline = summary["headline"]
+  if headline:
+    logging.info("random augmentation reaches %.4f with %.0f samples; TERSE %s", headline[
+        "random_affine_final_accuracy"], headline["random_affine_samples"],
+        "does not reach it" if headline["fraction_of_random_samples"] is None else
+        f"reaches it with {headline['fraction_of_random_samples']:.3f} of them")
+  logging.info("wrote %s", paths)
+  return {"rows": rows, "paths": paths, **summary}
+
+
+def experiment_from_flags(flag_values: flags.FlagValues = FLAGS) -> ExperimentConfig:
+  base = train.config_from_flags(flag_values)
+  source = mnist.resolve_source(base.data)
+  label = flag_values.label or f"affnist_efficiency_{source}"
+  return ExperimentConfig(base=base, seeds=train.integers_flag("seeds", flag_values.seeds),
+                          k_grid=train.integers_flag("k_grid", flag_values.k_grid), arms=tuple(flag_values.arms),
+                          results_dir=flag_values.results_dir, label=label,
+                          synth_steps_per_sample_batch=flag_values.synth_steps_per_sample_batch)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    run(experiment_from_flags(), command=shlex.join(["python", "-m", "terse_tf.experiments.affnist_efficiency",
+                                                     *sys.argv[1:]]))
+  except TerseError as e:
+    logging.error("%s: %s", type(e).__name__, e)
+    sys.exit(f"terse_tf: error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

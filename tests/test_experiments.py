@@ -1,0 +1,81 @@
+"""The affNIST efficiency experiment at smoke size: output structure, and that every arm was trained."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+SMOKE = os.path.join(REPO_ROOT, "configs", "affnist_efficiency_smoke.flags")
+
+
+def target_steps(run_dir):
+  reader = tf.train.load_checkpoint(os.path.join(run_dir, "checkpoints"))
+  return int(reader.get_tensor("target_global_step/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def test_efficiency_experiment_at_smoke_size(tmp_path):
+  results_dir, run_dir = tmp_path / "results", tmp_path / "runs"
+  result = subprocess.run(
+      [sys.executable, "-m", "terse_tf.experiments.affnist_efficiency", f"--flagfile={SMOKE}",
+       f"--run_dir={run_dir}", f"--results_dir={results_dir}", "--affnist_cache_dir="],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-4000:]
+
+  with open(results_dir / "affnist_efficiency_smoke.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert set(rows[0]) == {"arm", "k", "k_added", "seed", "affnist_test_accuracy"}
+  arms, seeds, grid = ("none", "random_affine", "terse"), ("0", "1"), ("0", "20", "60")
+  assert sorted((r["arm"], r["seed"], r["k"]) for r in rows) == sorted(
+      (a, s, k) for a in arms for s in seeds for k in grid)
+  for row in rows:
+    assert 0.0 <= float(row["affnist_test_accuracy"]) <= 1.0
+    added = int(row["k_added"])
+    if row["arm"] == "random_affine":
+      assert added == int(row["k"])  # random augmentation always fills its quota
+    elif row["arm"] == "none":
+      assert added == 0
+    else:
+      assert 0 <= added <= int(row["k"])
+  # All arms start from the same baseline T of their seed.
+  for seed in seeds:
+    starts = {r["affnist_test_accuracy"] for r in rows if r["seed"] == seed and r["k"] == "0"}
+    assert len(starts) == 1
+
+  # Every arm was trained beyond its baseline: one fine-tuning epoch per grid point.
+  for seed in seeds:
+    baseline_steps = target_steps(run_dir / f"seed{seed}" / "baseline")
+    assert baseline_steps > 0
+    for arm in arms:
+      assert target_steps(run_dir / f"seed{seed}" / arm) > 0
+
+  with open(results_dir / "affnist_efficiency_smoke.json") as f:
+    summary = json.load(f)
+  assert set(summary["curves"]) == set(arms)
+  assert {"random_affine_final_accuracy", "fraction_of_random_samples"} <= set(summary["headline"])
+  assert summary["command"].startswith("python -m terse_tf.experiments.affnist_efficiency")
+  with open(results_dir / "affnist_efficiency_smoke.png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  table = (results_dir / "affnist_efficiency_smoke.md").read_text()
+  assert "| k | no added samples | random affine augmentation | TERSE |" in table
+  assert os.listdir(run_dir / "tensorboard") and set(os.listdir(run_dir / "tensorboard")) == set(arms)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--k_grid=25"], "--k_grid values must be multiples of 10"),
+    (["--k_grid=60,20"], "--k_grid must be increasing"),
+    (["--arms=terse,gan"], "--arms must be a non-empty subset"),
+    (["--seeds=a"], "--seeds expects comma-separated integers"),
+])
+def test_bad_experiment_flags_get_one_clear_error(tmp_path, args, message):
+  result = subprocess.run(
+      [sys.executable, "-m", "terse_tf.experiments.affnist_efficiency", f"--flagfile={SMOKE}",
+       f"--run_dir={tmp_path}", f"--results_dir={tmp_path}", *args],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
