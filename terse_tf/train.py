@@ -70,6 +70,9 @@ flags.DEFINE_float("target_weight_decay", 5e-4, "T's weight decay.", lower_bound
 flags.DEFINE_integer("baseline_epochs", 3, "Epochs of T on real digits before the first cycle.",
                      lower_bound=0)
 flags.DEFINE_integer("finetune_epochs", 2, "Epochs of T on real digits + cache per cycle.", lower_bound=0)
+flags.DEFINE_integer("finetune_steps", 0, "If > 0: T's steps per cycle on real digits + cache, instead of "
+                     "--finetune_epochs epochs (keeps a cycle's cost constant as the cache grows).",
+                     lower_bound=0)
 flags.DEFINE_integer("cycles", 4, "Sleep cycles (synthesize, then fine-tune).", lower_bound=0)
 flags.DEFINE_integer("synth_batch_size", 64, "S's batch size.", lower_bound=1)
 flags.DEFINE_float("synth_lr", 1e-3, "S's Adam learning rate.", lower_bound=0)
@@ -115,7 +118,8 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> trainer.TrainCon
           mask_threshold=f.mask_threshold, mask_blur_sigma=f.mask_blur_sigma),
       target=f.target, seed=f.seed, batch_size=f.batch_size, target_lr=f.target_lr,
       target_momentum=f.target_momentum, target_weight_decay=f.target_weight_decay,
-      baseline_epochs=f.baseline_epochs, finetune_epochs=f.finetune_epochs, cycles=f.cycles,
+      baseline_epochs=f.baseline_epochs, finetune_epochs=f.finetune_epochs,
+      finetune_steps=f.finetune_steps, cycles=f.cycles,
       synth_batch_size=f.synth_batch_size, synth_lr=f.synth_lr,
       synth_weight_decay=f.synth_weight_decay, synth_width=f.synth_width,
       synth_dropout=f.synth_dropout, hard_threshold=f.hard_threshold,

@@ -35,7 +35,7 @@ from terse_tf import compositor as compositor_lib
 from terse_tf import losses
 from terse_tf.cache import HardExampleCache
 from terse_tf.data import affnist, mnist
-from terse_tf.errors import ConfigError, NonFiniteLossError
+from terse_tf.errors import ConfigError, DataError, NonFiniteLossError
 from terse_tf.networks import classifier, synthesizer
 
 STRATEGIES = ("auto", "default", "mirrored")
@@ -66,6 +66,11 @@ class TrainConfig:
   target_weight_decay: float = 5e-4
   baseline_epochs: int = 3
   finetune_epochs: int = 2
+  # When > 0, each cycle fine-tunes T for this many steps on real + cache instead of finetune_epochs epochs:
+  # the cost of a cycle then stays constant as the cache grows.
+  finetune_steps: int = 0
+  # Cycles after which T is evaluated (the last one always is); empty: after every cycle.
+  eval_after_cycles: tuple[int, ...] = ()
   cycles: int = 4
   # Synthesizer S: Adam (A.1).
   synth_batch_size: int = 64
@@ -104,7 +109,7 @@ class TrainConfig:
                  "eval_batch_size"):
       if getattr(self, name) < 1:
         raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
-    for name in ("baseline_epochs", "finetune_epochs", "cycles"):
+    for name in ("baseline_epochs", "finetune_epochs", "finetune_steps", "cycles"):
       if getattr(self, name) < 0:
         raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
     if not 0 <= self.synth_dropout < 1:
@@ -188,9 +193,8 @@ class Trainer:
     keras.utils.set_random_seed(config.seed)
 
     self.splits = mnist.load_splits(config.data)
-    affnist_config = config.affnist
     test_images, test_labels, self.affnist_description = affnist.load_test_set(
-        self.splits.test_images, self.splits.test_labels, affnist_config)
+        self.splits.test_images, self.splits.test_labels, config.affnist)
     self.affnist_test = (test_images, test_labels)
     logging.info("data: %s digits %s; affNIST test: %d images, %s", self.splits.source, self.splits.sizes(),
                  len(test_labels), self.affnist_description)
@@ -242,13 +246,23 @@ class Trainer:
   def _restore(self) -> None:
     latest = self.checkpoint_manager.latest_checkpoint
     if latest:
-      self.checkpoint.restore(latest).assert_existing_objects_matched()
+      try:
+        self.checkpoint.restore(latest).assert_existing_objects_matched()
+      except (AssertionError, ValueError, tf.errors.OpError) as e:
+        raise ConfigError(f"--run_dir={self.config.run_dir} holds a checkpoint ({latest}) from a different "
+                          "configuration (networks or cache size differ); rerun with the flags that made "
+                          f"it, or add --fresh to start over ({type(e).__name__})") from e
       self.history = json.loads(self.history_json.numpy().decode())
       logging.info("resumed from %s: phase %s, cycle %d, %d cached hard examples", latest,
                    PHASE_NAMES[int(self.phase.numpy())], int(self.cycle.numpy()), len(self.cache))
     elif self.config.init_checkpoint:
-      tf.train.Checkpoint(synthesizer=self.synthesizer, target=self.target).restore(
-          self.config.init_checkpoint).expect_partial()
+      try:
+        tf.train.Checkpoint(synthesizer=self.synthesizer, target=self.target).restore(
+            self.config.init_checkpoint).expect_partial().assert_existing_objects_matched()
+      except (AssertionError, ValueError, tf.errors.OpError) as e:
+        raise DataError(f"--init_checkpoint={self.config.init_checkpoint}: expected the prefix of a terse_tf "
+                        f"checkpoint with matching S and T, e.g. <run_dir>/checkpoints/ckpt-3 "
+                        f"({type(e).__name__})") from e
       logging.info("initialised S and T from --init_checkpoint=%s", self.config.init_checkpoint)
     self._elapsed_at_start = float(self.elapsed_s.numpy())
 
@@ -264,8 +278,8 @@ class Trainer:
           "the learning rates or check the data.")
 
   # ----------------------------------------------------------------------------------------- data
-  def _target_dataset(self, epoch_seed: int) -> tf.distribute.DistributedDataset:
-    """Real training digits plus every cached hard example, shuffled, for one epoch of T."""
+  def _target_dataset(self, epoch_seed: int, steps: int = 0) -> tf.distribute.DistributedDataset:
+    """Real training digits plus every cached hard example, shuffled: one epoch of T, or `steps` batches."""
     cache_images, cache_labels = self.cache.contents()
     images = np.concatenate([self.splits.train_images[..., None], cache_images])
     labels = np.concatenate([self.splits.train_labels, cache_labels])
@@ -274,7 +288,12 @@ class Trainer:
       batch = context.get_per_replica_batch_size(self.config.batch_size)
       ds = tf.data.Dataset.from_tensor_slices((images, labels)).shard(
           context.num_input_pipelines, context.input_pipeline_id)
-      ds = ds.shuffle(len(labels), seed=epoch_seed).batch(batch, drop_remainder=True)
+      ds = ds.shuffle(len(labels), seed=epoch_seed)
+      if steps:
+        ds = ds.repeat()
+      ds = ds.batch(batch, drop_remainder=True)
+      if steps:
+        ds = ds.take(steps)
       return ds.map(lambda x, y: (_as_images(x), y)).prefetch(tf.data.AUTOTUNE)
 
     return self.strategy.distribute_datasets_from_function(dataset_fn)
@@ -325,11 +344,12 @@ class Trainer:
                             *(self.strategy.gather(x, axis=0) for x in per_example))
 
   # ----------------------------------------------------------------------------------------- phases
-  def _train_target_epochs(self, epochs: int, seed_base: int) -> None:
+  def _train_target_epochs(self, epochs: int, seed_base: int, steps_per_epoch: int = 0) -> None:
+    """`epochs` passes over real + cache (or of `steps_per_epoch` batches each), checkpointed after each."""
     while int(self.epoch_in_phase.numpy()) < epochs:
       epoch = int(self.epoch_in_phase.numpy())
       total, steps = 0.0, 0
-      for batch in self._target_dataset(seed_base + epoch):
+      for batch in self._target_dataset(seed_base + epoch, steps_per_epoch):
         loss = float(self._target_step(batch).numpy())
         self._check_finite(loss, "target")
         total, steps = total + loss, steps + 1
@@ -346,7 +366,7 @@ class Trainer:
     config = self.config
     quota = config.quota(cycle)
     iterator = iter(self._synth_dataset(config.seed * 1000 + cycle * 100 + int(self.synth_step.numpy())))
-    margins_seen = []
+    margins_seen, params_seen = [], []
     while (int(self.synth_step.numpy()) < config.synth_max_steps and
            self.cache.class_counts(cycle).min() < quota):
       outputs = self._synth_step(next(iterator))
@@ -357,6 +377,7 @@ class Trainer:
       added = self.cache.add(outputs.composites.numpy()[hard], outputs.labels.numpy()[hard], margins[hard],
                              cycle, quota)
       margins_seen.append(margins)
+      params_seen.append(outputs.params.numpy()[hard])
       self.synth_step.assign_add(1)
       self.synth_global_step.assign_add(1)
       step = int(self.synth_global_step.numpy())
@@ -388,6 +409,10 @@ class Trainer:
         tf.summary.image("composites/hard_examples_by_cycle", _image_grid(_as_images(recent)))
       if margins_seen:
         tf.summary.histogram("synth/hardness_margin", np.concatenate(margins_seen))
+        # One mode per cycle (every digit sent to the same corner) shows up as a narrow histogram here.
+        params = np.concatenate(params_seen)
+        for name, values in zip(compositor_lib.PARAM_NAMES, params.T):
+          tf.summary.histogram(f"synth/hard_params/{name}", values)
 
   def _augment_randomly(self, cycle: int) -> None:
     """The random-augmentation baseline: `quota` training digits per class under affNIST-recipe transforms.
@@ -477,8 +502,13 @@ class Trainer:
       if int(self.phase.numpy()) == PHASE_SYNTHESIZE:
         self._add_samples(cycle)
         self._advance(PHASE_FINETUNE, next_cycle=cycle)
-      self._train_target_epochs(config.finetune_epochs, seed_base=config.seed * 1000 + 10 * cycle)
-      self._evaluate(f"cycle {cycle}")
+      if config.finetune_steps:
+        self._train_target_epochs(1, seed_base=config.seed * 1000 + 10 * cycle,
+                                  steps_per_epoch=config.finetune_steps)
+      else:
+        self._train_target_epochs(config.finetune_epochs, seed_base=config.seed * 1000 + 10 * cycle)
+      if not config.eval_after_cycles or cycle in config.eval_after_cycles or cycle == config.cycles:
+        self._evaluate(f"cycle {cycle}")
       if cycle < config.cycles:
         self._advance(PHASE_SYNTHESIZE, next_cycle=cycle + 1)
       else:

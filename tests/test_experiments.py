@@ -11,7 +11,6 @@ import tensorflow as tf
 
 from conftest import REPO_ROOT
 
-pytestmark = pytest.mark.slow
 SMOKE = os.path.join(REPO_ROOT, "configs", "affnist_efficiency_smoke.flags")
 
 
@@ -20,6 +19,7 @@ def target_steps(run_dir):
   return int(reader.get_tensor("target_global_step/.ATTRIBUTES/VARIABLE_VALUE"))
 
 
+@pytest.mark.slow
 def test_efficiency_experiment_at_smoke_size(tmp_path):
   results_dir, run_dir = tmp_path / "results", tmp_path / "runs"
   result = subprocess.run(
@@ -67,6 +67,7 @@ def test_efficiency_experiment_at_smoke_size(tmp_path):
   assert os.listdir(run_dir / "tensorboard") and set(os.listdir(run_dir / "tensorboard")) == set(arms)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--k_grid=25"], "--k_grid values must be multiples of 10"),
     (["--k_grid=60,20"], "--k_grid must be increasing"),
@@ -79,3 +80,17 @@ def test_bad_experiment_flags_get_one_clear_error(tmp_path, args, message):
        f"--run_dir={tmp_path}", f"--results_dir={tmp_path}", *args],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_grid_increments_split_into_small_cycles():
+  from terse_tf.experiments import affnist_efficiency as experiment
+  from terse_tf.trainer import TrainConfig
+
+  config = experiment.ExperimentConfig(base=TrainConfig(run_dir="unused"), seeds=(0,),
+                                       k_grid=(1000, 2000, 4000, 8500), arms=("terse",), results_dir="",
+                                       label="x", max_per_class_per_cycle=200)
+  quotas, grid_cycles = config.cycle_schedule()
+  # Per class: 100, +100, +200, +450 -> 100 | 100 | 200 | 150, 150, 150
+  assert quotas == (100, 100, 200, 150, 150, 150)
+  assert grid_cycles == (1, 2, 3, 6)
+  assert all(sum(quotas[:c]) * 10 == k for c, k in zip(grid_cycles, config.k_grid))

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from conftest import REPO_ROOT, smoke_config
 from terse_tf import train_lib, trainer as trainer_lib
-from terse_tf.errors import ConfigError, NonFiniteLossError
+from terse_tf.errors import ConfigError, DataError, NonFiniteLossError
 
 
 def summary_tags(run_dir):
@@ -174,3 +174,24 @@ def test_none_source_fine_tunes_on_real_digits_only(tmp_path):
 def test_bad_sample_schedules_get_one_clear_error(tmp_path, override, message):
   with pytest.raises(ConfigError, match=message):
     smoke_config(str(tmp_path), **override)
+
+
+def test_checkpoint_from_another_configuration_asks_for_fresh(tmp_path):
+  train_lib.run(smoke_config(str(tmp_path), cycles=1, export=False))
+  with pytest.raises(ConfigError, match="from a different configuration.*--fresh"):
+    trainer_lib.Trainer(smoke_config(str(tmp_path), cycles=3, export=False))
+
+
+def test_missing_init_checkpoint_names_the_flag(tmp_path):
+  with pytest.raises(DataError, match="--init_checkpoint=.*nope: expected the prefix"):
+    trainer_lib.Trainer(smoke_config(str(tmp_path / "run"), init_checkpoint=str(tmp_path / "nope")))
+
+
+def test_init_checkpoint_initialises_the_target(tmp_path):
+  first = trainer_lib.Trainer(smoke_config(str(tmp_path / "a"), cycles=0, export=False))
+  first.run()
+  second = trainer_lib.Trainer(smoke_config(
+      str(tmp_path / "b"), cycles=0, baseline_epochs=0, export=False,
+      init_checkpoint=first.checkpoint_manager.latest_checkpoint))
+  for a, b in zip(first.target.trainable_variables, second.target.trainable_variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())

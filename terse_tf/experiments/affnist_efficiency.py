@@ -3,11 +3,16 @@ r"""The efficiency experiment (paper §4.1, Fig. 1): affNIST-test accuracy again
     python -m terse_tf.experiments.affnist_efficiency --flagfile=configs/affnist_efficiency.flags
 
 For each seed, one baseline T is trained on the real digits; every arm then starts from that checkpoint and
-goes through the same schedule, one sleep cycle per point of --k_grid: add samples until the total reaches
-k, then fine-tune T for --finetune_epochs on real digits + everything added so far. The arms differ only in
-where the samples come from (trainer.SAMPLE_SOURCES): random affine augmentation with affNIST's recipe (the
-paper's red curve), TERSE's hard composites (green), or nothing (the control). Same architecture,
-optimiser, epochs and seeds for every arm.
+goes through the same schedule of sleep cycles: each adds at most --max_per_class_per_cycle samples per
+class, then fine-tunes T (--finetune_steps steps, or --finetune_epochs epochs) on real digits + everything
+added so far; T is scored whenever the total reaches a point of --k_grid. The arms differ only in where the
+samples come from (trainer.SAMPLE_SOURCES): random affine augmentation with affNIST's recipe (the paper's
+red curve), TERSE's hard composites (green), or nothing (the control). Same architecture, optimiser,
+schedule and seeds for every arm.
+
+Small cycles are the paper's lockstep: within one cycle the synthesizer converges on the single weakest
+mode of the frozen T (every digit pushed to the same corner), so a cycle that adds tens of thousands of
+samples adds one mode; many small cycles make it find a new mode each time (BENCHMARKS.md has the numbers).
 
 Writes to --results_dir: <label>.csv (arm, k, k_added, seed, accuracy), <label>.png, <label>.md and
 <label>.json with the headline figure — the fraction of random augmentation's samples TERSE needs to reach
@@ -40,6 +45,8 @@ flags.DEFINE_list("k_grid", ["1000", "2000", "4000", "8000", "16000", "32000", "
 flags.DEFINE_list("arms", list(SAMPLE_SOURCES), f"Arms to run, from {SAMPLE_SOURCES}.")
 flags.DEFINE_string("results_dir", "bench/results", "Where the CSV, plot, table and summary go.")
 flags.DEFINE_string("label", "", "Name of the result files; default: affnist_efficiency_<data source>.")
+flags.DEFINE_integer("max_per_class_per_cycle", 200, "Largest number of samples per class added in one "
+                     "sleep cycle; grid increments are split into cycles of at most this.", lower_bound=1)
 flags.DEFINE_integer("synth_steps_per_sample_batch", 8, "TERSE's step cap per cycle, in multiples of the "
                      "steps that one batch per 64 samples would need (room for a falling hard yield).",
                      lower_bound=1)
@@ -57,6 +64,7 @@ class ExperimentConfig:
   arms: tuple[str, ...]
   results_dir: str
   label: str
+  max_per_class_per_cycle: int = 200
   synth_steps_per_sample_batch: int = 8
 
   def __post_init__(self):
@@ -71,9 +79,16 @@ class ExperimentConfig:
       raise ConfigError(f"--k_grid values must be multiples of {mnist.NUM_CLASSES} (samples are added per "
                         f"class), got {list(self.k_grid)}")
 
-  def per_class_increments(self) -> tuple[int, ...]:
+  def cycle_schedule(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(per-class quota of every cycle, the cycles after which the total reaches a point of k_grid)."""
     per_class = [k // mnist.NUM_CLASSES for k in self.k_grid]
-    return tuple(b - a for a, b in zip([0] + per_class[:-1], per_class))
+    quotas, grid_cycles = [], []
+    for increment in (b - a for a, b in zip([0] + per_class[:-1], per_class)):
+      parts = -(-increment // self.max_per_class_per_cycle)
+      size, remainder = divmod(increment, parts)
+      quotas += [size + (i < remainder) for i in range(parts)]
+      grid_cycles.append(len(quotas))
+    return tuple(quotas), tuple(grid_cycles)
 
 
 def seeded(config: TrainConfig, seed: int, run_dir: str, **changes) -> TrainConfig:
@@ -89,14 +104,15 @@ def run_seed(experiment: ExperimentConfig, seed: int) -> list[dict]:
   baseline = Trainer(seeded(base, seed, os.path.join(seed_dir, "baseline"), cycles=0, hard_per_class=(1,)))
   baseline.run()
   checkpoint = baseline.checkpoint_manager.latest_checkpoint
-  increments = experiment.per_class_increments()
-  step_cap = (experiment.synth_steps_per_sample_batch * max(increments) * mnist.NUM_CLASSES //
+  quotas, grid_cycles = experiment.cycle_schedule()
+  step_cap = (experiment.synth_steps_per_sample_batch * max(quotas) * mnist.NUM_CLASSES //
               base.synth_batch_size + 1)
 
   rows = []
   for arm in experiment.arms:
     config = seeded(base, seed, os.path.join(seed_dir, arm), baseline_epochs=0, init_checkpoint=checkpoint,
-                    cycles=len(increments), hard_per_class=increments, sample_source=arm,
+                    cycles=len(quotas), hard_per_class=quotas, eval_after_cycles=grid_cycles,
+                    sample_source=arm,
                     synth_max_steps=max(base.synth_max_steps, step_cap),
                     # The cache reaches max(k) images: save it at phase ends, not every few steps.
                     checkpoint_every_steps=max(base.checkpoint_every_steps, step_cap))
@@ -105,6 +121,7 @@ def run_seed(experiment: ExperimentConfig, seed: int) -> list[dict]:
     history = results["history"]
     rows.append({"arm": arm, "k": 0, "k_added": 0, "seed": seed,
                  "affnist_test_accuracy": history[0]["affnist_test_accuracy"]})
+    assert [r["cycle"] for r in history[1:]] == list(grid_cycles), "evaluations must sit on the grid"
     for k, record in zip(experiment.k_grid, history[1:]):
       rows.append({"arm": arm, "k": k, "k_added": record["cache_size"], "seed": seed,
                    "affnist_test_accuracy": record["affnist_test_accuracy"]})
@@ -246,6 +263,7 @@ def experiment_from_flags(flag_values: flags.FlagValues = FLAGS) -> ExperimentCo
   return ExperimentConfig(base=base, seeds=train.integers_flag("seeds", flag_values.seeds),
                           k_grid=train.integers_flag("k_grid", flag_values.k_grid), arms=tuple(flag_values.arms),
                           results_dir=flag_values.results_dir, label=label,
+                          max_per_class_per_cycle=flag_values.max_per_class_per_cycle,
                           synth_steps_per_sample_batch=flag_values.synth_steps_per_sample_batch)
 
 
