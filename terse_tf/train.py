@@ -83,6 +83,8 @@ flags.DEFINE_float("hard_threshold", 0.0, "A composite is hard when p_gt - max_o
                    lower_bound=-1, upper_bound=1)
 flags.DEFINE_list("hard_per_class", ["500"], "Hard examples to cache per class per cycle: one value for "
                   "every cycle, or a comma-separated value per cycle.")
+flags.DEFINE_bool("reset_synthesizer_each_cycle", False, "Re-initialise S and its optimizer at the start "
+                  "of every sleep cycle (counters a synthesizer saturated on the clamp bounds).")
 flags.DEFINE_enum("sample_source", "terse", trainer.SAMPLE_SOURCES, "Where each cycle's added samples come "
                   "from: terse (the synthesizer's hard composites), random_affine (the random augmentation "
                   "baseline, affNIST's recipe), none (control: fine-tune on real digits only).")
@@ -124,7 +126,8 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> trainer.TrainCon
       synth_weight_decay=f.synth_weight_decay, synth_width=f.synth_width,
       synth_dropout=f.synth_dropout, hard_threshold=f.hard_threshold,
       hard_per_class=integers_flag("hard_per_class", f.hard_per_class), synth_max_steps=f.synth_max_steps,
-      sample_source=f.sample_source, strategy=f.strategy,
+      reset_synthesizer_each_cycle=f.reset_synthesizer_each_cycle, sample_source=f.sample_source,
+      strategy=f.strategy,
       checkpoint_every_steps=f.checkpoint_every_steps,
       image_summary_every_steps=f.image_summary_every_steps, eval_batch_size=f.eval_batch_size,
       jit_compile=f.jit_compile,

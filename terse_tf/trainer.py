@@ -82,6 +82,10 @@ class TrainConfig:
   # Samples added per class in each cycle: one value for every cycle, or one value per cycle.
   hard_per_class: tuple[int, ...] = (500,)
   synth_max_steps: int = 400
+  # Start S (and its optimizer) afresh every cycle: a saturated S, whose every output sits on the clamp
+  # bound, no longer moves under dropout noise, so each cycle repeats one mode; a fresh S walks from the
+  # identity to T's current weak spot and leaves hard composites all along the way.
+  reset_synthesizer_each_cycle: bool = False
   sample_source: str = "terse"
   # Infrastructure.
   strategy: str = "auto"
@@ -362,9 +366,20 @@ class Trainer:
       self.epoch_in_phase.assign_add(1)
       self._save()
 
+  def _reset_synthesizer(self, cycle: int) -> None:
+    fresh = synthesizer.build_synthesizer(IMAGE_SHAPE, self.config.synth_width, self.config.synth_dropout,
+                                          seed=self.config.seed * 1000 + cycle)
+    for variable, value in zip(self.synthesizer.variables, fresh.variables):
+      variable.assign(value)
+    for variable in self.synth_optimizer.variables:
+      if variable.name != "learning_rate":  # The step count and Adam's moments start over; the rate stays.
+        variable.assign(tf.zeros_like(variable))
+
   def _synthesize(self, cycle: int) -> None:
     config = self.config
     quota = config.quota(cycle)
+    if config.reset_synthesizer_each_cycle and int(self.synth_step.numpy()) == 0:
+      self._reset_synthesizer(cycle)
     iterator = iter(self._synth_dataset(config.seed * 1000 + cycle * 100 + int(self.synth_step.numpy())))
     margins_seen, params_seen = [], []
     while (int(self.synth_step.numpy()) < config.synth_max_steps and

@@ -63,7 +63,7 @@ def test_efficiency_experiment_at_smoke_size(tmp_path):
   with open(results_dir / "affnist_efficiency_smoke.png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   table = (results_dir / "affnist_efficiency_smoke.md").read_text()
-  assert "| k | no added samples | random affine augmentation | TERSE |" in table
+  assert "| k | no added samples | random affine augmentation | TERSE | TERSE samples added |" in table
   assert os.listdir(run_dir / "tensorboard") and set(os.listdir(run_dir / "tensorboard")) == set(arms)
 
 

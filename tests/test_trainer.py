@@ -195,3 +195,18 @@ def test_init_checkpoint_initialises_the_target(tmp_path):
       init_checkpoint=first.checkpoint_manager.latest_checkpoint))
   for a, b in zip(first.target.trainable_variables, second.target.trainable_variables):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_synthesizer_reset_each_cycle_restarts_weights_and_moments_but_keeps_the_rate(tmp_path):
+  trainer = trainer_lib.Trainer(smoke_config(str(tmp_path), reset_synthesizer_each_cycle=True, export=False))
+  trainer.run()
+  learning_rate = float(trainer.synth_optimizer.learning_rate.numpy())
+  trained = [v.numpy().copy() for v in trainer.synthesizer.trainable_variables]
+  trainer._reset_synthesizer(cycle=3)
+  fresh = [v.numpy() for v in trainer.synthesizer.trainable_variables]
+  assert any(not np.array_equal(a, b) for a, b in zip(trained, fresh))
+  assert int(trainer.synth_optimizer.iterations.numpy()) == 0
+  assert float(trainer.synth_optimizer.learning_rate.numpy()) == learning_rate > 0
+  kernel = trainer.synthesizer.get_layer("regression_fc1").kernel.numpy()
+  fan_in, fan_out = kernel.shape
+  assert np.abs(kernel).max() <= 0.4 * np.sqrt(6.0 / (fan_in + fan_out))  # Xavier gain 0.4 again

@@ -28,7 +28,6 @@ import json
 import os
 import shlex
 import sys
-import time
 
 import numpy as np
 import tensorflow as tf
@@ -97,12 +96,16 @@ def seeded(config: TrainConfig, seed: int, run_dir: str, **changes) -> TrainConf
   return dataclasses.replace(config, run_dir=run_dir, seed=seed, export=False, fresh=False, **changes)
 
 
-def run_seed(experiment: ExperimentConfig, seed: int) -> list[dict]:
-  """Baseline, then every arm from the baseline's checkpoint; one row per (arm, k) with this seed."""
+def run_seed(experiment: ExperimentConfig, seed: int) -> tuple[list[dict], float]:
+  """Baseline, then every arm from the baseline's checkpoint.
+
+  Returns one row per (arm, k) with this seed, and the runs' own training time in seconds (resumed runs
+  report the time they took when they ran).
+  """
   base = experiment.base
   seed_dir = os.path.join(base.run_dir, f"seed{seed}")
   baseline = Trainer(seeded(base, seed, os.path.join(seed_dir, "baseline"), cycles=0, hard_per_class=(1,)))
-  baseline.run()
+  training_s = baseline.run()["wall_time_s"]
   checkpoint = baseline.checkpoint_manager.latest_checkpoint
   quotas, grid_cycles = experiment.cycle_schedule()
   step_cap = (experiment.synth_steps_per_sample_batch * max(quotas) * mnist.NUM_CLASSES //
@@ -116,8 +119,8 @@ def run_seed(experiment: ExperimentConfig, seed: int) -> list[dict]:
                     synth_max_steps=max(base.synth_max_steps, step_cap),
                     # The cache reaches max(k) images: save it at phase ends, not every few steps.
                     checkpoint_every_steps=max(base.checkpoint_every_steps, step_cap))
-    started = time.time()
     results = Trainer(config).run()
+    training_s += results["wall_time_s"]
     history = results["history"]
     rows.append({"arm": arm, "k": 0, "k_added": 0, "seed": seed,
                  "affnist_test_accuracy": history[0]["affnist_test_accuracy"]})
@@ -127,8 +130,8 @@ def run_seed(experiment: ExperimentConfig, seed: int) -> list[dict]:
                    "affnist_test_accuracy": record["affnist_test_accuracy"]})
     logging.info("seed %d arm %s: affNIST-test accuracy %.4f -> %.4f in %.0f s", seed, arm,
                  history[0]["affnist_test_accuracy"], history[-1]["affnist_test_accuracy"],
-                 time.time() - started)
-  return rows
+                 results["wall_time_s"])
+  return rows, training_s
 
 
 def summarise(rows: list[dict], k_grid: tuple[int, ...]) -> dict:
@@ -159,7 +162,7 @@ def summarise(rows: list[dict], k_grid: tuple[int, ...]) -> dict:
   return {"curves": curves, "headline": headline}
 
 
-def write_outputs(experiment: ExperimentConfig, rows: list[dict], summary: dict, wall_time_s: float,
+def write_outputs(experiment: ExperimentConfig, rows: list[dict], summary: dict, training_s: float,
                   command: str) -> dict[str, str]:
   os.makedirs(experiment.results_dir, exist_ok=True)
   stem = os.path.join(experiment.results_dir, experiment.label)
@@ -197,14 +200,19 @@ def write_outputs(experiment: ExperimentConfig, rows: list[dict], summary: dict,
 
   arms = list(summary["curves"])
   lines = [f"# {experiment.label}", "",
-           f"Command: `{command}`  ", f"Wall time: {wall_time_s / 60:.1f} min; seeds {list(experiment.seeds)}; "
-           f"target `{experiment.base.target}`; data `{experiment.base.data.source}`.", "",
-           "affNIST-test accuracy, mean +- std over seeds (error rate = 1 - accuracy):", "",
-           "| k | " + " | ".join(ARM_TITLES[a] for a in arms) + " |",
-           "|---|" + "---|" * len(arms)]
+           f"Command: `{command}`  ",
+           f"Training time: {training_s / 60:.1f} min on {os.cpu_count()} CPU cores (sum of the runs' own times); "
+           f"seeds {list(experiment.seeds)}; target `{experiment.base.target}`; data "
+           f"`{mnist.resolve_source(experiment.base.data)}`.", "",
+           "affNIST-test accuracy, mean +- std over seeds (error rate = 1 - accuracy). k is the sample total "
+           "the schedule aims at; TERSE can add fewer when a cycle hits its step cap (last column); the "
+           "no-sample control fine-tunes on the same schedule.", "",
+           "| k | " + " | ".join(ARM_TITLES[a] for a in arms) + " | TERSE samples added |",
+           "|---|" + "---|" * (len(arms) + 1)]
   for i, k in enumerate((0, *experiment.k_grid)):
     cells = [f"{summary['curves'][a][i]['mean']:.4f} +- {summary['curves'][a][i]['std']:.4f}" for a in arms]
-    lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    added = f"{summary['curves']['terse'][i]['k_added_mean']:.0f}" if "terse" in arms else "-"
+    lines.append(f"| {k} | " + " | ".join(cells) + f" | {added} |")
   headline = summary["headline"]
   if headline:
     lines += ["", f"Random augmentation's final accuracy: {headline['random_affine_final_accuracy']:.4f} with "
@@ -220,7 +228,7 @@ def write_outputs(experiment: ExperimentConfig, rows: list[dict], summary: dict,
     f.write("\n".join(lines) + "\n")
 
   with open(paths["json"], "w") as f:
-    json.dump({"command": command, "wall_time_s": round(wall_time_s, 1), "seeds": list(experiment.seeds),
+    json.dump({"command": command, "training_time_s": round(training_s, 1), "seeds": list(experiment.seeds),
                "k_grid": list(experiment.k_grid), "config": dataclasses.asdict(experiment.base), **summary},
               f, indent=2)
   return paths
@@ -241,11 +249,14 @@ def log_curves(experiment: ExperimentConfig, rows: list[dict], summary: dict) ->
 
 
 def run(experiment: ExperimentConfig, command: str = "") -> dict:
-  started = time.time()
-  rows = [row for seed in experiment.seeds for row in run_seed(experiment, seed)]
+  rows, training_s = [], 0.0
+  for seed in experiment.seeds:
+    seed_rows, seconds = run_seed(experiment, seed)
+    rows += seed_rows
+    training_s += seconds
   summary = summarise(rows, experiment.k_grid)
   log_curves(experiment, rows, summary)
-  paths = write_outputs(experiment, rows, summary, time.time() - started, command)
+  paths = write_outputs(experiment, rows, summary, training_s, command)
   headline = summary["headline"]
   if headline:
     logging.info("random augmentation reaches %.4f with %.0f samples; TERSE %s", headline[
