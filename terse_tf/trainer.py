@@ -443,10 +443,7 @@ class Trainer:
     digits, picked_labels = affnist.generate(self.splits.train_images[picks], labels[picks],
                                              transforms_per_digit=1, seed=int(rng.integers(2**31)))
     images = digits[..., None].astype(np.float32) / 255.0
-    margins = np.concatenate([
-        losses.hardness_margin(picked_labels[i:i + self.config.eval_batch_size],
-                               self._logits(images[i:i + self.config.eval_batch_size])).numpy()
-        for i in range(0, len(images), self.config.eval_batch_size)])
+    margins = losses.hardness_margin(picked_labels, self._logits_in_batches(images)).numpy()
     self.cache.add(images, picked_labels, margins, cycle, quota)
     logging.info("cycle %d: added %d random affine samples (%.0f%% of them hard for T)", cycle, len(images),
                  100 * float(np.mean(margins < self.config.hard_threshold)))
@@ -461,13 +458,16 @@ class Trainer:
     elif self.config.sample_source == "random_affine":
       self._augment_randomly(cycle)
 
-  def _accuracy(self, images: np.ndarray, labels: np.ndarray) -> float:
-    correct = 0
-    for start in range(0, len(labels), self.config.eval_batch_size):
-      batch = _as_images(images[start:start + self.config.eval_batch_size, ..., None])
-      predictions = tf.argmax(self._logits(batch), axis=-1, output_type=tf.int32).numpy()
-      correct += int((predictions == labels[start:start + self.config.eval_batch_size]).sum())
-    return correct / len(labels)
+  def _logits_in_batches(self, images: np.ndarray) -> np.ndarray:
+    """T's logits for images [N, H, W, C] (uint8, or float in [0, 1]), --eval_batch_size at a time."""
+    step = self.config.eval_batch_size
+    return np.concatenate([
+        self._logits(tf.image.convert_image_dtype(images[start:start + step], tf.float32)).numpy()
+        for start in range(0, len(images), step)])
+
+  def _accuracy(self, digits: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of uint8 images [N, H, W] that T classifies correctly."""
+    return float(np.mean(self._logits_in_batches(digits[..., None]).argmax(axis=-1) == labels))
 
   def _evaluate(self, label: str) -> dict:
     accuracy = self._accuracy
