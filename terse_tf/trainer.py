@@ -225,12 +225,14 @@ class Trainer:
     self.elapsed_s = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="elapsed_s")
     # The evaluation history rides in the checkpoint, so results always agree with the restored state.
     self.history_json = tf.Variable("[]", dtype=tf.string, trainable=False, name="history_json")
+    # What the run trains on and for: resuming it with other data or another target would mix two runs.
+    self.run_identity = tf.Variable(self._identity(), dtype=tf.string, trainable=False, name="run_identity")
     self.checkpoint = tf.train.Checkpoint(
         synthesizer=self.synthesizer, target=self.target, synth_optimizer=self.synth_optimizer,
         target_optimizer=self.target_optimizer, cache=self.cache, phase=self.phase, cycle=self.cycle,
         epoch_in_phase=self.epoch_in_phase, synth_step=self.synth_step,
         target_global_step=self.target_global_step, synth_global_step=self.synth_global_step,
-        elapsed_s=self.elapsed_s, history_json=self.history_json)
+        elapsed_s=self.elapsed_s, history_json=self.history_json, run_identity=self.run_identity)
     self.checkpoint_manager = tf.train.CheckpointManager(
         self.checkpoint, os.path.join(config.run_dir, "checkpoints"), max_to_keep=3)
     self.writer = tf.summary.create_file_writer(os.path.join(config.run_dir, "tensorboard"))
@@ -250,6 +252,13 @@ class Trainer:
   def _restore(self) -> None:
     latest = self.checkpoint_manager.latest_checkpoint
     if latest:
+      reader = tf.train.load_checkpoint(latest)
+      key = "run_identity/.ATTRIBUTES/VARIABLE_VALUE"
+      saved_identity = reader.get_tensor(key).decode() if reader.has_tensor(key) else "unknown"
+      if saved_identity != self._identity():
+        raise ConfigError(f"--run_dir={self.config.run_dir} holds a run on other data or another target "
+                          f"({saved_identity}); now asked for {self._identity()}. Use another --run_dir, "
+                          "or --fresh to replace it")
       try:
         self.checkpoint.restore(latest).assert_existing_objects_matched()
       except (AssertionError, ValueError, tf.errors.OpError) as e:
@@ -269,6 +278,13 @@ class Trainer:
                         f"({type(e).__name__})") from e
       logging.info("initialised S and T from --init_checkpoint=%s", self.config.init_checkpoint)
     self._elapsed_at_start = float(self.elapsed_s.numpy())
+
+  def _identity(self) -> str:
+    """The settings a checkpoint must share to be resumed: data, test set and target architecture."""
+    affnist_settings = dataclasses.asdict(self.config.affnist)
+    del affnist_settings["cache_dir"]  # Where a generated set is cached does not change it.
+    return json.dumps({"data": dataclasses.asdict(self.config.data), "affnist": affnist_settings,
+                       "target": self.config.target}, sort_keys=True)
 
   def _save(self) -> None:
     self.elapsed_s.assign(self._elapsed_at_start + time.time() - self._started)

@@ -21,10 +21,11 @@ def target_steps(run_dir):
 
 @pytest.mark.slow
 def test_efficiency_experiment_at_smoke_size(tmp_path):
-  results_dir, run_dir = tmp_path / "results", tmp_path / "runs"
+  results_dir, runs = tmp_path / "results", tmp_path / "runs"
+  run_dir = runs / "affnist_efficiency_smoke"  # <run_dir>/<label>: each data source keeps its own runs
   result = subprocess.run(
       [sys.executable, "-m", "terse_tf.experiments.affnist_efficiency", f"--flagfile={SMOKE}",
-       f"--run_dir={run_dir}", f"--results_dir={results_dir}", "--affnist_cache_dir="],
+       f"--run_dir={runs}", f"--results_dir={results_dir}", "--affnist_cache_dir="],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-4000:]
 

@@ -210,3 +210,14 @@ def test_synthesizer_reset_each_cycle_restarts_weights_and_moments_but_keeps_the
   kernel = trainer.synthesizer.get_layer("regression_fc1").kernel.numpy()
   fan_in, fan_out = kernel.shape
   assert np.abs(kernel).max() <= 0.4 * np.sqrt(6.0 / (fan_in + fan_out))  # Xavier gain 0.4 again
+
+
+def test_resuming_a_run_on_other_data_is_refused(tmp_path):
+  train_lib.run(smoke_config(str(tmp_path), cycles=0, export=False))
+  with pytest.raises(ConfigError, match="holds a run on other data or another target"):
+    trainer_lib.Trainer(smoke_config(str(tmp_path), cycles=0, export=False, data__num_train=256))
+  with pytest.raises(ConfigError, match="holds a run on other data or another target"):
+    trainer_lib.Trainer(smoke_config(str(tmp_path), cycles=0, export=False, target="itn_swish"))
+  # Where the generated test set is cached is not part of a run's identity.
+  trainer_lib.Trainer(smoke_config(str(tmp_path), cycles=0, export=False,
+                                   affnist__cache_dir=str(tmp_path / "cache")))

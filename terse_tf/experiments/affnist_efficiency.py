@@ -16,7 +16,8 @@ samples adds one mode; many small cycles make it find a new mode each time (BENC
 
 Writes to --results_dir: <label>.csv (arm, k, k_added, seed, accuracy), <label>.png, <label>.md and
 <label>.json with the headline figure — the fraction of random augmentation's samples TERSE needs to reach
-random augmentation's final accuracy. Curves are also TensorBoard scalars under <run_dir>/tensorboard/<arm>.
+random augmentation's final accuracy. Runs live under <run_dir>/<label>/seed<N>/<arm>, so each data source
+keeps its own; curves are also TensorBoard scalars under <run_dir>/<label>/tensorboard/<arm>.
 All flags of terse_tf.train apply (data source, networks, optimisers); the ones below are the experiment's.
 """
 
@@ -103,7 +104,7 @@ def run_seed(experiment: ExperimentConfig, seed: int) -> tuple[list[dict], float
   report the time they took when they ran).
   """
   base = experiment.base
-  seed_dir = os.path.join(base.run_dir, f"seed{seed}")
+  seed_dir = os.path.join(base.run_dir, experiment.label, f"seed{seed}")
   baseline = Trainer(seeded(base, seed, os.path.join(seed_dir, "baseline"), cycles=0, hard_per_class=(1,)))
   training_s = baseline.run()["wall_time_s"]
   checkpoint = baseline.checkpoint_manager.latest_checkpoint
@@ -237,7 +238,8 @@ def write_outputs(experiment: ExperimentConfig, rows: list[dict], summary: dict,
 def log_curves(experiment: ExperimentConfig, rows: list[dict], summary: dict) -> None:
   """TensorBoard: one run per arm, accuracy against k (mean, and each seed)."""
   for arm, points in summary["curves"].items():
-    writer = tf.summary.create_file_writer(os.path.join(experiment.base.run_dir, "tensorboard", arm))
+    writer = tf.summary.create_file_writer(os.path.join(experiment.base.run_dir, experiment.label,
+                                                        "tensorboard", arm))
     with writer.as_default():
       for point in points:
         tf.summary.scalar("efficiency/affnist_test_accuracy_mean", point["mean"], step=point["k"])
