@@ -434,10 +434,11 @@ class Trainer:
                       counts.min())
     with self.writer.as_default(step=cycle):
       tf.summary.scalar("synth/steps_to_fill_cache", int(self.synth_step.numpy()))
-      images, labels = self.cache.contents()
-      recent = images[self.cache.cycles.numpy()[:len(self.cache)] == cycle][:64]
+      # Only this cycle's first 64 entries are read: the whole cache can be hundreds of megabytes.
+      recent = np.flatnonzero(self.cache.cycles.numpy()[:len(self.cache)] == cycle)[:64]
       if len(recent) >= 8:
-        tf.summary.image("composites/hard_examples_by_cycle", _image_grid(_as_images(recent)))
+        tf.summary.image("composites/hard_examples_by_cycle",
+                         _image_grid(_as_images(tf.gather(self.cache.images, recent))))
       if margins_seen:
         tf.summary.histogram("synth/hardness_margin", np.concatenate(margins_seen))
         # One mode per cycle (every digit sent to the same corner) shows up as a narrow histogram here.

@@ -6,8 +6,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 # Repository root on the path so `terse_tf` imports without an install; quiet TF start-up logs.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
