@@ -72,6 +72,16 @@ def clamp_params(raw: tf.Tensor, ranges: AffineRanges, mode: str = "tanh") -> tf
   raise ValueError(f"clamp mode must be one of {CLAMP_MODES}, got {mode!r}")
 
 
+def normalize_params(params: tf.Tensor, ranges: AffineRanges) -> tf.Tensor:
+  """Clamped parameters [B, 6] -> their place in `ranges`, each in [-1, 1] (0 at the centre of a range).
+
+  A coordinate whose range is a single value maps to 0.
+  """
+  low, high = (tf.constant(b, params.dtype) for b in ranges.bounds())
+  centre, half_width = (high + low) / 2, (high - low) / 2
+  return tf.math.divide_no_nan(params - centre, half_width)
+
+
 def identity_params(batch_size: int, dtype: tf.DType = tf.float32) -> tf.Tensor:
   """Parameters of the identity transform, [batch_size, 6]."""
   return tf.tile(tf.constant([[0.0, 0.0, 0.0, 0.0, 1.0, 1.0]], dtype), [batch_size, 1])
@@ -92,6 +102,41 @@ def forward_matrix(params: tf.Tensor) -> tf.Tensor:
   a10 = sin * scale_x
   a11 = (sin * shear + cos) * scale_y
   return tf.reshape(tf.stack([a00, a01, a10, a11], axis=-1), [-1, 2, 2])
+
+
+def keep_in_frame(params: tf.Tensor, alpha: tf.Tensor, output_hw: tuple[int, int],
+                  ranges: AffineRanges) -> tf.Tensor:
+  """affNIST's translation rule: clamped `params` [B, 6] -> the same with each translation moved so that
+  the foreground's transformed ink stays inside the output frame.
+
+  A fixed translation clamp either crops digits (the synthesizer then learns that a half-visible digit fools
+  T every time: a hard example nobody can label) or forbids shifts small digits could take. Here the
+  translation's place in its clamp range, u = t / max_translation_px in [-1, 1], picks the same place in
+  the interval of shifts that keep the bounding box of `alpha` [B, h, w, 1] > 0, transformed by the linear
+  part about the centre, inside `output_hw`: uniform u gives affNIST's uniform feasible shift. A foreground
+  too large to fit at any shift is centred, as affNIST does. Differentiable in the parameters.
+  """
+  dtype = params.dtype
+  input_hw = alpha.shape[1:3]
+  ink = alpha[..., 0] > 0
+  columns, rows = tf.reduce_any(ink, axis=1), tf.reduce_any(ink, axis=2)  # [B, w], [B, h]
+
+  def extent(occupied, size):  # First and last occupied index, minus/plus half a pixel.
+    first = tf.argmax(tf.cast(occupied, tf.int32), axis=1)
+    last = size - 1 - tf.argmax(tf.cast(tf.reverse(occupied, [1]), tf.int32), axis=1)
+    return tf.cast(first, dtype) - 0.5, tf.cast(last, dtype) + 0.5
+
+  (x0, x1), (y0, y1) = extent(columns, input_hw[1]), extent(rows, input_hw[0])
+  c_in = tf.constant([(input_hw[1] - 1) / 2, (input_hw[0] - 1) / 2], dtype)
+  corners = tf.stack([tf.stack([x, y], axis=-1) for x in (x0, x1) for y in (y0, y1)], axis=1) - c_in
+  moved = tf.einsum("bij,bkj->bki", forward_matrix(params), corners)  # [B, 4, 2]
+  c_out = tf.constant([(output_hw[1] - 1) / 2, (output_hw[0] - 1) / 2], dtype)
+  frame = tf.constant([output_hw[1], output_hw[0]], dtype)
+  low = -0.5 - c_out - tf.reduce_min(moved, axis=1)
+  high = frame - 0.5 - c_out - tf.reduce_max(moved, axis=1)
+  place = tf.math.divide_no_nan(params[:, 1:3], tf.constant(ranges.max_translation_px, dtype))
+  translation = tf.where(low <= high, (low + high) / 2 + (high - low) / 2 * place, tf.zeros_like(low))
+  return tf.concat([params[:, :1], translation, params[:, 3:]], axis=1)
 
 
 def params_to_matrix(params: tf.Tensor, input_hw: tuple[int, int],
@@ -190,6 +235,8 @@ def clean_mask(mask: tf.Tensor, threshold: float, blur_sigma: float) -> tf.Tenso
 class CompositorConfig:
   ranges: AffineRanges = AffineRanges()
   clamp_mode: str = "tanh"
+  # Translations follow affNIST's rule (keep_in_frame) instead of the fixed +-max_translation_px clamp.
+  keep_in_frame: bool = True
   mask_cleanup: bool = False
   mask_threshold: float = 0.1
   mask_blur_sigma: float = 0.5
@@ -202,6 +249,16 @@ class CompositorConfig:
 class Composite(NamedTuple):
   image: tf.Tensor        # [B, H, W, C] the blended composite.
   warped_mask: tf.Tensor  # [B, H, W, 1] the foreground's alpha after the transform (and clean-up).
+
+
+def place(raw: tf.Tensor, foreground: tf.Tensor, output_hw: tuple[int, int],
+          config: CompositorConfig) -> tf.Tensor:
+  """The synthesizer's raw outputs [B, 6] -> the parameters the composite uses: clamped into the ranges,
+  then, with `config.keep_in_frame`, translated so `foreground` [B, h, w, C+1] stays in the frame."""
+  params = clamp_params(raw, config.ranges, config.clamp_mode)
+  if config.keep_in_frame:
+    params = keep_in_frame(params, foreground[..., -1:], output_hw, config.ranges)
+  return params
 
 
 def premultiplied(foreground: tf.Tensor) -> tf.Tensor:

@@ -14,12 +14,16 @@ import keras
 import tensorflow as tf
 
 from terse_tf import compositor as compositor_lib
+from terse_tf.networks import synthesizer as synthesizer_lib
 
 SYNTHESIZER_DIR, TARGET_DIR = "synthesizer", "target"
 
 
 class SynthesizerServing(tf.Module):
-  """serving_default(foreground [B,H,W,C+1] colour + straight alpha, background [B,H,W,C])."""
+  """serving_default(foreground [B,H,W,C+1] colour + straight alpha, background [B,H,W,C]).
+
+  A synthesizer with a noise input draws its noise inside the signature: every call samples new transforms.
+  """
 
   def __init__(self, synthesizer: keras.Model, config: compositor_lib.CompositorConfig,
                foreground_shape: tuple[int, int, int], background_shape: tuple[int, int, int]):
@@ -31,8 +35,9 @@ class SynthesizerServing(tf.Module):
         tf.TensorSpec([None, *background_shape], tf.float32, name="background")])
 
   def _serve(self, foreground: tf.Tensor, background: tf.Tensor) -> dict[str, tf.Tensor]:
-    raw = self.synthesizer([compositor_lib.premultiplied(foreground), background], training=False)
-    params = compositor_lib.clamp_params(raw, self._config.ranges, self._config.clamp_mode)
+    raw = synthesizer_lib.raw_params(self.synthesizer, compositor_lib.premultiplied(foreground), background,
+                                     training=False)
+    params = compositor_lib.place(raw, foreground, tuple(background.shape[1:3]), self._config)
     result = compositor_lib.composite(foreground, background, params, self._config)
     return {"params": params, "composite": result.image, "warped_mask": result.warped_mask}
 

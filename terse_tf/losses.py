@@ -31,3 +31,27 @@ def hardness_margin(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
 def is_hard(margin: tf.Tensor, threshold: float) -> tf.Tensor:
   """A composite is a hard example when p_gt - max_other < threshold (A.1), [B] bool."""
   return margin < threshold
+
+
+def energy_distance(samples: tf.Tensor, reference: tf.Tensor) -> tf.Tensor:
+  """Energy distance between two point sets [N, D] and [M, D] (Székely & Rizzo), a scalar >= 0:
+
+      2 E|x - y| - E|x - x'| - E|y - y'|,  x from `samples`, y from `reference`,
+
+  zero in expectation exactly when both come from one distribution. Its gradient pulls each sample toward
+  the reference and pushes samples apart, so as a penalty it counters collapse onto one mode. Pairs of a
+  point with itself are left out of the within-set means (the estimate is unbiased).
+  """
+
+  def mean_distance(a, b, exclude_self):
+    squared = tf.reduce_sum(tf.square(a[:, None, :] - b[None, :, :]), axis=-1)
+    # The epsilon keeps the gradient of the square root finite where two points coincide.
+    distances = tf.sqrt(squared + 1e-12)
+    if not exclude_self:
+      return tf.reduce_mean(distances)
+    count = tf.cast(tf.shape(a)[0], distances.dtype)
+    off_diagonal = 1.0 - tf.eye(tf.shape(a)[0], dtype=distances.dtype)
+    return tf.reduce_sum(distances * off_diagonal) / tf.maximum(count * (count - 1.0), 1.0)
+
+  return (2.0 * mean_distance(samples, reference, False) - mean_distance(samples, samples, True)
+          - mean_distance(reference, reference, True))

@@ -54,7 +54,11 @@ flags.DEFINE_integer("affnist_transforms_per_digit", affnist.TRANSFORMS_PER_DIGI
 flags.DEFINE_enum("param_clamp", "tanh", compositor.CLAMP_MODES, "How S's raw outputs are clamped to "
                   "affNIST's ranges: tanh (smooth) or clip (hard).")
 flags.DEFINE_float("max_translation_px", compositor.AffineRanges.max_translation_px,
-                   "Translation bound in pixels.", lower_bound=0)
+                   "Translation bound in pixels (with --keep_in_frame: the scale S's translation is read "
+                   "in, its bounds being each foreground's own).", lower_bound=0)
+flags.DEFINE_bool("keep_in_frame", True, "affNIST's translation rule: shift each transformed foreground "
+                  "only within the shifts that keep its ink inside the frame (else: the fixed "
+                  "+-max_translation_px clamp, which can crop it).")
 flags.DEFINE_bool("mask_cleanup", False, "Supplementary A.2 mask clean-up (threshold, ReLU, renormalise, "
                   "blur) before blending.")
 flags.DEFINE_float("mask_threshold", 0.1, "Scalar subtracted from the warped mask.", lower_bound=0,
@@ -79,6 +83,11 @@ flags.DEFINE_float("synth_lr", 1e-3, "S's Adam learning rate.", lower_bound=0)
 flags.DEFINE_float("synth_weight_decay", 1e-4, "S's weight decay.", lower_bound=0)
 flags.DEFINE_integer("synth_width", 32, "S's channel width.", lower_bound=2)
 flags.DEFINE_float("synth_dropout", 0.3, "Dropout in S's regression head.", lower_bound=0, upper_bound=0.99)
+flags.DEFINE_integer("synth_noise_dim", 0, "Length of a standard-normal noise vector S takes beside the "
+                     "images (0: none, as in the paper).", lower_bound=0)
+flags.DEFINE_float("diversity_weight", 0.0, "Weight of S's diversity penalty: energy distance between a "
+                   "batch's transforms and uniform draws from the clamp ranges (0: the paper's loss).",
+                   lower_bound=0)
 flags.DEFINE_float("hard_threshold", 0.0, "A composite is hard when p_gt - max_other < this.",
                    lower_bound=-1, upper_bound=1)
 flags.DEFINE_list("hard_per_class", ["500"], "Hard examples to cache per class per cycle: one value for "
@@ -116,7 +125,7 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> trainer.TrainCon
                                     transforms_per_digit=f.affnist_transforms_per_digit, seed=f.seed),
       compositor=compositor.CompositorConfig(
           ranges=compositor.AffineRanges(max_translation_px=f.max_translation_px),
-          clamp_mode=f.param_clamp, mask_cleanup=f.mask_cleanup,
+          clamp_mode=f.param_clamp, keep_in_frame=f.keep_in_frame, mask_cleanup=f.mask_cleanup,
           mask_threshold=f.mask_threshold, mask_blur_sigma=f.mask_blur_sigma),
       target=f.target, seed=f.seed, batch_size=f.batch_size, target_lr=f.target_lr,
       target_momentum=f.target_momentum, target_weight_decay=f.target_weight_decay,
@@ -124,7 +133,8 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> trainer.TrainCon
       finetune_steps=f.finetune_steps, cycles=f.cycles,
       synth_batch_size=f.synth_batch_size, synth_lr=f.synth_lr,
       synth_weight_decay=f.synth_weight_decay, synth_width=f.synth_width,
-      synth_dropout=f.synth_dropout, hard_threshold=f.hard_threshold,
+      synth_dropout=f.synth_dropout, synth_noise_dim=f.synth_noise_dim,
+      diversity_weight=f.diversity_weight, hard_threshold=f.hard_threshold,
       hard_per_class=integers_flag("hard_per_class", f.hard_per_class), synth_max_steps=f.synth_max_steps,
       reset_synthesizer_each_cycle=f.reset_synthesizer_each_cycle, sample_source=f.sample_source,
       strategy=f.strategy,

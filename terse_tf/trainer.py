@@ -78,6 +78,12 @@ class TrainConfig:
   synth_weight_decay: float = 1e-4
   synth_width: int = 32
   synth_dropout: float = 0.3
+  # Length of the noise vector S takes beside the images (0: none, the paper's S).
+  synth_noise_dim: int = 0
+  # Weight of the diversity penalty in S's loss: the energy distance between a batch's transforms
+  # (normalised to the clamp box) and as many drawn uniformly from the box, i.e. from the affNIST recipe's
+  # range. 0 is the paper's loss. Without it S spends a cycle on one transform (BENCHMARKS.md).
+  diversity_weight: float = 0.0
   hard_threshold: float = 0.0
   # Samples added per class in each cycle: one value for every cycle, or one value per cycle.
   hard_per_class: tuple[int, ...] = (500,)
@@ -113,11 +119,13 @@ class TrainConfig:
                  "eval_batch_size"):
       if getattr(self, name) < 1:
         raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
-    for name in ("baseline_epochs", "finetune_epochs", "finetune_steps", "cycles"):
+    for name in ("baseline_epochs", "finetune_epochs", "finetune_steps", "cycles", "synth_noise_dim"):
       if getattr(self, name) < 0:
         raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
     if not 0 <= self.synth_dropout < 1:
       raise ConfigError(f"--synth_dropout must be in [0, 1), got {self.synth_dropout}")
+    if self.diversity_weight < 0:
+      raise ConfigError(f"--diversity_weight must be >= 0, got {self.diversity_weight}")
     if not -1 <= self.hard_threshold <= 1:
       raise ConfigError(f"--hard_threshold compares p_gt - max_other, which lies in [-1, 1]; got "
                         f"{self.hard_threshold}")
@@ -128,12 +136,15 @@ class TrainConfig:
     return self.hard_per_class[0] if len(self.hard_per_class) == 1 else self.hard_per_class[cycle - 1]
 
   def cache_capacity(self) -> int:
+    if self.sample_source == "none":  # The control adds nothing: no need to checkpoint an empty cache.
+      return 1
     return max(1, sum(self.quota(c) for c in range(1, self.cycles + 1))) * mnist.NUM_CLASSES
 
 
 class SynthStepOutputs(NamedTuple):
   """What one synthesizer step produces, gathered over replicas: losses, metrics and summaries take it."""
-  loss: tf.Tensor        # scalar, S's loss (negative T cross-entropy).
+  loss: tf.Tensor        # scalar, S's loss (negative T cross-entropy, plus the diversity penalty).
+  diversity: tf.Tensor   # scalar, energy distance of the batch's transforms to the uniform box.
   params: tf.Tensor      # [B, 6] clamped affine parameters.
   composites: tf.Tensor  # [B, H, W, C]
   labels: tf.Tensor      # [B]
@@ -206,8 +217,7 @@ class Trainer:
     self.strategy = build_strategy(config.strategy)
     with self.strategy.scope():
       self.target = classifier.build_classifier(config.target, IMAGE_SHAPE, mnist.NUM_CLASSES)
-      self.synthesizer = synthesizer.build_synthesizer(IMAGE_SHAPE, config.synth_width, config.synth_dropout,
-                                                       seed=config.seed)
+      self.synthesizer = self._build_synthesizer(seed=config.seed)
       self.target_optimizer = keras.optimizers.SGD(config.target_lr, momentum=config.target_momentum,
                                                    weight_decay=config.target_weight_decay)
       self.synth_optimizer = keras.optimizers.Adam(config.synth_lr, weight_decay=config.synth_weight_decay)
@@ -247,6 +257,10 @@ class Trainer:
     self._composite = tf.function(compositor_lib.composite, jit_compile=config.jit_compile)
     self._synth_step = tf.function(self._synth_step_fn)
     self._logits = tf.function(lambda images: self.target(images, training=False))
+
+  def _build_synthesizer(self, seed: int) -> keras.Model:
+    return synthesizer.build_synthesizer(IMAGE_SHAPE, self.config.synth_width, self.config.synth_dropout,
+                                         self.config.synth_noise_dim, seed=seed)
 
   # ----------------------------------------------------------------------------------------- state
   def _restore(self) -> None:
@@ -347,20 +361,29 @@ class Trainer:
 
   def _synth_step_fn(self, batch) -> SynthStepOutputs:
     config = self.config.compositor
+    replicas = self.strategy.num_replicas_in_sync
 
     def replica_step(foreground, background, labels):
       with tf.GradientTape() as tape:
-        raw = self.synthesizer([compositor_lib.premultiplied(foreground), background], training=True)
-        params = compositor_lib.clamp_params(raw, config.ranges, config.clamp_mode)
+        raw = synthesizer.raw_params(self.synthesizer, compositor_lib.premultiplied(foreground), background,
+                                     training=True)
+        params = compositor_lib.place(raw, foreground, IMAGE_SHAPE[:2], config)
         result = self._composite(foreground, background, params, config)
         logits = self.target(result.image, training=False)  # T frozen: only S's variables are updated.
-        loss = tf.nn.compute_average_loss(losses.synthesizer_loss(labels, logits))
+        # Diversity is measured where the affNIST recipe is uniform: the clamp box, before framing.
+        normalized = compositor_lib.normalize_params(
+            compositor_lib.clamp_params(raw, config.ranges, config.clamp_mode), config.ranges)
+        diversity = losses.energy_distance(normalized, tf.random.uniform(tf.shape(normalized), -1.0, 1.0))
+        # Each replica's batch-level penalty counts 1/replicas, so the sum over replicas is their mean.
+        loss = (tf.nn.compute_average_loss(losses.synthesizer_loss(labels, logits)) +
+                self.config.diversity_weight * diversity / replicas)
       variables = self.synthesizer.trainable_variables
       self.synth_optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-      return loss, params, result.image, labels, losses.hardness_margin(labels, logits)
+      return loss, diversity / replicas, params, result.image, labels, losses.hardness_margin(labels, logits)
 
-    loss, *per_example = self.strategy.run(replica_step, args=batch)
+    loss, diversity, *per_example = self.strategy.run(replica_step, args=batch)
     return SynthStepOutputs(self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                            self.strategy.reduce(tf.distribute.ReduceOp.SUM, diversity, axis=None),
                             *(self.strategy.gather(x, axis=0) for x in per_example))
 
   # ----------------------------------------------------------------------------------------- phases
@@ -383,8 +406,7 @@ class Trainer:
       self._save()
 
   def _reset_synthesizer(self, cycle: int) -> None:
-    fresh = synthesizer.build_synthesizer(IMAGE_SHAPE, self.config.synth_width, self.config.synth_dropout,
-                                          seed=self.config.seed * 1000 + cycle)
+    fresh = self._build_synthesizer(seed=self.config.seed * 1000 + cycle)
     for variable, value in zip(self.synthesizer.variables, fresh.variables):
       variable.assign(value)
     for variable in self.synth_optimizer.variables:
@@ -414,6 +436,7 @@ class Trainer:
       step = int(self.synth_global_step.numpy())
       with self.writer.as_default(step=step):
         tf.summary.scalar("train/synth_loss", loss)
+        tf.summary.scalar("train/synth_diversity_energy_distance", float(outputs.diversity.numpy()))
         tf.summary.scalar("train/hard_yield", float(hard.mean()))
         tf.summary.scalar("train/hard_added", added)
         tf.summary.scalar("cache/size", len(self.cache))

@@ -6,6 +6,7 @@ import scipy.ndimage
 import tensorflow as tf
 
 from terse_tf import compositor
+from terse_tf.data import affnist, mnist
 
 # Both sides compute the same bilinear weights; the tolerance only absorbs float64 rounding.
 WARP_TOLERANCE = 1e-9
@@ -78,6 +79,49 @@ def test_clamping_keeps_parameters_in_affnist_ranges(mode):
   assert np.allclose(clamped.max(axis=0), high, atol=1e-3)
 
 
+def test_normalized_parameters_are_the_tanh_of_the_raw_outputs_and_map_bounds_to_plus_minus_one():
+  ranges = compositor.AffineRanges()
+  raw = tf.constant(np.random.default_rng(4).normal(size=(32, 6)), tf.float32)
+  normalized = compositor.normalize_params(compositor.clamp_params(raw, ranges, "tanh"), ranges)
+  np.testing.assert_allclose(normalized.numpy(), np.tanh(raw.numpy()), atol=1e-5)
+  low, high = ranges.bounds()
+  np.testing.assert_allclose(compositor.normalize_params(tf.constant([low, high]), ranges).numpy(),
+                             [[-1.0] * 6, [1.0] * 6], atol=1e-6)
+  no_shear = compositor.AffineRanges(max_shear=0.0)
+  assert np.all(compositor.normalize_params(tf.constant([low]), no_shear).numpy()[:, 3] == 0.0)
+
+
+def test_keep_in_frame_spans_exactly_affnists_feasible_shifts_and_keeps_the_ink_in_the_frame():
+  digits = mnist.load_splits(mnist.DataConfig(num_train=64, num_val=8, num_heldout_test=8)).train_images[:16]
+  foreground = tf.concat([tf.ones([16, 40, 40, 1]), tf.constant(digits[..., None] / 255.0, tf.float32)], -1)
+  ranges = compositor.AffineRanges()
+  rng = np.random.default_rng(5)
+  clamped = compositor.clamp_params(tf.constant(rng.normal(size=(16, 6)), tf.float32), ranges, "tanh")
+  for extreme in (-1.0, 1.0):  # Translations at a bound of their range land on a bound of the interval.
+    at_bound = tf.concat([clamped[:, :1], tf.fill([16, 2], extreme * ranges.max_translation_px),
+                          clamped[:, 3:]], axis=1)
+    framed = compositor.keep_in_frame(at_bound, foreground[..., 1:], (40, 40), ranges).numpy()
+    for digit, params, expected in zip(digits, framed, at_bound.numpy()):
+      low, high = affnist.translation_bounds(digit, compositor.forward_matrix(params[None]).numpy()[0])
+      np.testing.assert_allclose(params[1:3], low if extreme < 0 else high, atol=1e-4)
+      np.testing.assert_array_equal(np.delete(params, [1, 2]), np.delete(expected, [1, 2]))
+  # Anywhere in the range, no ink is cropped: the composite holds all of the foreground's ink, scaled by
+  # the area change |det A|.
+  framed = compositor.keep_in_frame(clamped, foreground[..., 1:], (40, 40), ranges)
+  result = compositor.composite(foreground, tf.zeros([16, 40, 40, 1]), framed)
+  area = np.abs(np.linalg.det(compositor.forward_matrix(framed).numpy()))
+  np.testing.assert_allclose(result.warped_mask.numpy().sum(axis=(1, 2, 3)),
+                             area * digits.sum(axis=(1, 2)) / 255.0, rtol=0.02)
+
+
+def test_place_uses_the_fixed_clamp_without_keep_in_frame():
+  raw = tf.constant(np.random.default_rng(6).normal(size=(4, 6)), tf.float32)
+  foreground = tf.ones([4, 40, 40, 2])
+  config = compositor.CompositorConfig(keep_in_frame=False)
+  np.testing.assert_array_equal(compositor.place(raw, foreground, (40, 40), config).numpy(),
+                                compositor.clamp_params(raw, config.ranges, config.clamp_mode).numpy())
+
+
 def test_clip_clamp_is_exact_inside_the_range():
   inside = tf.constant(random_params(np.random.default_rng(3), 16), tf.float32)
   clamped = compositor.clamp_params(inside, compositor.AffineRanges(), "clip")
@@ -89,17 +133,20 @@ def test_unknown_clamp_mode_is_rejected():
     compositor.CompositorConfig(clamp_mode="sigmoid")
 
 
-@pytest.mark.parametrize("mask_cleanup", [False, True])
-def test_gradients_wrt_parameters_match_finite_differences(mask_cleanup):
+@pytest.mark.parametrize("mask_cleanup, framed", [(False, False), (True, False), (False, True)])
+def test_gradients_wrt_parameters_match_finite_differences(mask_cleanup, framed):
   rng = np.random.default_rng(4)
   # Smooth inputs keep the bilinear kinks small relative to the step; float64 keeps rounding out of it.
   foreground = scipy.ndimage.gaussian_filter(rng.uniform(size=(2, 24, 24, 2)), sigma=(0, 2, 2, 0))
+  foreground[:, :, :, 1] *= np.pad(np.ones([10, 8]), [[7, 7], [8, 8]])  # Ink in a box, room to move.
   background = rng.uniform(size=(2, 24, 24, 1))
   params = random_params(rng, 2)
   projection = rng.normal(size=(2, 24, 24, 1))
   config = compositor.CompositorConfig(mask_cleanup=mask_cleanup, mask_threshold=0.05)
 
   def objective(p):
+    if framed:  # The translation then depends on every parameter through the transformed ink box.
+      p = compositor.keep_in_frame(p, tf.constant(foreground[..., 1:]), (24, 24), config.ranges)
     result = compositor.composite(tf.constant(foreground), tf.constant(background), p, config)
     return tf.reduce_sum(result.image * projection)
 

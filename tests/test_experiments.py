@@ -95,3 +95,26 @@ def test_grid_increments_split_into_small_cycles():
   assert quotas == (100, 100, 200, 150, 150, 150)
   assert grid_cycles == (1, 2, 3, 6)
   assert all(sum(quotas[:c]) * 10 == k for c, k in zip(grid_cycles, config.k_grid))
+
+
+def test_headline_fraction_is_the_first_grid_point_at_random_augmentations_final_accuracy():
+  from terse_tf.experiments import affnist_efficiency as experiment
+
+  def rows(arm, points):
+    return [{"arm": arm, "k": k, "k_added": added, "seed": 0, "affnist_test_accuracy": accuracy}
+            for k, added, accuracy in points]
+
+  random_curve = rows("random_affine", [(0, 0, 0.2), (1000, 1000, 0.4), (4000, 4000, 0.8)])
+  summary = experiment.summarise(
+      random_curve + rows("terse", [(0, 0, 0.2), (1000, 1000, 0.6), (4000, 2000, 0.9)]), (1000, 4000))
+  headline = summary["headline"]
+  assert headline["random_affine_final_accuracy"] == 0.8 and headline["random_affine_samples"] == 4000
+  assert headline["terse_samples_to_reach_it"] == 2000 and headline["fraction_of_random_samples"] == 0.5
+  # 0.8 lies two thirds of the way from 0.6 (1000 samples) to 0.9 (2000), read in log samples.
+  assert headline["terse_samples_to_reach_it_interpolated"] == pytest.approx(1000 * 2 ** (2 / 3))
+  assert headline["fraction_of_random_samples_interpolated"] == pytest.approx(1000 * 2 ** (2 / 3) / 4000)
+
+  never = experiment.summarise(
+      random_curve + rows("terse", [(0, 0, 0.2), (1000, 1000, 0.3), (4000, 3000, 0.7)]), (1000, 4000))
+  assert never["headline"]["fraction_of_random_samples"] is None
+  assert never["headline"]["fraction_of_random_samples_interpolated"] is None

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from conftest import REPO_ROOT, smoke_config
 from terse_tf import compositor, export, trainer as trainer_lib
+from terse_tf.networks import classifier, synthesizer
 
 RELOAD_SCRIPT = textwrap.dedent("""
     import sys
@@ -46,7 +47,7 @@ def test_savedmodels_reload_in_a_fresh_process_and_match(tmp_path):
 
   config = trainer.config.compositor
   raw = trainer.synthesizer([compositor.premultiplied(foreground), background], training=False)
-  params = compositor.clamp_params(raw, config.ranges, config.clamp_mode)
+  params = compositor.place(raw, tf.constant(foreground), (40, 40), config)
   expected = compositor.composite(tf.constant(foreground), tf.constant(background), params, config)
   np.testing.assert_allclose(served["params"], params.numpy(), atol=1e-5)
   np.testing.assert_allclose(served["composite"], expected.image.numpy(), atol=1e-5)
@@ -54,3 +55,19 @@ def test_savedmodels_reload_in_a_fresh_process_and_match(tmp_path):
   probabilities = tf.nn.softmax(trainer.target(images, training=False)).numpy()
   np.testing.assert_allclose(served["probabilities"], probabilities, atol=1e-5)
   np.testing.assert_allclose(served["probabilities"].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_a_synthesizer_with_noise_samples_new_in_frame_transforms_on_every_call(tmp_path):
+  model = synthesizer.build_synthesizer((40, 40, 1), width=8, noise_dim=4, seed=0)
+  target = classifier.build_classifier("paper", (40, 40, 1), 10)
+  paths = export.export_models(model, target, compositor.CompositorConfig(), (40, 40, 2), (40, 40, 1),
+                               str(tmp_path))
+  serve = tf.saved_model.load(paths[export.SYNTHESIZER_DIR]).signatures["serving_default"]
+  foreground = np.zeros((4, 40, 40, 2), np.float32)
+  foreground[:, 12:28, 15:25] = 1.0
+  first, second = (serve(foreground=tf.constant(foreground), background=tf.zeros([4, 40, 40, 1]))
+                   for _ in range(2))
+  assert np.abs(first["params"].numpy() - second["params"].numpy()).max() > 1e-4
+  # The whole 16x10 block is still in the frame: its ink is only resampled, never cropped.
+  area = np.abs(np.linalg.det(compositor.forward_matrix(first["params"]).numpy()))
+  np.testing.assert_allclose(first["warped_mask"].numpy().sum(axis=(1, 2, 3)), 160 * area, rtol=0.02)

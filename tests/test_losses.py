@@ -41,3 +41,49 @@ def test_hard_example_criterion():
 def test_margin_with_gt_the_only_likely_class_is_near_one():
   logits = tf.constant([[20.0, 0.0, 0.0]])
   assert losses.hardness_margin([0], logits).numpy()[0] == pytest.approx(1.0, abs=1e-6)
+
+
+def _brute_force_energy_distance(x, y):
+  def mean_distance(a, b, exclude_self):
+    d = np.linalg.norm(a[:, None] - b[None], axis=-1)
+    if exclude_self:
+      return d[~np.eye(len(a), dtype=bool)].mean()
+    return d.mean()
+  return 2 * mean_distance(x, y, False) - mean_distance(x, x, True) - mean_distance(y, y, True)
+
+
+def test_energy_distance_matches_its_definition():
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(7, 3)), rng.uniform(size=(5, 3))
+  assert losses.energy_distance(x, y).numpy() == pytest.approx(_brute_force_energy_distance(x, y), rel=1e-6)
+
+
+def test_energy_distance_separates_a_collapsed_batch_from_the_reference():
+  rng = np.random.default_rng(0)
+  reference = rng.uniform(-1, 1, size=(256, 6)).astype(np.float32)
+  spread = rng.uniform(-1, 1, size=(256, 6)).astype(np.float32)
+  collapsed = (0.9 + 0.01 * rng.normal(size=(256, 6))).astype(np.float32)
+  assert abs(losses.energy_distance(spread, reference).numpy()) < 0.05
+  assert losses.energy_distance(collapsed, reference).numpy() > 2.0
+
+
+def test_energy_distance_gradient_matches_finite_differences_and_is_finite_for_coincident_points():
+  rng = np.random.default_rng(1)
+  x = tf.Variable(rng.normal(size=(4, 2)))
+  y = tf.constant(rng.normal(size=(6, 2)))
+  with tf.GradientTape() as tape:
+    value = losses.energy_distance(x, y)
+  gradient = tape.gradient(value, x).numpy()
+  step = 1e-6
+  for i in range(4):
+    for j in range(2):
+      shifted = x.numpy().copy()
+      shifted[i, j] += step
+      plus = _brute_force_energy_distance(shifted, y.numpy())
+      shifted[i, j] -= 2 * step
+      minus = _brute_force_energy_distance(shifted, y.numpy())
+      assert gradient[i, j] == pytest.approx((plus - minus) / (2 * step), rel=1e-4, abs=1e-8)
+  # Points on top of each other get a finite gradient (no NaN from the square root at 0).
+  with tf.GradientTape() as tape:
+    value = losses.energy_distance(tf.zeros([3, 2], tf.float64) + x[:1] * 0, y)
+  assert np.all(np.isfinite(tape.gradient(value, x).numpy()))

@@ -69,3 +69,16 @@ def test_itn_classifier_uses_swish():
 def test_unknown_architecture_is_rejected():
   with pytest.raises(ValueError, match="target architecture must be one of"):
     classifier.build_classifier("resnet", (40, 40, 1), 10)
+
+
+def test_synthesizer_with_noise_gives_one_foreground_many_transforms_at_inference():
+  model = synthesizer.build_synthesizer((40, 40, 1), width=16, dropout_rate=0.3, noise_dim=4, seed=0)
+  assert [i.name for i in model.inputs] == ["foreground", "background", "noise"]
+  assert synthesizer.noise_dim(model) == 4
+  foreground = tf.tile(tf.random.uniform([1, 40, 40, 1], seed=1), [8, 1, 1, 1])
+  raw = synthesizer.raw_params(model, foreground, tf.zeros_like(foreground), training=False).numpy()
+  assert raw.shape == (8, 6) and np.std(raw, axis=0).max() > 1e-4
+  plain = synthesizer.build_synthesizer((40, 40, 1), width=16, seed=0)
+  assert synthesizer.noise_dim(plain) == 0
+  raw = synthesizer.raw_params(plain, foreground, tf.zeros_like(foreground), training=False).numpy()
+  assert np.std(raw, axis=0).max() < 1e-6

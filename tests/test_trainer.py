@@ -114,6 +114,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     ({"hard_threshold": 3.0}, "--hard_threshold compares p_gt - max_other"),
     ({"synth_dropout": 1.0}, "--synth_dropout must be in"),
     ({"batch_size": 0}, "--batch_size must be >= 1"),
+    ({"diversity_weight": -1.0}, "--diversity_weight must be >= 0"),
+    ({"synth_noise_dim": -2}, "--synth_noise_dim must be >= 0"),
 ])
 def test_bad_training_configs_get_one_clear_error(tmp_path, override, message):
   with pytest.raises(ConfigError, match=message):
@@ -162,6 +164,7 @@ def test_none_source_fine_tunes_on_real_digits_only(tmp_path):
   trainer = trainer_lib.Trainer(config)
   results = trainer.run()
   assert len(trainer.cache) == 0 and results["cycles_completed"] == 2
+  assert trainer.cache.capacity == 1  # Nothing is checkpointed for a cache that stays empty.
   assert int(trainer.synth_global_step.numpy()) == 0
   assert int(trainer.target_global_step.numpy()) > 0
 
@@ -221,3 +224,17 @@ def test_resuming_a_run_on_other_data_is_refused(tmp_path):
   # Where the generated test set is cached is not part of a run's identity.
   trainer_lib.Trainer(smoke_config(str(tmp_path), cycles=0, export=False,
                                    affnist__cache_dir=str(tmp_path / "cache")))
+
+
+def test_diversity_penalty_keeps_the_synthesizers_transforms_spread(tmp_path):
+  """Against one frozen T, the paper's loss alone drives S's batch of transforms together; the energy
+  distance penalty holds them near the uniform spread of the clamp box."""
+  distances = {}
+  for weight in (0.0, 5.0):
+    config = smoke_config(str(tmp_path / f"weight{weight}"), synth_noise_dim=4, diversity_weight=weight,
+                          synth_lr=1e-2, export=False)
+    trainer = trainer_lib.Trainer(config)
+    batches = iter(trainer._synth_dataset(seed=0))
+    distances[weight] = [float(trainer._synth_step(next(batches)).diversity.numpy()) for _ in range(40)]
+  assert np.mean(distances[5.0][-10:]) < 0.5 * np.mean(distances[0.0][-10:])
+  assert np.mean(distances[0.0][-10:]) > np.mean(distances[0.0][:5])  # The paper's loss alone collapses.

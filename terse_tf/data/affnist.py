@@ -55,19 +55,24 @@ def sample_transforms(digits: np.ndarray, rng: np.random.Generator) -> np.ndarra
   linear = _linear_part(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG, n),
                         rng.uniform(-MAX_SHEAR, MAX_SHEAR, n),
                         rng.uniform(MIN_SCALE, MAX_SCALE, n), rng.uniform(MIN_SCALE, MAX_SCALE, n))
-  centre = (IMAGE_SIZE - 1) / 2
   translations = np.zeros((n, 2))
   for i, digit in enumerate(digits):
-    rows, cols = np.nonzero(digit)
-    if rows.size == 0:
+    if not digit.any():
       continue
-    corners = np.array([[x, y] for x in (cols.min() - 0.5, cols.max() + 0.5)
-                        for y in (rows.min() - 0.5, rows.max() + 0.5)]) - centre
-    moved = corners @ linear[i].T
-    low = -0.5 - centre - moved.min(axis=0)
-    high = IMAGE_SIZE - 0.5 - centre - moved.max(axis=0)
+    low, high = translation_bounds(digit, linear[i])
     translations[i] = np.where(low <= high, rng.uniform(np.minimum(low, high), np.maximum(low, high)), 0.0)
   return np.concatenate([linear, translations[:, :, None]], axis=2)
+
+
+def translation_bounds(digit: np.ndarray, linear: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(low, high) [2] in (x, y): the shifts after `linear` [2, 2] (about the centre) that keep the digit's
+  ink bounding box, pixel extents included, inside the frame; low > high where no shift does."""
+  centre = (IMAGE_SIZE - 1) / 2
+  rows, cols = np.nonzero(digit)
+  corners = np.array([[x, y] for x in (cols.min() - 0.5, cols.max() + 0.5)
+                      for y in (rows.min() - 0.5, rows.max() + 0.5)]) - centre
+  moved = corners @ linear.T
+  return -0.5 - centre - moved.min(axis=0), IMAGE_SIZE - 0.5 - centre - moved.max(axis=0)
 
 
 def apply_transform(digit: np.ndarray, forward: np.ndarray) -> np.ndarray:
