@@ -10,9 +10,10 @@ samples come from (trainer.SAMPLE_SOURCES): random affine augmentation with affN
 red curve), TERSE's hard composites (green), or nothing (the control). Same architecture, optimiser,
 schedule and seeds for every arm.
 
-Small cycles are the paper's lockstep: within one cycle the synthesizer converges on the single weakest
-mode of the frozen T (every digit pushed to the same corner), so a cycle that adds tens of thousands of
-samples adds one mode; many small cycles make it find a new mode each time (BENCHMARKS.md has the numbers).
+Cycles are the paper's lockstep (A.1: 500 samples per class): against one frozen T the paper's S converges
+on T's single weakest transform, so a cycle that adds tens of thousands of samples would add one mode. The
+flagfile bounds the cycle size and turns on S's diversity penalty, which keeps a cycle's composites spread
+over affNIST's ranges (BENCHMARKS.md has the numbers).
 
 Writes to --results_dir: <label>.csv (arm, k, k_added, seed, accuracy), <label>.png, <label>.md and
 <label>.json with the headline figure — the fraction of random augmentation's samples TERSE needs to reach
@@ -65,7 +66,7 @@ class ExperimentConfig:
   arms: tuple[str, ...]
   results_dir: str
   label: str
-  max_per_class_per_cycle: int = 200
+  max_per_class_per_cycle: int = 500
   synth_steps_per_sample_batch: int = 8
 
   def __post_init__(self):
