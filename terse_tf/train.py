@@ -77,6 +77,9 @@ flags.DEFINE_integer("finetune_epochs", 2, "Epochs of T on real digits + cache p
 flags.DEFINE_integer("finetune_steps", 0, "If > 0: T's steps per cycle on real digits + cache, instead of "
                      "--finetune_epochs epochs (keeps a cycle's cost constant as the cache grows).",
                      lower_bound=0)
+flags.DEFINE_float("cache_fraction", 0.0, "If > 0: the share of each fine-tuning batch drawn from the cache "
+                   "(the rest from the real digits), instead of shuffling both as one pool (A.1's mix). Keeps "
+                   "the added samples in view when the real digits far outnumber them.")
 flags.DEFINE_integer("cycles", 4, "Sleep cycles (synthesize, then fine-tune).", lower_bound=0)
 flags.DEFINE_integer("synth_batch_size", 64, "S's batch size.", lower_bound=1)
 flags.DEFINE_float("synth_lr", 1e-3, "S's Adam learning rate.", lower_bound=0)
@@ -97,7 +100,10 @@ flags.DEFINE_bool("reset_synthesizer_each_cycle", False, "Re-initialise S and it
 flags.DEFINE_enum("sample_source", "terse", trainer.SAMPLE_SOURCES, "Where each cycle's added samples come "
                   "from: terse (the synthesizer's hard composites), random_affine (the random augmentation "
                   "baseline, affNIST's recipe), none (control: fine-tune on real digits only).")
-flags.DEFINE_integer("synth_max_steps", 400, "Cap on S steps per cycle.", lower_bound=1)
+flags.DEFINE_integer("synth_max_steps", 400, "Cap on S steps per cycle (after any warm-up).", lower_bound=1)
+flags.DEFINE_integer("synth_warmup_steps", 0, "S steps whose composites are not cached each time S starts "
+                     "afresh (first cycle, or every cycle with --reset_synthesizer_each_cycle): time for the "
+                     "diversity penalty to spread a new S's near-identity transforms.", lower_bound=0)
 
 FLAGS = flags.FLAGS
 
@@ -130,12 +136,13 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> trainer.TrainCon
       target=f.target, seed=f.seed, batch_size=f.batch_size, target_lr=f.target_lr,
       target_momentum=f.target_momentum, target_weight_decay=f.target_weight_decay,
       baseline_epochs=f.baseline_epochs, finetune_epochs=f.finetune_epochs,
-      finetune_steps=f.finetune_steps, cycles=f.cycles,
+      finetune_steps=f.finetune_steps, cache_fraction=f.cache_fraction, cycles=f.cycles,
       synth_batch_size=f.synth_batch_size, synth_lr=f.synth_lr,
       synth_weight_decay=f.synth_weight_decay, synth_width=f.synth_width,
       synth_dropout=f.synth_dropout, synth_noise_dim=f.synth_noise_dim,
       diversity_weight=f.diversity_weight, hard_threshold=f.hard_threshold,
       hard_per_class=integers_flag("hard_per_class", f.hard_per_class), synth_max_steps=f.synth_max_steps,
+      synth_warmup_steps=f.synth_warmup_steps,
       reset_synthesizer_each_cycle=f.reset_synthesizer_each_cycle, sample_source=f.sample_source,
       strategy=f.strategy,
       checkpoint_every_steps=f.checkpoint_every_steps,

@@ -69,6 +69,10 @@ class TrainConfig:
   # When > 0, each cycle fine-tunes T for this many steps on real + cache instead of finetune_epochs epochs:
   # the cost of a cycle then stays constant as the cache grows.
   finetune_steps: int = 0
+  # When > 0, fine-tuning batches draw this share of their examples (in expectation) from the cache and the
+  # rest from the real digits; 0 shuffles real + cache as one pool (A.1). With many real digits and a fixed
+  # step count, the one pool shows T few of the added samples (full MNIST: 59k real beside 1k added).
+  cache_fraction: float = 0.0
   # Cycles after which T is evaluated (the last one always is); empty: after every cycle.
   eval_after_cycles: tuple[int, ...] = ()
   cycles: int = 4
@@ -88,6 +92,11 @@ class TrainConfig:
   # Samples added per class in each cycle: one value for every cycle, or one value per cycle.
   hard_per_class: tuple[int, ...] = (500,)
   synth_max_steps: int = 400
+  # S steps whose composites are not cached, each time S starts afresh (the first cycle; every cycle with
+  # reset_synthesizer_each_cycle): a new S puts out near-identity transforms, and the diversity penalty
+  # needs ~70 steps to spread them over the ranges; hard composites from those steps are all one mode.
+  # synth_max_steps counts the steps after it.
+  synth_warmup_steps: int = 0
   # Start S (and its optimizer) afresh every cycle: a saturated S, whose every output sits on the clamp
   # bound, no longer moves under dropout noise, so each cycle repeats one mode; a fresh S walks from the
   # identity to T's current weak spot and leaves hard composites all along the way.
@@ -119,11 +128,14 @@ class TrainConfig:
                  "eval_batch_size"):
       if getattr(self, name) < 1:
         raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
-    for name in ("baseline_epochs", "finetune_epochs", "finetune_steps", "cycles", "synth_noise_dim"):
+    for name in ("baseline_epochs", "finetune_epochs", "finetune_steps", "cycles", "synth_noise_dim",
+                 "synth_warmup_steps"):
       if getattr(self, name) < 0:
         raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
     if not 0 <= self.synth_dropout < 1:
       raise ConfigError(f"--synth_dropout must be in [0, 1), got {self.synth_dropout}")
+    if not 0 <= self.cache_fraction < 1:
+      raise ConfigError(f"--cache_fraction must be in [0, 1), got {self.cache_fraction}")
     if self.diversity_weight < 0:
       raise ConfigError(f"--diversity_weight must be >= 0, got {self.diversity_weight}")
     if not -1 <= self.hard_threshold <= 1:
@@ -313,21 +325,42 @@ class Trainer:
 
   # ----------------------------------------------------------------------------------------- data
   def _target_dataset(self, epoch_seed: int, steps: int = 0) -> tf.distribute.DistributedDataset:
-    """Real training digits plus every cached hard example, shuffled: one epoch of T, or `steps` batches."""
+    """Real training digits plus every cached hard example, shuffled: one epoch of T, or `steps` batches.
+
+    With --cache_fraction the two are drawn from separately at that ratio; an "epoch" is then as many
+    batches as one pass over both would take.
+    """
+    real_images, real_labels = self.splits.train_images[..., None], self.splits.train_labels
     cache_images, cache_labels = self.cache.contents()
-    images = np.concatenate([self.splits.train_images[..., None], cache_images])
-    labels = np.concatenate([self.splits.train_labels, cache_labels])
+    total = len(real_labels) + len(cache_labels)
+    mixed = self.config.cache_fraction > 0 and len(cache_labels) > 0
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
       batch = context.get_per_replica_batch_size(self.config.batch_size)
-      ds = tf.data.Dataset.from_tensor_slices((images, labels)).shard(
-          context.num_input_pipelines, context.input_pipeline_id)
-      ds = ds.shuffle(len(labels), seed=epoch_seed)
-      if steps:
-        ds = ds.repeat()
-      ds = ds.batch(batch, drop_remainder=True)
-      if steps:
-        ds = ds.take(steps)
+      # Each global step takes one batch from this pipeline per replica it feeds.
+      batches = (steps or total // self.config.batch_size) * (
+          self.strategy.num_replicas_in_sync // context.num_input_pipelines)
+
+      def shuffled(images: np.ndarray, labels: np.ndarray, seed: int) -> tf.data.Dataset:
+        ds = tf.data.Dataset.from_tensor_slices((images, labels)).shard(
+            context.num_input_pipelines, context.input_pipeline_id)
+        return ds.shuffle(len(labels), seed=seed)
+
+      if mixed:
+        fraction = self.config.cache_fraction
+        ds = tf.data.Dataset.sample_from_datasets(
+            [shuffled(real_images, real_labels, epoch_seed).repeat(),
+             shuffled(cache_images, cache_labels, epoch_seed + 1).repeat()],
+            weights=[1.0 - fraction, fraction], seed=epoch_seed)
+        ds = ds.batch(batch, drop_remainder=True).take(batches)
+      else:
+        ds = shuffled(np.concatenate([real_images, cache_images]), np.concatenate([real_labels, cache_labels]),
+                      epoch_seed)
+        if steps:
+          ds = ds.repeat()
+        ds = ds.batch(batch, drop_remainder=True)
+        if steps:
+          ds = ds.take(batches)
       return ds.map(lambda x, y: (_as_images(x), y)).prefetch(tf.data.AUTOTUNE)
 
     return self.strategy.distribute_datasets_from_function(dataset_fn)
@@ -419,14 +452,16 @@ class Trainer:
     if config.reset_synthesizer_each_cycle and int(self.synth_step.numpy()) == 0:
       self._reset_synthesizer(cycle)
     iterator = iter(self._synth_dataset(config.seed * 1000 + cycle * 100 + int(self.synth_step.numpy())))
+    warmup = config.synth_warmup_steps if cycle == 1 or config.reset_synthesizer_each_cycle else 0
     margins_seen, params_seen = [], []
-    while (int(self.synth_step.numpy()) < config.synth_max_steps and
+    while (int(self.synth_step.numpy()) < warmup + config.synth_max_steps and
            self.cache.class_counts(cycle).min() < quota):
       outputs = self._synth_step(next(iterator))
       loss = float(outputs.loss.numpy())
       self._check_finite(loss, "synthesizer")
       margins = outputs.margins.numpy()
       hard = losses.is_hard(outputs.margins, config.hard_threshold).numpy()
+      hard &= int(self.synth_step.numpy()) >= warmup
       added = self.cache.add(outputs.composites.numpy()[hard], outputs.labels.numpy()[hard], margins[hard],
                              cycle, quota)
       margins_seen.append(margins)

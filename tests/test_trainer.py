@@ -24,6 +24,17 @@ def summary_tags(run_dir):
   return tags
 
 
+def summary_scalars(run_dir, tag):
+  """{step: value} of one scalar tag."""
+  values = {}
+  for path in glob.glob(os.path.join(run_dir, "tensorboard", "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.tag == tag:
+          values[event.step] = float(tf.make_ndarray(value.tensor))
+  return values
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
   run_dir = str(tmp_path_factory.mktemp("smoke"))
@@ -116,6 +127,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     ({"batch_size": 0}, "--batch_size must be >= 1"),
     ({"diversity_weight": -1.0}, "--diversity_weight must be >= 0"),
     ({"synth_noise_dim": -2}, "--synth_noise_dim must be >= 0"),
+    ({"cache_fraction": 1.0}, "--cache_fraction must be in"),
+    ({"synth_warmup_steps": -1}, "--synth_warmup_steps must be >= 0"),
 ])
 def test_bad_training_configs_get_one_clear_error(tmp_path, override, message):
   with pytest.raises(ConfigError, match=message):
@@ -133,7 +146,8 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     trainer = trainer_lib.Trainer(smoke_config(sys.argv[1], strategy="mirrored", cycles=1, export=False))
     results = trainer.run()
     print(json.dumps({"replicas": trainer.strategy.num_replicas_in_sync,
-                      "cycles": results["cycles_completed"], "cache": len(trainer.cache)}))
+                      "cycles": results["cycles_completed"], "cache": len(trainer.cache),
+                      "finetune_steps": sum(1 for _ in trainer._target_dataset(0, steps=5))}))
 """)
 
 
@@ -142,7 +156,37 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads(result.stdout.strip().splitlines()[-1])
-  assert summary == {"replicas": 2, "cycles": 1, "cache": summary["cache"]} and summary["cache"] > 0
+  assert summary == {"replicas": 2, "cycles": 1, "cache": summary["cache"], "finetune_steps": 5}
+  assert summary["cache"] > 0
+
+
+@pytest.mark.parametrize("cache_fraction", [0.0, 0.5])
+def test_fine_tuning_batches_mix_real_digits_and_cache_at_the_configured_share(tmp_path, cache_fraction):
+  trainer = trainer_lib.Trainer(smoke_config(str(tmp_path), cache_fraction=cache_fraction, export=False))
+  white = np.ones((40, *trainer_lib.IMAGE_SHAPE), np.float32)  # Unlike any real digit: easy to count.
+  trainer.cache.add(white, np.arange(40) % 10, np.zeros(40), cycle=1, per_class_quota=4)
+  real = len(trainer.splits.train_labels)
+  batches = [images.numpy() for images, _ in trainer._target_dataset(epoch_seed=3, steps=60)]
+  assert len(batches) == 60
+  cached_share = np.mean([(image == 1.0).all() for batch in batches for image in batch])
+  expected = cache_fraction or 40 / (real + 40)
+  assert abs(cached_share - expected) < 4 * np.sqrt(expected * (1 - expected) / (60 * 64))
+  # An epoch is as many batches as one pass over real digits + cache, whichever way they are mixed.
+  assert sum(1 for _ in trainer._target_dataset(epoch_seed=3)) == (real + 40) // 64
+
+
+def test_warm_up_keeps_a_fresh_synthesizers_first_composites_out_of_the_cache(tmp_path):
+  # Threshold 1: every composite counts as hard, so only the warm-up keeps any out.
+  config = smoke_config(str(tmp_path), synth_warmup_steps=5, hard_threshold=1.0, cycles=2, export=False)
+  trainer = trainer_lib.Trainer(config)
+  trainer.run()
+  added = summary_scalars(config.run_dir, "train/hard_added")
+  steps_per_cycle = summary_scalars(config.run_dir, "synth/steps_to_fill_cache")
+  assert [added[step] for step in range(1, 6)] == [0] * 5 and added[6] > 0
+  assert steps_per_cycle[1] > 5
+  # S is not new in the second cycle (no reset): it adds from its first step.
+  assert added[steps_per_cycle[1] + 1] > 0 and steps_per_cycle[2] < 5
+  assert trainer.cache.class_counts(1).tolist() == [config.quota(1)] * 10
 
 
 def test_random_affine_baseline_fills_exact_quotas_per_cycle(tmp_path):
