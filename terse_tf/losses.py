@@ -33,6 +33,24 @@ def is_hard(margin: tf.Tensor, threshold: float) -> tf.Tensor:
   return margin < threshold
 
 
+def _pairwise_distances(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+  """Euclidean distances [N, M] between the rows of a [N, D] and b [M, D]."""
+  squared = tf.reduce_sum(tf.square(a[:, None, :] - b[None, :, :]), axis=-1)
+  # The epsilon keeps the gradient of the square root finite where two points coincide.
+  return tf.sqrt(squared + 1e-12)
+
+
+def _off_diagonal(distances: tf.Tensor) -> tf.Tensor:
+  """A square distance matrix with its diagonal (each point with itself) zeroed."""
+  return distances * (1.0 - tf.eye(tf.shape(distances)[0], dtype=distances.dtype))
+
+
+def _mean_within(points: tf.Tensor) -> tf.Tensor:
+  """E|x - x'| over distinct pairs of one set (unbiased: pairs of a point with itself left out)."""
+  count = tf.cast(tf.shape(points)[0], points.dtype)
+  return tf.reduce_sum(_off_diagonal(_pairwise_distances(points, points))) / tf.maximum(count * (count - 1.0), 1.0)
+
+
 def energy_distance(samples: tf.Tensor, reference: tf.Tensor) -> tf.Tensor:
   """Energy distance between two point sets [N, D] and [M, D] (Székely & Rizzo), a scalar >= 0:
 
@@ -42,16 +60,27 @@ def energy_distance(samples: tf.Tensor, reference: tf.Tensor) -> tf.Tensor:
   the reference and pushes samples apart, so as a penalty it counters collapse onto one mode. Pairs of a
   point with itself are left out of the within-set means (the estimate is unbiased).
   """
+  return (2.0 * tf.reduce_mean(_pairwise_distances(samples, reference)) - _mean_within(samples)
+          - _mean_within(reference))
 
-  def mean_distance(a, b, exclude_self):
-    squared = tf.reduce_sum(tf.square(a[:, None, :] - b[None, :, :]), axis=-1)
-    # The epsilon keeps the gradient of the square root finite where two points coincide.
-    distances = tf.sqrt(squared + 1e-12)
-    if not exclude_self:
-      return tf.reduce_mean(distances)
-    count = tf.cast(tf.shape(a)[0], distances.dtype)
-    off_diagonal = 1.0 - tf.eye(tf.shape(a)[0], dtype=distances.dtype)
-    return tf.reduce_sum(distances * off_diagonal) / tf.maximum(count * (count - 1.0), 1.0)
 
-  return (2.0 * mean_distance(samples, reference, False) - mean_distance(samples, samples, True)
-          - mean_distance(reference, reference, True))
+def class_conditional_energy_distance(samples: tf.Tensor, reference: tf.Tensor, labels: tf.Tensor,
+                                      num_classes: int) -> tf.Tensor:
+  """The energy distance of each class's samples to the whole reference, averaged over classes weighted by
+  their sample counts, a scalar.
+
+  `energy_distance` on a pooled batch is ~0 when each class sits in its own part of the range and the classes
+  together tile it (all 0s shifted up, all 1s down): the marginal is uniform, each class's is not. This form
+  asks every class's samples to cover the reference. Classes with fewer than two samples in the batch have
+  no within-class pairs and are left out.
+  """
+  membership = tf.one_hot(tf.cast(labels, tf.int32), num_classes, dtype=samples.dtype)  # [N, C]
+  counts = tf.reduce_sum(membership, axis=0)                                             # [C]
+  mean_to_reference = tf.reduce_mean(_pairwise_distances(samples, reference), axis=1)    # [N]
+  cross = tf.linalg.matvec(membership, mean_to_reference, transpose_a=True) / tf.maximum(counts, 1.0)
+  within_sums = tf.reduce_sum(
+      membership * tf.matmul(_off_diagonal(_pairwise_distances(samples, samples)), membership), axis=0)
+  within = within_sums / tf.maximum(counts * (counts - 1.0), 1.0)
+  per_class = 2.0 * cross - within - _mean_within(reference)
+  weights = tf.where(counts >= 2.0, counts, tf.zeros_like(counts))
+  return tf.reduce_sum(weights * per_class) / tf.maximum(tf.reduce_sum(weights), 1.0)

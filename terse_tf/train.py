@@ -91,6 +91,9 @@ flags.DEFINE_integer("synth_noise_dim", 0, "Length of a standard-normal noise ve
 flags.DEFINE_float("diversity_weight", 0.0, "Weight of S's diversity penalty: energy distance between a "
                    "batch's transforms and uniform draws from the clamp ranges (0: the paper's loss).",
                    lower_bound=0)
+flags.DEFINE_bool("diversity_per_class", False, "Apply the diversity penalty to each class's transforms "
+                  "(each against the whole range) instead of the pooled batch's, so that S cannot give each "
+                  "class its own part of the range.")
 flags.DEFINE_float("hard_threshold", 0.0, "A composite is hard when p_gt - max_other < this.",
                    lower_bound=-1, upper_bound=1)
 flags.DEFINE_list("hard_per_class", ["500"], "Hard examples to cache per class per cycle: one value for "
@@ -140,7 +143,8 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> trainer.TrainCon
       synth_batch_size=f.synth_batch_size, synth_lr=f.synth_lr,
       synth_weight_decay=f.synth_weight_decay, synth_width=f.synth_width,
       synth_dropout=f.synth_dropout, synth_noise_dim=f.synth_noise_dim,
-      diversity_weight=f.diversity_weight, hard_threshold=f.hard_threshold,
+      diversity_weight=f.diversity_weight, diversity_per_class=f.diversity_per_class,
+      hard_threshold=f.hard_threshold,
       hard_per_class=integers_flag("hard_per_class", f.hard_per_class), synth_max_steps=f.synth_max_steps,
       synth_warmup_steps=f.synth_warmup_steps,
       reset_synthesizer_each_cycle=f.reset_synthesizer_each_cycle, sample_source=f.sample_source,

@@ -88,6 +88,9 @@ class TrainConfig:
   # (normalised to the clamp box) and as many drawn uniformly from the box, i.e. from the affNIST recipe's
   # range. 0 is the paper's loss. Without it S spends a cycle on one transform (BENCHMARKS.md).
   diversity_weight: float = 0.0
+  # Measure the penalty per class (each class's transforms against the whole range) rather than on the
+  # pooled batch: pooled, S can give each class its own corner while the classes together look uniform.
+  diversity_per_class: bool = False
   hard_threshold: float = 0.0
   # Samples added per class in each cycle: one value for every cycle, or one value per cycle.
   hard_per_class: tuple[int, ...] = (500,)
@@ -406,7 +409,11 @@ class Trainer:
         # Diversity is measured where the affNIST recipe is uniform: the clamp box, before framing.
         normalized = compositor_lib.normalize_params(
             compositor_lib.clamp_params(raw, config.ranges, config.clamp_mode), config.ranges)
-        diversity = losses.energy_distance(normalized, tf.random.uniform(tf.shape(normalized), -1.0, 1.0))
+        uniform = tf.random.uniform(tf.shape(normalized), -1.0, 1.0)
+        if self.config.diversity_per_class:
+          diversity = losses.class_conditional_energy_distance(normalized, uniform, labels, mnist.NUM_CLASSES)
+        else:
+          diversity = losses.energy_distance(normalized, uniform)
         # Each replica's batch-level penalty counts 1/replicas, so the sum over replicas is their mean.
         loss = (tf.nn.compute_average_loss(losses.synthesizer_loss(labels, logits)) +
                 self.config.diversity_weight * diversity / replicas)

@@ -87,3 +87,26 @@ def test_energy_distance_gradient_matches_finite_differences_and_is_finite_for_c
   with tf.GradientTape() as tape:
     value = losses.energy_distance(tf.zeros([3, 2], tf.float64) + x[:1] * 0, y)
   assert np.all(np.isfinite(tape.gradient(value, x).numpy()))
+
+
+def test_class_conditional_energy_distance_matches_its_definition():
+  """The size-weighted mean over classes with two or more samples of each class's energy distance to the
+  whole reference; a class with one sample is left out."""
+  rng = np.random.default_rng(2)
+  x, y = rng.normal(size=(9, 3)), rng.uniform(size=(6, 3))
+  labels = np.array([0, 0, 0, 2, 2, 3, 3, 3, 1])  # Class 1 has one sample.
+  expected = sum(np.sum(labels == c) * _brute_force_energy_distance(x[labels == c], y) for c in (0, 2, 3)) / 8
+  value = losses.class_conditional_energy_distance(x, y, labels, num_classes=4).numpy()
+  assert value == pytest.approx(expected, rel=1e-6)
+
+
+def test_class_conditional_energy_distance_sees_classes_that_split_the_range():
+  """Each class in its own half of the box: the pooled batch is uniform, each class is not."""
+  rng = np.random.default_rng(3)
+  reference = rng.uniform(-1, 1, size=(512, 6)).astype(np.float32)
+  labels = rng.integers(0, 2, size=512)
+  split = rng.uniform(-1, 1, size=(512, 6)).astype(np.float32)
+  split[:, 0] = np.where(labels == 0, 1, -1) * np.abs(split[:, 0])
+  assert abs(losses.energy_distance(split, reference).numpy()) < 0.05
+  assert losses.class_conditional_energy_distance(split, reference, labels, 2).numpy() > 0.1
+  assert abs(losses.class_conditional_energy_distance(reference[::-1], reference, labels, 2).numpy()) < 0.05

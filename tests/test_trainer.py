@@ -270,13 +270,14 @@ def test_resuming_a_run_on_other_data_is_refused(tmp_path):
                                    affnist__cache_dir=str(tmp_path / "cache")))
 
 
-def test_diversity_penalty_keeps_the_synthesizers_transforms_spread(tmp_path):
+@pytest.mark.parametrize("per_class", [False, True])
+def test_diversity_penalty_keeps_the_synthesizers_transforms_spread(tmp_path, per_class):
   """Against one frozen T, the paper's loss alone drives S's batch of transforms together; the energy
-  distance penalty holds them near the uniform spread of the clamp box."""
+  distance penalty, pooled or per class, holds them near the uniform spread of the clamp box."""
   distances = {}
   for weight in (0.0, 5.0):
     config = smoke_config(str(tmp_path / f"weight{weight}"), synth_noise_dim=4, diversity_weight=weight,
-                          synth_lr=1e-2, export=False)
+                          diversity_per_class=per_class, synth_lr=1e-2, export=False)
     trainer = trainer_lib.Trainer(config)
     batches = iter(trainer._synth_dataset(seed=0))
     distances[weight] = [float(trainer._synth_step(next(batches)).diversity.numpy()) for _ in range(40)]
