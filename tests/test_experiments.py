@@ -65,6 +65,14 @@ def test_efficiency_experiment_at_smoke_size(tmp_path):
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   table = (results_dir / "affnist_efficiency_smoke.md").read_text()
   assert "| k | no added samples | random affine augmentation | TERSE | TERSE samples added |" in table
+  # Table 1's form: error rates of the baseline and of every arm at the end of the schedule.
+  final = {a: [1 - float(r["affnist_test_accuracy"]) for r in rows if r["arm"] == a and r["k"] == grid[-1]]
+           for a in arms}
+  start = [1 - float(r["affnist_test_accuracy"]) for r in rows if r["arm"] == "terse" and r["k"] == "0"]
+  assert summary["error_rates"]["baseline"]["mean"] == pytest.approx(sum(start) / len(start))
+  for arm in arms:
+    assert summary["error_rates"][arm]["mean"] == pytest.approx(sum(final[arm]) / len(final[arm]))
+  assert f"| TERSE | {summary['error_rates']['terse']['samples_added_mean']:.0f} | " in table
   assert os.listdir(run_dir / "tensorboard") and set(os.listdir(run_dir / "tensorboard")) == set(arms)
 
 
@@ -113,6 +121,10 @@ def test_headline_fraction_is_the_first_grid_point_at_random_augmentations_final
   # 0.8 lies two thirds of the way from 0.6 (1000 samples) to 0.9 (2000), read in log samples.
   assert headline["terse_samples_to_reach_it_interpolated"] == pytest.approx(1000 * 2 ** (2 / 3))
   assert headline["fraction_of_random_samples_interpolated"] == pytest.approx(1000 * 2 ** (2 / 3) / 4000)
+  errors = summary["error_rates"]
+  assert errors["baseline"]["mean"] == pytest.approx(0.8) and errors["baseline"]["samples_added_mean"] == 0
+  assert errors["random_affine"]["mean"] == pytest.approx(0.2)
+  assert errors["terse"]["mean"] == pytest.approx(0.1) and errors["terse"]["samples_added_mean"] == 2000
 
   never = experiment.summarise(
       random_curve + rows("terse", [(0, 0, 0.2), (1000, 1000, 0.3), (4000, 3000, 0.7)]), (1000, 4000))

@@ -175,7 +175,18 @@ def summarise(rows: list[dict], k_grid: tuple[int, ...]) -> dict:
         "terse_samples_to_reach_it_interpolated": interpolated,
         "fraction_of_random_samples_interpolated": interpolated and interpolated / random_samples,
     }
-  return {"curves": curves, "headline": headline}
+  # Table 1's form: affNIST-test error at the end of the schedule, and before it (the MNIST-only baseline,
+  # the same T for every arm of a seed).
+  error_rates = {"baseline": _error_rate([r for r in rows if r["k"] == 0 and r["arm"] == min(curves)])}
+  for arm in curves:
+    error_rates[arm] = _error_rate([r for r in rows if r["arm"] == arm and r["k"] == k_grid[-1]])
+  return {"curves": curves, "headline": headline, "error_rates": error_rates}
+
+
+def _error_rate(rows: list[dict]) -> dict:
+  errors = [1.0 - r["affnist_test_accuracy"] for r in rows]
+  return {"mean": float(np.mean(errors)), "std": float(np.std(errors)),
+          "samples_added_mean": float(np.mean([r["k_added"] for r in rows]))}
 
 
 def write_outputs(experiment: ExperimentConfig, rows: list[dict], summary: dict, training_s: float,
@@ -219,7 +230,8 @@ def write_outputs(experiment: ExperimentConfig, rows: list[dict], summary: dict,
   arms = list(summary["curves"])
   lines = [f"# {experiment.label}", "",
            f"Command: `{command}`  ",
-           f"Training time: {training_s / 60:.1f} min on {os.cpu_count()} CPU cores (sum of the runs' own times); "
+           f"Training time: {training_s / 60:.1f} min (sum of the runs' own times; this process could use "
+           f"{len(os.sched_getaffinity(0))} CPU cores); "
            f"seeds {list(experiment.seeds)}; target `{experiment.base.target}`; data "
            f"`{mnist.resolve_source(experiment.base.data)}`.", "",
            "affNIST-test accuracy, mean +- std over seeds (error rate = 1 - accuracy). k is the sample total "
@@ -231,6 +243,12 @@ def write_outputs(experiment: ExperimentConfig, rows: list[dict], summary: dict,
     cells = [f"{summary['curves'][a][i]['mean']:.4f} +- {summary['curves'][a][i]['std']:.4f}" for a in arms]
     added = f"{summary['curves']['terse'][i]['k_added_mean']:.0f}" if "terse" in arms else "-"
     lines.append(f"| {k} | " + " | ".join(cells) + f" | {added} |")
+  lines += ["", "affNIST-test error rate (%) at the end of the schedule (paper Table 1's form), mean +- std over "
+            "seeds:", "", "| method | samples added | error rate (%) |", "|---|---|---|"]
+  for name, error in summary["error_rates"].items():
+    title = "MNIST only (the baseline T)" if name == "baseline" else ARM_TITLES[name]
+    lines.append(f"| {title} | {error['samples_added_mean']:.0f} | {100 * error['mean']:.2f} +- "
+                 f"{100 * error['std']:.2f} |")
   headline = summary["headline"]
   if headline:
     lines += ["", f"Random augmentation's final accuracy: {headline['random_affine_final_accuracy']:.4f} with "
