@@ -230,8 +230,8 @@ def write_outputs(experiment: ExperimentConfig, rows: list[dict], summary: dict,
   arms = list(summary["curves"])
   lines = [f"# {experiment.label}", "",
            f"Command: `{command}`  ",
-           f"Training time: {training_s / 60:.1f} min (sum of the runs' own times; this process could use "
-           f"{len(os.sched_getaffinity(0))} CPU cores); "
+           # Runs resume across processes, so the cores they had are not known here: BENCHMARKS.md says.
+           f"Training time: {training_s / 60:.1f} min (sum of the runs' own times); "
            f"seeds {list(experiment.seeds)}; target `{experiment.base.target}`; data "
            f"`{mnist.resolve_source(experiment.base.data)}`.", "",
            "affNIST-test accuracy, mean +- std over seeds (error rate = 1 - accuracy). k is the sample total "
