@@ -48,7 +48,8 @@ def _off_diagonal(distances: tf.Tensor) -> tf.Tensor:
 def _mean_within(points: tf.Tensor) -> tf.Tensor:
   """E|x - x'| over distinct pairs of one set (unbiased: pairs of a point with itself left out)."""
   count = tf.cast(tf.shape(points)[0], points.dtype)
-  return tf.reduce_sum(_off_diagonal(_pairwise_distances(points, points))) / tf.maximum(count * (count - 1.0), 1.0)
+  pairs = tf.maximum(count * (count - 1.0), 1.0)
+  return tf.reduce_sum(_off_diagonal(_pairwise_distances(points, points))) / pairs
 
 
 def energy_distance(samples: tf.Tensor, reference: tf.Tensor) -> tf.Tensor:
