@@ -2,13 +2,22 @@
 
 The cache lives in fixed-capacity variables so it is saved in the same checkpoint as S, T and their
 optimizers: a crash loses no entry that a checkpoint saw, and resuming continues filling the same quota.
-Images are stored as uint8 (like MNIST and affNIST themselves), a quarter of float32's size.
+Images are stored as uint8 (like MNIST and affNIST themselves), a quarter of float32's size. A composite's
+hardness must be measured on the image the cache will hold: `as_stored` rounds composites to that 8-bit
+grid before T sees them, so a borderline composite is judged as T will see it when it fine-tunes.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+
+
+def as_stored(images: tf.Tensor) -> tf.Tensor:
+  """Float images in [0, 1] rounded to the cache's 8-bit grid, with a straight-through gradient (the
+  rounding is invisible to backpropagation, so S's gradient is that of the unrounded composite)."""
+  stored = tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0) / 255.0
+  return images + tf.stop_gradient(stored - images)
 
 
 class HardExampleCache(tf.Module):
@@ -37,7 +46,8 @@ class HardExampleCache(tf.Module):
 
   def add(self, images: np.ndarray, labels: np.ndarray, margins: np.ndarray, cycle: int,
           per_class_quota: int) -> int:
-    """Appends candidates (float images in [0, 1]) in order while their class is under quota this cycle.
+    """Appends candidates (float images in [0, 1], already on the 8-bit grid of `as_stored` when their
+    margins were measured on them) in order while their class is under quota this cycle.
 
     Returns how many were added.
     """

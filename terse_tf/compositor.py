@@ -278,8 +278,28 @@ def composite(foreground: tf.Tensor, background: tf.Tensor, params: tf.Tensor,
   warped = warp(tf.concat([premultiplied(foreground), foreground[..., -1:]], axis=-1), matrix, output_hw)
   colour, alpha = warped[..., :-1], warped[..., -1:]
   if config.mask_cleanup:
-    # The clean-up changes alpha, so blend the straight colour under the new alpha.
-    straight = colour / tf.maximum(alpha, 1e-6)
-    alpha = clean_mask(alpha, config.mask_threshold, config.mask_blur_sigma)
-    colour = straight * alpha
+    cleaned = clean_mask(alpha, config.mask_threshold, config.mask_blur_sigma)
+    colour = _straight_colour(warped, config.mask_threshold, config.mask_blur_sigma) * cleaned
+    alpha = cleaned
   return Composite(image=colour + (1 - alpha) * background, warped_mask=alpha)
+
+
+def _straight_colour(warped: tf.Tensor, threshold: float, blur_sigma: float) -> tf.Tensor:
+  """The object's straight (un-premultiplied) colour [B, H, W, C] wherever the cleaned mask can reach, from
+  the warped premultiplied colour + alpha `warped` [B, H, W, C+1].
+
+  The clean-up blurs alpha past the warped mask, where colour / alpha is 0 / 0: blending that as black puts
+  a dark fringe around every object. Inside the mask (alpha > threshold, where the cleaned mask starts) the
+  colour is exact; outside it is filled from the neighbouring object colour by a normalised convolution,
+  blur(colour * alpha) / blur(alpha) with the clean-up's own blur, which is the object's colour wherever the
+  blurred mask is non-zero (exactly so for a uniform colour). The cleaned mask never exceeds the warped one,
+  so where the fill's denominator is below its floor the cleaned alpha is too, and the error is that small.
+  """
+  floor = 1e-6
+  colour, alpha = warped[..., :-1], warped[..., -1:]
+  exact = colour / tf.maximum(alpha, floor)
+  if blur_sigma <= 0:
+    return exact
+  blurred = gaussian_blur(warped, blur_sigma)
+  filled = blurred[..., :-1] / tf.maximum(blurred[..., -1:], floor)
+  return tf.where(alpha > threshold, exact, filled)

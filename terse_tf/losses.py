@@ -85,3 +85,11 @@ def class_conditional_energy_distance(samples: tf.Tensor, reference: tf.Tensor, 
   per_class = 2.0 * cross - within - _mean_within(reference)
   weights = tf.where(counts >= 2.0, counts, tf.zeros_like(counts))
   return tf.reduce_sum(weights * per_class) / tf.maximum(tf.reduce_sum(weights), 1.0)
+
+
+def l2_penalty(variables: list[tf.Variable], weight: float) -> tf.Tensor:
+  """Coupled weight decay as an L2 term, weight / 2 * sum |w|^2, a scalar: its gradient adds weight * w to
+  each variable's gradient before the optimizer sees it, which is what the paper's PyTorch optimizers do
+  with `weight_decay` (SGD with momentum and Adam alike). Keras 3's `weight_decay` is the decoupled kind
+  (w -= lr * weight * w after the update), a different regulariser under momentum and Adam."""
+  return 0.5 * weight * tf.add_n([tf.reduce_sum(tf.square(v)) for v in variables])

@@ -43,7 +43,10 @@ flags.DEFINE_integer("num_heldout_test", 1000, "Test digits held out when the so
                      lower_bound=1)
 flags.DEFINE_integer("num_train", 0, "Cap on training digits (0: all that remain).", lower_bound=0)
 flags.DEFINE_string("affnist_dir", "", "Real affNIST test .mat file or folder; else one is generated.")
-flags.DEFINE_string("affnist_cache_dir", "~/.cache/terse_tf", "Where generated affNIST test sets are kept "
+# The user's cache directory (XDG's rule: $XDG_CACHE_HOME, else ~/.cache), read when the flags are declared.
+DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "terse_tf")
+
+flags.DEFINE_string("affnist_cache_dir", DEFAULT_CACHE_DIR, "Where generated affNIST test sets are kept "
                     "('' for none).")
 flags.DEFINE_integer("affnist_test_digits", 1000, "Test digits transformed into the generated affNIST test "
                      "set (0: all).", lower_bound=0)
@@ -54,8 +57,9 @@ flags.DEFINE_integer("affnist_transforms_per_digit", affnist.TRANSFORMS_PER_DIGI
 flags.DEFINE_enum("param_clamp", "tanh", compositor.CLAMP_MODES, "How S's raw outputs are clamped to "
                   "affNIST's ranges: tanh (smooth) or clip (hard).")
 flags.DEFINE_float("max_translation_px", compositor.AffineRanges.max_translation_px,
-                   "Translation bound in pixels (with --keep_in_frame: the scale S's translation is read "
-                   "in, its bounds being each foreground's own).", lower_bound=0)
+                   "Translation clamp in pixels, used only with --nokeep_in_frame: under --keep_in_frame "
+                   "(the default) each foreground's own in-frame shifts bound its translation instead, "
+                   "and this value has no effect.", lower_bound=0)
 flags.DEFINE_bool("keep_in_frame", True, "affNIST's translation rule: shift each transformed foreground "
                   "only within the shifts that keep its ink inside the frame (else: the fixed "
                   "+-max_translation_px clamp, which can crop it).")
@@ -70,7 +74,10 @@ flags.DEFINE_enum("target", "paper", classifier.ARCHITECTURES, "Target classifie
 flags.DEFINE_integer("batch_size", 64, "T's batch size.", lower_bound=1)
 flags.DEFINE_float("target_lr", 0.01, "T's SGD learning rate.", lower_bound=0)
 flags.DEFINE_float("target_momentum", 0.9, "T's SGD momentum.", lower_bound=0)
-flags.DEFINE_float("target_weight_decay", 5e-4, "T's weight decay.", lower_bound=0)
+flags.DEFINE_float("target_weight_decay", 5e-4, "T's weight decay (see --weight_decay_mode).", lower_bound=0)
+flags.DEFINE_enum("weight_decay_mode", "coupled", trainer.WEIGHT_DECAY_MODES, "coupled: L2 added to the "
+                  "gradient before momentum / Adam's moments, as the paper's PyTorch optimizers do; "
+                  "decoupled: Keras 3's decay, w -= lr * decay * w after each update (AdamW-style).")
 flags.DEFINE_integer("baseline_epochs", 3, "Epochs of T on real digits before the first cycle.",
                      lower_bound=0)
 flags.DEFINE_integer("finetune_epochs", 2, "Epochs of T on real digits + cache per cycle.", lower_bound=0)
@@ -83,7 +90,7 @@ flags.DEFINE_float("cache_fraction", 0.0, "If > 0: the share of each fine-tuning
 flags.DEFINE_integer("cycles", 4, "Sleep cycles (synthesize, then fine-tune).", lower_bound=0)
 flags.DEFINE_integer("synth_batch_size", 64, "S's batch size.", lower_bound=1)
 flags.DEFINE_float("synth_lr", 1e-3, "S's Adam learning rate.", lower_bound=0)
-flags.DEFINE_float("synth_weight_decay", 1e-4, "S's weight decay.", lower_bound=0)
+flags.DEFINE_float("synth_weight_decay", 1e-4, "S's weight decay (see --weight_decay_mode).", lower_bound=0)
 flags.DEFINE_integer("synth_width", 32, "S's channel width.", lower_bound=2)
 flags.DEFINE_float("synth_dropout", 0.3, "Dropout in S's regression head.", lower_bound=0, upper_bound=0.99)
 flags.DEFINE_integer("synth_noise_dim", 0, "Length of a standard-normal noise vector S takes beside the "
@@ -138,6 +145,7 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> trainer.TrainCon
           mask_threshold=f.mask_threshold, mask_blur_sigma=f.mask_blur_sigma),
       target=f.target, seed=f.seed, batch_size=f.batch_size, target_lr=f.target_lr,
       target_momentum=f.target_momentum, target_weight_decay=f.target_weight_decay,
+      weight_decay_mode=f.weight_decay_mode,
       baseline_epochs=f.baseline_epochs, finetune_epochs=f.finetune_epochs,
       finetune_steps=f.finetune_steps, cache_fraction=f.cache_fraction, cycles=f.cycles,
       synth_batch_size=f.synth_batch_size, synth_lr=f.synth_lr,
@@ -158,11 +166,23 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> trainer.TrainCon
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = None
   try:
-    train_lib.run(config_from_flags(), command_line=shlex.join(sys.argv))
+    config = config_from_flags()
+    train_lib.run(config, command_line=shlex.join(sys.argv))
   except TerseError as e:
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(f"terse_tf: error: {e}")
+  except KeyboardInterrupt:
+    sys.exit(interrupted_message(config))
+
+
+def interrupted_message(config: trainer.TrainConfig | None) -> str:
+  """The one line a Ctrl-C ends with."""
+  if config is None:
+    return "terse_tf: interrupted before the run started."
+  return (f"terse_tf: interrupted. Rerun the same command to resume {config.run_dir} from its last "
+          "checkpoint (without --fresh, which would start over).")
 
 
 if __name__ == "__main__":

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 from absl import logging
 
 from terse_tf import export
-from terse_tf.trainer import FOREGROUND_SHAPE, IMAGE_SHAPE, Trainer, TrainConfig
+from terse_tf.trainer import FOREGROUND_SHAPE, IMAGE_SHAPE, Trainer, TrainConfig, write_json
 
 
 def run(config: TrainConfig, command_line: str = "") -> dict:
   """Writes the resolved config, runs every remaining phase, exports; returns the results."""
-  os.makedirs(config.run_dir, exist_ok=True)
-  trainer = Trainer(config)
-  with open(os.path.join(config.run_dir, "config.json"), "w") as f:
-    json.dump({"command": command_line, "config": dataclasses.asdict(config)}, f, indent=2)
+  trainer = Trainer(config)  # Creates the run directory only once the run can start.
+  write_json(os.path.join(config.run_dir, "config.json"),
+             {"command": command_line, "config": dataclasses.asdict(config)})
   results = trainer.run()
   if config.export:
     paths = export.export_models(trainer.synthesizer, trainer.target, config.compositor, FOREGROUND_SHAPE,

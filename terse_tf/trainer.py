@@ -33,7 +33,7 @@ from absl import logging
 
 from terse_tf import compositor as compositor_lib
 from terse_tf import losses
-from terse_tf.cache import HardExampleCache
+from terse_tf.cache import HardExampleCache, as_stored
 from terse_tf.data import affnist, mnist
 from terse_tf.errors import ConfigError, DataError, NonFiniteLossError
 from terse_tf.networks import classifier, synthesizer
@@ -43,6 +43,9 @@ STRATEGIES = ("auto", "default", "mirrored")
 # the in-tree baseline of random affine augmentation with affNIST's recipe, or nothing (a control that
 # fine-tunes on the real digits alone for the same epochs).
 SAMPLE_SOURCES = ("terse", "random_affine", "none")
+# Weight decay as the paper's PyTorch optimizers apply it (an L2 term whose gradient joins the loss's before
+# momentum or Adam's moments), or Keras 3's own decoupled decay (w -= lr * decay * w after the update).
+WEIGHT_DECAY_MODES = ("coupled", "decoupled")
 PHASE_BASELINE, PHASE_SYNTHESIZE, PHASE_FINETUNE, PHASE_DONE = range(4)
 PHASE_NAMES = ("baseline", "synthesize", "finetune", "done")
 IMAGE_SHAPE = (mnist.IMAGE_SIZE, mnist.IMAGE_SIZE, 1)
@@ -64,6 +67,7 @@ class TrainConfig:
   target_lr: float = 0.01
   target_momentum: float = 0.9
   target_weight_decay: float = 5e-4
+  weight_decay_mode: str = "coupled"
   baseline_epochs: int = 3
   finetune_epochs: int = 2
   # When > 0, each cycle fine-tunes T for this many steps on real + cache instead of finetune_epochs epochs:
@@ -120,6 +124,9 @@ class TrainConfig:
       raise ConfigError(f"--strategy must be one of {STRATEGIES}, got {self.strategy!r}")
     if self.target not in classifier.ARCHITECTURES:
       raise ConfigError(f"--target must be one of {classifier.ARCHITECTURES}, got {self.target!r}")
+    if self.weight_decay_mode not in WEIGHT_DECAY_MODES:
+      raise ConfigError(f"--weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, got "
+                        f"{self.weight_decay_mode!r}")
     if self.sample_source not in SAMPLE_SOURCES:
       raise ConfigError(f"--sample_source must be one of {SAMPLE_SOURCES}, got {self.sample_source!r}")
     if not self.hard_per_class or min(self.hard_per_class) < 1:
@@ -145,7 +152,6 @@ class TrainConfig:
       raise ConfigError(f"--hard_threshold compares p_gt - max_other, which lies in [-1, 1]; got "
                         f"{self.hard_threshold}")
 
-
   def quota(self, cycle: int) -> int:
     """Samples to add per class in `cycle` (1-based)."""
     return self.hard_per_class[0] if len(self.hard_per_class) == 1 else self.hard_per_class[cycle - 1]
@@ -158,10 +164,10 @@ class TrainConfig:
 
 class SynthStepOutputs(NamedTuple):
   """What one synthesizer step produces, gathered over replicas: losses, metrics and summaries take it."""
-  loss: tf.Tensor        # scalar, S's loss (negative T cross-entropy, plus the diversity penalty).
+  loss: tf.Tensor        # scalar, S's loss (negative T cross-entropy, plus the diversity penalty; no decay).
   diversity: tf.Tensor   # scalar, energy distance of the batch's transforms to the uniform box.
   params: tf.Tensor      # [B, 6] clamped affine parameters.
-  composites: tf.Tensor  # [B, H, W, C]
+  composites: tf.Tensor  # [B, H, W, C] on the cache's 8-bit grid, as T judged them.
   labels: tf.Tensor      # [B]
   margins: tf.Tensor     # [B] p_gt - max_other under T.
 
@@ -199,7 +205,7 @@ def _image_grid(images: tf.Tensor, columns: int = 8) -> tf.Tensor:
   return tf.reshape(grid, [1, count // columns * height, columns * width, channels])
 
 
-def _write_json(path: str, payload: dict) -> None:
+def write_json(path: str, payload: dict) -> None:
   """Atomic: a crash mid-write never leaves a truncated file behind."""
   handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
   with os.fdopen(handle, "w") as f:
@@ -207,19 +213,63 @@ def _write_json(path: str, payload: dict) -> None:
   os.replace(temporary, path)
 
 
+def format_duration(seconds: float) -> str:
+  """4h02m, 12m07s or 37s."""
+  seconds = int(round(seconds))
+  if seconds >= 3600:
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+  if seconds >= 60:
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+  return f"{seconds}s"
+
+
+class Progress:
+  """Where a run is and how long is left, for its log lines.
+
+  A phase's ETA extrapolates the time it has taken so far over the share of it done. The run's ETA
+  extrapolates the rate at which this process has gone through cycles (a cycle's synthesis and its
+  fine-tuning count as a half each), so it exists once some cycle work has been timed.
+  """
+
+  def __init__(self, cycles: int, elapsed_before: float):
+    self.cycles = cycles
+    self._started, self._elapsed_before = time.monotonic(), elapsed_before
+    self._phase_started = self._started
+    self._first_mark: tuple[float, float] | None = None  # (time, cycles done) when cycle work was first seen.
+
+  def elapsed(self) -> float:
+    """Seconds the run has trained, across resumes."""
+    return self._elapsed_before + time.monotonic() - self._started
+
+  def start_phase(self) -> None:
+    self._phase_started = time.monotonic()
+
+  def describe(self, phase_done: float, cycles_done: float | None = None) -> str:
+    """`phase_done` in [0, 1] of the current phase; `cycles_done` (fractional), None before cycle 1."""
+    now = time.monotonic()
+    phase_elapsed = now - self._phase_started
+    parts = [f"elapsed {format_duration(self.elapsed())}"]
+    if phase_done > 0:
+      parts.append(f"phase ETA {format_duration(phase_elapsed * (1 - phase_done) / phase_done)}")
+    if cycles_done is not None:
+      if self._first_mark is None:
+        self._first_mark = (now, cycles_done)
+      mark_time, mark_cycles = self._first_mark
+      if cycles_done > mark_cycles:
+        rate = (now - mark_time) / (cycles_done - mark_cycles)
+        parts.append(f"run ETA {format_duration(rate * (self.cycles - cycles_done))}")
+    return ", ".join(parts)
+
+
 class Trainer:
   """Runs (or resumes) the whole TERSE schedule for one run directory."""
 
   def __init__(self, config: TrainConfig):
+    """Checks the run directory, loads the data, builds the players and restores their state, in that
+    order; only then does it touch the run directory (and with --fresh remove the previous run's outputs),
+    so a start that fails on bad input loses nothing and leaves nothing behind."""
     self.config = config
-    if config.fresh:
-      for name in RUN_OUTPUTS:
-        path = os.path.join(config.run_dir, name)
-        if os.path.isdir(path):
-          shutil.rmtree(path)
-        elif os.path.exists(path):
-          os.remove(path)
-    os.makedirs(config.run_dir, exist_ok=True)
+    self._check_run_dir_path()
     keras.utils.set_random_seed(config.seed)
 
     self.splits = mnist.load_splits(config.data)
@@ -230,12 +280,15 @@ class Trainer:
                  len(test_labels), self.affnist_description)
 
     self.strategy = build_strategy(config.strategy)
+    # With coupled decay the optimizers decay nothing themselves: the L2 term joins each player's loss.
+    optimizer_decay = (lambda decay: decay) if config.weight_decay_mode == "decoupled" else (lambda _: None)
     with self.strategy.scope():
       self.target = classifier.build_classifier(config.target, IMAGE_SHAPE, mnist.NUM_CLASSES)
       self.synthesizer = self._build_synthesizer(seed=config.seed)
       self.target_optimizer = keras.optimizers.SGD(config.target_lr, momentum=config.target_momentum,
-                                                   weight_decay=config.target_weight_decay)
-      self.synth_optimizer = keras.optimizers.Adam(config.synth_lr, weight_decay=config.synth_weight_decay)
+                                                   weight_decay=optimizer_decay(config.target_weight_decay))
+      self.synth_optimizer = keras.optimizers.Adam(config.synth_lr,
+                                                   weight_decay=optimizer_decay(config.synth_weight_decay))
       # Built here, before any tf.function step: under MirroredStrategy a lazily built Keras 3 optimizer
       # fails inside the first step ("You must feed a value for placeholder tensor").
       self.target_optimizer.build(self.target.trainable_variables)
@@ -258,14 +311,15 @@ class Trainer:
         epoch_in_phase=self.epoch_in_phase, synth_step=self.synth_step,
         target_global_step=self.target_global_step, synth_global_step=self.synth_global_step,
         elapsed_s=self.elapsed_s, history_json=self.history_json, run_identity=self.run_identity)
-    self.checkpoint_manager = tf.train.CheckpointManager(
-        self.checkpoint, os.path.join(config.run_dir, "checkpoints"), max_to_keep=3)
+    checkpoint_dir = os.path.join(config.run_dir, "checkpoints")
+    self.history: list[dict] = []
+    self._restore(None if config.fresh else tf.train.latest_checkpoint(checkpoint_dir))
+
+    self._prepare_run_dir()
+    self.checkpoint_manager = tf.train.CheckpointManager(self.checkpoint, checkpoint_dir, max_to_keep=3)
     self.writer = tf.summary.create_file_writer(os.path.join(config.run_dir, "tensorboard"))
     self.results_path = os.path.join(config.run_dir, "results.json")
-    self.history: list[dict] = []
-    self._started = time.time()
-    self._elapsed_at_start = 0.0
-    self._restore()
+    self.progress = Progress(config.cycles, float(self.elapsed_s.numpy()))
     self._target_step = tf.function(self._target_step_fn)
     # XLA pays for the compositor's gathers (about 15% of a synthesizer step on CPU) but not for the whole
     # step, whose convolutions it makes slower; bench/compositor.py has the compositor's own figures.
@@ -278,8 +332,8 @@ class Trainer:
                                          self.config.synth_noise_dim, seed=seed)
 
   # ----------------------------------------------------------------------------------------- state
-  def _restore(self) -> None:
-    latest = self.checkpoint_manager.latest_checkpoint
+  def _restore(self, latest: str | None) -> None:
+    """Resume order: the run directory's `latest` checkpoint -> --init_checkpoint (S and T only) -> scratch."""
     if latest:
       reader = tf.train.load_checkpoint(latest)
       key = "run_identity/.ATTRIBUTES/VARIABLE_VALUE"
@@ -306,7 +360,36 @@ class Trainer:
                         f"checkpoint with matching S and T, e.g. <run_dir>/checkpoints/ckpt-3 "
                         f"({type(e).__name__})") from e
       logging.info("initialised S and T from --init_checkpoint=%s", self.config.init_checkpoint)
-    self._elapsed_at_start = float(self.elapsed_s.numpy())
+
+  def _check_run_dir_path(self) -> None:
+    run_dir = self.config.run_dir
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+      raise ConfigError(f"--run_dir={run_dir} is an existing file; expected a directory (or a path to "
+                        "create one at)")
+
+  def _prepare_run_dir(self) -> None:
+    """Creates the run directory and proves it writable, then (--fresh) removes the previous run's outputs.
+
+    A directory this call created is removed again if it cannot be used, so a failed start leaves none.
+    """
+    run_dir = self.config.run_dir
+    created = not os.path.exists(run_dir)
+    try:
+      os.makedirs(run_dir, exist_ok=True)
+      with tempfile.TemporaryFile(dir=run_dir):
+        pass
+    except OSError as e:
+      if created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+      raise ConfigError(f"--run_dir={run_dir} cannot be written ({e.strerror or e}); expected a writable "
+                        "directory") from e
+    if self.config.fresh:
+      for name in RUN_OUTPUTS:
+        path = os.path.join(run_dir, name)
+        if os.path.isdir(path):
+          shutil.rmtree(path)
+        elif os.path.exists(path):
+          os.remove(path)
 
   def _identity(self) -> str:
     """The settings a checkpoint must share to be resumed: data, test set and target architecture."""
@@ -316,7 +399,7 @@ class Trainer:
                        "target": self.config.target}, sort_keys=True)
 
   def _save(self) -> None:
-    self.elapsed_s.assign(self._elapsed_at_start + time.time() - self._started)
+    self.elapsed_s.assign(self.progress.elapsed())
     self.checkpoint_manager.save()
 
   def _check_finite(self, loss: float, what: str) -> None:
@@ -382,14 +465,23 @@ class Trainer:
     return self.strategy.distribute_datasets_from_function(dataset_fn)
 
   # ----------------------------------------------------------------------------------------- steps
+  def _coupled_decay(self, variables: list[tf.Variable], weight: float) -> tf.Tensor:
+    """This replica's share of the coupled L2 term (0 under decoupled decay): 1/replicas of it, since the
+    optimizer sums the replicas' gradients."""
+    if self.config.weight_decay_mode != "coupled" or not weight:
+      return tf.constant(0.0)
+    return losses.l2_penalty(variables, weight) / self.strategy.num_replicas_in_sync
+
   def _target_step_fn(self, batch) -> tf.Tensor:
+    """One SGD step of T on a global batch; returns T's mean loss on it (without the decay term)."""
     def replica_step(images, labels):
+      variables = self.target.trainable_variables
       with tf.GradientTape() as tape:
         logits = self.target(images, training=True)
         # The one place losses are scaled: mean over the global batch, summed over replicas below.
         loss = tf.nn.compute_average_loss(losses.target_loss(labels, logits))
-      variables = self.target.trainable_variables
-      self.target_optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        regularized = loss + self._coupled_decay(variables, self.config.target_weight_decay)
+      self.target_optimizer.apply_gradients(zip(tape.gradient(regularized, variables), variables))
       return loss
 
     per_replica = self.strategy.run(replica_step, args=batch)
@@ -400,12 +492,14 @@ class Trainer:
     replicas = self.strategy.num_replicas_in_sync
 
     def replica_step(foreground, background, labels):
+      variables = self.synthesizer.trainable_variables
       with tf.GradientTape() as tape:
         raw = synthesizer.raw_params(self.synthesizer, compositor_lib.premultiplied(foreground), background,
                                      training=True)
         params = compositor_lib.place(raw, foreground, IMAGE_SHAPE[:2], config)
-        result = self._composite(foreground, background, params, config)
-        logits = self.target(result.image, training=False)  # T frozen: only S's variables are updated.
+        # T judges the composite the cache would store (8-bit), so what is cached as hard is hard.
+        image = as_stored(self._composite(foreground, background, params, config).image)
+        logits = self.target(image, training=False)  # T frozen: only S's variables are updated.
         # Diversity is measured where the affNIST recipe is uniform: the clamp box, before framing.
         normalized = compositor_lib.normalize_params(
             compositor_lib.clamp_params(raw, config.ranges, config.clamp_mode), config.ranges)
@@ -417,9 +511,9 @@ class Trainer:
         # Each replica's batch-level penalty counts 1/replicas, so the sum over replicas is their mean.
         loss = (tf.nn.compute_average_loss(losses.synthesizer_loss(labels, logits)) +
                 self.config.diversity_weight * diversity / replicas)
-      variables = self.synthesizer.trainable_variables
-      self.synth_optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-      return loss, diversity / replicas, params, result.image, labels, losses.hardness_margin(labels, logits)
+        regularized = loss + self._coupled_decay(variables, self.config.synth_weight_decay)
+      self.synth_optimizer.apply_gradients(zip(tape.gradient(regularized, variables), variables))
+      return loss, diversity / replicas, params, image, labels, losses.hardness_margin(labels, logits)
 
     loss, diversity, *per_example = self.strategy.run(replica_step, args=batch)
     return SynthStepOutputs(self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
@@ -427,8 +521,28 @@ class Trainer:
                             *(self.strategy.gather(x, axis=0) for x in per_example))
 
   # ----------------------------------------------------------------------------------------- phases
+  def _where(self) -> str:
+    """"baseline" or "cycle 3/8 synthesize": the part of the schedule the run is in."""
+    phase = PHASE_NAMES[int(self.phase.numpy())]
+    if int(self.phase.numpy()) == PHASE_BASELINE:
+      return phase
+    return f"cycle {int(self.cycle.numpy())}/{self.config.cycles} {phase}"
+
+  def _cycles_done(self, phase_done: float) -> float | None:
+    """Cycles completed, fractionally (synthesis and fine-tuning a half each); None during the baseline."""
+    phase = int(self.phase.numpy())
+    if phase == PHASE_BASELINE:
+      return None
+    half = 0.0 if phase == PHASE_SYNTHESIZE else 0.5
+    return int(self.cycle.numpy()) - 1 + half + 0.5 * phase_done
+
+  def _progress(self, phase_done: float) -> str:
+    return self.progress.describe(phase_done, self._cycles_done(phase_done))
+
   def _train_target_epochs(self, epochs: int, seed_base: int, steps_per_epoch: int = 0) -> None:
     """`epochs` passes over real + cache (or of `steps_per_epoch` batches each), checkpointed after each."""
+    self.progress.start_phase()
+    start_epoch = int(self.epoch_in_phase.numpy())
     while int(self.epoch_in_phase.numpy()) < epochs:
       epoch = int(self.epoch_in_phase.numpy())
       total, steps = 0.0, 0
@@ -440,9 +554,10 @@ class Trainer:
       mean = total / max(steps, 1)
       with self.writer.as_default(step=int(self.target_global_step.numpy())):
         tf.summary.scalar("train/target_loss", mean)
-      logging.info("%s epoch %d/%d: target loss %.4f over %d steps (%d cached hard examples)",
-                   PHASE_NAMES[int(self.phase.numpy())], epoch + 1, epochs, mean, steps, len(self.cache))
       self.epoch_in_phase.assign_add(1)
+      phase_done = (epoch + 1 - start_epoch) / (epochs - start_epoch)
+      logging.info("%s epoch %d/%d: target loss %.4f over %d steps (%d cached hard examples); %s",
+                   self._where(), epoch + 1, epochs, mean, steps, len(self.cache), self._progress(phase_done))
       self._save()
 
   def _reset_synthesizer(self, cycle: int) -> None:
@@ -456,6 +571,8 @@ class Trainer:
   def _synthesize(self, cycle: int) -> None:
     config = self.config
     quota = config.quota(cycle)
+    self.progress.start_phase()
+    start_step = int(self.synth_step.numpy())
     if config.reset_synthesizer_each_cycle and int(self.synth_step.numpy()) == 0:
       self._reset_synthesizer(cycle)
     iterator = iter(self._synth_dataset(config.seed * 1000 + cycle * 100 + int(self.synth_step.numpy())))
@@ -487,9 +604,12 @@ class Trainer:
       in_cycle = int(self.synth_step.numpy())
       if in_cycle % config.checkpoint_every_steps == 0:
         counts = self.cache.class_counts(cycle)
-        logging.info("cycle %d synthesize step %d: S loss %.3f, %.0f%% of batch hard, cycle quota %d/%d "
-                     "(fewest in a class %d)", cycle, in_cycle, loss, 100 * hard.mean(), counts.sum(),
-                     quota * mnist.NUM_CLASSES, counts.min())
+        # Done when the emptiest class fills its quota or the step cap is reached, whichever comes first.
+        step_cap = warmup + config.synth_max_steps
+        phase_done = max(counts.min() / quota, (in_cycle - start_step) / max(step_cap - start_step, 1))
+        logging.info("%s step %d/%d: S loss %.3f, %.0f%% of batch hard, cycle quota %d/%d (fewest in a "
+                     "class %d); %s", self._where(), in_cycle, step_cap, loss, 100 * hard.mean(), counts.sum(),
+                     quota * mnist.NUM_CLASSES, counts.min(), self._progress(min(phase_done, 1.0)))
         self._save()
 
     counts = self.cache.class_counts(cycle)
@@ -527,8 +647,8 @@ class Trainer:
     images = digits[..., None].astype(np.float32) / 255.0
     margins = losses.hardness_margin(picked_labels, self._logits_in_batches(images)).numpy()
     self.cache.add(images, picked_labels, margins, cycle, quota)
-    logging.info("cycle %d: added %d random affine samples (%.0f%% of them hard for T)", cycle, len(images),
-                 100 * float(np.mean(margins < self.config.hard_threshold)))
+    logging.info("%s: added %d random affine samples (%.0f%% of them hard for T); %s", self._where(),
+                 len(images), 100 * float(np.mean(margins < self.config.hard_threshold)), self._progress(1.0))
     with self.writer.as_default(step=cycle):
       tf.summary.scalar("cache/size", len(self.cache))
       tf.summary.histogram("synth/hardness_margin", margins)
@@ -572,7 +692,7 @@ class Trainer:
   def _write_results(self) -> None:
     before = next((h for h in self.history if h["after"] == "baseline"), None)
     final = self.history[-1] if self.history and self.history[-1]["after"] != "baseline" else None
-    _write_json(self.results_path, {
+    write_json(self.results_path, {
         "affnist_test_accuracy_before": before and before["affnist_test_accuracy"],
         "affnist_test_accuracy_after": final and final["affnist_test_accuracy"],
         "mnist_val_accuracy_before": before and before["mnist_val_accuracy"],
@@ -581,7 +701,7 @@ class Trainer:
         "hard_examples": len(self.cache),
         "affnist_test_set": self.affnist_description,
         "data": {"source": self.splits.source, **self.splits.sizes()},
-        "wall_time_s": round(self._elapsed_at_start + time.time() - self._started, 1),
+        "wall_time_s": round(self.progress.elapsed(), 1),
         "history": self.history,
     })
 

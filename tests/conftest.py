@@ -1,15 +1,23 @@
 """Test set-up shared by every test file."""
 
+import atexit
 import copy
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 # Repository root on the path so `terse_tf` imports without an install; quiet TF start-up logs.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests leave the user's home alone: the default cache directory (terse_tf.train reads XDG_CACHE_HOME when
+# it declares its flags) is a temporary one for this session, in this process and every subprocess.
+_CACHE_HOME = tempfile.mkdtemp(prefix="terse_tf_test_cache_")
+os.environ["XDG_CACHE_HOME"] = _CACHE_HOME
+atexit.register(shutil.rmtree, _CACHE_HOME, ignore_errors=True)
 SMOKE_FLAGFILE = os.path.join(REPO_ROOT, "configs", "affnist_smoke.flags")
 
 

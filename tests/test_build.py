@@ -49,3 +49,46 @@ def test_targets_cover_every_module_and_test_file():
   assert python_files - covered == set()
   tests = {t["srcs"][0] for t in build_targets().values() if t["rule"] == "py_test"}
   assert tests == {f for f in python_files if os.path.basename(f).startswith("test_")}
+
+
+def imported_modules(path):
+  """The terse_tf modules a Python file imports, as file paths relative to the repository root."""
+  with open(os.path.join(REPO_ROOT, path)) as f:
+    tree = ast.parse(f.read(), filename=path)
+  names = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      names.update(alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      names.add(node.module)
+      names.update(f"{node.module}.{alias.name}" for alias in node.names)
+  files = set()
+  for name in names:
+    if name.split(".")[0] != "terse_tf" or name == "terse_tf":  # The bare package name imports nothing.
+      continue
+    stem = os.path.join(REPO_ROOT, *name.split("."))
+    for candidate in (stem + ".py", os.path.join(stem, "__init__.py")):
+      if os.path.isfile(candidate):
+        files.add(os.path.relpath(candidate, REPO_ROOT))
+  return files
+
+
+def test_every_import_inside_the_package_is_a_declared_dependency():
+  targets = build_targets()
+  owner = {src: name for name, target in targets.items() for src in target["srcs"]}
+
+  def reachable(name, seen=None):
+    seen = set() if seen is None else seen
+    if name not in seen:
+      seen.add(name)
+      for dep in targets[name]["deps"]:
+        reachable(dep[1:], seen)
+    return seen
+
+  for name, target in targets.items():
+    if target["rule"] == "py_test":
+      continue
+    for src in target["srcs"]:
+      for module in imported_modules(src):
+        assert owner[module] in reachable(name), f"{name}: {src} imports {module} ({owner[module]}) " \
+                                                 "without a dependency on it"

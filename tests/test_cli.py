@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,11 @@ def test_smoke_flagfile_runs_end_to_end_and_exports_signatures(tmp_path):
   run_dir = tmp_path / "run"
   result = run_cli(f"--flagfile={SMOKE_FLAGFILE}", f"--run_dir={run_dir}", "--affnist_cache_dir=")
   assert "affNIST-test accuracy:" in result.stderr and "before TERSE" in result.stderr
+  # Each phase's log line says where the run is and how long is left.
+  assert re.search(r"baseline epoch 1/1: .*; elapsed \d+s", result.stderr)
+  assert re.search(r"cycle 1/2 synthesize step 3/12: .*; elapsed \d+s, phase ETA \d+s", result.stderr)
+  assert re.search(r"cycle 2/2 finetune epoch 1/1: .*; elapsed \d+s, phase ETA \d+s, run ETA \d+s",
+                   result.stderr)
   with open(run_dir / "results.json") as f:
     results = json.load(f)
   assert results["cycles_completed"] == 2 and results["affnist_test_accuracy_after"] is not None
@@ -101,3 +107,34 @@ def test_malformed_mnist_file_names_the_file(tmp_path):
                    f"--mnist_dir={tmp_path}", check=False)
   assert result.returncode != 0 and "Traceback" not in result.stderr
   assert "train-images-idx3-ubyte.gz: cannot read IDX file" in result.stderr
+
+
+def test_fresh_with_a_missing_mnist_dir_keeps_the_previous_run(tmp_path):
+  run_dir = tmp_path / "run"
+  base = [f"--flagfile={SMOKE_FLAGFILE}", f"--run_dir={run_dir}", "--cycles=0", "--baseline_epochs=1"]
+  run_cli(*base)
+  kept = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
+  assert "results.json" in kept and "export/target/saved_model.pb" in kept
+  result = run_cli(*base, "--fresh", "--mnist_dir=/nonexistent/mnist", check=False)
+  assert result.returncode != 0 and "--mnist_dir=/nonexistent/mnist" in result.stderr
+  assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == kept
+
+
+def test_ctrl_c_ends_with_one_line_that_says_the_run_can_be_resumed(tmp_path):
+  run_dir = tmp_path / "run"
+  args = [f"--flagfile={SMOKE_FLAGFILE}", f"--run_dir={run_dir}", "--export=false", "--hard_per_class=200",
+          "--synth_max_steps=2000", "--checkpoint_every_steps=1", "--cycles=1"]
+  process = subprocess.Popen([sys.executable, "-m", "terse_tf.train", *args], cwd=REPO_ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and process.poll() is None and (read_cache(run_dir / "checkpoints") or [0])[0] != 1:
+    time.sleep(0.1)  # Until the run checkpoints mid-synthesis.
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode != 0
+  assert "Traceback" not in stderr
+  assert stderr.strip().splitlines()[-1] == (
+      f"terse_tf: interrupted. Rerun the same command to resume {run_dir} from its last checkpoint "
+      "(without --fresh, which would start over).")
+  result = run_cli(*args, "--synth_max_steps=3")  # ...and it does resume.
+  assert "resumed from" in result.stderr

@@ -199,3 +199,61 @@ def test_mask_cleanup_removes_the_halo_and_keeps_the_interior():
   np.testing.assert_allclose(cleaned[0, 5:15, 5:15], 1.0)
   blurred = compositor.clean_mask(tf.constant(mask), threshold=0.1, blur_sigma=1.0).numpy()
   assert 0 < blurred[0, 4, 10, 0] < 0.5 and blurred[0, 10, 10, 0] == pytest.approx(1.0, abs=1e-3)
+
+
+def blob(size, centre_xy, sigma=2.0):
+  ys, xs = np.mgrid[0:size, 0:size]
+  return np.exp(-((xs - centre_xy[0]) ** 2 + (ys - centre_xy[1]) ** 2) / (2 * sigma ** 2))
+
+
+def centroid_xy(image):
+  ys, xs = np.mgrid[0:image.shape[0], 0:image.shape[1]]
+  return np.array([(xs * image).sum(), (ys * image).sum()]) / image.sum()
+
+
+def rotate(p, degrees):
+  a = np.deg2rad(degrees)
+  return np.array([p[0] * np.cos(a) - p[1] * np.sin(a), p[0] * np.sin(a) + p[1] * np.cos(a)])
+
+
+# Each parameter's meaning, written out independently of compositor.forward_matrix: where a point at offset p
+# from the foreground's centre lands, as an offset from the output's centre. x is the column, y the row.
+PARAMETER_MEANINGS = [
+    ("rotation", [25.0, 0, 0, 0, 1, 1], lambda p: rotate(p, 25.0)),
+    ("translate_x", [0, 4.5, 0, 0, 1, 1], lambda p: p + [4.5, 0]),
+    ("translate_y", [0, 0, -3.25, 0, 1, 1], lambda p: p + [0, -3.25]),
+    ("shear", [0, 0, 0, 0.2, 1, 1], lambda p: np.array([p[0] + 0.2 * p[1], p[1]])),
+    ("scale_x", [0, 0, 0, 0, 1.2, 1], lambda p: np.array([1.2 * p[0], p[1]])),
+    ("scale_y", [0, 0, 0, 0, 1, 0.8], lambda p: np.array([p[0], 0.8 * p[1]])),
+    # Together: scale first, then shear, then rotate, then translate.
+    ("all", [-15.0, 2.0, 1.0, -0.15, 0.9, 1.1],
+     lambda p: rotate(np.array([0.9 * p[0] - 0.15 * 1.1 * p[1], 1.1 * p[1]]), -15.0) + [2.0, 1.0]),
+]
+
+
+@pytest.mark.parametrize("name,params,where", PARAMETER_MEANINGS, ids=[m[0] for m in PARAMETER_MEANINGS])
+def test_each_affine_parameter_moves_a_point_where_an_independent_formula_says(name, params, where):
+  size, centre = 48, (48 - 1) / 2
+  for offset in ([6.0, -4.0], [-5.0, 7.0]):
+    image = blob(size, centre + np.array(offset))[None, ..., None]
+    matrix = compositor.params_to_matrix(tf.constant([params], tf.float64), (size, size))
+    warped = compositor.warp(tf.constant(image), matrix).numpy()[0, ..., 0]
+    np.testing.assert_allclose(centroid_xy(warped) - centre, where(np.array(offset)), atol=0.02)
+
+
+@pytest.mark.parametrize("cleanup", [False, True])
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 2.0])
+def test_a_uniform_colour_object_keeps_its_colour_everywhere_it_is_blended(cleanup, sigma):
+  """A red square on white: wherever any of it is blended in, red stays 1 and green/blue are 1 - alpha.
+  A black fringe (straight colour 0 where the blur spreads alpha past the warped mask) lowers red."""
+  foreground = np.zeros((2, 40, 40, 4), np.float32)
+  foreground[:, 12:28, 14:26] = [1.0, 0.0, 0.0, 1.0]
+  background = np.ones((2, 40, 40, 3), np.float32)
+  params = tf.constant([[13.0, 2.0, -3.0, 0.1, 1.1, 0.9], [-20.0, -4.0, 1.5, -0.2, 0.8, 1.2]])
+  config = compositor.CompositorConfig(mask_cleanup=cleanup, mask_blur_sigma=sigma)
+  result = compositor.composite(tf.constant(foreground), tf.constant(background), params, config)
+  image, alpha = result.image.numpy(), result.warped_mask.numpy()
+  blended = alpha[..., 0] > 1e-4
+  assert blended.sum() > 200 and (alpha[..., 0] < 0.999)[blended].sum() > 50  # Edges are in the test.
+  np.testing.assert_allclose(image[..., 0][blended], 1.0, atol=1e-4)
+  np.testing.assert_allclose(image[..., 1:], np.broadcast_to(1 - alpha, image[..., 1:].shape), atol=1e-5)

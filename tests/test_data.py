@@ -186,6 +186,32 @@ def test_generated_set_is_cached_with_its_seed(tmp_path):
   assert not np.array_equal(first, other) and len(os.listdir(tmp_path)) == 2
 
 
+@pytest.mark.parametrize("damage", ["truncated", "wrong_keys", "wrong_shape"])
+def test_a_damaged_cached_set_is_regenerated_with_a_warning(tmp_path, damage, caplog):
+  digits, labels = affnist_fixture_digits()
+  config = affnist.AffnistConfig(cache_dir=str(tmp_path), num_test_digits=4, transforms_per_digit=3, seed=1)
+  expected, expected_labels, _ = affnist.load_test_set(digits, labels, config)
+  (path,) = [os.path.join(tmp_path, name) for name in os.listdir(tmp_path)]
+  if damage == "truncated":
+    with open(path, "rb") as f:
+      head = f.read(100)
+    with open(path, "wb") as f:
+      f.write(head)
+  elif damage == "wrong_keys":
+    np.savez(path[:-4], pictures=expected)
+  else:
+    np.savez(path[:-4], images=expected[:5], labels=expected_labels[:5])
+  with caplog.at_level("WARNING"):
+    images, regenerated_labels, description = affnist.load_test_set(digits, labels, config)
+  assert "regenerating it" in caplog.text and path in caplog.text
+  np.testing.assert_array_equal(images, expected)
+  np.testing.assert_array_equal(regenerated_labels, expected_labels)
+  assert "cached in" not in description
+  reread, _, description = affnist.load_test_set(digits, labels, config)  # Rewritten whole.
+  np.testing.assert_array_equal(reread, expected)
+  assert "cached in" in description
+
+
 def write_affnist_mat(path, images, labels):
   """The real affNIST layout: struct affNISTdata, images as 1600 x N columns, labels 1 x N."""
   flat = images.reshape(len(images), -1).T.astype(np.uint8)

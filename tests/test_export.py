@@ -1,60 +1,72 @@
-"""Exported SavedModels reload in a fresh process and reproduce the in-memory networks."""
+"""Exported SavedModels serve under `saved_model_cli run` in a fresh process and reproduce the in-memory
+networks."""
 
+import os
+import shutil
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import tensorflow as tf
 
-from conftest import REPO_ROOT, smoke_config
+from conftest import smoke_config
 from terse_tf import compositor, export, trainer as trainer_lib
 from terse_tf.networks import classifier, synthesizer
 
-RELOAD_SCRIPT = textwrap.dedent("""
-    import sys
-    import numpy as np
-    import tensorflow as tf
-    export_dir, inputs_path, outputs_path = sys.argv[1:]
-    inputs = np.load(inputs_path)
-    synthesizer = tf.saved_model.load(export_dir + "/synthesizer").signatures["serving_default"]
-    target = tf.saved_model.load(export_dir + "/target").signatures["serving_default"]
-    served = synthesizer(foreground=tf.constant(inputs["foreground"]),
-                         background=tf.constant(inputs["background"]))
-    probabilities = target(images=tf.constant(inputs["images"]))["probabilities"]
-    np.savez(outputs_path, probabilities=probabilities.numpy(),
-             **{key: value.numpy() for key, value in served.items()})
-""")
+def saved_model_cli_run(model_dir, signature, inputs, out_dir):
+  """Serves `signature` of the SavedModel in `model_dir` with `saved_model_cli run` in a fresh process, the
+  way TF Serving loads it, on `inputs` {name: array} written as .npy files; returns {output: array}."""
+  os.makedirs(out_dir)
+  arguments = []
+  for name, value in inputs.items():
+    path = os.path.join(out_dir, f"input_{name}.npy")
+    np.save(path, value)
+    arguments.append(f"{name}={path}")
+  cli = shutil.which("saved_model_cli") or os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+  result = subprocess.run([cli, "run", "--dir", model_dir, "--tag_set", "serve", "--signature_def", signature,
+                           "--inputs", ";".join(arguments), "--outdir", out_dir], capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return {name[:-4]: np.load(os.path.join(out_dir, name)) for name in os.listdir(out_dir)
+          if name.endswith(".npy") and not name.startswith("input_")}
 
 
-def test_savedmodels_reload_in_a_fresh_process_and_match(tmp_path):
+def test_saved_model_cli_serves_both_exports_and_matches_the_in_memory_networks(tmp_path):
   trainer = trainer_lib.Trainer(smoke_config(str(tmp_path / "run"), cycles=1, export=False))
   trainer.run()
-  export_dir = str(tmp_path / "export")
-  export.export_models(trainer.synthesizer, trainer.target, trainer.config.compositor,
-                       trainer_lib.FOREGROUND_SHAPE, trainer_lib.IMAGE_SHAPE, export_dir)
+  paths = export.export_models(trainer.synthesizer, trainer.target, trainer.config.compositor,
+                               trainer_lib.FOREGROUND_SHAPE, trainer_lib.IMAGE_SHAPE, str(tmp_path / "export"))
 
   rng = np.random.default_rng(0)
   digits = trainer.splits.val_images[:6]
   foreground = trainer_lib._foregrounds(tf.constant(digits)).numpy()
   background = rng.uniform(0, 0.3, (6, 40, 40, 1)).astype(np.float32)
   images = (trainer.splits.val_images[:6, ..., None] / 255.0).astype(np.float32)
-  np.savez(tmp_path / "inputs.npz", foreground=foreground, background=background, images=images)
+  pair = {"foreground": foreground, "background": background}
 
-  subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, export_dir, str(tmp_path / "inputs.npz"),
-                  str(tmp_path / "outputs.npz")], cwd=REPO_ROOT, check=True, timeout=300)
-  served = np.load(tmp_path / "outputs.npz")
-
+  served = saved_model_cli_run(paths[export.SYNTHESIZER_DIR], export.SERVING_DEFAULT, pair, str(tmp_path / "s"))
   config = trainer.config.compositor
   raw = trainer.synthesizer([compositor.premultiplied(foreground), background], training=False)
   params = compositor.place(raw, tf.constant(foreground), (40, 40), config)
   expected = compositor.composite(tf.constant(foreground), tf.constant(background), params, config)
+  assert set(served) == {"params", "composite", "warped_mask"}
   np.testing.assert_allclose(served["params"], params.numpy(), atol=1e-5)
   np.testing.assert_allclose(served["composite"], expected.image.numpy(), atol=1e-5)
   np.testing.assert_allclose(served["warped_mask"], expected.warped_mask.numpy(), atol=1e-5)
+
+  served = saved_model_cli_run(paths[export.TARGET_DIR], export.SERVING_DEFAULT, {"images": images},
+                               str(tmp_path / "t"))
   probabilities = tf.nn.softmax(trainer.target(images, training=False)).numpy()
   np.testing.assert_allclose(served["probabilities"], probabilities, atol=1e-5)
-  np.testing.assert_allclose(served["probabilities"].sum(axis=1), 1.0, atol=1e-5)
+
+  # The sampling signature runs S's dropout: one digit repeated gets several transforms, each composited
+  # exactly as the compositor does it for those parameters.
+  repeated = {"foreground": np.repeat(foreground[:1], 8, axis=0), "background": np.repeat(background[:1], 8, 0)}
+  sampled = saved_model_cli_run(paths[export.SYNTHESIZER_DIR], export.SAMPLE, repeated, str(tmp_path / "d"))
+  assert np.std(sampled["params"], axis=0).max() > 1e-3
+  recomposited = compositor.composite(tf.constant(repeated["foreground"]), tf.constant(repeated["background"]),
+                                      tf.constant(sampled["params"]), config)
+  np.testing.assert_allclose(sampled["composite"], recomposited.image.numpy(), atol=1e-5)
 
 
 def test_a_synthesizer_with_noise_samples_new_in_frame_transforms_on_every_call(tmp_path):

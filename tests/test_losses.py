@@ -110,3 +110,12 @@ def test_class_conditional_energy_distance_sees_classes_that_split_the_range():
   assert abs(losses.energy_distance(split, reference).numpy()) < 0.05
   assert losses.class_conditional_energy_distance(split, reference, labels, 2).numpy() > 0.1
   assert abs(losses.class_conditional_energy_distance(reference[::-1], reference, labels, 2).numpy()) < 0.05
+
+
+def test_l2_penalty_gradient_is_the_decay_times_each_weight():
+  variables = [tf.Variable([[1.0, -2.0], [0.5, 3.0]]), tf.Variable([0.25, -4.0])]
+  with tf.GradientTape() as tape:
+    penalty = losses.l2_penalty(variables, 0.1)
+  assert float(penalty) == pytest.approx(0.05 * (1 + 4 + 0.25 + 9 + 0.0625 + 16))
+  for gradient, variable in zip(tape.gradient(penalty, variables), variables):
+    np.testing.assert_allclose(gradient.numpy(), 0.1 * variable.numpy(), rtol=1e-6)

@@ -82,3 +82,43 @@ def test_synthesizer_with_noise_gives_one_foreground_many_transforms_at_inferenc
   assert synthesizer.noise_dim(plain) == 0
   raw = synthesizer.raw_params(plain, foreground, tf.zeros_like(foreground), training=False).numpy()
   assert np.std(raw, axis=0).max() < 1e-6
+
+
+def kernels(model):
+  return {v.path: v.numpy().ravel() for v in model.trainable_variables if v.path.endswith("kernel")}
+
+
+@pytest.mark.parametrize("seed", [0, None])
+def test_no_two_synthesizer_kernels_are_equal_or_proportional(seed):
+  """Every layer draws its own stream: no kernel repeats another, or another's stream at another scale."""
+  found = kernels(synthesizer.build_synthesizer((40, 40, 1), width=32, seed=seed))
+  assert len(found) == 9  # backbone 2, each mid-level branch 2, regression conv, 2 dense
+  names = sorted(found)
+  for i, first in enumerate(names):
+    for second in names[i + 1:]:
+      a, b = found[first], found[second]
+      length = min(len(a), len(b))  # A scaled copy of one stream shows in the common prefix.
+      correlation = np.corrcoef(a[:length], b[:length])[0, 1]
+      assert abs(correlation) < 0.2, (first, second, correlation)
+
+
+def test_a_seeded_synthesizer_is_reproducible_and_seeds_differ():
+  same = [kernels(synthesizer.build_synthesizer((40, 40, 1), width=8, seed=3)) for _ in range(2)]
+  other = kernels(synthesizer.build_synthesizer((40, 40, 1), width=8, seed=4))
+  for name, kernel in same[0].items():
+    np.testing.assert_array_equal(kernel, same[1][name])
+    assert not np.array_equal(kernel, other[name])
+
+
+def test_the_sampler_keeps_dropout_on_and_batchnorm_in_inference():
+  model = synthesizer.build_synthesizer((40, 40, 1), width=8, dropout_rate=0.5, seed=0)
+  foreground = tf.tile(tf.random.uniform([1, 40, 40, 1], seed=1), [16, 1, 1, 1])
+  background = tf.zeros_like(foreground)
+  sample = synthesizer.sampler(model)
+  drawn = sample(foreground, background).numpy()
+  # Dropout on: one foreground, many transforms (S's outputs are small at initialisation, gain 0.4).
+  assert np.std(drawn, axis=0).max() > 0.1 * np.abs(drawn).mean()
+  # With the dropout rate at 0 the sampler is S in inference mode (BatchNorm's moving averages), exactly.
+  model.get_layer(synthesizer.DROPOUT_LAYER).rate = 0.0
+  np.testing.assert_allclose(sample(foreground, background).numpy(),
+                             model([foreground, background], training=False).numpy(), atol=1e-6)

@@ -3,17 +3,16 @@
 import glob
 import json
 import os
-import subprocess
-import sys
-import textwrap
+import tempfile
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, smoke_config
-from terse_tf import train_lib, trainer as trainer_lib
-from terse_tf.errors import ConfigError, DataError, NonFiniteLossError
+from conftest import smoke_config
+from terse_tf import compositor, losses, train_lib, trainer as trainer_lib
+from terse_tf.networks import synthesizer
+from terse_tf.errors import ConfigError, DataError, NonFiniteLossError, TerseError
 
 
 def summary_tags(run_dir):
@@ -42,15 +41,16 @@ def smoke_run(tmp_path_factory):
   return config, train_lib.run(config)
 
 
-def test_smoke_run_writes_results_before_and_after(smoke_run):
+def test_smoke_run_reports_the_accuracy_of_the_target_it_ends_with(smoke_run):
   config, results = smoke_run
   assert results["cycles_completed"] == config.cycles == 2
   assert [h["after"] for h in results["history"]] == ["baseline", "cycle 1", "cycle 2"]
-  for key in ("affnist_test_accuracy_before", "affnist_test_accuracy_after"):
-    assert 0.0 <= results[key] <= 1.0
-  assert results["affnist_test_accuracy_after"] == results["history"][-1]["affnist_test_accuracy"]
-  with open(os.path.join(config.run_dir, "results.json")) as f:
-    assert json.load(f) == results
+  # The reported "after" figures are the final T's, measured again here from the restored checkpoint.
+  trainer = trainer_lib.Trainer(config)
+  assert results["affnist_test_accuracy_after"] == trainer._accuracy(*trainer.affnist_test)
+  assert results["mnist_val_accuracy_after"] == trainer._accuracy(trainer.splits.val_images,
+                                                                   trainer.splits.val_labels)
+  assert results["hard_examples"] == len(trainer.cache) > 0
   with open(os.path.join(config.run_dir, "config.json")) as f:
     assert json.load(f)["config"]["cycles"] == 2
 
@@ -63,9 +63,6 @@ def test_smoke_run_fills_the_cache_per_class_and_cycle(smoke_run):
   assert len(labels) > 0 and images.shape[1:] == (40, 40, 1)
   for cycle in (1, 2):
     assert trainer.cache.class_counts(cycle).max() <= config.quota(cycle)
-  # Every cached composite was hard when it was made.
-  margins = trainer.cache.margins.numpy()[:len(labels)]
-  assert np.all(margins < config.hard_threshold)
 
 
 def test_smoke_run_logs_scalars_images_and_histograms(smoke_run):
@@ -103,6 +100,67 @@ def test_fresh_starts_over(tmp_path):
   assert (tmp_path / "notes.txt").exists()  # --fresh removes only what a run writes
 
 
+def run_outputs(run_dir):
+  """{relative path: bytes} of everything a run wrote."""
+  found = {}
+  for root, _, files in os.walk(run_dir):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        found[os.path.relpath(path, run_dir)] = f.read()
+  return found
+
+
+@pytest.mark.parametrize("bad_input", [
+    {"data__source": "idx", "data__mnist_dir": "/nonexistent/mnist"},
+    {"init_checkpoint": "/nonexistent/ckpt-1"},
+])
+def test_fresh_with_bad_input_fails_before_it_deletes_anything(tmp_path, bad_input):
+  train_lib.run(smoke_config(str(tmp_path), cycles=0, baseline_epochs=1))
+  before = run_outputs(tmp_path)
+  assert any(p.startswith("checkpoints") for p in before) and "results.json" in before
+  with pytest.raises(TerseError):
+    trainer_lib.Trainer(smoke_config(str(tmp_path), fresh=True, cycles=0, **bad_input))
+  assert run_outputs(tmp_path) == before
+
+
+@pytest.mark.parametrize("bad_input", [
+    {"data__source": "idx", "data__mnist_dir": "/nonexistent/mnist"},
+    {"init_checkpoint": "/nonexistent/ckpt-1"},
+])
+def test_a_failed_start_leaves_no_run_directory_behind(tmp_path, bad_input):
+  run_dir = tmp_path / "new_run"
+  with pytest.raises(TerseError):
+    train_lib.run(smoke_config(str(run_dir), **bad_input))
+  assert not run_dir.exists()
+
+
+def test_run_dir_that_is_a_file_gets_one_clear_error(tmp_path):
+  (tmp_path / "run").write_text("not a directory")
+  with pytest.raises(ConfigError, match="--run_dir=.*run is an existing file"):
+    trainer_lib.Trainer(smoke_config(str(tmp_path / "run")))
+  with pytest.raises(ConfigError, match="--run_dir=.*cannot be written"):
+    trainer_lib.Trainer(smoke_config(str(tmp_path / "run" / "below")))
+
+
+def unwritable_directory(tmp_path):
+  """A directory this process cannot write in: read-only sysfs for root, whom permissions do not stop."""
+  if os.geteuid() != 0:
+    os.chmod(tmp_path, 0o500)
+    return str(tmp_path)
+  try:
+    with tempfile.TemporaryFile(dir="/sys"):
+      pytest.skip("/sys is writable here: no directory that root cannot write in")
+  except OSError:
+    return "/sys"
+
+
+def test_unwritable_run_dir_gets_one_clear_error(tmp_path):
+  run_dir = unwritable_directory(tmp_path)
+  with pytest.raises(ConfigError, match=f"--run_dir={run_dir} cannot be written"):
+    trainer_lib.Trainer(smoke_config(run_dir, fresh=True))
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   config = smoke_config(str(tmp_path), cycles=1, export=False)
   trainer = trainer_lib.Trainer(config)
@@ -133,31 +191,6 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_bad_training_configs_get_one_clear_error(tmp_path, override, message):
   with pytest.raises(ConfigError, match=message):
     smoke_config(str(tmp_path), **override)
-
-
-MIRRORED_SCRIPT = textwrap.dedent("""
-    import json, sys
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    sys.path.insert(0, "tests")
-    from conftest import smoke_config
-    from terse_tf import trainer as trainer_lib
-    trainer = trainer_lib.Trainer(smoke_config(sys.argv[1], strategy="mirrored", cycles=1, export=False))
-    results = trainer.run()
-    print(json.dumps({"replicas": trainer.strategy.num_replicas_in_sync,
-                      "cycles": results["cycles_completed"], "cache": len(trainer.cache),
-                      "finetune_steps": sum(1 for _ in trainer._target_dataset(0, steps=5))}))
-""")
-
-
-def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
-  result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(tmp_path)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  summary = json.loads(result.stdout.strip().splitlines()[-1])
-  assert summary == {"replicas": 2, "cycles": 1, "cache": summary["cache"], "finetune_steps": 5}
-  assert summary["cache"] > 0
 
 
 @pytest.mark.parametrize("cache_fraction", [0.0, 0.5])
@@ -270,16 +303,60 @@ def test_resuming_a_run_on_other_data_is_refused(tmp_path):
                                    affnist__cache_dir=str(tmp_path / "cache")))
 
 
-@pytest.mark.parametrize("per_class", [False, True])
-def test_diversity_penalty_keeps_the_synthesizers_transforms_spread(tmp_path, per_class):
-  """Against one frozen T, the paper's loss alone drives S's batch of transforms together; the energy
-  distance penalty, pooled or per class, holds them near the uniform spread of the clamp box."""
-  distances = {}
-  for weight in (0.0, 5.0):
-    config = smoke_config(str(tmp_path / f"weight{weight}"), synth_noise_dim=4, diversity_weight=weight,
-                          diversity_per_class=per_class, synth_lr=1e-2, export=False)
+def transform_spread(trainer, batches, per_class, samples=1024):
+  """Energy distance between `samples` of S's transforms, as S makes them in its steps (dropout and noise
+  on), normalised to the clamp box, and as many uniform draws from the box; per class or pooled. A sample
+  this size puts the estimate's own noise near 0.01, far below the gaps the test asserts."""
+  ranges = trainer.config.compositor.ranges
+  normalized, labels = [], []
+  while sum(len(y) for y in labels) < samples:
+    foreground, background, y = next(batches)
+    raw = synthesizer.raw_params(trainer.synthesizer, compositor.premultiplied(foreground), background,
+                                 training=True)
+    normalized.append(compositor.normalize_params(compositor.clamp_params(raw, ranges, "tanh"), ranges))
+    labels.append(y)
+  normalized, labels = tf.concat(normalized, 0)[:samples], tf.concat(labels, 0)[:samples]
+  uniform = tf.constant(np.random.default_rng(0).uniform(-1, 1, normalized.shape), tf.float32)
+  if per_class:
+    return float(losses.class_conditional_energy_distance(normalized, uniform, labels, 10))
+  return float(losses.energy_distance(normalized, uniform))
+
+
+# (pooled or per class, penalty weight, S's batch size). The per-class penalty's gradient comes from each
+# class's share of a batch: at 64 (about 6 a class) it is noisy enough that 80 steps leave S less spread, so
+# that case trains on batches of 128 at a higher weight. Measured on 2 cores: the penalty ends at 0.25x
+# (pooled) and 0.34x (per class) the spread of the paper's loss alone.
+DIVERSITY_CASES = [(False, 5.0, 64), (True, 20.0, 128)]
+
+
+@pytest.mark.parametrize("per_class,weight,batch_size", DIVERSITY_CASES, ids=["pooled", "per_class"])
+def test_diversity_penalty_keeps_the_synthesizers_transforms_spread(tmp_path, per_class, weight, batch_size):
+  """Against one frozen T, the paper's loss alone drives S's transforms into a corner of the ranges; the
+  energy-distance penalty holds them at under half that distance from the uniform spread of the box."""
+  spread = {}
+  for penalty in (0.0, weight):
+    config = smoke_config(str(tmp_path / f"weight{penalty}"), synth_noise_dim=4, diversity_weight=penalty,
+                          diversity_per_class=per_class, synth_lr=1e-2, synth_batch_size=batch_size,
+                          export=False)
     trainer = trainer_lib.Trainer(config)
     batches = iter(trainer._synth_dataset(seed=0))
-    distances[weight] = [float(trainer._synth_step(next(batches)).diversity.numpy()) for _ in range(40)]
-  assert np.mean(distances[5.0][-10:]) < 0.5 * np.mean(distances[0.0][-10:])
-  assert np.mean(distances[0.0][-10:]) > np.mean(distances[0.0][:5])  # The paper's loss alone collapses.
+    start = transform_spread(trainer, batches, per_class)
+    for _ in range(80):
+      trainer._synth_step(next(batches))
+    spread[penalty] = (start, transform_spread(trainer, batches, per_class))
+  collapsed_start, collapsed = spread[0.0]
+  assert collapsed > collapsed_start + 0.5  # The paper's loss alone collapses...
+  assert spread[weight][1] < 0.5 * collapsed  # ...and the penalty holds S at under half that distance.
+
+
+@pytest.mark.parametrize("seconds,text", [(0.4, "0s"), (37, "37s"), (727, "12m07s"), (14520, "4h02m")])
+def test_durations_read_at_a_glance(seconds, text):
+  assert trainer_lib.format_duration(seconds) == text
+
+
+def test_run_eta_extrapolates_the_rate_through_the_cycles():
+  progress = trainer_lib.Progress(cycles=8, elapsed_before=100.0)
+  assert "run ETA" not in progress.describe(0.0, cycles_done=2.0)  # Nothing timed yet.
+  progress._first_mark = (progress._first_mark[0] - 60.0, 2.0)  # One cycle took a minute...
+  assert progress.describe(0.5, cycles_done=3.0).endswith("run ETA 5m00s")  # ...five remain.
+  assert progress.describe(0.5).startswith("elapsed 1m4")  # Time before a resume counts.

@@ -13,10 +13,12 @@ import glob
 import hashlib
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 import scipy.io
 import scipy.ndimage
+from absl import logging
 
 from terse_tf.data.mnist import IMAGE_SIZE, NUM_CLASSES
 from terse_tf.errors import DataError
@@ -119,6 +121,25 @@ def _atomic_savez(path: str, **arrays) -> None:
     raise
 
 
+def _read_cached(path: str, expected_count: int) -> tuple[np.ndarray, np.ndarray] | None:
+  """A generated set from the disk cache, or None (with a warning) when the file is unreadable or holds
+  something else: it is regenerated and rewritten, never trusted."""
+  try:
+    with np.load(path) as cached:
+      images, labels = cached["images"], cached["labels"]
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    logging.warning("%s: unreadable cached affNIST-style test set (%s: %s); regenerating it", path,
+                    type(e).__name__, e)
+    return None
+  if (images.shape != (expected_count, IMAGE_SIZE, IMAGE_SIZE) or images.dtype != np.uint8 or
+      labels.shape != (expected_count,)):
+    logging.warning("%s: cached affNIST-style test set holds images %s %s and labels %s, expected %d "
+                    "uint8 40x40 images and labels; regenerating it", path, images.dtype, list(images.shape),
+                    list(labels.shape), expected_count)
+    return None
+  return images, labels
+
+
 def _mat_files(path: str) -> list[str]:
   if os.path.isfile(path):
     return [path]
@@ -172,8 +193,9 @@ def load_test_set(test_digits: np.ndarray, test_labels: np.ndarray,
                  f"{config.transforms_per_digit} transforms, seed {config.seed}")
   path = _cache_path(config.cache_dir, test_digits, test_labels, config) if config.cache_dir else ""
   if path and os.path.exists(path):
-    with np.load(path) as cached:
-      return cached["images"], cached["labels"], description + f" (cached in {path})"
+    cached = _read_cached(path, expected_count=len(test_labels) * config.transforms_per_digit)
+    if cached is not None:
+      return *cached, description + f" (cached in {path})"
   images, labels = generate(test_digits, test_labels, config.transforms_per_digit, config.seed)
   if path:
     _atomic_savez(path, images=images, labels=labels)

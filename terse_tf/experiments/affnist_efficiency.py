@@ -321,12 +321,16 @@ def experiment_from_flags(flag_values: flags.FlagValues = FLAGS) -> ExperimentCo
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  experiment = None
   try:
-    run(experiment_from_flags(), command=shlex.join(["python", "-m", "terse_tf.experiments.affnist_efficiency",
-                                                     *sys.argv[1:]]))
+    experiment = experiment_from_flags()
+    run(experiment, command=shlex.join(["python", "-m", "terse_tf.experiments.affnist_efficiency",
+                                        *sys.argv[1:]]))
   except TerseError as e:
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(f"terse_tf: error: {e}")
+  except KeyboardInterrupt:
+    sys.exit(train.interrupted_message(experiment and experiment.base))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Both return logits. The layer widths were stripped from our copy of the paper; t
 description (two convolutions with ReLU and dropout, then two fully connected layers), at the widths of the
 PyTorch MNIST example it describes (10 and 20 channels, 50 hidden units). The Swish CNN follows the
 introspective-network classifiers of [18, 55]: four 5x5 convolutions of 64 channels with BatchNorm and
-Swish, then one fully connected layer.
+Swish, then one fully connected layer. Its BatchNorm statistics are synchronised across replicas, so a
+step under MirroredStrategy equals the single-device step on the same global batch.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def build_itn_swish_classifier(image_shape: tuple[int, int, int], num_classes: i
   model = keras.Sequential([keras.Input(image_shape, name="images")], name="itn_swish_classifier")
   for i, strides in enumerate((1, 2, 2, 2)):
     model.add(layers.Conv2D(64, 5, strides=strides, padding="same", use_bias=False, name=f"conv{i + 1}"))
-    model.add(layers.BatchNormalization())
+    model.add(layers.BatchNormalization(synchronized=True))
     model.add(layers.Activation("swish"))
   model.add(layers.Flatten())
   model.add(layers.Dense(num_classes, name="logits"))

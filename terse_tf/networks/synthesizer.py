@@ -7,12 +7,17 @@ the raw outputs into affNIST's ranges. Dropout in the head is the paper's source
 active, one foreground yields many transforms (paper Table 2, "Dropout"). Optionally S also takes a noise
 vector, joined to the regression head's features: with a diversity penalty on the batch of transforms
 (losses.energy_distance), it gives S a direct way to spread its outputs instead of collapsing onto the
-frozen target's single weakest transform.
+frozen target's single weakest transform. BatchNorm statistics are synchronised across replicas, so a
+step under MirroredStrategy equals the single-device step on the same global batch.
 """
 
 from __future__ import annotations
 
+import itertools
+from typing import Callable, Iterator
+
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import layers
 
@@ -21,6 +26,7 @@ from terse_tf.compositor import NUM_PARAMS
 # Xavier (Glorot) uniform with gain 0.4 (A.1): limit = gain * sqrt(6 / (fan_in + fan_out)), i.e. a
 # VarianceScaling of scale gain^2 over the fan average.
 XAVIER_GAIN = 0.4
+DROPOUT_LAYER, OUTPUT_LAYER = "regression_dropout", "raw_params"
 
 
 def xavier_initializer(seed: int | None = None) -> keras.initializers.Initializer:
@@ -28,11 +34,24 @@ def xavier_initializer(seed: int | None = None) -> keras.initializers.Initialize
                                             seed=seed)
 
 
+def layer_seeds(seed: int | None) -> Iterator[int | None]:
+  """One seed per layer, each drawing an independent stream, all fixed by `seed`; None when unseeded.
+
+  A Keras initializer given an integer seed draws the same stateless stream every time: one seed shared by
+  every layer makes same-shaped kernels bit-identical and the others scaled prefixes of one stream. The
+  layer's index is hashed with the seed (numpy's SeedSequence), so nearby seeds (a per-cycle reset uses
+  seed * 1000 + cycle) do not share streams either.
+  """
+  for index in itertools.count():
+    yield None if seed is None else int(np.random.SeedSequence([seed, index]).generate_state(1)[0] >> 1)
+
+
 def build_synthesizer(image_shape: tuple[int, int, int], width: int = 32, dropout_rate: float = 0.3,
                       noise_dim: int = 0, seed: int | None = None) -> keras.Model:
   """Keras model with inputs `foreground` (premultiplied colour) and `background`, both `image_shape`,
   and with `noise_dim` > 0 a third, `noise` [noise_dim] (standard normal)."""
-  init = lambda: xavier_initializer(seed)  # A fresh initializer per layer: a seeded one repeats itself.
+  seeds = layer_seeds(seed)
+  init = lambda: xavier_initializer(next(seeds))
 
   def conv(filters, strides=1, name=None):
     return layers.Conv2D(filters, 3, strides=strides, padding="same", kernel_initializer=init(), name=name)
@@ -44,8 +63,8 @@ def build_synthesizer(image_shape: tuple[int, int, int], width: int = 32, dropou
 
   def mid_level_branch(name):
     return keras.Sequential([
-        conv(width, name="bottleneck1"), layers.ReLU(), layers.BatchNormalization(),
-        conv(width, name="bottleneck2"), layers.ReLU(), layers.BatchNormalization(),
+        conv(width, name="bottleneck1"), layers.ReLU(), layers.BatchNormalization(synchronized=True),
+        conv(width, name="bottleneck2"), layers.ReLU(), layers.BatchNormalization(synchronized=True),
     ], name=name)
 
   foreground = keras.Input(image_shape, name="foreground")
@@ -64,8 +83,8 @@ def build_synthesizer(image_shape: tuple[int, int, int], width: int = 32, dropou
     x = layers.Concatenate(name="features_and_noise")([x, noise])
   x = layers.Dense(2 * width, kernel_initializer=init(), name="regression_fc1")(x)
   x = layers.LeakyReLU(0.2)(x)
-  x = layers.Dropout(dropout_rate, seed=seed)(x)
-  raw_params = layers.Dense(NUM_PARAMS, kernel_initializer=init(), name="raw_params")(x)
+  x = layers.Dropout(dropout_rate, seed=next(seeds), name=DROPOUT_LAYER)(x)
+  raw_params = layers.Dense(NUM_PARAMS, kernel_initializer=init(), name=OUTPUT_LAYER)(x)
   return keras.Model(inputs, raw_params, name="synthesizer")
 
 
@@ -74,11 +93,29 @@ def noise_dim(model: keras.Model) -> int:
   return model.inputs[2].shape[-1] if len(model.inputs) > 2 else 0
 
 
-def raw_params(model: keras.Model, foreground: tf.Tensor, background: tf.Tensor,
-               training: bool) -> tf.Tensor:
-  """S's raw parameters [B, 6] for premultiplied foregrounds and backgrounds [B, H, W, C]; draws S's
-  noise, if it takes any, here."""
+def _inputs(model: keras.Model, foreground: tf.Tensor, background: tf.Tensor) -> list[tf.Tensor]:
+  """S's inputs for a batch: the images, and a fresh standard-normal draw if S takes noise."""
   inputs = [foreground, background]
   if noise_dim(model):
     inputs.append(tf.random.normal([tf.shape(foreground)[0], noise_dim(model)]))
-  return model(inputs, training=training)
+  return inputs
+
+
+def raw_params(model: keras.Model, foreground: tf.Tensor, background: tf.Tensor,
+               training: bool) -> tf.Tensor:
+  """S's raw parameters [B, 6] for premultiplied foregrounds and backgrounds [B, H, W, C]."""
+  return model(_inputs(model, foreground, background), training=training)
+
+
+def sampler(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+  """A function (foreground, background) -> raw parameters [B, 6] of `model` with its dropout active and
+  every other layer in inference mode: the stochastic S that filled the cache, servable (BatchNorm uses its
+  moving averages, so a served batch of any size or content gets the same treatment)."""
+  features = keras.Model(model.inputs, model.get_layer(DROPOUT_LAYER).input)
+  dropout, head = model.get_layer(DROPOUT_LAYER), model.get_layer(OUTPUT_LAYER)
+
+  def sample(foreground: tf.Tensor, background: tf.Tensor) -> tf.Tensor:
+    features_in_inference = features(_inputs(model, foreground, background), training=False)
+    return head(dropout(features_in_inference, training=True))
+
+  return sample
