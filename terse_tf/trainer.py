@@ -281,14 +281,15 @@ class Trainer:
 
     self.strategy = build_strategy(config.strategy)
     # With coupled decay the optimizers decay nothing themselves: the L2 term joins each player's loss.
-    optimizer_decay = (lambda decay: decay) if config.weight_decay_mode == "decoupled" else (lambda _: None)
+    decoupled = config.weight_decay_mode == "decoupled"
     with self.strategy.scope():
       self.target = classifier.build_classifier(config.target, IMAGE_SHAPE, mnist.NUM_CLASSES)
       self.synthesizer = self._build_synthesizer(seed=config.seed)
-      self.target_optimizer = keras.optimizers.SGD(config.target_lr, momentum=config.target_momentum,
-                                                   weight_decay=optimizer_decay(config.target_weight_decay))
-      self.synth_optimizer = keras.optimizers.Adam(config.synth_lr,
-                                                   weight_decay=optimizer_decay(config.synth_weight_decay))
+      self.target_optimizer = keras.optimizers.SGD(
+          config.target_lr, momentum=config.target_momentum,
+          weight_decay=config.target_weight_decay if decoupled else None)
+      self.synth_optimizer = keras.optimizers.Adam(
+          config.synth_lr, weight_decay=config.synth_weight_decay if decoupled else None)
       # Built here, before any tf.function step: under MirroredStrategy a lazily built Keras 3 optimizer
       # fails inside the first step ("You must feed a value for placeholder tensor").
       self.target_optimizer.build(self.target.trainable_variables)
