@@ -266,14 +266,10 @@ def premultiplied(foreground: tf.Tensor) -> tf.Tensor:
   return foreground[..., :-1] * foreground[..., -1:]
 
 
-def composite(foreground: tf.Tensor, background: tf.Tensor, params: tf.Tensor,
-              config: CompositorConfig = CompositorConfig()) -> Composite:
-  """Pastes `foreground` [B, h, w, C+1] onto `background` [B, H, W, C] under clamped `params` [B, 6].
-
-  Colour is warped premultiplied by alpha, so bilinear resampling never drags the undefined colour outside
-  the mask into the edge (no dark fringe); the blend is warped_colour + (1 - warped_alpha) * background.
-  """
-  output_hw = tuple(background.shape[1:3])
+def _paste_layer(foreground: tf.Tensor, params: tf.Tensor, output_hw: tuple[int, int],
+                 config: CompositorConfig) -> tuple[tf.Tensor, tf.Tensor]:
+  """`foreground` [B, h, w, C+1] warped under `params` [B, 6] into an `output_hw` layer: (premultiplied
+  colour [B, H, W, C], alpha [B, H, W, 1]), after the mask clean-up when the config asks for it."""
   matrix = params_to_matrix(params, tuple(foreground.shape[1:3]), output_hw)
   warped = warp(tf.concat([premultiplied(foreground), foreground[..., -1:]], axis=-1), matrix, output_hw)
   colour, alpha = warped[..., :-1], warped[..., -1:]
@@ -281,7 +277,81 @@ def composite(foreground: tf.Tensor, background: tf.Tensor, params: tf.Tensor,
     cleaned = clean_mask(alpha, config.mask_threshold, config.mask_blur_sigma)
     colour = _straight_colour(warped, config.mask_threshold, config.mask_blur_sigma) * cleaned
     alpha = cleaned
+  return colour, alpha
+
+
+def composite(foreground: tf.Tensor, background: tf.Tensor, params: tf.Tensor,
+              config: CompositorConfig = CompositorConfig()) -> Composite:
+  """Pastes `foreground` [B, h, w, C+1] onto `background` [B, H, W, C] under clamped `params` [B, 6].
+
+  Colour is warped premultiplied by alpha, so bilinear resampling never drags the undefined colour outside
+  the mask into the edge (no dark fringe); the blend is warped_colour + (1 - warped_alpha) * background.
+  """
+  colour, alpha = _paste_layer(foreground, params, tuple(background.shape[1:3]), config)
   return Composite(image=colour + (1 - alpha) * background, warped_mask=alpha)
+
+
+class MultiComposite(NamedTuple):
+  image: tf.Tensor             # [B, H, W, C] the background with every valid object pasted in order.
+  visible_masks: tf.Tensor     # [B, N, H, W, 1] each object's alpha times what later objects leave of it.
+  boxes: tf.Tensor             # [B, N, 4] normalised ymin, xmin, ymax, xmax of each visible mask.
+  visible_fraction: tf.Tensor  # [B, N] share of each object's area in view: not cropped, not covered.
+  box_valid: tf.Tensor         # [B, N] bool: a valid object with at least min_visible of it in view.
+
+
+def boxes_from_masks(masks: tf.Tensor, threshold: float = 0.5) -> tuple[tf.Tensor, tf.Tensor]:
+  """Tight boxes of the pixels where `masks` [..., H, W, 1] > threshold: (normalised ymin, xmin, ymax, xmax
+  [..., 4] on pixel edges, so a single pixel (r, c) gives (r/H, c/W, (r+1)/H, (c+1)/W); non-empty [...])."""
+  height, width = masks.shape[-3], masks.shape[-2]
+  inside = masks[..., 0] > threshold
+  rows, columns = tf.reduce_any(inside, axis=-1), tf.reduce_any(inside, axis=-2)  # [..., H], [..., W]
+
+  def extent(occupied, size):
+    first = tf.argmax(tf.cast(occupied, tf.int32), axis=-1)
+    last = size - 1 - tf.argmax(tf.cast(tf.reverse(occupied, [-1]), tf.int32), axis=-1)
+    return tf.cast(first, tf.float32) / size, tf.cast(last + 1, tf.float32) / size
+
+  (ymin, ymax), (xmin, xmax) = extent(rows, height), extent(columns, width)
+  non_empty = tf.reduce_any(rows, axis=-1)
+  boxes = tf.stack([ymin, xmin, ymax, xmax], axis=-1) * tf.cast(non_empty, tf.float32)[..., None]
+  return boxes, non_empty
+
+
+def composite_objects(foregrounds: tf.Tensor, background: tf.Tensor, params: tf.Tensor,
+                      object_valid: tf.Tensor, config: CompositorConfig = CompositorConfig(),
+                      min_visible: float = 0.25, box_threshold: float = 0.5) -> MultiComposite:
+  """Pastes up to N objects per image: `foregrounds` [B, N, h, w, C+1] under `params` [B, N, 6] onto
+  `background` [B, H, W, C], object 0 first, each later one over the earlier ones; objects whose
+  `object_valid` [B, N] is False (padding) are left out.
+
+  Each object's box is the tight box of its visible mask (> `box_threshold`), as a detection dataset
+  annotates the visible extent; it is valid when at least `min_visible` of the object's area stays in view,
+  so an object hidden behind later ones, or pasted almost entirely outside the frame, yields no box. The
+  area is the foreground's alpha mass times the transform's area change |det A|, so the part the frame
+  crops counts as hidden.
+  """
+  batch, count = tf.shape(foregrounds)[0], foregrounds.shape[1]
+  output_hw = tuple(background.shape[1:3])
+  flat = tf.reshape(foregrounds, [-1, *foregrounds.shape[2:]])
+  flat_params = tf.reshape(params, [-1, NUM_PARAMS])
+  colour, alpha = _paste_layer(flat, flat_params, output_hw, config)
+  area = tf.reshape(tf.reduce_sum(flat[..., -1], axis=[1, 2]) *
+                    tf.abs(tf.linalg.det(forward_matrix(flat_params))), [batch, count])
+  valid = tf.cast(object_valid, alpha.dtype)[:, :, None, None, None]
+  colour = tf.reshape(colour, [batch, count, *output_hw, colour.shape[-1]]) * valid
+  alpha = tf.reshape(alpha, [batch, count, *output_hw, 1]) * valid
+
+  image = background
+  for i in range(count):
+    image = colour[:, i] + (1 - alpha[:, i]) * image
+  # What reaches the eye of object i: its alpha, times the transparency of every object pasted after it.
+  transparency_after = tf.math.cumprod(1 - alpha, axis=1, exclusive=True, reverse=True)
+  visible = alpha * transparency_after
+  fraction = tf.minimum(tf.math.divide_no_nan(tf.reduce_sum(visible, axis=[2, 3, 4]), area), 1.0)
+  boxes, non_empty = boxes_from_masks(visible, box_threshold)
+  box_valid = tf.cast(object_valid, tf.bool) & non_empty & (fraction >= min_visible)
+  return MultiComposite(image=image, visible_masks=visible, boxes=boxes, visible_fraction=fraction,
+                        box_valid=box_valid)
 
 
 def _straight_colour(warped: tf.Tensor, threshold: float, blur_sigma: float) -> tf.Tensor:
@@ -303,3 +373,17 @@ def _straight_colour(warped: tf.Tensor, threshold: float, blur_sigma: float) -> 
   blurred = gaussian_blur(warped, blur_sigma)
   filled = blurred[..., :-1] / tf.maximum(blurred[..., -1:], floor)
   return tf.where(alpha > threshold, exact, filled)
+
+
+def paste_background_region(backgrounds: tf.Tensor, donors: tf.Tensor, masks: tf.Tensor, params: tf.Tensor,
+                            apply: tf.Tensor, config: CompositorConfig = CompositorConfig()) -> tf.Tensor:
+  """Blending artefacts in backgrounds (paper §3.1): into each background [B, H, W, C] where `apply` [B] is
+  True, a region of another background, `donors` [B, H, W, C], shaped like a foreground mask `masks`
+  [B, h, w, 1], pasted under `params` [B, 6] with exactly the blending S's composites get (warp, clean-up,
+  blur, alpha). A blended region then marks background as often as object, so neither T nor D can use the
+  blending itself as the sign of a pasted object. Pixels outside the warped mask are left as they were.
+  """
+  mask_hw = tuple(masks.shape[1:3])
+  cutout = tf.concat([tf.image.resize(donors, mask_hw, antialias=True), masks], axis=-1)
+  pasted = composite(cutout, backgrounds, params, config).image
+  return tf.where(tf.reshape(tf.cast(apply, tf.bool), [-1, 1, 1, 1]), pasted, backgrounds)

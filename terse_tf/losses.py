@@ -5,6 +5,8 @@ Each returns a per-example tensor; the trainer averages over the global batch in
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import tensorflow as tf
 
 
@@ -93,3 +95,38 @@ def l2_penalty(variables: list[tf.Variable], weight: float) -> tf.Tensor:
   with `weight_decay` (SGD with momentum and Adam alike). Keras 3's `weight_decay` is the decoupled kind
   (w -= lr * weight * w after the update), a different regulariser under momentum and Adam."""
   return 0.5 * weight * tf.add_n([tf.reduce_sum(tf.square(v)) for v in variables])
+
+
+class MultiboxLoss(NamedTuple):
+  """SSD's loss per image, unnormalised: the caller divides the batch's sum by its positives (summed over
+  replicas first, so the loss does not depend on how the batch is split)."""
+  per_image: tf.Tensor  # [B] classification (positives + mined negatives) + localisation, summed.
+  positives: tf.Tensor  # [B] matched default boxes per image.
+
+
+def ssd_multibox_loss(class_logits: tf.Tensor, box_regression: tf.Tensor, matched_classes: tf.Tensor,
+                      matched_boxes: tf.Tensor, negatives_per_positive: float = 3.0,
+                      min_negatives: int = 3) -> MultiboxLoss:
+  """Detection target loss (§3.2 with SSD as T): softmax cross-entropy over classes + background and smooth
+  L1 on the encoded boxes, for `class_logits` [B, A, C+1], `box_regression` [B, A, 4] against
+  `matched_classes` [B, A] (0 = background) and `matched_boxes` [B, A, 4] (boxes.match).
+
+  Hard-negative mining (SSD §2.2): of the background default boxes, only the `negatives_per_positive` x
+  positives with the highest cross-entropy count, and at least `min_negatives`, so an image without objects
+  still teaches T what background looks like.
+  """
+  matched_classes = tf.cast(matched_classes, tf.int32)
+  positive = matched_classes > 0
+  cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=matched_classes, logits=class_logits)
+  positives = tf.reduce_sum(tf.cast(positive, tf.float32), axis=1)
+  negatives = tf.cast(tf.shape(positive)[1], tf.float32) - positives
+  wanted = tf.minimum(tf.maximum(negatives_per_positive * positives, float(min_negatives)), negatives)
+  # Rank each background box by its loss (0 = hardest); positives rank last.
+  background_loss = tf.where(positive, -1.0, cross_entropy)
+  rank = tf.argsort(tf.argsort(background_loss, axis=1, direction="DESCENDING"), axis=1)
+  mined = (~positive) & (tf.cast(rank, tf.float32) < wanted[:, None])
+  classification = tf.reduce_sum(cross_entropy * tf.cast(positive | mined, cross_entropy.dtype), axis=1)
+  error = tf.abs(box_regression - tf.cast(matched_boxes, box_regression.dtype))
+  smooth_l1 = tf.where(error < 1.0, 0.5 * tf.square(error), error - 0.5)
+  localisation = tf.reduce_sum(tf.reduce_sum(smooth_l1, axis=-1) * tf.cast(positive, smooth_l1.dtype), axis=1)
+  return MultiboxLoss(per_image=classification + localisation, positives=positives)

@@ -257,3 +257,127 @@ def test_a_uniform_colour_object_keeps_its_colour_everywhere_it_is_blended(clean
   assert blended.sum() > 200 and (alpha[..., 0] < 0.999)[blended].sum() > 50  # Edges are in the test.
   np.testing.assert_allclose(image[..., 0][blended], 1.0, atol=1e-4)
   np.testing.assert_allclose(image[..., 1:], np.broadcast_to(1 - alpha, image[..., 1:].shape), atol=1e-5)
+
+
+def brute_force_box(mask, threshold=0.5):
+  """(ymin, xmin, ymax, xmax) normalised, on pixel edges, by looking at every pixel; None if empty."""
+  rows, columns = np.nonzero(mask > threshold)
+  if not len(rows):
+    return None
+  height, width = mask.shape
+  return np.array([rows.min() / height, columns.min() / width, (rows.max() + 1) / height,
+                   (columns.max() + 1) / width])
+
+
+def test_boxes_from_masks_match_a_brute_force_box():
+  rng = np.random.default_rng(7)
+  masks = np.zeros((6, 30, 50, 1), np.float32)
+  for mask in masks[:5]:
+    y, x = rng.integers(0, 30), rng.integers(0, 50)
+    mask[y:y + rng.integers(1, 12), x:x + rng.integers(1, 20)] = rng.uniform(0.51, 1.0)
+    mask += rng.uniform(0, 0.5, mask.shape)  # Faint halo below the threshold: not part of the box.
+  boxes, non_empty = compositor.boxes_from_masks(tf.constant(masks))
+  for mask, box, present in zip(masks, boxes.numpy(), non_empty.numpy()):
+    expected = brute_force_box(mask[..., 0])
+    assert present == (expected is not None)
+    np.testing.assert_allclose(box, expected if present else np.zeros(4), atol=1e-7)
+
+
+def square_foreground(colour, size=20, side=10):
+  foreground = np.zeros((size, size, len(colour) + 1), np.float32)
+  start = (size - side) // 2
+  foreground[start:start + side, start:start + side] = [*colour, 1.0]
+  return foreground
+
+
+def test_a_single_object_composites_as_composite_does_with_its_box():
+  rng = np.random.default_rng(8)
+  foreground = np.stack([square_foreground([0.2, 0.8, 0.4])] * 3)
+  background = rng.uniform(size=(3, 64, 48, 3)).astype(np.float32)
+  params = tf.constant([[10.0, 5.0, -8.0, 0.1, 1.5, 0.8], [0, 0, 0, 0, 1, 1], [-30.0, -10.0, 12.0, 0, 2, 2]])
+  config = compositor.CompositorConfig(mask_cleanup=True)
+  single = compositor.composite(tf.constant(foreground), tf.constant(background), params, config)
+  multi = compositor.composite_objects(tf.constant(foreground[:, None]), tf.constant(background),
+                                       params[:, None], tf.ones([3, 1], tf.bool), config)
+  np.testing.assert_allclose(multi.image.numpy(), single.image.numpy(), atol=1e-6)
+  np.testing.assert_allclose(multi.visible_masks.numpy()[:, 0], single.warped_mask.numpy(), atol=1e-6)
+  for box, mask in zip(multi.boxes.numpy()[:, 0], single.warped_mask.numpy()):
+    np.testing.assert_allclose(box, brute_force_box(mask[..., 0]), atol=1e-7)
+  # Nothing cropped or covered: all of each square is in view, less the sliver of resampled edge that the
+  # clean-up's threshold trims.
+  np.testing.assert_allclose(multi.visible_fraction.numpy(), 1.0, atol=0.05)
+  assert multi.box_valid.numpy().all()
+
+
+def test_later_objects_occlude_earlier_ones_and_hidden_boxes_are_dropped():
+  red, blue = square_foreground([1.0, 0.0, 0.0]), square_foreground([0.0, 0.0, 1.0])
+  foregrounds = tf.constant(np.stack([[red, blue]] * 3))
+  background = tf.zeros([3, 40, 40, 3])
+  params = tf.constant([
+      [[0, -3, 0, 0, 1, 1], [0, 3, 0, 0, 1, 1]],    # Red: columns 12-21; blue, on top: 18-27.
+      [[0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1.2, 1.2]],  # Blue, larger, on top of red: red is hidden.
+      [[0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1.2, 1.2]],  # The same, but blue is padding: red is whole.
+  ], tf.float32)
+  valid = tf.constant([[True, True], [True, True], [True, False]])
+  result = compositor.composite_objects(foregrounds, background, params, valid, min_visible=0.25)
+  image, fraction = result.image.numpy(), result.visible_fraction.numpy()
+  # Wherever they overlap the later (blue) object is what shows.
+  np.testing.assert_allclose(image[0, 15:25, 18:28], [[[0, 0, 1]] * 10] * 10, atol=1e-6)
+  np.testing.assert_allclose(image[0, 15:25, 12:18], [[[1, 0, 0]] * 6] * 10, atol=1e-6)
+  assert fraction[0, 0] == pytest.approx(0.6, abs=1e-5) and fraction[0, 1] == pytest.approx(1.0, abs=1e-5)
+  np.testing.assert_allclose(result.boxes.numpy()[0, 0], [15 / 40, 12 / 40, 25 / 40, 18 / 40], atol=1e-7)
+  assert fraction[1, 0] == pytest.approx(0.0, abs=1e-6)
+  assert result.box_valid.numpy().tolist() == [[True, True], [False, True], [True, False]]
+  # Padding is pasted nowhere: the third image holds red alone.
+  np.testing.assert_allclose(image[2, ..., 2], 0.0)
+  assert fraction[2, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_an_object_pushed_mostly_out_of_the_frame_loses_its_box():
+  foregrounds = tf.constant(square_foreground([1.0, 1.0, 1.0])[None, None])
+  # The 10x10 square, shifted 22 px right, covers columns 37-46: 3 of its 10 stay inside the 40-pixel frame.
+  params = tf.constant([[[0, 22.0, 0, 0, 1, 1]]])
+  result = compositor.composite_objects(foregrounds, tf.zeros([1, 40, 40, 3]), params,
+                                        tf.ones([1, 1], tf.bool), min_visible=0.5)
+  in_view = result.visible_masks.numpy().sum() / 100.0
+  assert result.visible_fraction.numpy()[0, 0] == pytest.approx(in_view, abs=1e-5) == pytest.approx(0.3)
+  assert not result.box_valid.numpy()[0, 0]
+
+
+def test_every_objects_parameters_get_a_gradient_through_the_multi_object_composite():
+  foregrounds = tf.constant(np.stack([[square_foreground([1, 0, 0]), square_foreground([0, 1, 0])]]))
+  params = tf.Variable([[[5.0, -4, 2, 0.1, 1.1, 0.9], [-5.0, 4, -2, -0.1, 0.9, 1.1]]])
+  weights = tf.constant(np.random.default_rng(9).uniform(size=(1, 40, 40, 3)), tf.float32)
+  with tf.GradientTape() as tape:
+    result = compositor.composite_objects(foregrounds, tf.fill([1, 40, 40, 3], 0.5), params,
+                                          tf.ones([1, 2], tf.bool))
+    loss = tf.reduce_sum(result.image * weights)
+  gradient = tape.gradient(loss, params).numpy()
+  assert np.all(np.abs(gradient[0]).max(axis=1) > 1e-3)
+
+
+def test_background_regions_pasted_as_artefacts_leave_everything_outside_the_region_untouched():
+  rng = np.random.default_rng(10)
+  backgrounds = rng.uniform(size=(3, 48, 48, 3)).astype(np.float32)
+  donors = rng.uniform(size=(3, 48, 48, 3)).astype(np.float32)
+  masks = np.zeros((3, 24, 24, 1), np.float32)
+  masks[:, 2:22, 4:20] = 1.0
+  params = tf.constant([[15.0, 6, -4, 0.1, 1.1, 1.2], [0, 0, 0, 0, 1, 1], [-10.0, -8, 3, 0, 0.9, 0.9]])
+  apply = tf.constant([True, True, False])
+  config = compositor.CompositorConfig(mask_cleanup=True, mask_blur_sigma=1.0)
+  result = compositor.paste_background_region(tf.constant(backgrounds), tf.constant(donors),
+                                              tf.constant(masks), params, apply, config).numpy()
+  # Where the pasted region is (its alpha under the same blending), from the mask alone.
+  region = compositor.composite(tf.constant(np.concatenate([np.zeros_like(masks), masks], -1)),
+                                tf.zeros([3, 48, 48, 1]), params, config).warped_mask.numpy()[..., 0]
+  outside = region == 0
+  np.testing.assert_array_equal(result[outside], backgrounds[outside])
+  changed = np.abs(result - backgrounds).max(axis=-1) > 1e-3
+  assert changed[0].sum() > 100 and changed[1].sum() > 100  # The region was pasted...
+  np.testing.assert_array_equal(result[2], backgrounds[2])  # ...only where asked.
+  # Inside, with alpha 1, the region is the donor (resized to the mask) alone: under identity parameters
+  # output pixel (r, c) reads the 24x24 cut-out at (r - 12, c - 12).
+  rows, columns = np.nonzero(region[1] > 0.999)
+  assert len(rows) > 50
+  resized = tf.image.resize(donors[1:2], (24, 24), antialias=True).numpy()[0]
+  np.testing.assert_allclose(result[1][rows, columns], resized[rows - 12, columns - 12], atol=1e-5)

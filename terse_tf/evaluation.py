@@ -1,0 +1,96 @@
+"""Detection evaluation through pycocotools: COCO's AP@[.5:.95], AP@0.5 and AP@0.75, per-class AP, and the
+single-threshold AP at IoU 0.5 ... 0.9 of the paper's Table 4.
+
+Every figure comes out of one `COCOeval` run; nothing here computes a precision-recall curve of its own.
+Boxes travel as the rest of terse_tf carries them: normalised (ymin, xmin, ymax, xmax), classes 0-based.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+# The IoU thresholds of the paper's Table 4; each is one of COCO's ten (0.50, 0.55, ..., 0.95).
+TABLE4_IOUS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageBoxes:
+  """One image's boxes [N, 4] (normalised ymin, xmin, ymax, xmax), classes [N] and, for detections,
+  scores [N]."""
+  boxes: np.ndarray
+  classes: np.ndarray
+  scores: np.ndarray | None = None
+
+
+def _coco_box(box: np.ndarray, height: int, width: int) -> list[float]:
+  ymin, xmin, ymax, xmax = box
+  return [float(xmin * width), float(ymin * height), float((xmax - xmin) * width),
+          float((ymax - ymin) * height)]
+
+
+def to_coco(groundtruth: list[ImageBoxes], detections: list[ImageBoxes], image_hw: tuple[int, int],
+            class_names: list[str]) -> tuple[dict, list[dict]]:
+  """(COCO-format ground-truth dataset, COCO-format result list); image ids 1..N, category ids 1..K."""
+  height, width = image_hw
+  images = [{"id": i + 1, "height": height, "width": width} for i in range(len(groundtruth))]
+  categories = [{"id": k + 1, "name": name} for k, name in enumerate(class_names)]
+  annotations = []
+  for image_id, truth in enumerate(groundtruth, start=1):
+    for box, label in zip(truth.boxes, truth.classes):
+      coco_box = _coco_box(box, height, width)
+      annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label) + 1,
+                          "bbox": coco_box, "area": coco_box[2] * coco_box[3], "iscrowd": 0})
+  results = [{"image_id": image_id, "category_id": int(label) + 1, "bbox": _coco_box(box, height, width),
+              "score": float(score)}
+             for image_id, found in enumerate(detections, start=1)
+             for box, label, score in zip(found.boxes, found.classes, found.scores)]
+  return {"images": images, "categories": categories, "annotations": annotations}, results
+
+
+def evaluate_detections(groundtruth: list[ImageBoxes], detections: list[ImageBoxes],
+                        image_hw: tuple[int, int], class_names: list[str]) -> dict:
+  """AP figures of `detections` against `groundtruth` (one entry per image, same order).
+
+  Returns {"ap", "ap50", "ap75"} (COCO's, all areas, 100 detections per image), "per_class": {name: AP@[.5:.95]},
+  "per_class_ap50": {name: AP@0.5} and "ap_at_iou": {"0.5": AP, ..., "0.9": AP} (Table 4). A class with no
+  ground truth has AP -1, pycocotools' marker, and is left out of the means as pycocotools does.
+  """
+  if len(groundtruth) != len(detections):
+    raise ValueError(f"expected one detection entry per image: {len(groundtruth)} images, "
+                     f"{len(detections)} detection entries")
+  dataset, results = to_coco(groundtruth, detections, image_hw, class_names)
+  if not results:  # pycocotools cannot load an empty result list: nothing detected scores 0 everywhere.
+    zeros = {name: 0.0 for name in class_names}
+    return {"ap": 0.0, "ap50": 0.0, "ap75": 0.0, "per_class": zeros, "per_class_ap50": dict(zeros),
+            "ap_at_iou": {str(t): 0.0 for t in TABLE4_IOUS}}
+  with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress.
+    truth = COCO()
+    truth.dataset = dataset
+    truth.createIndex()
+    evaluator = COCOeval(truth, truth.loadRes(results), iouType="bbox")
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+  # precision [IoU thresholds, recall points, classes, area ranges, max detections]; -1 where undefined.
+  precision = evaluator.eval["precision"][:, :, :, 0, -1]
+  thresholds = evaluator.params.iouThrs
+
+  def mean_defined(values: np.ndarray) -> float:
+    defined = values[values > -1]
+    return float(defined.mean()) if defined.size else -1.0
+
+  def at(iou: float) -> int:
+    return int(np.argmin(np.abs(thresholds - iou)))
+
+  return {
+      "ap": float(evaluator.stats[0]), "ap50": float(evaluator.stats[1]), "ap75": float(evaluator.stats[2]),
+      "per_class": {name: mean_defined(precision[:, :, k]) for k, name in enumerate(class_names)},
+      "per_class_ap50": {name: mean_defined(precision[at(0.5), :, k]) for k, name in enumerate(class_names)},
+      "ap_at_iou": {str(t): mean_defined(precision[at(t)]) for t in TABLE4_IOUS},
+  }

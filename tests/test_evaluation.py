@@ -1,0 +1,97 @@
+"""Detection AP: hand-computable cases, and the wrapper against pycocotools run directly on JSON files."""
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from terse_tf import evaluation
+from terse_tf.evaluation import ImageBoxes
+
+HW = (100, 100)
+
+
+def truth(*boxes, classes=None):
+  return ImageBoxes(np.array(boxes, np.float64).reshape(-1, 4),
+                    np.array(classes if classes is not None else [0] * len(boxes)))
+
+
+def found(*boxes, scores, classes=None):
+  return ImageBoxes(np.array(boxes, np.float64).reshape(-1, 4),
+                    np.array(classes if classes is not None else [0] * len(boxes)), np.array(scores))
+
+
+def test_perfect_detections_score_one_everywhere():
+  groundtruth = [truth([0.1, 0.1, 0.5, 0.6], [0.5, 0.5, 0.9, 0.8], classes=[0, 1]), truth([0.2, 0.3, 0.7, 0.9],
+                                                                                          classes=[1])]
+  detections = [found(*g.boxes, scores=[0.9] * len(g.boxes), classes=g.classes) for g in groundtruth]
+  metrics = evaluation.evaluate_detections(groundtruth, detections, HW, ["a", "b"])
+  assert metrics["ap"] == metrics["ap50"] == metrics["ap75"] == pytest.approx(1.0)
+  assert metrics["per_class"] == {"a": pytest.approx(1.0), "b": pytest.approx(1.0)}
+  assert all(v == pytest.approx(1.0) for v in metrics["ap_at_iou"].values())
+
+
+def test_a_box_at_iou_0_63_counts_up_to_threshold_0_6_only():
+  # Ground truth 50x50 px; the detection keeps its left 31.5 px: IoU 31.5 / 50 = 0.63.
+  metrics = evaluation.evaluate_detections([truth([0.0, 0.0, 0.5, 0.5])], [found([0.0, 0.0, 0.5, 0.315],
+                                                                                scores=[0.8])], HW, ["a"])
+  assert metrics["ap_at_iou"] == {"0.5": pytest.approx(1.0), "0.6": pytest.approx(1.0), "0.7": 0.0,
+                                  "0.8": 0.0, "0.9": 0.0}
+  assert metrics["ap50"] == pytest.approx(1.0) and metrics["ap75"] == 0.0
+  assert metrics["ap"] == pytest.approx(0.3)  # 3 of COCO's 10 thresholds (0.50, 0.55, 0.60).
+
+
+def test_a_higher_scored_false_positive_halves_the_precision():
+  # Ranked: a miss (score 0.9), then the hit (0.5): precision 1/2 at recall 1, interpolated back to 0.
+  metrics = evaluation.evaluate_detections(
+      [truth([0.1, 0.1, 0.4, 0.4])], [found([0.6, 0.6, 0.9, 0.9], [0.1, 0.1, 0.4, 0.4], scores=[0.9, 0.5])],
+      HW, ["a"])
+  assert metrics["ap50"] == pytest.approx(0.5)
+
+
+def test_nothing_detected_scores_zero_and_mismatched_lengths_are_refused():
+  metrics = evaluation.evaluate_detections([truth([0.1, 0.1, 0.4, 0.4])], [found(scores=[])], HW, ["a"])
+  assert metrics["ap"] == metrics["ap50"] == 0.0 and metrics["per_class"] == {"a": 0.0}
+  with pytest.raises(ValueError, match="one detection entry per image"):
+    evaluation.evaluate_detections([truth([0.1, 0.1, 0.4, 0.4])], [], HW, ["a"])
+
+
+def test_the_wrapper_equals_pycocotools_run_on_json_files(tmp_path):
+  rng = np.random.default_rng(0)
+  groundtruth, detections = [], []
+  for _ in range(12):
+    count = rng.integers(1, 4)
+    corners = rng.uniform(0, 0.6, (count, 2))
+    boxes = np.concatenate([corners, corners + rng.uniform(0.1, 0.4, (count, 2))], axis=1)
+    classes = rng.integers(0, 3, count)
+    groundtruth.append(ImageBoxes(boxes, classes))
+    # Jittered copies of the truth, some with the wrong class, and a few boxes of noise.
+    jittered = np.clip(boxes + rng.normal(0, 0.03, boxes.shape), 0, 1)
+    noise = np.sort(rng.uniform(0, 1, (2, 4)).reshape(2, 2, 2), axis=1).transpose(0, 2, 1).reshape(2, 4)
+    detections.append(ImageBoxes(np.concatenate([jittered, noise]),
+                                 np.concatenate([np.where(rng.uniform(size=count) < 0.2, (classes + 1) % 3,
+                                                          classes), rng.integers(0, 3, 2)]),
+                                 rng.uniform(size=count + 2)))
+  names = ["x", "y", "z"]
+  metrics = evaluation.evaluate_detections(groundtruth, detections, (120, 160), names)
+
+  dataset, results = evaluation.to_coco(groundtruth, detections, (120, 160), names)
+  (tmp_path / "truth.json").write_text(json.dumps(dataset))
+  (tmp_path / "results.json").write_text(json.dumps(results))
+  with contextlib.redirect_stdout(io.StringIO()):
+    coco = COCO(str(tmp_path / "truth.json"))
+    direct = COCOeval(coco, coco.loadRes(str(tmp_path / "results.json")), iouType="bbox")
+    direct.evaluate()
+    direct.accumulate()
+    direct.summarize()
+  assert [metrics["ap"], metrics["ap50"], metrics["ap75"]] == pytest.approx(list(direct.stats[:3]))
+  assert 0.2 < metrics["ap50"] < 1.0  # A case where ranking and matching matter.
+  for k, name in enumerate(names):
+    per_class = direct.eval["precision"][:, :, k, 0, -1]
+    assert metrics["per_class"][name] == pytest.approx(per_class[per_class > -1].mean())
+  seventy = direct.eval["precision"][4, :, :, 0, -1]  # COCO's thresholds: 0.50, 0.55, ..., index 4 is 0.70.
+  assert metrics["ap_at_iou"]["0.7"] == pytest.approx(seventy[seventy > -1].mean())
