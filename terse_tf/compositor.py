@@ -104,6 +104,15 @@ def forward_matrix(params: tf.Tensor) -> tf.Tensor:
   return tf.reshape(tf.stack([a00, a01, a10, a11], axis=-1), [-1, 2, 2])
 
 
+def _occupied_range(occupied: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """First and last index along the last axis where `occupied` [..., n] is True (int64; 0 and n - 1 when
+  nothing is)."""
+  size = tf.cast(tf.shape(occupied)[-1], tf.int64)
+  first = tf.argmax(tf.cast(occupied, tf.int32), axis=-1)
+  last = size - 1 - tf.argmax(tf.cast(tf.reverse(occupied, [-1]), tf.int32), axis=-1)
+  return first, last
+
+
 def keep_in_frame(params: tf.Tensor, alpha: tf.Tensor, output_hw: tuple[int, int],
                   ranges: AffineRanges) -> tf.Tensor:
   """affNIST's translation rule: clamped `params` [B, 6] -> the same with each translation moved so that
@@ -121,12 +130,11 @@ def keep_in_frame(params: tf.Tensor, alpha: tf.Tensor, output_hw: tuple[int, int
   ink = alpha[..., 0] > 0
   columns, rows = tf.reduce_any(ink, axis=1), tf.reduce_any(ink, axis=2)  # [B, w], [B, h]
 
-  def extent(occupied, size):  # First and last occupied index, minus/plus half a pixel.
-    first = tf.argmax(tf.cast(occupied, tf.int32), axis=1)
-    last = size - 1 - tf.argmax(tf.cast(tf.reverse(occupied, [1]), tf.int32), axis=1)
+  def extent(occupied):  # First and last occupied index, minus/plus half a pixel.
+    first, last = _occupied_range(occupied)
     return tf.cast(first, dtype) - 0.5, tf.cast(last, dtype) + 0.5
 
-  (x0, x1), (y0, y1) = extent(columns, input_hw[1]), extent(rows, input_hw[0])
+  (x0, x1), (y0, y1) = extent(columns), extent(rows)
   c_in = tf.constant([(input_hw[1] - 1) / 2, (input_hw[0] - 1) / 2], dtype)
   corners = tf.stack([tf.stack([x, y], axis=-1) for x in (x0, x1) for y in (y0, y1)], axis=1) - c_in
   moved = tf.einsum("bij,bkj->bki", forward_matrix(params), corners)  # [B, 4, 2]
@@ -307,8 +315,7 @@ def boxes_from_masks(masks: tf.Tensor, threshold: float = 0.5) -> tuple[tf.Tenso
   rows, columns = tf.reduce_any(inside, axis=-1), tf.reduce_any(inside, axis=-2)  # [..., H], [..., W]
 
   def extent(occupied, size):
-    first = tf.argmax(tf.cast(occupied, tf.int32), axis=-1)
-    last = size - 1 - tf.argmax(tf.cast(tf.reverse(occupied, [-1]), tf.int32), axis=-1)
+    first, last = _occupied_range(occupied)
     return tf.cast(first, tf.float32) / size, tf.cast(last + 1, tf.float32) / size
 
   (ymin, ymax), (xmin, xmax) = extent(rows, height), extent(columns, width)

@@ -130,3 +130,30 @@ def ssd_multibox_loss(class_logits: tf.Tensor, box_regression: tf.Tensor, matche
   smooth_l1 = tf.where(error < 1.0, 0.5 * tf.square(error), error - 0.5)
   localisation = tf.reduce_sum(tf.reduce_sum(smooth_l1, axis=-1) * tf.cast(positive, smooth_l1.dtype), axis=1)
   return MultiboxLoss(per_image=classification + localisation, positives=positives)
+
+
+def _patch_cross_entropy(patch_logits: list[tf.Tensor], real: bool) -> tf.Tensor:
+  """Mean sigmoid cross-entropy of every patch at every scale against one label, per example [B]."""
+  per_scale = [tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(
+      labels=tf.fill(tf.shape(logits), 1.0 if real else 0.0), logits=logits), axis=[1, 2, 3])
+      for logits in patch_logits]
+  return tf.add_n(per_scale) / len(per_scale)
+
+
+def discriminator_loss(real_logits: list[tf.Tensor], composite_logits: list[tf.Tensor]) -> tf.Tensor:
+  """D's loss (§3.3, eq. 2): cross-entropy of calling real images real and composites composite, averaged
+  over patches and scales, per example [B] (real and composite batches paired by index)."""
+  return _patch_cross_entropy(real_logits, real=True) + _patch_cross_entropy(composite_logits, real=False)
+
+
+def synthesizer_adversarial_loss(composite_logits: list[tf.Tensor]) -> tf.Tensor:
+  """S's realism term (§3.4, eq. 3's D part): the non-saturating form, cross-entropy of D calling the
+  composites real, per example [B]; S adds it to its target term with --discriminator_weight."""
+  return _patch_cross_entropy(composite_logits, real=True)
+
+
+def discriminator_accuracy(real_logits: list[tf.Tensor], composite_logits: list[tf.Tensor]) -> tf.Tensor:
+  """Share of patches, over scales and both batches, that D labels correctly, a scalar (for TensorBoard)."""
+  right = [tf.reduce_mean(tf.cast(logits > 0, tf.float32)) for logits in real_logits]
+  right += [tf.reduce_mean(tf.cast(logits <= 0, tf.float32)) for logits in composite_logits]
+  return tf.add_n(right) / len(right)

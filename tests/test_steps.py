@@ -167,7 +167,8 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     batch = digit_batch(single)
     report["target_loss"] = [float(single._target_step(batch)), float(mirrored._target_step(distributed(batch)))]
     synth_batch = tuple(t.numpy() for t in next(iter(single._synth_dataset(seed=0))))
-    one, two = single._synth_step(tuple(map(tf.constant, synth_batch))), mirrored._synth_step(distributed(synth_batch))
+    one = single._synth_step(tuple(map(tf.constant, synth_batch)))
+    two = mirrored._synth_step(distributed(synth_batch))
     report["synth_loss"] = [float(one.loss), float(two.loss)]
     report["params"] = float(np.abs(one.params.numpy() - two.params.numpy()).max())
     report["margins"] = float(np.abs(one.margins.numpy() - two.margins.numpy()).max())

@@ -6,8 +6,8 @@ Two backbones behind one builder:
       convolution, and SSD's extra layers, predicting from feature maps of 37, 18, 9, 5, 3 and 1 cells at
       300 px. (The original Caffe SSD300 rounds pool3's output up and gets 38, 19, 10; Keras's VGG16 pools
       with floor, as PyTorch's does without ceil_mode, so the default boxes are laid out for 37, 18, 9.)
-  "compact": a small conv backbone (~0.7M parameters at 128 px, feature maps at 1/8, 1/16, 1/32 of the
-      input) that trains on 2 CPU cores in minutes.
+  "compact": a small conv backbone (0.66M parameters with its heads at 128 px for one class; feature maps
+      at 1/8, 1/16 and 1/32 of the input) that trains on 2 CPU cores in minutes.
 Each prediction map gets a 3x3 convolution to (classes + background) logits and 4 box offsets per default
 box (`boxes.DefaultBoxSpec`). The model returns {"class_logits": [B, A, C+1], "box_regression": [B, A, 4]};
 `detect` turns those into padded, non-max-suppressed detections.
