@@ -12,10 +12,7 @@ ratio of medians, because absolute times on shared machines drift.
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-import shlex
 import sys
 import time
 
@@ -24,7 +21,9 @@ import tensorflow as tf
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import report as bench_report  # pylint: disable=wrong-import-position
 from terse_tf import compositor  # pylint: disable=wrong-import-position
+from terse_tf.tasks import affnist as affnist_task  # pylint: disable=wrong-import-position
 
 flags.DEFINE_integer("repeats", 30, "Timed rounds per configuration (after warm-up).", lower_bound=3)
 flags.DEFINE_string("out", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
@@ -37,7 +36,7 @@ GOAL_RATIO = 1.5
 
 def make_inputs(batch: int, size: int, channels: int):
   rng = np.random.default_rng(0)
-  low, high = compositor.AffineRanges().bounds()
+  low, high = affnist_task.ranges().bounds()
   images = tf.constant(rng.uniform(size=(batch, size, size, channels)), tf.float32)
   params = tf.constant(rng.uniform(low, high, size=(batch, 6)), tf.float32)
   projection = tf.constant(rng.normal(size=(batch, size, size, channels)), tf.float32)
@@ -93,10 +92,7 @@ def time_interleaved(functions: dict, inputs, repeats: int) -> dict[str, float]:
 
 def main(argv):
   del argv
-  device = "GPU: " + tf.config.list_physical_devices("GPU")[0].name if tf.config.list_physical_devices(
-      "GPU") else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
-  report = {"command": shlex.join(["python", *sys.argv]), "device": device, "tensorflow": tf.__version__,
-            "unix_time": int(time.time()), "goal_ratio": GOAL_RATIO, "cases": {}}
+  report = {**bench_report.header(GOAL_RATIO), "cases": {}}
   for name, batch, size, channels in CASES:
     inputs = make_inputs(batch, size, channels)
     agreement = float(tf.reduce_max(tf.abs(ours_forward(False)(*inputs) - reference_forward(*inputs))))
@@ -117,10 +113,7 @@ def main(argv):
     print(f"{name}: reference forward {case['median_ms']['reference_forward']:.3f} ms; ratios "
           + ", ".join(f"{k} {v:.2f}x" for k, v in case["ratio_vs_reference_forward"].items())
           + f"; max |ours - reference| forward = {agreement:.2e}")
-  os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
-  with open(FLAGS.out, "w") as f:
-    json.dump(report, f, indent=2)
-  print(f"wrote {FLAGS.out}")
+  bench_report.write(report, FLAGS.out)
 
 
 if __name__ == "__main__":

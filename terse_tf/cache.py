@@ -1,16 +1,32 @@
-"""The hard-example cache (A.1): composites that fooled T, kept per class and per sleep cycle.
+"""The hard-example cache (A.1): composites that fooled T, with their labels, kept per class and per cycle.
 
-The cache lives in fixed-capacity variables so it is saved in the same checkpoint as S, T and their
-optimizers: a crash loses no entry that a checkpoint saw, and resuming continues filling the same quota.
-Images are stored as uint8 (like MNIST and affNIST themselves), a quarter of float32's size. A composite's
-hardness must be measured on the image the cache will hold: `as_stored` rounds composites to that 8-bit
-grid before T sees them, so a borderline composite is judged as T will see it when it fine-tunes.
+The cache lives on disk, one shard per checkpoint interval: entries accumulate in memory and are written
+as one shard (atomically: a temporary file renamed into place) just before each checkpoint, whose
+`committed_shards` counter records how many shards it saw. A process killed between the two leaves a shard
+the checkpoint does not count; `sync`, run when the trainer resumes, deletes it, so the cache always holds
+exactly what the restored state expects and a resumed run fills the same quota without duplicates. T reads
+the shards as a stream (`dataset`), so the cache's size is bounded by the disk, not by memory or by the
+checkpoint (10k detection composites at 300x300x3 are ~2.7 GB).
+
+Images are stored as uint8, a quarter of float32's size. A composite's hardness must be measured on the
+image the cache will hold: `as_stored` rounds composites to that 8-bit grid before T judges them.
+Labels are a dict of arrays, one row per entry: {"label"} for a classifier, {"boxes", "classes", "count"}
+for a detector; each entry also has a `quota_class`, the class its quota counts it under.
 """
 
 from __future__ import annotations
 
+import glob
+import os
+
 import numpy as np
 import tensorflow as tf
+
+from terse_tf import files
+from terse_tf.errors import DataError
+
+SHARD_PATTERN = "shard-{:05d}.npz"
+_LABEL_PREFIX = "label/"
 
 
 def as_stored(images: tf.Tensor) -> tf.Tensor:
@@ -20,62 +36,122 @@ def as_stored(images: tf.Tensor) -> tf.Tensor:
   return images + tf.stop_gradient(stored - images)
 
 
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """Float images in [0, 1] -> uint8, the inverse of the 8-bit grid of `as_stored`."""
+  return np.clip(np.rint(np.asarray(images) * 255), 0, 255).astype(np.uint8)
+
+
 class HardExampleCache(tf.Module):
-  """Append-only store of (image, label, hardness margin, cycle) with a per-class quota per cycle."""
+  """Append-only on-disk store of (image, labels, quota class, hardness, cycle) with a per-class quota per
+  cycle. Only `committed_shards` is checkpointed; the entries live in `directory`."""
 
-  def __init__(self, capacity: int, image_shape: tuple[int, int, int], num_classes: int):
+  def __init__(self, directory: str, num_classes: int):
     super().__init__(name="hard_example_cache")
-    self.capacity, self.num_classes = capacity, num_classes
-    with tf.device("/cpu:0"):  # Host memory: only ever read back as a whole for a T epoch.
-      self.images = tf.Variable(tf.zeros([capacity, *image_shape], tf.uint8), trainable=False, name="images")
-      self.labels = tf.Variable(tf.zeros([capacity], tf.int32), trainable=False, name="labels")
-      self.margins = tf.Variable(tf.zeros([capacity], tf.float32), trainable=False, name="margins")
-      self.cycles = tf.Variable(tf.zeros([capacity], tf.int32), trainable=False, name="cycles")
-      self.size = tf.Variable(0, dtype=tf.int64, trainable=False, name="size")
+    self.directory, self.num_classes = directory, num_classes
+    self.committed_shards = tf.Variable(0, dtype=tf.int64, trainable=False, name="committed_shards")
+    # Per-entry metadata of every committed and pending entry (small: three numbers per entry).
+    self._quota_classes, self._margins, self._cycles = (np.zeros([0], np.int64), np.zeros([0], np.float32),
+                                                        np.zeros([0], np.int64))
+    self._pending: list[dict[str, np.ndarray]] = []
 
+  # ------------------------------------------------------------------------------------ bookkeeping
   def __len__(self) -> int:
-    return int(self.size.numpy())
+    return len(self._quota_classes)
+
+  def _shard_path(self, index: int) -> str:
+    return os.path.join(self.directory, SHARD_PATTERN.format(index))
+
+  def shard_paths(self) -> list[str]:
+    return [self._shard_path(i) for i in range(int(self.committed_shards.numpy()))]
+
+  def sync(self) -> None:
+    """Makes the directory agree with `committed_shards` (after a restore, or for a new run): deletes shards
+    a checkpoint never counted and half-written temporaries, and reloads the committed entries' metadata."""
+    os.makedirs(self.directory, exist_ok=True)
+    committed = set(self.shard_paths())
+    for path in glob.glob(os.path.join(self.directory, "*")):
+      if path not in committed:
+        os.remove(path)
+    metadata = {"quota_class": [], "margin": [], "cycle": []}
+    for path in self.shard_paths():
+      if not os.path.exists(path):
+        raise DataError(f"{path}: the checkpoint counts {len(committed)} cache shards but this one is missing; "
+                        "the run directory was changed by hand. Rerun with --fresh to start over")
+      with np.load(path) as shard:
+        for key, values in metadata.items():
+          values.append(shard[key])
+    self._quota_classes, self._margins, self._cycles = (
+        np.concatenate(metadata[k]) if metadata[k] else np.zeros([0], dtype)
+        for k, dtype in (("quota_class", np.int64), ("margin", np.float32), ("cycle", np.int64)))
+    self._pending = []
 
   def class_counts(self, cycle: int | None = None) -> np.ndarray:
     """Entries per class [num_classes], in `cycle` only when given."""
-    size = len(self)
-    labels = self.labels.numpy()[:size]
-    if cycle is not None:
-      labels = labels[self.cycles.numpy()[:size] == cycle]
-    return np.bincount(labels, minlength=self.num_classes)
+    classes = self._quota_classes if cycle is None else self._quota_classes[self._cycles == cycle]
+    return np.bincount(classes, minlength=self.num_classes)
 
-  def add(self, images: np.ndarray, labels: np.ndarray, margins: np.ndarray, cycle: int,
-          per_class_quota: int) -> int:
+  def margins(self) -> np.ndarray:
+    return self._margins
+
+  def cycles(self) -> np.ndarray:
+    return self._cycles
+
+  # ------------------------------------------------------------------------------------ writing
+  def add(self, images: np.ndarray, labels: dict[str, np.ndarray], quota_classes: np.ndarray,
+          margins: np.ndarray, cycle: int, per_class_quota: int) -> int:
     """Appends candidates (float images in [0, 1], already on the 8-bit grid of `as_stored` when their
-    margins were measured on them) in order while their class is under quota this cycle.
+    hardness was measured on them) in order while their quota class is under quota this cycle.
 
-    Returns how many were added.
+    Returns how many were added. They reach the disk at the next `commit`.
     """
-    room = self.class_counts(cycle)
-    room = np.maximum(per_class_quota - room, 0)
-    keep = np.zeros(len(labels), bool)
-    for i, label in enumerate(labels):
-      if room[label] > 0:
-        keep[i], room[label] = True, room[label] - 1
+    room = np.maximum(per_class_quota - self.class_counts(cycle), 0)
+    keep = np.zeros(len(quota_classes), bool)
+    for i, quota_class in enumerate(quota_classes):
+      if room[quota_class] > 0:
+        keep[i], room[quota_class] = True, room[quota_class] - 1
     count = int(keep.sum())
-    start = len(self)
-    if start + count > self.capacity:
-      raise ValueError(f"hard-example cache is full ({self.capacity}); it was sized for the configured "
-                       "cycles and per-class quota")
     if count:
-      end = start + count
-      # A scatter writes the rows in place; a slice assignment copies the whole variable (about 100 ms per
-      # call at 64k entries, which was most of a synthesizer step).
-      rows = tf.range(start, end)
-      self.images.scatter_update(tf.IndexedSlices(
-          np.clip(np.rint(images[keep] * 255), 0, 255).astype(np.uint8), rows))
-      self.labels.scatter_update(tf.IndexedSlices(labels[keep].astype(np.int32), rows))
-      self.margins.scatter_update(tf.IndexedSlices(margins[keep].astype(np.float32), rows))
-      self.cycles.scatter_update(tf.IndexedSlices(np.full(count, cycle, np.int32), rows))
-      self.size.assign(end)
+      entry = {"image": to_uint8(images[keep]), "quota_class": np.asarray(quota_classes)[keep].astype(np.int64),
+               "margin": np.asarray(margins)[keep].astype(np.float32), "cycle": np.full(count, cycle, np.int64)}
+      entry.update({_LABEL_PREFIX + key: np.asarray(value)[keep] for key, value in labels.items()})
+      self._pending.append(entry)
+      self._quota_classes = np.concatenate([self._quota_classes, entry["quota_class"]])
+      self._margins = np.concatenate([self._margins, entry["margin"]])
+      self._cycles = np.concatenate([self._cycles, entry["cycle"]])
     return count
 
-  def contents(self) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 [N, H, W, C], labels int32 [N]) of every entry so far."""
-    size = len(self)
-    return self.images.numpy()[:size], self.labels.numpy()[:size]
+  def commit(self) -> None:
+    """Writes the pending entries as the next shard; the caller checkpoints `committed_shards` next."""
+    if not self._pending:
+      return
+    shard = {key: np.concatenate([entry[key] for entry in self._pending]) for key in self._pending[0]}
+    files.savez(self._shard_path(int(self.committed_shards.numpy())), **shard)
+    self.committed_shards.assign_add(1)
+    self._pending = []
+
+  # ------------------------------------------------------------------------------------ reading
+  def _shards(self):
+    for path in self.shard_paths():
+      with np.load(path) as shard:
+        yield shard["image"], {key[len(_LABEL_PREFIX):]: shard[key] for key in shard.files
+                               if key.startswith(_LABEL_PREFIX)}
+
+  def contents(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(images uint8 [N, H, W, C], labels {key: [N, ...]}) of every committed entry, in order."""
+    shards = list(self._shards())
+    if not shards:
+      raise ValueError("the hard-example cache has no committed entries")
+    images = np.concatenate([images for images, _ in shards])
+    return images, {key: np.concatenate([labels[key] for _, labels in shards]) for key in shards[0][1]}
+
+  def dataset(self) -> tf.data.Dataset | None:
+    """The committed entries as a stream of (uint8 image, labels), one shard in memory at a time, in the
+    order they were added (callers shuffle); None while nothing is committed."""
+    paths = self.shard_paths()
+    if not paths:
+      return None
+    with np.load(paths[0]) as first:
+      signature = (tf.TensorSpec([None, *first["image"].shape[1:]], tf.uint8),
+                   {key[len(_LABEL_PREFIX):]: tf.TensorSpec([None, *first[key].shape[1:]], first[key].dtype)
+                    for key in first.files if key.startswith(_LABEL_PREFIX)})
+    return tf.data.Dataset.from_generator(self._shards, output_signature=signature).unbatch()

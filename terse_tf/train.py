@@ -12,12 +12,16 @@ import sys
 
 from absl import app, flags, logging
 
-from terse_tf import compositor, train_lib, trainer
+from terse_tf import compositor, tasks, train_lib, trainer
 from terse_tf.data import affnist, mnist
 from terse_tf.errors import ConfigError, TerseError
-from terse_tf.networks import classifier
+from terse_tf.networks import scene_synthesizer
+from terse_tf.tasks import affnist as affnist_task
+from terse_tf.tasks.photo_digits import PhotoDigitsConfig
 
 # Run.
+flags.DEFINE_enum("task", "affnist", tasks.TASKS, "affnist: digit classification on affNIST (§4.1); "
+                  "photo_digits: digit detection on photographs with an SSD (the offline stand-in for §4.2).")
 flags.DEFINE_string("run_dir", "runs/affnist", "Directory for checkpoints, TensorBoard, results, exports.")
 flags.DEFINE_bool("fresh", False, "Delete this run's checkpoints, logs and exports first and start over.")
 flags.DEFINE_string("init_checkpoint", "", "Checkpoint prefix to initialise S and T from when the run "
@@ -56,21 +60,50 @@ flags.DEFINE_integer("affnist_transforms_per_digit", affnist.TRANSFORMS_PER_DIGI
 # Compositor.
 flags.DEFINE_enum("param_clamp", "tanh", compositor.CLAMP_MODES, "How S's raw outputs are clamped to "
                   "affNIST's ranges: tanh (smooth) or clip (hard).")
-flags.DEFINE_float("max_translation_px", compositor.AffineRanges.max_translation_px,
+flags.DEFINE_float("max_translation_px", affnist_task.MAX_TRANSLATION_PX,
                    "Translation clamp in pixels, used only with --nokeep_in_frame: under --keep_in_frame "
                    "(the default) each foreground's own in-frame shifts bound its translation instead, "
                    "and this value has no effect.", lower_bound=0)
 flags.DEFINE_bool("keep_in_frame", True, "affNIST's translation rule: shift each transformed foreground "
                   "only within the shifts that keep its ink inside the frame (else: the fixed "
-                  "+-max_translation_px clamp, which can crop it).")
+                  "+-max_translation_px clamp, which can crop it). affnist only: photo_digits objects may "
+                  "leave the frame, and lose their box when less than --min_visible of them is in view.")
 flags.DEFINE_bool("mask_cleanup", False, "Supplementary A.2 mask clean-up (threshold, ReLU, renormalise, "
                   "blur) before blending.")
 flags.DEFINE_float("mask_threshold", 0.1, "Scalar subtracted from the warped mask.", lower_bound=0,
                    upper_bound=0.99)
 flags.DEFINE_float("mask_blur_sigma", 0.5, "Gaussian blur of the cleaned mask, pixels.", lower_bound=0)
 
+# photo_digits.
+_PHOTO = PhotoDigitsConfig()
+flags.DEFINE_integer("photo_image_size", _PHOTO.image_size, "Scene size in pixels (SSD300: 300).")
+flags.DEFINE_integer("photo_num_real", _PHOTO.num_real, "Real training scenes (1 to --photo_max_objects "
+                     "upright digits of the canonical size each).", lower_bound=1)
+flags.DEFINE_integer("photo_num_test", _PHOTO.num_test, "Test scenes (held-out digits on held-out photos, "
+                     "wide range).", lower_bound=1)
+flags.DEFINE_integer("photo_max_objects", _PHOTO.max_objects, "Most digits per real scene and per composite.",
+                     lower_bound=1)
+flags.DEFINE_integer("photo_test_max_objects", _PHOTO.test_max_objects, "Most digits per test scene.",
+                     lower_bound=1)
+flags.DEFINE_bool("photo_ten_classes", _PHOTO.ten_classes, "Detect the digits' ten classes instead of the one "
+                  "class 'digit'.")
+flags.DEFINE_string("photo_dir", _PHOTO.photo_dir, "Folder with train/ and test/ subfolders of photos for "
+                    "backgrounds ('' for the photos bundled with scikit-image and matplotlib).")
+flags.DEFINE_integer("photo_num_backgrounds", _PHOTO.num_backgrounds, "Random crops of the train photos S "
+                     "and the baselines paste on.", lower_bound=1)
+flags.DEFINE_float("background_artifact_fraction", _PHOTO.background_artifact_fraction, "Share of S's "
+                   "backgrounds given a pasted background region (§3.1), so blending edges mark no object.")
+flags.DEFINE_float("min_visible", _PHOTO.min_visible, "An object with less than this share of it in view "
+                   "(covered by later objects or cropped by the frame) gets no box.")
+flags.DEFINE_enum("synth_backbone", _PHOTO.synth_backbone, scene_synthesizer.BACKBONES, "photo_digits S's "
+                  "backbone: compact (CPU) or vgg16 (A.2).")
+flags.DEFINE_string("backbone_weights", _PHOTO.backbone_weights, "VGG16 weights for S and SSD300: '' none "
+                    "(offline), 'imagenet' (downloads), or a local weights file.")
+
 # Networks and optimisation.
-flags.DEFINE_enum("target", "paper", classifier.ARCHITECTURES, "Target classifier T.")
+flags.DEFINE_string("target", "", "Target T, one the task accepts: affnist "
+                    f"{tasks.TARGETS['affnist']}, photo_digits {tasks.TARGETS['photo_digits']}; '' for the "
+                    "task's first.")
 flags.DEFINE_integer("batch_size", 64, "T's batch size.", lower_bound=1)
 flags.DEFINE_float("target_lr", 0.01, "T's SGD learning rate.", lower_bound=0)
 flags.DEFINE_float("target_momentum", 0.9, "T's SGD momentum.", lower_bound=0)
@@ -108,8 +141,17 @@ flags.DEFINE_list("hard_per_class", ["500"], "Hard examples to cache per class p
 flags.DEFINE_bool("reset_synthesizer_each_cycle", False, "Re-initialise S and its optimizer at the start "
                   "of every sleep cycle (counters a synthesizer saturated on the clamp bounds).")
 flags.DEFINE_enum("sample_source", "terse", trainer.SAMPLE_SOURCES, "Where each cycle's added samples come "
-                  "from: terse (the synthesizer's hard composites), random_affine (the random augmentation "
-                  "baseline, affNIST's recipe), none (control: fine-tune on real digits only).")
+                  "from: terse (the synthesizer's hard composites), the task's random baseline (affnist: "
+                  "random_affine, affNIST's recipe; photo_digits: cut_paste, Cut-Paste-Learn's random "
+                  "placement and blending), none (control: fine-tune on the real set only).")
+flags.DEFINE_bool("discriminator", False, "Train a discriminator D (§3.3) in lockstep with S and add its "
+                  "realism term to S's loss.")
+flags.DEFINE_float("discriminator_weight", 0.1, "Weight of D's realism term in S's loss.", lower_bound=0)
+flags.DEFINE_float("discriminator_lr", 2e-4, "D's Adam learning rate.", lower_bound=0)
+flags.DEFINE_integer("discriminator_width", 32, "D's first layer's channels.", lower_bound=1)
+flags.DEFINE_integer("discriminator_scales", 2, "Image scales D judges (multi-scale PatchGAN).", lower_bound=1)
+flags.DEFINE_integer("cache_shuffle_buffer", 20000, "Cached examples in T's shuffle buffer (the on-disk "
+                     "cache streams shard by shard).", lower_bound=1)
 flags.DEFINE_integer("synth_max_steps", 400, "Cap on S steps per cycle (after any warm-up).", lower_bound=1)
 flags.DEFINE_integer("synth_warmup_steps", 0, "S steps whose composites are not cached each time S starts "
                      "afresh (first cycle, or every cycle with --reset_synthesizer_each_cycle): time for the "
@@ -130,7 +172,7 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> trainer.TrainCon
   """Reads every flag once; nothing below the launcher sees flags."""
   f = flag_values
   return trainer.TrainConfig(
-      run_dir=f.run_dir,
+      run_dir=f.run_dir, task=f.task,
       data=mnist.DataConfig(source=f.data_source, mnist_dir=f.mnist_dir,
                             tfds_data_dir=f.tfds_data_dir, tfds_download=f.tfds_download,
                             num_val=f.num_val, num_heldout_test=f.num_heldout_test,
@@ -139,8 +181,15 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> trainer.TrainCon
                                     cache_dir=os.path.expanduser(f.affnist_cache_dir),
                                     num_test_digits=f.affnist_test_digits,
                                     transforms_per_digit=f.affnist_transforms_per_digit, seed=f.seed),
+      photo_digits=PhotoDigitsConfig(
+          image_size=f.photo_image_size, num_real=f.photo_num_real, num_test=f.photo_num_test,
+          max_objects=f.photo_max_objects, test_max_objects=f.photo_test_max_objects,
+          ten_classes=f.photo_ten_classes, photo_dir=f.photo_dir, num_backgrounds=f.photo_num_backgrounds,
+          background_artifact_fraction=f.background_artifact_fraction, min_visible=f.min_visible,
+          synth_backbone=f.synth_backbone, backbone_weights=f.backbone_weights),
       compositor=compositor.CompositorConfig(
-          ranges=compositor.AffineRanges(max_translation_px=f.max_translation_px),
+          # Only affnist reads a translation flag; every other task sets its own ranges.
+          ranges=affnist_task.ranges(f.max_translation_px) if f.task == "affnist" else None,
           clamp_mode=f.param_clamp, keep_in_frame=f.keep_in_frame, mask_cleanup=f.mask_cleanup,
           mask_threshold=f.mask_threshold, mask_blur_sigma=f.mask_blur_sigma),
       target=f.target, seed=f.seed, batch_size=f.batch_size, target_lr=f.target_lr,
@@ -152,6 +201,9 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> trainer.TrainCon
       synth_weight_decay=f.synth_weight_decay, synth_width=f.synth_width,
       synth_dropout=f.synth_dropout, synth_noise_dim=f.synth_noise_dim,
       diversity_weight=f.diversity_weight, diversity_per_class=f.diversity_per_class,
+      discriminator=f.discriminator, discriminator_weight=f.discriminator_weight,
+      discriminator_lr=f.discriminator_lr, discriminator_width=f.discriminator_width,
+      discriminator_scales=f.discriminator_scales, cache_shuffle_buffer=f.cache_shuffle_buffer,
       hard_threshold=f.hard_threshold,
       hard_per_class=integers_flag("hard_per_class", f.hard_per_class), synth_max_steps=f.synth_max_steps,
       synth_warmup_steps=f.synth_warmup_steps,

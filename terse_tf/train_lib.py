@@ -7,23 +7,23 @@ import os
 
 from absl import logging
 
-from terse_tf import export
-from terse_tf.trainer import FOREGROUND_SHAPE, IMAGE_SHAPE, Trainer, TrainConfig, write_json
+from terse_tf import export, files
+from terse_tf.trainer import Trainer, TrainConfig
 
 
 def run(config: TrainConfig, command_line: str = "") -> dict:
   """Writes the resolved config, runs every remaining phase, exports; returns the results."""
   trainer = Trainer(config)  # Creates the run directory only once the run can start.
-  write_json(os.path.join(config.run_dir, "config.json"),
-             {"command": command_line, "config": dataclasses.asdict(config)})
+  files.write_json(os.path.join(config.run_dir, "config.json"),
+                   {"command": command_line, "config": dataclasses.asdict(config)})
   results = trainer.run()
   if config.export:
-    paths = export.export_models(trainer.synthesizer, trainer.target, config.compositor, FOREGROUND_SHAPE,
-                                 IMAGE_SHAPE, os.path.join(config.run_dir, "export"))
+    paths = export.export_models(trainer.task, trainer.synthesizer, trainer.target,
+                                 os.path.join(config.run_dir, "export"))
     logging.info("exported SavedModels: %s", paths)
-  logging.info("affNIST-test accuracy: %.4f before TERSE, %s after %d cycles; results in %s",
-               results["affnist_test_accuracy_before"] or float("nan"),
-               "n/a" if results["affnist_test_accuracy_after"] is None else
-               f"{results['affnist_test_accuracy_after']:.4f}", results["cycles_completed"],
-               os.path.join(config.run_dir, "results.json"))
+  headline = results["headline"]
+  before, after = results.get(f"{headline}_before"), results.get(f"{headline}_after")
+  logging.info("%s: %s before TERSE, %s after %d cycles; results in %s", headline,
+               "n/a" if before is None else f"{before:.4f}", "n/a" if after is None else f"{after:.4f}",
+               results["cycles_completed"], os.path.join(config.run_dir, "results.json"))
   return results

@@ -1,19 +1,23 @@
-"""The TERSE trainer for classification targets (paper §3.4, A.1).
+"""The TERSE trainer: three players in sleep cycles, for any task (paper §3, A.1, A.2).
 
-One Trainer owns the strategy, both networks, their optimizers, every GradientTape, the step counters, the
-hard-example cache and the checkpoint. The schedule:
+One Trainer owns the strategy, the networks (synthesizer S, target T, and optionally discriminator D),
+their optimizers, every GradientTape, the step counters, the hard-example cache and the checkpoint. What
+is task-specific (data, shapes, which T and S, placement ranges, evaluation) lives behind tasks.base.Task;
+what is target-specific (loss, hardness, serving) behind targets.base.Target. The schedule:
 
-  1. baseline: T trained on the real training digits;
+  1. baseline: T trained on the task's real training set (eq. 1 without composites);
   2. C sleep cycles, each
-     a. synthesize: S trained with T frozen to maximise T's loss on its composites; every composite with
-        p_gt - max_other < threshold goes to the cache until each class has its quota (or a step cap);
-        with --sample_source=random_affine the quota is filled by random affNIST-recipe transforms instead
-        (the in-tree baseline), and with --sample_source=none nothing is added (the control);
-     b. fine-tune: T trained on the real digits plus the whole cache with S frozen;
+     a. synthesize: S trained with T and D frozen to maximise T's loss on its composites while D calls them
+        real (eq. 3), and in lockstep D trained with S frozen on real images against those composites
+        (eq. 2); every composite T finds hard goes to the cache until each class has its quota (or a step
+        cap). With --sample_source set to the task's random source (random_affine, cut_paste) the quota is
+        filled by random placements instead (the in-tree baseline), and with none nothing is added;
+     b. fine-tune: T trained on the real set plus the whole cache with S frozen (eq. 1);
   3. export S and T as SavedModels.
 
-Every phase is resumable: the checkpoint carries the phase, cycle, epoch and step it reached.
-Resume order: the latest checkpoint in the run directory -> --init_checkpoint (weights only) -> scratch.
+Every phase is resumable: the checkpoint carries the phase, cycle, epoch and step it reached, and the number
+of cache shards it saw. Resume order: the latest checkpoint in the run directory -> --init_checkpoint
+(weights only) -> scratch.
 """
 
 from __future__ import annotations
@@ -32,35 +36,39 @@ import keras
 from absl import logging
 
 from terse_tf import compositor as compositor_lib
-from terse_tf import losses
+from terse_tf import files, losses, tasks
 from terse_tf.cache import HardExampleCache, as_stored
 from terse_tf.data import affnist, mnist
 from terse_tf.errors import ConfigError, DataError, NonFiniteLossError
-from terse_tf.networks import classifier, synthesizer
+from terse_tf.networks import discriminator as discriminator_lib
+from terse_tf.networks import synthesizer
+from terse_tf.tasks.photo_digits import PhotoDigitsConfig
 
 STRATEGIES = ("auto", "default", "mirrored")
 # Where each cycle's added samples come from: TERSE's synthesizer (hard composites against the current T),
-# the in-tree baseline of random affine augmentation with affNIST's recipe, or nothing (a control that
-# fine-tunes on the real digits alone for the same epochs).
-SAMPLE_SOURCES = ("terse", "random_affine", "none")
+# the task's random-placement baseline (affNIST's random affine recipe; Cut-Paste-Learn's random placement
+# and blending for detection), or nothing (a control that fine-tunes on the real set alone).
+SAMPLE_SOURCES = ("terse", "random_affine", "cut_paste", "none")
 # Weight decay as the paper's PyTorch optimizers apply it (an L2 term whose gradient joins the loss's before
 # momentum or Adam's moments), or Keras 3's own decoupled decay (w -= lr * decay * w after the update).
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")
 PHASE_BASELINE, PHASE_SYNTHESIZE, PHASE_FINETUNE, PHASE_DONE = range(4)
 PHASE_NAMES = ("baseline", "synthesize", "finetune", "done")
-IMAGE_SHAPE = (mnist.IMAGE_SIZE, mnist.IMAGE_SIZE, 1)
-FOREGROUND_SHAPE = (mnist.IMAGE_SIZE, mnist.IMAGE_SIZE, 2)  # White ink + the digit as alpha.
 # What --fresh removes: only the paths a run writes, never the rest of the run directory.
-RUN_OUTPUTS = ("checkpoints", "tensorboard", "export", "results.json", "config.json")
+RUN_OUTPUTS = ("checkpoints", "cache", "tensorboard", "export", "results.json", "config.json")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   run_dir: str
+  task: str = "affnist"
   data: mnist.DataConfig = mnist.DataConfig()
   affnist: affnist.AffnistConfig = affnist.AffnistConfig()
+  photo_digits: PhotoDigitsConfig = PhotoDigitsConfig()
   compositor: compositor_lib.CompositorConfig = compositor_lib.CompositorConfig()
-  target: str = "paper"
+  # T's architecture, one the task accepts (affnist: paper, itn_swish; photo_digits: ssd_compact, ssd_vgg16);
+  # "" for the task's first.
+  target: str = ""
   seed: int = 0
   # Target T: SGD with momentum and weight decay (A.1), batch 64.
   batch_size: int = 64
@@ -74,9 +82,11 @@ class TrainConfig:
   # the cost of a cycle then stays constant as the cache grows.
   finetune_steps: int = 0
   # When > 0, fine-tuning batches draw this share of their examples (in expectation) from the cache and the
-  # rest from the real digits; 0 shuffles real + cache as one pool (A.1). With many real digits and a fixed
-  # step count, the one pool shows T few of the added samples (full MNIST: 59k real beside 1k added).
+  # rest from the real set; 0 draws from both in proportion to their sizes, as one shuffled pool (A.1).
+  # With many real examples and a fixed step count, the one pool shows T few of the added samples.
   cache_fraction: float = 0.0
+  # Examples of the on-disk cache held in T's shuffle buffer (the cache streams shard by shard).
+  cache_shuffle_buffer: int = 20000
   # Cycles after which T is evaluated (the last one always is); empty: after every cycle.
   eval_after_cycles: tuple[int, ...] = ()
   cycles: int = 4
@@ -89,12 +99,19 @@ class TrainConfig:
   # Length of the noise vector S takes beside the images (0: none, the paper's S).
   synth_noise_dim: int = 0
   # Weight of the diversity penalty in S's loss: the energy distance between a batch's transforms
-  # (normalised to the clamp box) and as many drawn uniformly from the box, i.e. from the affNIST recipe's
-  # range. 0 is the paper's loss. Without it S spends a cycle on one transform (BENCHMARKS.md).
+  # (normalised to the clamp box) and as many drawn uniformly from the box. 0 is the paper's loss. Without
+  # it S spends a cycle on one transform (BENCHMARKS.md).
   diversity_weight: float = 0.0
   # Measure the penalty per class (each class's transforms against the whole range) rather than on the
   # pooled batch: pooled, S can give each class its own corner while the classes together look uniform.
   diversity_per_class: bool = False
+  # Discriminator D (§3.3): on/off, the weight of its realism term in S's loss, Adam's rate, its width and
+  # number of scales (pix2pixHD's multi-scale PatchGAN).
+  discriminator: bool = False
+  discriminator_weight: float = 0.1
+  discriminator_lr: float = 2e-4
+  discriminator_width: int = 32
+  discriminator_scales: int = 2
   hard_threshold: float = 0.0
   # Samples added per class in each cycle: one value for every cycle, or one value per cycle.
   hard_per_class: tuple[int, ...] = (500,)
@@ -120,22 +137,29 @@ class TrainConfig:
   export: bool = True
 
   def __post_init__(self):
+    if self.task not in tasks.TASKS:
+      raise ConfigError(f"--task must be one of {tasks.TASKS}, got {self.task!r}")
+    if not self.target:
+      object.__setattr__(self, "target", tasks.TARGETS[self.task][0])
     if self.strategy not in STRATEGIES:
       raise ConfigError(f"--strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-    if self.target not in classifier.ARCHITECTURES:
-      raise ConfigError(f"--target must be one of {classifier.ARCHITECTURES}, got {self.target!r}")
+    if self.target not in tasks.TARGETS[self.task]:
+      raise ConfigError(f"--target must be one of {tasks.TARGETS[self.task]} for --task={self.task}, got "
+                        f"{self.target!r}")
     if self.weight_decay_mode not in WEIGHT_DECAY_MODES:
       raise ConfigError(f"--weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, got "
                         f"{self.weight_decay_mode!r}")
-    if self.sample_source not in SAMPLE_SOURCES:
-      raise ConfigError(f"--sample_source must be one of {SAMPLE_SOURCES}, got {self.sample_source!r}")
+    allowed_sources = ("terse", tasks.RANDOM_SOURCES[self.task], "none")
+    if self.sample_source not in allowed_sources:
+      raise ConfigError(f"--sample_source must be one of {allowed_sources} for --task={self.task}, got "
+                        f"{self.sample_source!r}")
     if not self.hard_per_class or min(self.hard_per_class) < 1:
       raise ConfigError(f"--hard_per_class needs values >= 1, got {list(self.hard_per_class)}")
     if len(self.hard_per_class) not in (1, self.cycles):
       raise ConfigError(f"--hard_per_class has {len(self.hard_per_class)} values; expected one, or one per "
                         f"cycle (--cycles={self.cycles})")
     for name in ("batch_size", "synth_batch_size", "synth_max_steps", "checkpoint_every_steps",
-                 "eval_batch_size"):
+                 "eval_batch_size", "cache_shuffle_buffer", "discriminator_width", "discriminator_scales"):
       if getattr(self, name) < 1:
         raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
     for name in ("baseline_epochs", "finetune_epochs", "finetune_steps", "cycles", "synth_noise_dim",
@@ -146,30 +170,29 @@ class TrainConfig:
       raise ConfigError(f"--synth_dropout must be in [0, 1), got {self.synth_dropout}")
     if not 0 <= self.cache_fraction < 1:
       raise ConfigError(f"--cache_fraction must be in [0, 1), got {self.cache_fraction}")
-    if self.diversity_weight < 0:
-      raise ConfigError(f"--diversity_weight must be >= 0, got {self.diversity_weight}")
+    for name in ("diversity_weight", "discriminator_weight"):
+      if getattr(self, name) < 0:
+        raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
     if not -1 <= self.hard_threshold <= 1:
-      raise ConfigError(f"--hard_threshold compares p_gt - max_other, which lies in [-1, 1]; got "
-                        f"{self.hard_threshold}")
+      raise ConfigError(f"--hard_threshold compares T's hardness score (the classifier's p_gt - max_other, "
+                        f"the detector's confidence), which lies in [-1, 1]; got {self.hard_threshold}")
 
   def quota(self, cycle: int) -> int:
     """Samples to add per class in `cycle` (1-based)."""
     return self.hard_per_class[0] if len(self.hard_per_class) == 1 else self.hard_per_class[cycle - 1]
 
-  def cache_capacity(self) -> int:
-    if self.sample_source == "none":  # The control adds nothing: no need to checkpoint an empty cache.
-      return 1
-    return max(1, sum(self.quota(c) for c in range(1, self.cycles + 1))) * mnist.NUM_CLASSES
-
 
 class SynthStepOutputs(NamedTuple):
-  """What one synthesizer step produces, gathered over replicas: losses, metrics and summaries take it."""
-  loss: tf.Tensor        # scalar, S's loss (negative T cross-entropy, plus the diversity penalty; no decay).
-  diversity: tf.Tensor   # scalar, energy distance of the batch's transforms to the uniform box.
-  params: tf.Tensor      # [B, 6] clamped affine parameters.
-  composites: tf.Tensor  # [B, H, W, C] on the cache's 8-bit grid, as T judged them.
-  labels: tf.Tensor      # [B]
-  margins: tf.Tensor     # [B] p_gt - max_other under T.
+  """What one synthesizer step produces, gathered over replicas."""
+  loss: tf.Tensor                # scalar, S's loss (without decay).
+  target_loss: tf.Tensor         # scalar, T's loss on the composites, which S maximises.
+  diversity: tf.Tensor           # scalar, energy distance of the batch's transforms to the uniform box.
+  adversarial: tf.Tensor         # scalar, S's realism term (0 without D).
+  params: tf.Tensor              # [B, ..., 6] clamped affine parameters.
+  composites: tf.Tensor          # [B, H, W, C] on the cache's 8-bit grid, as T judged them.
+  labels: dict                   # The composites' labels, as T takes them.
+  hardness: tf.Tensor            # [B] T's hardness score.
+  quota_class: tf.Tensor         # [B]
 
 
 def build_strategy(name: str) -> tf.distribute.Strategy:
@@ -182,35 +205,6 @@ def build_strategy(name: str) -> tf.distribute.Strategy:
     devices = gpus or tf.config.list_logical_devices("CPU")
     return tf.distribute.MirroredStrategy([device.name for device in devices])
   return tf.distribute.get_strategy()
-
-
-def _foregrounds(digits: tf.Tensor) -> tf.Tensor:
-  """uint8 digits [..., H, W] -> RGBA-style cut-outs [..., H, W, 2]: white ink whose alpha is the digit."""
-  alpha = tf.cast(digits, tf.float32)[..., None] / 255.0
-  return tf.concat([tf.ones_like(alpha), alpha], axis=-1)
-
-
-def _as_images(pixels: tf.Tensor) -> tf.Tensor:
-  """uint8 [..., H, W, C] -> float [..., H, W, C] in [0, 1]."""
-  return tf.cast(pixels, tf.float32) / 255.0
-
-
-def _image_grid(images: tf.Tensor, columns: int = 8) -> tf.Tensor:
-  """[N, H, W, C] -> one [1, rows*H, columns*W, C] grid for TensorBoard."""
-  count = (images.shape[0] // columns) * columns
-  images = images[:count]
-  _, height, width, channels = images.shape
-  grid = tf.reshape(images, [count // columns, columns, height, width, channels])
-  grid = tf.transpose(grid, [0, 2, 1, 3, 4])
-  return tf.reshape(grid, [1, count // columns * height, columns * width, channels])
-
-
-def write_json(path: str, payload: dict) -> None:
-  """Atomic: a crash mid-write never leaves a truncated file behind."""
-  handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-  with os.fdopen(handle, "w") as f:
-    json.dump(payload, f, indent=2)
-  os.replace(temporary, path)
 
 
 def format_duration(seconds: float) -> str:
@@ -272,19 +266,15 @@ class Trainer:
     self._check_run_dir_path()
     keras.utils.set_random_seed(config.seed)
 
-    self.splits = mnist.load_splits(config.data)
-    test_images, test_labels, self.affnist_description = affnist.load_test_set(
-        self.splits.test_images, self.splits.test_labels, config.affnist)
-    self.affnist_test = (test_images, test_labels)
-    logging.info("data: %s digits %s; affNIST test: %d images, %s", self.splits.source, self.splits.sizes(),
-                 len(test_labels), self.affnist_description)
+    self.task = tasks.build_task(config)
+    logging.info("task %s: %s", config.task, self.task.describe())
 
     self.strategy = build_strategy(config.strategy)
     # With coupled decay the optimizers decay nothing themselves: the L2 term joins each player's loss.
     decoupled = config.weight_decay_mode == "decoupled"
     with self.strategy.scope():
-      self.target = classifier.build_classifier(config.target, IMAGE_SHAPE, mnist.NUM_CLASSES)
-      self.synthesizer = self._build_synthesizer(seed=config.seed)
+      self.target = self.task.build_target()
+      self.synthesizer = self.task.build_synthesizer(seed=config.seed)
       self.target_optimizer = keras.optimizers.SGD(
           config.target_lr, momentum=config.target_momentum,
           weight_decay=config.target_weight_decay if decoupled else None)
@@ -292,9 +282,17 @@ class Trainer:
           config.synth_lr, weight_decay=config.synth_weight_decay if decoupled else None)
       # Built here, before any tf.function step: under MirroredStrategy a lazily built Keras 3 optimizer
       # fails inside the first step ("You must feed a value for placeholder tensor").
-      self.target_optimizer.build(self.target.trainable_variables)
+      self.target_optimizer.build(self.target.model.trainable_variables)
       self.synth_optimizer.build(self.synthesizer.trainable_variables)
-    self.cache = HardExampleCache(config.cache_capacity(), IMAGE_SHAPE, mnist.NUM_CLASSES)
+      self.discriminator = self.discriminator_optimizer = None
+      if config.discriminator:
+        self.discriminator = discriminator_lib.build_discriminator(
+            self.task.image_shape, config.discriminator_scales, config.discriminator_width,
+            seed=config.seed + 7)
+        # pix2pixHD's Adam: beta_1 0.5.
+        self.discriminator_optimizer = keras.optimizers.Adam(config.discriminator_lr, beta_1=0.5)
+        self.discriminator_optimizer.build(self.discriminator.trainable_variables)
+    self.cache = HardExampleCache(os.path.join(config.run_dir, "cache"), self.task.num_classes)
     self.phase = tf.Variable(PHASE_BASELINE, dtype=tf.int64, trainable=False, name="phase")
     self.cycle = tf.Variable(0, dtype=tf.int64, trainable=False, name="cycle")
     self.epoch_in_phase = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_in_phase")
@@ -306,31 +304,30 @@ class Trainer:
     self.history_json = tf.Variable("[]", dtype=tf.string, trainable=False, name="history_json")
     # What the run trains on and for: resuming it with other data or another target would mix two runs.
     self.run_identity = tf.Variable(self._identity(), dtype=tf.string, trainable=False, name="run_identity")
+    players = {}
+    if self.discriminator is not None:
+      players = {"discriminator": self.discriminator, "discriminator_optimizer": self.discriminator_optimizer}
     self.checkpoint = tf.train.Checkpoint(
-        synthesizer=self.synthesizer, target=self.target, synth_optimizer=self.synth_optimizer,
+        synthesizer=self.synthesizer, target=self.target.model, synth_optimizer=self.synth_optimizer,
         target_optimizer=self.target_optimizer, cache=self.cache, phase=self.phase, cycle=self.cycle,
         epoch_in_phase=self.epoch_in_phase, synth_step=self.synth_step,
         target_global_step=self.target_global_step, synth_global_step=self.synth_global_step,
-        elapsed_s=self.elapsed_s, history_json=self.history_json, run_identity=self.run_identity)
+        elapsed_s=self.elapsed_s, history_json=self.history_json, run_identity=self.run_identity, **players)
     checkpoint_dir = os.path.join(config.run_dir, "checkpoints")
     self.history: list[dict] = []
     self._restore(None if config.fresh else tf.train.latest_checkpoint(checkpoint_dir))
 
     self._prepare_run_dir()
+    self.cache.sync()  # Drops cache shards written after the restored checkpoint (a kill between the two).
     self.checkpoint_manager = tf.train.CheckpointManager(self.checkpoint, checkpoint_dir, max_to_keep=3)
     self.writer = tf.summary.create_file_writer(os.path.join(config.run_dir, "tensorboard"))
     self.results_path = os.path.join(config.run_dir, "results.json")
     self.progress = Progress(config.cycles, float(self.elapsed_s.numpy()))
     self._target_step = tf.function(self._target_step_fn)
-    # XLA pays for the compositor's gathers (about 15% of a synthesizer step on CPU) but not for the whole
-    # step, whose convolutions it makes slower; bench/compositor.py has the compositor's own figures.
-    self._composite = tf.function(compositor_lib.composite, jit_compile=config.jit_compile)
     self._synth_step = tf.function(self._synth_step_fn)
-    self._logits = tf.function(lambda images: self.target(images, training=False))
-
-  def _build_synthesizer(self, seed: int) -> keras.Model:
-    return synthesizer.build_synthesizer(IMAGE_SHAPE, self.config.synth_width, self.config.synth_dropout,
-                                         self.config.synth_noise_dim, seed=seed)
+    self._discriminator_step = tf.function(self._discriminator_step_fn)
+    self._judge = tf.function(
+        lambda images, labels: self.target.judge(self.target.model(images, training=False), labels))
 
   # ----------------------------------------------------------------------------------------- state
   def _restore(self, latest: str | None) -> None:
@@ -347,14 +344,15 @@ class Trainer:
         self.checkpoint.restore(latest).assert_existing_objects_matched()
       except (AssertionError, ValueError, tf.errors.OpError) as e:
         raise ConfigError(f"--run_dir={self.config.run_dir} holds a checkpoint ({latest}) from a different "
-                          "configuration (networks or cache size differ); rerun with the flags that made "
+                          "configuration (networks or players differ); rerun with the flags that made "
                           f"it, or add --fresh to start over ({type(e).__name__})") from e
       self.history = json.loads(self.history_json.numpy().decode())
-      logging.info("resumed from %s: phase %s, cycle %d, %d cached hard examples", latest,
-                   PHASE_NAMES[int(self.phase.numpy())], int(self.cycle.numpy()), len(self.cache))
+      logging.info("resumed from %s: phase %s, cycle %d, %d cache shards", latest,
+                   PHASE_NAMES[int(self.phase.numpy())], int(self.cycle.numpy()),
+                   int(self.cache.committed_shards.numpy()))
     elif self.config.init_checkpoint:
       try:
-        tf.train.Checkpoint(synthesizer=self.synthesizer, target=self.target).restore(
+        tf.train.Checkpoint(synthesizer=self.synthesizer, target=self.target.model).restore(
             self.config.init_checkpoint).expect_partial().assert_existing_objects_matched()
       except (AssertionError, ValueError, tf.errors.OpError) as e:
         raise DataError(f"--init_checkpoint={self.config.init_checkpoint}: expected the prefix of a terse_tf "
@@ -393,14 +391,16 @@ class Trainer:
           os.remove(path)
 
   def _identity(self) -> str:
-    """The settings a checkpoint must share to be resumed: data, test set and target architecture."""
-    affnist_settings = dataclasses.asdict(self.config.affnist)
-    del affnist_settings["cache_dir"]  # Where a generated set is cached does not change it.
-    return json.dumps({"data": dataclasses.asdict(self.config.data), "affnist": affnist_settings,
-                       "target": self.config.target}, sort_keys=True)
+    """The settings a checkpoint must share to be resumed: task, data, test set and target architecture."""
+    identity = self.task.identity()
+    if self.config.task != "affnist":  # affNIST runs predate tasks; their identity stays as it was.
+      identity["task"] = self.config.task
+    return json.dumps(identity, sort_keys=True)
 
   def _save(self) -> None:
+    """Writes pending cache entries as a shard, then the checkpoint that counts it."""
     self.elapsed_s.assign(self.progress.elapsed())
+    self.cache.commit()
     self.checkpoint_manager.save()
 
   def _check_finite(self, loss: float, what: str) -> None:
@@ -411,57 +411,52 @@ class Trainer:
           "the learning rates or check the data.")
 
   # ----------------------------------------------------------------------------------------- data
-  def _target_dataset(self, epoch_seed: int, steps: int = 0) -> tf.distribute.DistributedDataset:
-    """Real training digits plus every cached hard example, shuffled: one epoch of T, or `steps` batches.
+  def _real_dataset(self, context: tf.distribute.InputContext, seed: int) -> tf.data.Dataset:
+    """The task's real training set, this input pipeline's share, shuffled (one pass)."""
+    images, labels = self.task.real_examples()
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).shard(
+        context.num_input_pipelines, context.input_pipeline_id)
+    return ds.shuffle(len(images), seed=seed)
 
-    With --cache_fraction the two are drawn from separately at that ratio; an "epoch" is then as many
-    batches as one pass over both would take.
+  def _target_dataset(self, epoch_seed: int, steps: int = 0) -> tf.distribute.DistributedDataset:
+    """The real training set plus every cached hard example, shuffled: one epoch of T, or `steps` batches.
+
+    An epoch is as many batches as one pass over both would take; its examples come from the two in
+    proportion to their sizes (one pool, A.1), or with --cache_fraction from the cache at that share.
     """
-    real_images, real_labels = self.splits.train_images[..., None], self.splits.train_labels
-    cache_images, cache_labels = self.cache.contents()
-    total = len(real_labels) + len(cache_labels)
-    mixed = self.config.cache_fraction > 0 and len(cache_labels) > 0
+    num_real, num_cached = len(self.task.real_examples()[0]), len(self.cache)
+    total = num_real + num_cached
+    fraction = self.config.cache_fraction or num_cached / total
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
       batch = context.get_per_replica_batch_size(self.config.batch_size)
       # Each global step takes one batch from this pipeline per replica it feeds.
       batches = (steps or total // self.config.batch_size) * (
           self.strategy.num_replicas_in_sync // context.num_input_pipelines)
-
-      def shuffled(images: np.ndarray, labels: np.ndarray, seed: int) -> tf.data.Dataset:
-        ds = tf.data.Dataset.from_tensor_slices((images, labels)).shard(
-            context.num_input_pipelines, context.input_pipeline_id)
-        return ds.shuffle(len(labels), seed=seed)
-
-      if mixed:
-        fraction = self.config.cache_fraction
-        ds = tf.data.Dataset.sample_from_datasets(
-            [shuffled(real_images, real_labels, epoch_seed).repeat(),
-             shuffled(cache_images, cache_labels, epoch_seed + 1).repeat()],
-            weights=[1.0 - fraction, fraction], seed=epoch_seed)
-        ds = ds.batch(batch, drop_remainder=True).take(batches)
-      else:
-        ds = shuffled(np.concatenate([real_images, cache_images]), np.concatenate([real_labels, cache_labels]),
-                      epoch_seed)
-        if steps:
-          ds = ds.repeat()
-        ds = ds.batch(batch, drop_remainder=True)
-        if steps:
-          ds = ds.take(batches)
-      return ds.map(lambda x, y: (_as_images(x), y)).prefetch(tf.data.AUTOTUNE)
+      ds = self._real_dataset(context, epoch_seed)
+      cached = self.cache.dataset()
+      if cached is not None:
+        cached = cached.shard(context.num_input_pipelines, context.input_pipeline_id)
+        cached = cached.shuffle(min(num_cached, self.config.cache_shuffle_buffer), seed=epoch_seed + 1)
+        ds = tf.data.Dataset.sample_from_datasets([ds.repeat(), cached.repeat()],
+                                                  weights=[1.0 - fraction, fraction], seed=epoch_seed)
+      elif steps:
+        ds = ds.repeat()
+      ds = ds.batch(batch, drop_remainder=True).take(batches)
+      return ds.map(lambda x, y: (tf.image.convert_image_dtype(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE)
 
     return self.strategy.distribute_datasets_from_function(dataset_fn)
 
   def _synth_dataset(self, seed: int) -> tf.distribute.DistributedDataset:
-    """Endless (foreground, background, label) batches: training digits on black affNIST backgrounds."""
-    digits, labels = self.splits.train_images, self.splits.train_labels
-
+    """Endless batches for S; with D, (S's batch, real images for D's step) pairs."""
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
       batch = context.get_per_replica_batch_size(self.config.synth_batch_size)
-      ds = tf.data.Dataset.from_tensor_slices((digits, labels)).shard(
-          context.num_input_pipelines, context.input_pipeline_id)
-      ds = ds.shuffle(len(labels), seed=seed).repeat().batch(batch, drop_remainder=True)
-      return ds.map(lambda d, y: (_foregrounds(d), tf.zeros([batch, *IMAGE_SHAPE]), y)).prefetch(2)
+      ds = self.task.synth_dataset(batch, seed, context)
+      if self.discriminator is None:
+        return ds
+      real = self._real_dataset(context, seed + 1).repeat().batch(batch, drop_remainder=True)
+      real = real.map(lambda x, _: tf.image.convert_image_dtype(x, tf.float32))
+      return tf.data.Dataset.zip((ds, real)).prefetch(2)
 
     return self.strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -476,11 +471,9 @@ class Trainer:
   def _target_step_fn(self, batch) -> tf.Tensor:
     """One SGD step of T on a global batch; returns T's mean loss on it (without the decay term)."""
     def replica_step(images, labels):
-      variables = self.target.trainable_variables
+      variables = self.target.model.trainable_variables
       with tf.GradientTape() as tape:
-        logits = self.target(images, training=True)
-        # The one place losses are scaled: mean over the global batch, summed over replicas below.
-        loss = tf.nn.compute_average_loss(losses.target_loss(labels, logits))
+        loss = self.target.replica_loss(self.target.model(images, training=True), labels)
         regularized = loss + self._coupled_decay(variables, self.config.target_weight_decay)
       self.target_optimizer.apply_gradients(zip(tape.gradient(regularized, variables), variables))
       return loss
@@ -488,38 +481,63 @@ class Trainer:
     per_replica = self.strategy.run(replica_step, args=batch)
     return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-  def _synth_step_fn(self, batch) -> SynthStepOutputs:
-    config = self.config.compositor
+  def _diversity(self, composition: tasks.Composition) -> tf.Tensor:
+    uniform = tf.random.uniform(tf.shape(composition.normalized), -1.0, 1.0)
+    if self.config.diversity_per_class:
+      return losses.class_conditional_energy_distance(composition.normalized, uniform,
+                                                      composition.object_classes, self.task.num_classes)
+    return losses.energy_distance(composition.normalized, uniform)
+
+  def _discriminator_step_fn(self, real, composites) -> tuple[tf.Tensor, tf.Tensor]:
+    """One Adam step of D (eq. 2) on real images against S's composites, S and T frozen; returns D's mean
+    loss and the share of its patches it got right."""
     replicas = self.strategy.num_replicas_in_sync
 
-    def replica_step(foreground, background, labels):
+    def replica_step(real_images, composite_images):
+      variables = self.discriminator.trainable_variables
+      with tf.GradientTape() as tape:
+        real_logits = self.discriminator(real_images, training=True)
+        composite_logits = self.discriminator(composite_images, training=True)
+        loss = tf.nn.compute_average_loss(losses.discriminator_loss(real_logits, composite_logits))
+      self.discriminator_optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+      return loss, losses.discriminator_accuracy(real_logits, composite_logits) / replicas
+
+    per_replica = self.strategy.run(replica_step, args=(real, composites))
+    return tuple(self.strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None) for x in per_replica)
+
+  def _synth_step_fn(self, batch) -> SynthStepOutputs:
+    """One Adam step of S against T and D (eq. 3), T and D frozen. Returns the composites per replica too
+    (`per_replica_composites`), which D's step in lockstep takes."""
+    config = self.config
+    replicas = self.strategy.num_replicas_in_sync
+
+    def replica_step(synth_batch):
       variables = self.synthesizer.trainable_variables
       with tf.GradientTape() as tape:
-        raw = synthesizer.raw_params(self.synthesizer, compositor_lib.premultiplied(foreground), background,
-                                     training=True)
-        params = compositor_lib.place(raw, foreground, IMAGE_SHAPE[:2], config)
+        composition = self.task.compose(
+            lambda foreground, background: synthesizer.raw_params(self.synthesizer, foreground, background,
+                                                                  training=True), synth_batch)
         # T judges the composite the cache would store (8-bit), so what is cached as hard is hard.
-        image = as_stored(self._composite(foreground, background, params, config).image)
-        logits = self.target(image, training=False)  # T frozen: only S's variables are updated.
-        # Diversity is measured where the affNIST recipe is uniform: the clamp box, before framing.
-        normalized = compositor_lib.normalize_params(
-            compositor_lib.clamp_params(raw, config.ranges, config.clamp_mode), config.ranges)
-        uniform = tf.random.uniform(tf.shape(normalized), -1.0, 1.0)
-        if self.config.diversity_per_class:
-          diversity = losses.class_conditional_energy_distance(normalized, uniform, labels, mnist.NUM_CLASSES)
-        else:
-          diversity = losses.energy_distance(normalized, uniform)
+        images = as_stored(composition.images)
+        target_outputs = self.target.model(images, training=False)  # T frozen: inference mode, no update.
+        target_loss = self.target.replica_loss(target_outputs, composition.labels)
         # Each replica's batch-level penalty counts 1/replicas, so the sum over replicas is their mean.
-        loss = (tf.nn.compute_average_loss(losses.synthesizer_loss(labels, logits)) +
-                self.config.diversity_weight * diversity / replicas)
-        regularized = loss + self._coupled_decay(variables, self.config.synth_weight_decay)
+        diversity = self._diversity(composition) / replicas
+        adversarial = tf.constant(0.0)
+        if self.discriminator is not None:  # D frozen: called in inference mode, its variables not updated.
+          adversarial = tf.nn.compute_average_loss(
+              losses.synthesizer_adversarial_loss(self.discriminator(images, training=False)))
+        loss = -target_loss + config.diversity_weight * diversity + config.discriminator_weight * adversarial
+        regularized = loss + self._coupled_decay(variables, config.synth_weight_decay)
       self.synth_optimizer.apply_gradients(zip(tape.gradient(regularized, variables), variables))
-      return loss, diversity / replicas, params, image, labels, losses.hardness_margin(labels, logits)
+      judgement = self.target.judge(target_outputs, composition.labels)
+      return ((loss, target_loss, diversity, adversarial),
+              (composition.params, images, composition.labels, judgement.hardness, judgement.quota_class))
 
-    loss, diversity, *per_example = self.strategy.run(replica_step, args=batch)
-    return SynthStepOutputs(self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-                            self.strategy.reduce(tf.distribute.ReduceOp.SUM, diversity, axis=None),
-                            *(self.strategy.gather(x, axis=0) for x in per_example))
+    scalars, per_example = self.strategy.run(replica_step, args=(batch,))
+    summed = [self.strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None) for x in scalars]
+    gathered = tf.nest.map_structure(lambda x: self.strategy.gather(x, axis=0), per_example)
+    return SynthStepOutputs(*summed, *gathered), per_example[1]
 
   # ----------------------------------------------------------------------------------------- phases
   def _where(self) -> str:
@@ -562,146 +580,168 @@ class Trainer:
       self._save()
 
   def _reset_synthesizer(self, cycle: int) -> None:
-    fresh = self._build_synthesizer(seed=self.config.seed * 1000 + cycle)
+    fresh = self.task.build_synthesizer(seed=self.config.seed * 1000 + cycle)
     for variable, value in zip(self.synthesizer.variables, fresh.variables):
       variable.assign(value)
     for variable in self.synth_optimizer.variables:
       if variable.name != "learning_rate":  # The step count and Adam's moments start over; the rate stays.
         variable.assign(tf.zeros_like(variable))
 
+  def _summarize_synth_step(self, outputs: SynthStepOutputs, discriminator: tuple | None, hard: np.ndarray,
+                            added: int) -> None:
+    step = int(self.synth_global_step.numpy())
+    with self.writer.as_default(step=step):
+      tf.summary.scalar("train/synth_loss", float(outputs.loss.numpy()))
+      tf.summary.scalar("train/synth_target_loss", float(outputs.target_loss.numpy()))
+      tf.summary.scalar("train/synth_diversity_energy_distance", float(outputs.diversity.numpy()))
+      if discriminator is not None:
+        tf.summary.scalar("train/synth_adversarial_loss", float(outputs.adversarial.numpy()))
+        tf.summary.scalar("train/discriminator_loss", float(discriminator[0].numpy()))
+        tf.summary.scalar("train/discriminator_accuracy", float(discriminator[1].numpy()))
+      tf.summary.scalar("train/hard_yield", float(hard.mean()))
+      tf.summary.scalar("train/hard_added", added)
+      tf.summary.scalar("cache/size", len(self.cache))
+      if step % self.config.image_summary_every_steps == 0:
+        tf.summary.image("composites/during_synthesis", self.task.preview(outputs.composites, outputs.labels))
+
   def _synthesize(self, cycle: int) -> None:
     config = self.config
     quota = config.quota(cycle)
+    quota_total = quota * self.task.num_classes
     self.progress.start_phase()
     start_step = int(self.synth_step.numpy())
     if config.reset_synthesizer_each_cycle and int(self.synth_step.numpy()) == 0:
       self._reset_synthesizer(cycle)
     iterator = iter(self._synth_dataset(config.seed * 1000 + cycle * 100 + int(self.synth_step.numpy())))
     warmup = config.synth_warmup_steps if cycle == 1 or config.reset_synthesizer_each_cycle else 0
-    margins_seen, params_seen = [], []
+    hardness_seen, params_seen, examples = [], [], []
     while (int(self.synth_step.numpy()) < warmup + config.synth_max_steps and
            self.cache.class_counts(cycle).min() < quota):
-      outputs = self._synth_step(next(iterator))
+      batch = next(iterator)
+      discriminator = None
+      if self.discriminator is None:
+        outputs, _ = self._synth_step(batch)
+      else:  # S's step, then D's in lockstep on S's composites and real images.
+        synth_batch, real = batch
+        outputs, composites = self._synth_step(synth_batch)
+        discriminator = self._discriminator_step(real, composites)
       loss = float(outputs.loss.numpy())
       self._check_finite(loss, "synthesizer")
-      margins = outputs.margins.numpy()
-      hard = losses.is_hard(outputs.margins, config.hard_threshold).numpy()
+      hardness = outputs.hardness.numpy()
+      hard = losses.is_hard(hardness, config.hard_threshold)
       hard &= int(self.synth_step.numpy()) >= warmup
-      added = self.cache.add(outputs.composites.numpy()[hard], outputs.labels.numpy()[hard], margins[hard],
-                             cycle, quota)
-      margins_seen.append(margins)
+      hard_composites = outputs.composites.numpy()[hard]
+      labels = {key: value.numpy()[hard] for key, value in outputs.labels.items()}
+      added = self.cache.add(hard_composites, labels, outputs.quota_class.numpy()[hard], hardness[hard], cycle,
+                             quota)
+      kept_for_summary = sum(len(e) for e in examples)
+      if kept_for_summary < 64:  # The first 64 hard composites of the cycle, for TensorBoard.
+        examples.append(hard_composites[:64 - kept_for_summary])
+      hardness_seen.append(hardness)
       params_seen.append(outputs.params.numpy()[hard])
       self.synth_step.assign_add(1)
       self.synth_global_step.assign_add(1)
-      step = int(self.synth_global_step.numpy())
-      with self.writer.as_default(step=step):
-        tf.summary.scalar("train/synth_loss", loss)
-        tf.summary.scalar("train/synth_diversity_energy_distance", float(outputs.diversity.numpy()))
-        tf.summary.scalar("train/hard_yield", float(hard.mean()))
-        tf.summary.scalar("train/hard_added", added)
-        tf.summary.scalar("cache/size", len(self.cache))
-        if step % config.image_summary_every_steps == 0:
-          tf.summary.image("composites/during_synthesis", _image_grid(outputs.composites))
+      self._summarize_synth_step(outputs, discriminator, hard, added)
       in_cycle = int(self.synth_step.numpy())
       if in_cycle % config.checkpoint_every_steps == 0:
         counts = self.cache.class_counts(cycle)
         # Done when the emptiest class fills its quota or the step cap is reached, whichever comes first.
         step_cap = warmup + config.synth_max_steps
         phase_done = max(counts.min() / quota, (in_cycle - start_step) / max(step_cap - start_step, 1))
-        logging.info("%s step %d/%d: S loss %.3f, %.0f%% of batch hard, cycle quota %d/%d (fewest in a "
-                     "class %d); %s", self._where(), in_cycle, step_cap, loss, 100 * hard.mean(), counts.sum(),
-                     quota * mnist.NUM_CLASSES, counts.min(), self._progress(min(phase_done, 1.0)))
+        d_accuracy = (f", D accuracy {float(discriminator[1].numpy()):.2f}" if discriminator is not None else "")
+        logging.info("%s step %d/%d: S loss %.3f%s, %.0f%% of batch hard, cycle quota %d/%d (fewest in a "
+                     "class %d); %s", self._where(), in_cycle, step_cap, loss, d_accuracy, 100 * hard.mean(),
+                     counts.sum(), quota_total, counts.min(), self._progress(min(phase_done, 1.0)))
         self._save()
 
     counts = self.cache.class_counts(cycle)
     if counts.min() < quota:
       logging.warning("cycle %d: step cap --synth_max_steps=%d reached with %d/%d hard examples (fewest in a "
-                      "class: %d)", cycle, config.synth_max_steps, counts.sum(), quota * mnist.NUM_CLASSES,
-                      counts.min())
+                      "class: %d)", cycle, config.synth_max_steps, counts.sum(), quota_total, counts.min())
     with self.writer.as_default(step=cycle):
       tf.summary.scalar("synth/steps_to_fill_cache", int(self.synth_step.numpy()))
-      # Only this cycle's first 64 entries are read: the whole cache can be hundreds of megabytes.
-      recent = np.flatnonzero(self.cache.cycles.numpy()[:len(self.cache)] == cycle)[:64]
-      if len(recent) >= 8:
+      if examples:
         tf.summary.image("composites/hard_examples_by_cycle",
-                         _image_grid(_as_images(tf.gather(self.cache.images, recent))))
-      if margins_seen:
-        tf.summary.histogram("synth/hardness_margin", np.concatenate(margins_seen))
+                         tasks.image_grid(tf.constant(np.concatenate(examples)[:64])))
+      if hardness_seen:
+        self._summarize_hardness("terse", np.concatenate(hardness_seen))
         # One mode per cycle (every digit sent to the same corner) shows up as a narrow histogram here.
-        params = np.concatenate(params_seen)
+        params = np.concatenate(params_seen).reshape([-1, compositor_lib.NUM_PARAMS])
         for name, values in zip(compositor_lib.PARAM_NAMES, params.T):
           tf.summary.histogram(f"synth/hard_params/{name}", values)
 
-  def _augment_randomly(self, cycle: int) -> None:
-    """The random-augmentation baseline: `quota` training digits per class under affNIST-recipe transforms.
+  def _summarize_hardness(self, source: str, hardness: np.ndarray) -> None:
+    """The hardness histogram of Fig. 8 for one sample source: the share of its samples per bin of T's
+    score (written inside a writer's default step)."""
+    tf.summary.histogram(f"synth/hardness/{source}", hardness)
+    shares, _ = np.histogram(hardness, bins=10, range=self.target.hardness_range)
+    for index, share in enumerate(shares / max(len(hardness), 1)):
+      tf.summary.scalar(f"hardness_share/{source}/bin{index}", share)
 
-    Every sample is kept, hard or not; their margins under the current T are logged beside TERSE's.
+  def _add_random(self, cycle: int) -> None:
+    """The random-placement baseline: `quota` samples per class from the task's random source.
+
+    Every sample is kept, hard or not; their hardness under the current T is logged beside TERSE's.
     """
     quota = self.config.quota(cycle)
-    rng = np.random.default_rng([self.config.seed, cycle])
-    labels = self.splits.train_labels
-    picks = np.concatenate([
-        rng.choice(np.flatnonzero(labels == c), quota, replace=quota > np.sum(labels == c))
-        for c in range(mnist.NUM_CLASSES)])
-    digits, picked_labels = affnist.generate(self.splits.train_images[picks], labels[picks],
-                                             transforms_per_digit=1, seed=int(rng.integers(2**31)))
-    images = digits[..., None].astype(np.float32) / 255.0
-    margins = losses.hardness_margin(picked_labels, self._logits_in_batches(images)).numpy()
-    self.cache.add(images, picked_labels, margins, cycle, quota)
-    logging.info("%s: added %d random affine samples (%.0f%% of them hard for T); %s", self._where(),
-                 len(images), 100 * float(np.mean(margins < self.config.hard_threshold)), self._progress(1.0))
+    images, labels = self.task.random_samples(quota, seed=(self.config.seed, cycle))
+    judgement = self._judge_in_batches(images, labels)
+    self.cache.add(images, labels, judgement.quota_class, judgement.hardness, cycle, quota)
+    logging.info("%s: added %d %s samples (%.0f%% of them hard for T); %s", self._where(), len(images),
+                 self.config.sample_source,
+                 100 * float(np.mean(judgement.hardness < self.config.hard_threshold)), self._progress(1.0))
     with self.writer.as_default(step=cycle):
       tf.summary.scalar("cache/size", len(self.cache))
-      tf.summary.histogram("synth/hardness_margin", margins)
-      tf.summary.image("composites/added_by_cycle", _image_grid(tf.constant(images[:64])))
+      self._summarize_hardness(self.config.sample_source, judgement.hardness)
+      if len(images):
+        tf.summary.image("composites/added_by_cycle", self.task.preview(
+            tf.constant(images[:64], tf.float32), {k: v[:64] for k, v in labels.items()}))
+
+  def _judge_in_batches(self, images: np.ndarray, labels: dict[str, np.ndarray]):
+    """T's judgement of float images [N, H, W, C] with their labels, --eval_batch_size at a time (numpy)."""
+    step = self.config.eval_batch_size
+    parts = [self._judge(tf.constant(images[start:start + step], tf.float32),
+                         {k: tf.constant(v[start:start + step]) for k, v in labels.items()})
+             for start in range(0, len(images), step)]
+    return type(parts[0])(*(np.concatenate([getattr(p, f).numpy() for p in parts]) for f in parts[0]._fields))
 
   def _add_samples(self, cycle: int) -> None:
     if self.config.sample_source == "terse":
       self._synthesize(cycle)
-    elif self.config.sample_source == "random_affine":
-      self._augment_randomly(cycle)
-
-  def _logits_in_batches(self, images: np.ndarray) -> np.ndarray:
-    """T's logits for images [N, H, W, C] (uint8, or float in [0, 1]), --eval_batch_size at a time."""
-    step = self.config.eval_batch_size
-    return np.concatenate([
-        self._logits(tf.image.convert_image_dtype(images[start:start + step], tf.float32)).numpy()
-        for start in range(0, len(images), step)])
-
-  def _accuracy(self, digits: np.ndarray, labels: np.ndarray) -> float:
-    """Fraction of uint8 images [N, H, W] that T classifies correctly."""
-    return float(np.mean(self._logits_in_batches(digits[..., None]).argmax(axis=-1) == labels))
+    elif self.config.sample_source != "none":
+      self._add_random(cycle)
 
   def _evaluate(self, label: str) -> dict:
-    accuracy = self._accuracy
-
     cycle = int(self.cycle.numpy())
-    record = {"after": label, "cycle": cycle, "cache_size": len(self.cache),
-              "mnist_val_accuracy": accuracy(self.splits.val_images, self.splits.val_labels),
-              "affnist_test_accuracy": accuracy(*self.affnist_test)}
+    metrics = self.task.evaluate(self.target, self.config.eval_batch_size)
+    record = {"after": label, "cycle": cycle, "cache_size": len(self.cache), **metrics}
     with self.writer.as_default(step=cycle):
-      tf.summary.scalar("eval/mnist_val_accuracy", record["mnist_val_accuracy"])
-      tf.summary.scalar("eval/affnist_test_accuracy", record["affnist_test_accuracy"])
+      for key, value in metrics.items():
+        tf.summary.scalar(f"eval/{key}", value)
       tf.summary.scalar("eval/cache_size", record["cache_size"])
-    logging.info("eval after %s: MNIST-val accuracy %.4f, affNIST-test accuracy %.4f", label,
-                 record["mnist_val_accuracy"], record["affnist_test_accuracy"])
+    logging.info("eval after %s: %s", label, ", ".join(f"{key} {value:.4f}" for key, value in metrics.items()))
     self.history = [h for h in self.history if h["after"] != label] + [record]
     self.history_json.assign(json.dumps(self.history))
     self._write_results()
     return record
 
   def _write_results(self) -> None:
+    """results.json: each metric before TERSE (after the baseline) and after the last cycle, and the
+    whole history."""
     before = next((h for h in self.history if h["after"] == "baseline"), None)
     final = self.history[-1] if self.history and self.history[-1]["after"] != "baseline" else None
-    write_json(self.results_path, {
-        "affnist_test_accuracy_before": before and before["affnist_test_accuracy"],
-        "affnist_test_accuracy_after": final and final["affnist_test_accuracy"],
-        "mnist_val_accuracy_before": before and before["mnist_val_accuracy"],
-        "mnist_val_accuracy_after": final and final["mnist_val_accuracy"],
+    metric_names = [key for key in (before or final or {}) if key not in ("after", "cycle", "cache_size")]
+    figures = {}
+    for name in metric_names:
+      figures[f"{name}_before"] = before and before[name]
+      figures[f"{name}_after"] = final and final[name]
+    files.write_json(self.results_path, {
+        "task": self.config.task,
+        "headline": self.task.headline,
+        **figures,
         "cycles_completed": sum(1 for h in self.history if h["after"] != "baseline"),
         "hard_examples": len(self.cache),
-        "affnist_test_set": self.affnist_description,
-        "data": {"source": self.splits.source, **self.splits.sizes()},
+        "data": self.task.describe(),
         "wall_time_s": round(self.progress.elapsed(), 1),
         "history": self.history,
     })

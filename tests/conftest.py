@@ -19,16 +19,19 @@ _CACHE_HOME = tempfile.mkdtemp(prefix="terse_tf_test_cache_")
 os.environ["XDG_CACHE_HOME"] = _CACHE_HOME
 atexit.register(shutil.rmtree, _CACHE_HOME, ignore_errors=True)
 SMOKE_FLAGFILE = os.path.join(REPO_ROOT, "configs", "affnist_smoke.flags")
+DETECTION_SMOKE_FLAGFILE = os.path.join(REPO_ROOT, "configs", "photo_digits_smoke.flags")
 
 
-def smoke_config(run_dir, **overrides):
-  """The TrainConfig of configs/affnist_smoke.flags, parsed by the real launcher, with overrides."""
+def smoke_config(run_dir, flagfile=SMOKE_FLAGFILE, **overrides):
+  """The TrainConfig of a smoke flagfile (configs/affnist_smoke.flags unless given), parsed by the real
+  launcher, with overrides ("section__field" for a nested config's field)."""
   from terse_tf import train
 
   flag_values = copy.deepcopy(train.FLAGS)  # A private copy: the global FLAGS stay unparsed.
-  flag_values(["test", f"--flagfile={SMOKE_FLAGFILE}", f"--run_dir={run_dir}", "--affnist_cache_dir="])
+  flag_values(["test", f"--flagfile={flagfile}", f"--run_dir={run_dir}", "--affnist_cache_dir="])
   config = train.config_from_flags(flag_values)
-  nested = {"data": config.data, "affnist": config.affnist, "compositor": config.compositor}
+  nested = {"data": config.data, "affnist": config.affnist, "compositor": config.compositor,
+            "photo_digits": config.photo_digits}
   for key, value in overrides.items():
     section, _, field = key.partition("__")
     if field:

@@ -1,52 +1,94 @@
-"""The hard-example cache: quotas, order, and a checkpoint round trip."""
+"""The on-disk hard-example cache: quotas, order, dtypes, streaming, and what survives a kill."""
+
+import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from terse_tf.cache import HardExampleCache
+from terse_tf.errors import DataError
 
 
-def candidates(labels, value=0.5):
-  labels = np.asarray(labels)
-  images = np.full((len(labels), 4, 4, 1), value, np.float32)
-  images[:, 0, 0, 0] = np.arange(len(labels)) / 100  # tell entries apart
-  return images, labels, -np.linspace(0, 1, len(labels))
+def candidates(classes, value=0.5):
+  """(images, labels, quota classes, margins): detection-style labels, so several label keys travel."""
+  classes = np.asarray(classes)
+  images = np.full((len(classes), 4, 4, 1), value, np.float32)
+  images[:, 0, 0, 0] = np.arange(len(classes)) / 100  # tell entries apart
+  labels = {"boxes": np.tile(np.arange(len(classes), dtype=np.float32)[:, None, None], [1, 2, 4]),
+            "classes": np.stack([classes, classes], axis=1).astype(np.int32),
+            "count": np.ones(len(classes), np.int32)}
+  return images, labels, classes, -np.linspace(0, 1, len(classes))
 
 
-def test_per_class_quota_per_cycle():
-  cache = HardExampleCache(capacity=20, image_shape=(4, 4, 1), num_classes=3)
-  images, labels, margins = candidates([0, 0, 0, 1, 2, 0])
-  assert cache.add(images, labels, margins, cycle=1, per_class_quota=2) == 4
+def new_cache(tmp_path, num_classes=3):
+  cache = HardExampleCache(str(tmp_path / "cache"), num_classes)
+  cache.sync()
+  return cache
+
+
+def test_per_class_quota_per_cycle(tmp_path):
+  cache = new_cache(tmp_path)
+  images, labels, classes, margins = candidates([0, 0, 0, 1, 2, 0])
+  assert cache.add(images, labels, classes, margins, cycle=1, per_class_quota=2) == 4
   assert cache.class_counts(cycle=1).tolist() == [2, 1, 1]
-  # The first candidates of a class win; later ones of a full class are dropped.
+  cache.commit()
+  # The first candidates of a class win; later ones of a full class are dropped; labels follow their image.
   stored, stored_labels = cache.contents()
   np.testing.assert_allclose(stored[:, 0, 0, 0] / 255, [0.0, 0.01, 0.03, 0.04], atol=0.003)
-  assert stored_labels.tolist() == [0, 0, 1, 2]
+  assert stored_labels["classes"][:, 0].tolist() == [0, 0, 1, 2]
+  assert stored_labels["boxes"][:, 0, 0].tolist() == [0, 1, 3, 4]
   # A new cycle has its own quota; the old entries stay.
-  assert cache.add(images, labels, margins, cycle=2, per_class_quota=2) == 4
+  assert cache.add(images, labels, classes, margins, cycle=2, per_class_quota=2) == 4
   assert len(cache) == 8 and cache.class_counts().tolist() == [4, 2, 2]
 
 
-def test_overflow_is_an_error_not_a_silent_drop():
-  cache = HardExampleCache(capacity=2, image_shape=(4, 4, 1), num_classes=3)
-  with pytest.raises(ValueError, match="cache is full"):
-    cache.add(*candidates([0, 1, 2]), cycle=1, per_class_quota=5)
-
-
 def test_images_are_stored_as_uint8(tmp_path):
-  cache = HardExampleCache(capacity=4, image_shape=(4, 4, 1), num_classes=3)
+  cache = new_cache(tmp_path)
   cache.add(*candidates([1], value=1.0), cycle=1, per_class_quota=1)
+  cache.commit()
   assert cache.contents()[0].dtype == np.uint8 and cache.contents()[0][0, 1, 1, 0] == 255
 
 
-def test_checkpoint_round_trip(tmp_path):
-  cache = HardExampleCache(capacity=10, image_shape=(4, 4, 1), num_classes=3)
+def test_the_stream_holds_every_committed_entry_in_order(tmp_path):
+  cache = new_cache(tmp_path)
+  assert cache.dataset() is None
+  for cycle in (1, 2, 3):  # Three shards.
+    cache.add(*candidates([0, 1, 2]), cycle=cycle, per_class_quota=5)
+    cache.commit()
+  assert len(os.listdir(tmp_path / "cache")) == 3
+  streamed = list(cache.dataset().as_numpy_iterator())
+  images, labels = cache.contents()
+  assert len(streamed) == 9
+  for i, (image, label) in enumerate(streamed):
+    np.testing.assert_array_equal(image, images[i])
+    for key in labels:
+      np.testing.assert_array_equal(label[key], labels[key][i])
+
+
+def test_a_shard_written_after_the_last_checkpoint_is_dropped_on_resume(tmp_path):
+  cache = new_cache(tmp_path)
   cache.add(*candidates([2, 1, 0, 2]), cycle=3, per_class_quota=5)
+  cache.commit()
   path = tf.train.Checkpoint(cache=cache).save(str(tmp_path / "ckpt"))
-  restored = HardExampleCache(capacity=10, image_shape=(4, 4, 1), num_classes=3)
+  # Killed between writing the next shard and the checkpoint that would count it, and mid-write of a third.
+  cache.add(*candidates([0, 0]), cycle=3, per_class_quota=5)
+  cache.commit()
+  (tmp_path / "cache" / "tmpabc.tmp").write_bytes(b"half a shard")
+  restored = HardExampleCache(str(tmp_path / "cache"), 3)
   tf.train.Checkpoint(cache=restored).restore(path).assert_existing_objects_matched()
-  for a, b in zip(cache.contents(), restored.contents()):
-    np.testing.assert_array_equal(a, b)
-  assert restored.class_counts(cycle=3).tolist() == [1, 1, 2]
-  np.testing.assert_array_equal(restored.margins.numpy(), cache.margins.numpy())
+  restored.sync()
+  assert sorted(os.listdir(tmp_path / "cache")) == ["shard-00000.npz"]
+  assert len(restored) == 4 and restored.class_counts(cycle=3).tolist() == [1, 1, 2]
+  np.testing.assert_array_equal(restored.margins(), cache.margins()[:4])
+  # Filling resumes from the checkpoint's state: the quota counts only the entries it saw.
+  assert restored.add(*candidates([0, 0, 0]), cycle=3, per_class_quota=2) == 1
+
+
+def test_a_missing_shard_is_an_error_naming_it(tmp_path):
+  cache = new_cache(tmp_path)
+  cache.add(*candidates([0]), cycle=1, per_class_quota=1)
+  cache.commit()
+  os.remove(tmp_path / "cache" / "shard-00000.npz")
+  with pytest.raises(DataError, match="shard-00000.npz.*--fresh"):
+    cache.sync()

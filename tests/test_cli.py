@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def test_smoke_flagfile_runs_end_to_end_and_exports_signatures(tmp_path):
   run_dir = tmp_path / "run"
   result = run_cli(f"--flagfile={SMOKE_FLAGFILE}", f"--run_dir={run_dir}", "--affnist_cache_dir=")
-  assert "affNIST-test accuracy:" in result.stderr and "before TERSE" in result.stderr
+  assert "affnist_test_accuracy: " in result.stderr and "before TERSE" in result.stderr
   # Each phase's log line says where the run is and how long is left.
   assert re.search(r"baseline epoch 1/1: .*; elapsed \d+s", result.stderr)
   assert re.search(r"cycle 1/2 synthesize step 3/12: .*; elapsed \d+s, phase ETA \d+s", result.stderr)
@@ -43,15 +43,20 @@ def test_smoke_flagfile_runs_end_to_end_and_exports_signatures(tmp_path):
       assert f"['{key}']" in shown.stdout, (name, key)
 
 
-def read_cache(checkpoint_dir):
-  """(phase, cache images, labels) in the latest checkpoint, or None while none is readable."""
+def read_cache(run_dir):
+  """(phase, cache images, labels) as the latest checkpoint sees them (it counts the cache's shards on
+  disk), or None while none is readable."""
   try:
-    reader = tf.train.load_checkpoint(str(checkpoint_dir))
-    size = int(reader.get_tensor("cache/size/.ATTRIBUTES/VARIABLE_VALUE"))
-    return (int(reader.get_tensor("phase/.ATTRIBUTES/VARIABLE_VALUE")),
-            reader.get_tensor("cache/images/.ATTRIBUTES/VARIABLE_VALUE")[:size],
-            reader.get_tensor("cache/labels/.ATTRIBUTES/VARIABLE_VALUE")[:size])
-  except (ValueError, tf.errors.OpError):  # Not written yet, or rotated away mid-read.
+    reader = tf.train.load_checkpoint(str(run_dir / "checkpoints"))
+    phase = int(reader.get_tensor("phase/.ATTRIBUTES/VARIABLE_VALUE"))
+    shards = int(reader.get_tensor("cache/committed_shards/.ATTRIBUTES/VARIABLE_VALUE"))
+    images, labels = [np.zeros([0, 40, 40, 1], np.uint8)], [np.zeros([0], np.int64)]
+    for index in range(shards):
+      with np.load(run_dir / "cache" / f"shard-{index:05d}.npz") as shard:
+        images.append(shard["image"])
+        labels.append(shard["label/label"])
+    return phase, np.concatenate(images), np.concatenate(labels)
+  except (ValueError, OSError, tf.errors.OpError):  # Not written yet, or rotated away mid-read.
     return None
 
 
@@ -65,7 +70,7 @@ def test_killed_run_resumes_without_losing_cache_entries(tmp_path):
   deadline = time.time() + 240
   try:
     while time.time() < deadline and process.poll() is None:
-      state = read_cache(run_dir / "checkpoints")
+      state = read_cache(run_dir)
       if state is not None and state[0] == 1 and len(state[2]) > 0:  # mid-synthesis, entries cached
         seen = state
         break
@@ -77,7 +82,7 @@ def test_killed_run_resumes_without_losing_cache_entries(tmp_path):
   _, images_at_kill, labels_at_kill = seen
 
   run_cli(*args)  # The same command again resumes.
-  phase, images, labels = read_cache(run_dir / "checkpoints")
+  phase, images, labels = read_cache(run_dir)
   assert phase == 3  # done
   assert len(labels) >= len(labels_at_kill)
   np.testing.assert_array_equal(images[:len(labels_at_kill)], images_at_kill)
@@ -127,7 +132,7 @@ def test_ctrl_c_ends_with_one_line_that_says_the_run_can_be_resumed(tmp_path):
   process = subprocess.Popen([sys.executable, "-m", "terse_tf.train", *args], cwd=REPO_ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 240
-  while time.time() < deadline and process.poll() is None and (read_cache(run_dir / "checkpoints") or [0])[0] != 1:
+  while time.time() < deadline and process.poll() is None and (read_cache(run_dir) or [0])[0] != 1:
     time.sleep(0.1)  # Until the run checkpoints mid-synthesis.
   process.send_signal(signal.SIGINT)
   _, stderr = process.communicate(timeout=120)

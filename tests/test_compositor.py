@@ -1,5 +1,7 @@
 """The compositor against scipy.ndimage, finite differences and its own contracts."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.ndimage
@@ -7,13 +9,18 @@ import tensorflow as tf
 
 from terse_tf import compositor
 from terse_tf.data import affnist, mnist
+from terse_tf.tasks import affnist as affnist_task
+
+# The compositor knows no dataset; these tests use affNIST's ranges.
+RANGES = affnist_task.ranges()
+CONFIG = compositor.CompositorConfig(ranges=RANGES)
 
 # Both sides compute the same bilinear weights; the tolerance only absorbs float64 rounding.
 WARP_TOLERANCE = 1e-9
 
 
 def random_params(rng: np.random.Generator, batch: int) -> np.ndarray:
-  low, high = compositor.AffineRanges().bounds()
+  low, high = RANGES.bounds()
   return rng.uniform(low, high, size=(batch, compositor.NUM_PARAMS))
 
 
@@ -56,7 +63,7 @@ def test_identity_parameters_give_the_input_back():
   matrix = compositor.params_to_matrix(identity, (40, 40))
   np.testing.assert_allclose(compositor.warp(tf.constant(foreground), matrix).numpy(), foreground,
                              atol=1e-5)
-  result = compositor.composite(tf.constant(foreground), tf.constant(background), identity)
+  result = compositor.composite(tf.constant(foreground), tf.constant(background), identity, CONFIG)
   alpha = foreground[..., 1:]
   expected = foreground[..., :1] * alpha + (1 - alpha) * background
   np.testing.assert_allclose(result.image.numpy(), expected, atol=1e-5)
@@ -64,13 +71,13 @@ def test_identity_parameters_give_the_input_back():
 
 
 def test_tanh_clamp_maps_zero_to_identity():
-  identity = compositor.clamp_params(tf.zeros([2, 6]), compositor.AffineRanges(), "tanh")
+  identity = compositor.clamp_params(tf.zeros([2, 6]), RANGES, "tanh")
   np.testing.assert_allclose(identity.numpy(), compositor.identity_params(2).numpy(), atol=1e-7)
 
 
 @pytest.mark.parametrize("mode", compositor.CLAMP_MODES)
 def test_clamping_keeps_parameters_in_affnist_ranges(mode):
-  ranges = compositor.AffineRanges()
+  ranges = RANGES
   low, high = (np.array(b) for b in ranges.bounds())
   raw = tf.constant(np.random.default_rng(2).normal(scale=100.0, size=(256, 6)), tf.float32)
   clamped = compositor.clamp_params(raw, ranges, mode).numpy()
@@ -80,21 +87,21 @@ def test_clamping_keeps_parameters_in_affnist_ranges(mode):
 
 
 def test_normalized_parameters_are_the_tanh_of_the_raw_outputs_and_map_bounds_to_plus_minus_one():
-  ranges = compositor.AffineRanges()
+  ranges = RANGES
   raw = tf.constant(np.random.default_rng(4).normal(size=(32, 6)), tf.float32)
   normalized = compositor.normalize_params(compositor.clamp_params(raw, ranges, "tanh"), ranges)
   np.testing.assert_allclose(normalized.numpy(), np.tanh(raw.numpy()), atol=1e-5)
   low, high = ranges.bounds()
   np.testing.assert_allclose(compositor.normalize_params(tf.constant([low, high]), ranges).numpy(),
                              [[-1.0] * 6, [1.0] * 6], atol=1e-6)
-  no_shear = compositor.AffineRanges(max_shear=0.0)
+  no_shear = dataclasses.replace(RANGES, max_shear=0.0)
   assert np.all(compositor.normalize_params(tf.constant([low]), no_shear).numpy()[:, 3] == 0.0)
 
 
 def test_keep_in_frame_spans_exactly_affnists_feasible_shifts_and_keeps_the_ink_in_the_frame():
   digits = mnist.load_splits(mnist.DataConfig(num_train=64, num_val=8, num_heldout_test=8)).train_images[:16]
   foreground = tf.concat([tf.ones([16, 40, 40, 1]), tf.constant(digits[..., None] / 255.0, tf.float32)], -1)
-  ranges = compositor.AffineRanges()
+  ranges = RANGES
   rng = np.random.default_rng(5)
   clamped = compositor.clamp_params(tf.constant(rng.normal(size=(16, 6)), tf.float32), ranges, "tanh")
   for extreme in (-1.0, 1.0):  # Translations at a bound of their range land on a bound of the interval.
@@ -108,7 +115,7 @@ def test_keep_in_frame_spans_exactly_affnists_feasible_shifts_and_keeps_the_ink_
   # Anywhere in the range, no ink is cropped: the composite holds all of the foreground's ink, scaled by
   # the area change |det A|.
   framed = compositor.keep_in_frame(clamped, foreground[..., 1:], (40, 40), ranges)
-  result = compositor.composite(foreground, tf.zeros([16, 40, 40, 1]), framed)
+  result = compositor.composite(foreground, tf.zeros([16, 40, 40, 1]), framed, CONFIG)
   area = np.abs(np.linalg.det(compositor.forward_matrix(framed).numpy()))
   np.testing.assert_allclose(result.warped_mask.numpy().sum(axis=(1, 2, 3)),
                              area * digits.sum(axis=(1, 2)) / 255.0, rtol=0.02)
@@ -117,20 +124,20 @@ def test_keep_in_frame_spans_exactly_affnists_feasible_shifts_and_keeps_the_ink_
 def test_place_uses_the_fixed_clamp_without_keep_in_frame():
   raw = tf.constant(np.random.default_rng(6).normal(size=(4, 6)), tf.float32)
   foreground = tf.ones([4, 40, 40, 2])
-  config = compositor.CompositorConfig(keep_in_frame=False)
+  config = compositor.CompositorConfig(ranges=RANGES, keep_in_frame=False)
   np.testing.assert_array_equal(compositor.place(raw, foreground, (40, 40), config).numpy(),
                                 compositor.clamp_params(raw, config.ranges, config.clamp_mode).numpy())
 
 
 def test_clip_clamp_is_exact_inside_the_range():
   inside = tf.constant(random_params(np.random.default_rng(3), 16), tf.float32)
-  clamped = compositor.clamp_params(inside, compositor.AffineRanges(), "clip")
+  clamped = compositor.clamp_params(inside, RANGES, "clip")
   np.testing.assert_array_equal(clamped.numpy(), inside.numpy())
 
 
 def test_unknown_clamp_mode_is_rejected():
   with pytest.raises(ValueError, match="clamp mode"):
-    compositor.CompositorConfig(clamp_mode="sigmoid")
+    compositor.CompositorConfig(ranges=RANGES, clamp_mode="sigmoid")
 
 
 @pytest.mark.parametrize("mask_cleanup, framed", [(False, False), (True, False), (False, True)])
@@ -142,7 +149,7 @@ def test_gradients_wrt_parameters_match_finite_differences(mask_cleanup, framed)
   background = rng.uniform(size=(2, 24, 24, 1))
   params = random_params(rng, 2)
   projection = rng.normal(size=(2, 24, 24, 1))
-  config = compositor.CompositorConfig(mask_cleanup=mask_cleanup, mask_threshold=0.05)
+  config = compositor.CompositorConfig(ranges=RANGES, mask_cleanup=mask_cleanup, mask_threshold=0.05)
 
   def objective(p):
     if framed:  # The translation then depends on every parameter through the transformed ink box.
@@ -250,7 +257,7 @@ def test_a_uniform_colour_object_keeps_its_colour_everywhere_it_is_blended(clean
   foreground[:, 12:28, 14:26] = [1.0, 0.0, 0.0, 1.0]
   background = np.ones((2, 40, 40, 3), np.float32)
   params = tf.constant([[13.0, 2.0, -3.0, 0.1, 1.1, 0.9], [-20.0, -4.0, 1.5, -0.2, 0.8, 1.2]])
-  config = compositor.CompositorConfig(mask_cleanup=cleanup, mask_blur_sigma=sigma)
+  config = compositor.CompositorConfig(ranges=RANGES, mask_cleanup=cleanup, mask_blur_sigma=sigma)
   result = compositor.composite(tf.constant(foreground), tf.constant(background), params, config)
   image, alpha = result.image.numpy(), result.warped_mask.numpy()
   blended = alpha[..., 0] > 1e-4
@@ -295,7 +302,7 @@ def test_a_single_object_composites_as_composite_does_with_its_box():
   foreground = np.stack([square_foreground([0.2, 0.8, 0.4])] * 3)
   background = rng.uniform(size=(3, 64, 48, 3)).astype(np.float32)
   params = tf.constant([[10.0, 5.0, -8.0, 0.1, 1.5, 0.8], [0, 0, 0, 0, 1, 1], [-30.0, -10.0, 12.0, 0, 2, 2]])
-  config = compositor.CompositorConfig(mask_cleanup=True)
+  config = compositor.CompositorConfig(ranges=RANGES, mask_cleanup=True)
   single = compositor.composite(tf.constant(foreground), tf.constant(background), params, config)
   multi = compositor.composite_objects(tf.constant(foreground[:, None]), tf.constant(background),
                                        params[:, None], tf.ones([3, 1], tf.bool), config)
@@ -319,7 +326,7 @@ def test_later_objects_occlude_earlier_ones_and_hidden_boxes_are_dropped():
       [[0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1.2, 1.2]],  # The same, but blue is padding: red is whole.
   ], tf.float32)
   valid = tf.constant([[True, True], [True, True], [True, False]])
-  result = compositor.composite_objects(foregrounds, background, params, valid, min_visible=0.25)
+  result = compositor.composite_objects(foregrounds, background, params, valid, CONFIG, min_visible=0.25)
   image, fraction = result.image.numpy(), result.visible_fraction.numpy()
   # Wherever they overlap the later (blue) object is what shows.
   np.testing.assert_allclose(image[0, 15:25, 18:28], [[[0, 0, 1]] * 10] * 10, atol=1e-6)
@@ -338,7 +345,7 @@ def test_an_object_pushed_mostly_out_of_the_frame_loses_its_box():
   # The 10x10 square, shifted 22 px right, covers columns 37-46: 3 of its 10 stay inside the 40-pixel frame.
   params = tf.constant([[[0, 22.0, 0, 0, 1, 1]]])
   result = compositor.composite_objects(foregrounds, tf.zeros([1, 40, 40, 3]), params,
-                                        tf.ones([1, 1], tf.bool), min_visible=0.5)
+                                        tf.ones([1, 1], tf.bool), CONFIG, min_visible=0.5)
   in_view = result.visible_masks.numpy().sum() / 100.0
   assert result.visible_fraction.numpy()[0, 0] == pytest.approx(in_view, abs=1e-5) == pytest.approx(0.3)
   assert not result.box_valid.numpy()[0, 0]
@@ -350,7 +357,7 @@ def test_every_objects_parameters_get_a_gradient_through_the_multi_object_compos
   weights = tf.constant(np.random.default_rng(9).uniform(size=(1, 40, 40, 3)), tf.float32)
   with tf.GradientTape() as tape:
     result = compositor.composite_objects(foregrounds, tf.fill([1, 40, 40, 3], 0.5), params,
-                                          tf.ones([1, 2], tf.bool))
+                                          tf.ones([1, 2], tf.bool), CONFIG)
     loss = tf.reduce_sum(result.image * weights)
   gradient = tape.gradient(loss, params).numpy()
   assert np.all(np.abs(gradient[0]).max(axis=1) > 1e-3)
@@ -364,7 +371,7 @@ def test_background_regions_pasted_as_artefacts_leave_everything_outside_the_reg
   masks[:, 2:22, 4:20] = 1.0
   params = tf.constant([[15.0, 6, -4, 0.1, 1.1, 1.2], [0, 0, 0, 0, 1, 1], [-10.0, -8, 3, 0, 0.9, 0.9]])
   apply = tf.constant([True, True, False])
-  config = compositor.CompositorConfig(mask_cleanup=True, mask_blur_sigma=1.0)
+  config = compositor.CompositorConfig(ranges=RANGES, mask_cleanup=True, mask_blur_sigma=1.0)
   result = compositor.paste_background_region(tf.constant(backgrounds), tf.constant(donors),
                                               tf.constant(masks), params, apply, config).numpy()
   # Where the pasted region is (its alpha under the same blending), from the mask alone.
@@ -381,3 +388,25 @@ def test_background_regions_pasted_as_artefacts_leave_everything_outside_the_reg
   assert len(rows) > 50
   resized = tf.image.resize(donors[1:2], (24, 24), antialias=True).numpy()[0]
   np.testing.assert_allclose(result[1][rows, columns], resized[rows - 12, columns - 12], atol=1e-5)
+
+
+def test_the_xla_compiled_multi_object_composite_and_its_gradient_equal_the_plain_ones():
+  rng = np.random.default_rng(11)
+  foregrounds = tf.constant(rng.uniform(size=(2, 3, 24, 24, 4)), tf.float32)
+  background = tf.constant(rng.uniform(size=(2, 48, 48, 3)), tf.float32)
+  params = tf.Variable(compositor.clamp_params(tf.constant(rng.normal(size=(2, 3, 6)), tf.float32), RANGES))
+  valid = tf.constant([[True, True, False], [True, False, False]])
+  weights = tf.constant(rng.uniform(size=(2, 48, 48, 3)), tf.float32)
+  config = compositor.CompositorConfig(ranges=RANGES, mask_cleanup=True)
+  compiled = compositor.compiled_composite_objects(config, min_visible=0.25)
+  results, gradients = [], []
+  for composite in (compiled, lambda *args: compositor.composite_objects(*args, config, 0.25)):
+    with tf.GradientTape() as tape:
+      result = composite(foregrounds, background, params, valid)
+      loss = tf.reduce_sum(result.image * weights)
+    results.append(result)
+    gradients.append(tape.gradient(loss, params).numpy())
+  for a, b in zip(*results):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+  np.testing.assert_allclose(gradients[0], gradients[1], rtol=1e-4, atol=1e-4)
+  assert np.abs(gradients[0][valid.numpy()]).max(axis=-1).min() > 1e-3  # Every pasted object's parameters.

@@ -8,6 +8,7 @@ import keras
 
 from terse_tf import compositor, losses
 from terse_tf.networks import discriminator
+from terse_tf.tasks import affnist as affnist_task
 
 
 def test_discriminator_judges_patches_at_each_scale():
@@ -45,8 +46,10 @@ def smooth_images_and_composites(rng, count):
   real, base = smooth(), smooth()
   cutout = np.concatenate([rng.uniform(size=(count, 16, 16, 3)), np.ones((count, 16, 16, 1))], -1)
   params = compositor.clamp_params(tf.constant(rng.normal(size=(count, 6)), tf.float32),
-                                   compositor.AffineRanges())
-  return tf.constant(real), compositor.composite(tf.constant(cutout, tf.float32), tf.constant(base), params).image
+                                   affnist_task.ranges())
+  config = compositor.CompositorConfig(ranges=affnist_task.ranges())
+  return tf.constant(real), compositor.composite(tf.constant(cutout, tf.float32), tf.constant(base), params,
+                                                 config).image
 
 
 def test_discriminator_learns_to_spot_pasted_regions_in_images_it_has_not_seen():

@@ -130,3 +130,35 @@ def test_headline_fraction_is_the_first_grid_point_at_random_augmentations_final
       random_curve + rows("terse", [(0, 0, 0.2), (1000, 1000, 0.3), (4000, 3000, 0.7)]), (1000, 4000))
   assert never["headline"]["fraction_of_random_samples"] is None
   assert never["headline"]["fraction_of_random_samples_interpolated"] is None
+
+
+@pytest.mark.slow
+def test_detection_experiment_at_smoke_size(tmp_path):
+  """Every arm from one baseline per seed, each adding what its source gives, and the report's final
+  block; the smoke size says nothing about which arm wins."""
+  detection_smoke = os.path.join(REPO_ROOT, "configs", "photo_digits_smoke.flags")
+  result = subprocess.run(
+      [sys.executable, "-m", "terse_tf.experiments.photo_digits", f"--flagfile={detection_smoke}",
+       f"--run_dir={tmp_path / 'runs'}", f"--results_dir={tmp_path}", "--label=smoke", "--seeds=0,1",
+       "--cycles=1"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-4000:]
+  with open(tmp_path / "smoke.json") as f:
+    report = json.load(f)
+  arms = ("real_only", "cut_paste", "terse", "terse_no_d")
+  assert set(report["final"]) == set(arms)
+  for arm in arms:
+    assert set(report["final"][arm]) == {"ap50", "ap", "samples"}
+    assert 0.0 <= report["final"][arm]["ap50"] <= 1.0
+  assert report["final"]["real_only"]["samples"] == 0
+  assert report["final"]["cut_paste"]["samples"] == 6  # The quota, one class.
+  assert 0 < report["final"]["terse_no_d"]["samples"] <= 6
+  # Every arm of a seed starts from the same baseline T.
+  for seed in (0, 1):
+    starts = {r["test_ap50"] for r in report["rows"] if r["seed"] == seed and r["cycle"] == 0}
+    assert len(starts) == 1
+  assert (tmp_path / "smoke.md").exists() and (tmp_path / "smoke.png").exists()
+  # D trained only in the arm that has it.
+  seed_dir = tmp_path / "runs" / "smoke" / "seed0"
+  for arm, has_d in (("terse", True), ("terse_no_d", False)):
+    keys = [name for name, _ in tf.train.list_variables(str(seed_dir / arm / "checkpoints"))]
+    assert any(key.startswith("discriminator_optimizer/") for key in keys) == has_d, arm

@@ -11,7 +11,9 @@ import tensorflow as tf
 
 from conftest import smoke_config
 from terse_tf import compositor, export, trainer as trainer_lib
-from terse_tf.networks import classifier, synthesizer
+from terse_tf.data import affnist, mnist
+from terse_tf.tasks import affnist as affnist_task
+
 
 def saved_model_cli_run(model_dir, signature, inputs, out_dir):
   """Serves `signature` of the SavedModel in `model_dir` with `saved_model_cli run` in a fresh process, the
@@ -34,18 +36,17 @@ def saved_model_cli_run(model_dir, signature, inputs, out_dir):
 def test_saved_model_cli_serves_both_exports_and_matches_the_in_memory_networks(tmp_path):
   trainer = trainer_lib.Trainer(smoke_config(str(tmp_path / "run"), cycles=1, export=False))
   trainer.run()
-  paths = export.export_models(trainer.synthesizer, trainer.target, trainer.config.compositor,
-                               trainer_lib.FOREGROUND_SHAPE, trainer_lib.IMAGE_SHAPE, str(tmp_path / "export"))
+  paths = export.export_models(trainer.task, trainer.synthesizer, trainer.target, str(tmp_path / "export"))
 
   rng = np.random.default_rng(0)
-  digits = trainer.splits.val_images[:6]
-  foreground = trainer_lib._foregrounds(tf.constant(digits)).numpy()
+  splits = trainer.task.splits
+  foreground = affnist_task.foregrounds(tf.constant(splits.val_images[:6])).numpy()
   background = rng.uniform(0, 0.3, (6, 40, 40, 1)).astype(np.float32)
-  images = (trainer.splits.val_images[:6, ..., None] / 255.0).astype(np.float32)
+  images = (splits.val_images[:6, ..., None] / 255.0).astype(np.float32)
   pair = {"foreground": foreground, "background": background}
 
   served = saved_model_cli_run(paths[export.SYNTHESIZER_DIR], export.SERVING_DEFAULT, pair, str(tmp_path / "s"))
-  config = trainer.config.compositor
+  config = trainer.task.compositor
   raw = trainer.synthesizer([compositor.premultiplied(foreground), background], training=False)
   params = compositor.place(raw, tf.constant(foreground), (40, 40), config)
   expected = compositor.composite(tf.constant(foreground), tf.constant(background), params, config)
@@ -56,7 +57,7 @@ def test_saved_model_cli_serves_both_exports_and_matches_the_in_memory_networks(
 
   served = saved_model_cli_run(paths[export.TARGET_DIR], export.SERVING_DEFAULT, {"images": images},
                                str(tmp_path / "t"))
-  probabilities = tf.nn.softmax(trainer.target(images, training=False)).numpy()
+  probabilities = tf.nn.softmax(trainer.target.model(images, training=False)).numpy()
   np.testing.assert_allclose(served["probabilities"], probabilities, atol=1e-5)
 
   # The sampling signature runs S's dropout: one digit repeated gets several transforms, each composited
@@ -70,10 +71,11 @@ def test_saved_model_cli_serves_both_exports_and_matches_the_in_memory_networks(
 
 
 def test_a_synthesizer_with_noise_samples_new_in_frame_transforms_on_every_call(tmp_path):
-  model = synthesizer.build_synthesizer((40, 40, 1), width=8, noise_dim=4, seed=0)
-  target = classifier.build_classifier("paper", (40, 40, 1), 10)
-  paths = export.export_models(model, target, compositor.CompositorConfig(), (40, 40, 2), (40, 40, 1),
-                               str(tmp_path))
+  task = affnist_task.AffnistTask(affnist_task.AffnistTaskConfig(
+      data=mnist.DataConfig(num_val=10, num_heldout_test=10, num_train=10),
+      affnist=affnist.AffnistConfig(num_test_digits=1, transforms_per_digit=1),
+      compositor=compositor.CompositorConfig(), synth_width=8, synth_noise_dim=4))
+  paths = export.export_models(task, task.build_synthesizer(seed=0), task.build_target(), str(tmp_path))
   serve = tf.saved_model.load(paths[export.SYNTHESIZER_DIR]).signatures["serving_default"]
   foreground = np.zeros((4, 40, 40, 2), np.float32)
   foreground[:, 12:28, 15:25] = 1.0

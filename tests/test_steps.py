@@ -11,8 +11,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO_ROOT, smoke_config
-from terse_tf import compositor, losses, trainer as trainer_lib
+from terse_tf import losses, trainer as trainer_lib
 from terse_tf.networks import synthesizer
+from terse_tf.tasks import affnist as affnist_task
 
 
 def deterministic_trainer(run_dir, **overrides):
@@ -24,8 +25,10 @@ def deterministic_trainer(run_dir, **overrides):
 
 
 def digit_batch(trainer, size=64):
-  images = tf.constant(trainer.splits.train_images[:size, ..., None] / 255.0, tf.float32)
-  return images, tf.constant(trainer.splits.train_labels[:size])
+  """(images, labels) as T's steps take them."""
+  splits = trainer.task.splits
+  images = tf.constant(splits.train_images[:size, ..., None] / 255.0, tf.float32)
+  return images, {"label": tf.constant(splits.train_labels[:size])}
 
 
 def values(variables):
@@ -33,9 +36,9 @@ def values(variables):
 
 
 def target_gradients(trainer, images, labels):
-  variables = trainer.target.trainable_variables
+  variables = trainer.target.model.trainable_variables
   with tf.GradientTape() as tape:
-    loss = tf.reduce_mean(losses.target_loss(labels, trainer.target(images, training=True)))
+    loss = tf.reduce_mean(losses.target_loss(labels["label"], trainer.target.model(images, training=True)))
   return [g.numpy() for g in tape.gradient(loss, variables)]
 
 
@@ -48,7 +51,7 @@ def test_target_sgd_decays_as_the_mode_says_over_two_steps(tmp_path, mode):
   config = trainer.config
   lr, momentum = config.target_lr, config.target_momentum
   images, labels = digit_batch(trainer)
-  variables = trainer.target.trainable_variables
+  variables = trainer.target.model.trainable_variables
 
   w0, g1 = values(variables), target_gradients(trainer, images, labels)
   trainer._target_step((images, labels))
@@ -86,12 +89,12 @@ def test_synthesizer_adam_adds_coupled_decay_to_the_gradient(tmp_path):
 
 def test_a_synthesizer_step_moves_no_target_variable_and_a_target_step_no_synthesizer_variable(tmp_path):
   trainer = deterministic_trainer(tmp_path)
-  target_before, synth_before = values(trainer.target.variables), values(trainer.synthesizer.variables)
+  target_before, synth_before = values(trainer.target.model.variables), values(trainer.synthesizer.variables)
   batches = iter(trainer._synth_dataset(seed=0))
   for _ in range(3):
     trainer._synth_step(next(batches))
   # Every T variable, BatchNorm's moving statistics included, is where it was.
-  for before, after in zip(target_before, values(trainer.target.variables)):
+  for before, after in zip(target_before, values(trainer.target.model.variables)):
     np.testing.assert_array_equal(before, after)
   synth_after = values(trainer.synthesizer.variables)
   assert any(not np.array_equal(a, b) for a, b in zip(synth_before, synth_after))
@@ -101,18 +104,17 @@ def test_a_synthesizer_step_moves_no_target_variable_and_a_target_step_no_synthe
     trainer._target_step((images, labels))
   for before, after in zip(synth_after, values(trainer.synthesizer.variables)):
     np.testing.assert_array_equal(before, after)
-  moved = [not np.array_equal(a, b) for a, b in zip(target_before, values(trainer.target.variables))]
+  moved = [not np.array_equal(a, b) for a, b in zip(target_before, values(trainer.target.model.variables))]
   assert all(moved)  # Kernels, BatchNorm scales and offsets, and the moving statistics.
 
 
-def composite_loss(trainer, foreground, background, labels):
+def composite_loss(trainer, batch):
   """T's mean cross-entropy on the composites S makes of a fixed batch."""
-  config = trainer.config.compositor
-  raw = synthesizer.raw_params(trainer.synthesizer, compositor.premultiplied(foreground), background,
-                               training=True)
-  params = compositor.place(raw, foreground, (40, 40), config)
-  image = compositor.composite(foreground, background, params, config).image
-  return float(tf.reduce_mean(losses.target_loss(labels, trainer.target(image, training=False))))
+  composition = trainer.task.compose(
+      lambda foreground, background: synthesizer.raw_params(trainer.synthesizer, foreground, background,
+                                                            training=True), batch)
+  logits = trainer.target.model(composition.images, training=False)
+  return float(tf.reduce_mean(losses.target_loss(composition.labels["label"], logits)))
 
 
 def test_synthesizer_steps_raise_the_targets_loss_on_its_composites(tmp_path):
@@ -121,10 +123,10 @@ def test_synthesizer_steps_raise_the_targets_loss_on_its_composites(tmp_path):
   trainer.run()  # The baseline T, which S then attacks.
   batches = iter(trainer._synth_dataset(seed=0))
   fixed = next(batches)
-  before = composite_loss(trainer, *fixed)
+  before = composite_loss(trainer, fixed)
   for _ in range(30):
     trainer._synth_step(next(batches))
-  after = composite_loss(trainer, *fixed)
+  after = composite_loss(trainer, fixed)
   assert after > before + 1.0, (before, after)
 
 
@@ -134,10 +136,12 @@ def test_cached_margins_are_the_targets_margins_on_the_stored_images(tmp_path):
   trainer = deterministic_trainer(tmp_path, target="paper", synth_lr=1e-2, hard_per_class=(20,),
                                   synth_max_steps=12)
   trainer._synthesize(cycle=1)
+  trainer.cache.commit()
   images, labels = trainer.cache.contents()
-  assert len(labels) > 20
-  margins = trainer.cache.margins.numpy()[:len(labels)]
-  remeasured = losses.hardness_margin(labels, trainer._logits_in_batches(images)).numpy()
+  assert len(images) > 20
+  margins = trainer.cache.margins()
+  logits = affnist_task.logits_in_batches(trainer.target, images, batch_size=1000)
+  remeasured = losses.hardness_margin(labels["label"], logits).numpy()
   np.testing.assert_allclose(remeasured, margins, atol=1e-5)
   assert np.all(remeasured < trainer.config.hard_threshold)
 
@@ -155,25 +159,26 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     settings = dict(target_weight_decay=0.5, synth_weight_decay=0.5)
     single = deterministic_trainer(sys.argv[1] + "/single", **settings)
     mirrored = deterministic_trainer(sys.argv[1] + "/mirrored", strategy="mirrored", **settings)
-    for network in ("target", "synthesizer"):
-      for a, b in zip(getattr(mirrored, network).variables, getattr(single, network).variables):
+    networks = {"target": lambda t: t.target.model, "synthesizer": lambda t: t.synthesizer}
+    for network in networks.values():
+      for a, b in zip(network(mirrored).variables, network(single).variables):
         a.assign(b)
 
     def distributed(batch):
-      dataset = tf.data.Dataset.from_tensor_slices(batch).batch(len(batch[0]))
+      dataset = tf.data.Dataset.from_tensor_slices(batch).batch(len(tf.nest.flatten(batch)[0]))
       return next(iter(mirrored.strategy.experimental_distribute_dataset(dataset)))
 
     report = {"replicas": mirrored.strategy.num_replicas_in_sync}
     batch = digit_batch(single)
     report["target_loss"] = [float(single._target_step(batch)), float(mirrored._target_step(distributed(batch)))]
-    synth_batch = tuple(t.numpy() for t in next(iter(single._synth_dataset(seed=0))))
-    one = single._synth_step(tuple(map(tf.constant, synth_batch)))
-    two = mirrored._synth_step(distributed(synth_batch))
+    synth_batch = tf.nest.map_structure(lambda t: t.numpy(), next(iter(single._synth_dataset(seed=0))))
+    one, _ = single._synth_step(tf.nest.map_structure(tf.constant, synth_batch))
+    two, _ = mirrored._synth_step(distributed(synth_batch))
     report["synth_loss"] = [float(one.loss), float(two.loss)]
     report["params"] = float(np.abs(one.params.numpy() - two.params.numpy()).max())
-    report["margins"] = float(np.abs(one.margins.numpy() - two.margins.numpy()).max())
-    for network in ("target", "synthesizer"):
-      pairs = zip(values(getattr(single, network).variables), values(getattr(mirrored, network).variables))
+    report["margins"] = float(np.abs(one.hardness.numpy() - two.hardness.numpy()).max())
+    for network, model in networks.items():
+      pairs = zip(values(model(single).variables), values(model(mirrored).variables))
       report[network] = max(float(np.abs(a - b).max()) for a, b in pairs)
     report["finetune_batches"] = sum(1 for _ in mirrored._target_dataset(0, steps=5))
     print(json.dumps(report))

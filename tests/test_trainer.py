@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import smoke_config
-from terse_tf import compositor, losses, train_lib, trainer as trainer_lib
+from terse_tf import losses, train_lib, trainer as trainer_lib
 from terse_tf.networks import synthesizer
 from terse_tf.errors import ConfigError, DataError, NonFiniteLossError, TerseError
 
@@ -47,9 +47,10 @@ def test_smoke_run_reports_the_accuracy_of_the_target_it_ends_with(smoke_run):
   assert [h["after"] for h in results["history"]] == ["baseline", "cycle 1", "cycle 2"]
   # The reported "after" figures are the final T's, measured again here from the restored checkpoint.
   trainer = trainer_lib.Trainer(config)
-  assert results["affnist_test_accuracy_after"] == trainer._accuracy(*trainer.affnist_test)
-  assert results["mnist_val_accuracy_after"] == trainer._accuracy(trainer.splits.val_images,
-                                                                   trainer.splits.val_labels)
+  task = trainer.task
+  assert results["affnist_test_accuracy_after"] == task.accuracy(trainer.target, *task.affnist_test, 1000)
+  assert results["mnist_val_accuracy_after"] == task.accuracy(trainer.target, task.splits.val_images,
+                                                              task.splits.val_labels, 1000)
   assert results["hard_examples"] == len(trainer.cache) > 0
   with open(os.path.join(config.run_dir, "config.json")) as f:
     assert json.load(f)["config"]["cycles"] == 2
@@ -60,7 +61,7 @@ def test_smoke_run_fills_the_cache_per_class_and_cycle(smoke_run):
   trainer = trainer_lib.Trainer(config)  # Resumes the finished run: nothing left to train.
   assert int(trainer.phase.numpy()) == trainer_lib.PHASE_DONE
   images, labels = trainer.cache.contents()
-  assert len(labels) > 0 and images.shape[1:] == (40, 40, 1)
+  assert len(labels["label"]) == len(images) > 0 and images.shape[1:] == (40, 40, 1)
   for cycle in (1, 2):
     assert trainer.cache.class_counts(cycle).max() <= config.quota(cycle)
 
@@ -70,7 +71,7 @@ def test_smoke_run_logs_scalars_images_and_histograms(smoke_run):
   tags = summary_tags(config.run_dir)
   for tag in ("train/target_loss", "train/synth_loss", "train/hard_yield", "cache/size",
               "eval/mnist_val_accuracy", "eval/affnist_test_accuracy", "composites/during_synthesis",
-              "synth/hardness_margin"):
+              "synth/hardness/terse", "hardness_share/terse/bin0"):
     assert tag in tags, tag
 
 
@@ -166,7 +167,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   trainer = trainer_lib.Trainer(config)
   trainer.run()
   last_good = trainer.checkpoint_manager.latest_checkpoint
-  for variable in trainer.target.trainable_variables:
+  for variable in trainer.target.model.trainable_variables:
     variable.assign(variable * np.nan)
   trainer.phase.assign(trainer_lib.PHASE_FINETUNE)
   trainer.epoch_in_phase.assign(0)
@@ -174,13 +175,20 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     trainer.run()
   assert trainer.checkpoint_manager.latest_checkpoint == last_good
   restored = trainer_lib.Trainer(config)
-  assert all(np.isfinite(v.numpy()).all() for v in restored.target.trainable_variables)
+  assert all(np.isfinite(v.numpy()).all() for v in restored.target.model.trainable_variables)
 
 
 @pytest.mark.parametrize("override,message", [
     ({"strategy": "tpu"}, "--strategy must be one of"),
     ({"target": "resnet"}, "--target must be one of"),
-    ({"hard_threshold": 3.0}, "--hard_threshold compares p_gt - max_other"),
+    ({"hard_threshold": 3.0}, "--hard_threshold compares T's hardness score"),
+    ({"task": "voc"}, "--task must be one of"),
+    ({"target": "ssd_compact"}, "--target must be one of .* for --task=affnist"),
+    ({"sample_source": "cut_paste"}, "--sample_source must be one of .* for --task=affnist"),
+    ({"discriminator_weight": -1.0}, "--discriminator_weight must be >= 0"),
+    ({"task": "photo_digits"}, "--target must be one of .*ssd_compact.* for --task=photo_digits"),
+    ({"photo_digits__image_size": 50}, "--photo_image_size must be >= 80"),
+    ({"photo_digits__min_visible": 1.5}, "--min_visible must be in"),
     ({"synth_dropout": 1.0}, "--synth_dropout must be in"),
     ({"batch_size": 0}, "--batch_size must be >= 1"),
     ({"diversity_weight": -1.0}, "--diversity_weight must be >= 0"),
@@ -196,9 +204,12 @@ def test_bad_training_configs_get_one_clear_error(tmp_path, override, message):
 @pytest.mark.parametrize("cache_fraction", [0.0, 0.5])
 def test_fine_tuning_batches_mix_real_digits_and_cache_at_the_configured_share(tmp_path, cache_fraction):
   trainer = trainer_lib.Trainer(smoke_config(str(tmp_path), cache_fraction=cache_fraction, export=False))
-  white = np.ones((40, *trainer_lib.IMAGE_SHAPE), np.float32)  # Unlike any real digit: easy to count.
-  trainer.cache.add(white, np.arange(40) % 10, np.zeros(40), cycle=1, per_class_quota=4)
-  real = len(trainer.splits.train_labels)
+  white = np.ones((40, *trainer.task.image_shape), np.float32)  # Unlike any real digit: easy to count.
+  classes = np.arange(40) % 10
+  trainer.cache.add(white, {"label": classes.astype(np.int32)}, classes, np.zeros(40), cycle=1,
+                    per_class_quota=4)
+  trainer.cache.commit()
+  real = len(trainer.task.splits.train_labels)
   batches = [images.numpy() for images, _ in trainer._target_dataset(epoch_seed=3, steps=60)]
   assert len(batches) == 60
   cached_share = np.mean([(image == 1.0).all() for batch in batches for image in batch])
@@ -241,7 +252,7 @@ def test_none_source_fine_tunes_on_real_digits_only(tmp_path):
   trainer = trainer_lib.Trainer(config)
   results = trainer.run()
   assert len(trainer.cache) == 0 and results["cycles_completed"] == 2
-  assert trainer.cache.capacity == 1  # Nothing is checkpointed for a cache that stays empty.
+  assert not os.listdir(os.path.join(config.run_dir, "cache"))
   assert int(trainer.synth_global_step.numpy()) == 0
   assert int(trainer.target_global_step.numpy()) > 0
 
@@ -256,10 +267,11 @@ def test_bad_sample_schedules_get_one_clear_error(tmp_path, override, message):
     smoke_config(str(tmp_path), **override)
 
 
-def test_checkpoint_from_another_configuration_asks_for_fresh(tmp_path):
+@pytest.mark.parametrize("change", [{"synth_width": 16}, {"discriminator": True}])
+def test_checkpoint_from_another_configuration_asks_for_fresh(tmp_path, change):
   train_lib.run(smoke_config(str(tmp_path), cycles=1, export=False))
   with pytest.raises(ConfigError, match="from a different configuration.*--fresh"):
-    trainer_lib.Trainer(smoke_config(str(tmp_path), cycles=3, export=False))
+    trainer_lib.Trainer(smoke_config(str(tmp_path), cycles=1, export=False, **change))
 
 
 def test_missing_init_checkpoint_names_the_flag(tmp_path):
@@ -273,7 +285,7 @@ def test_init_checkpoint_initialises_the_target(tmp_path):
   second = trainer_lib.Trainer(smoke_config(
       str(tmp_path / "b"), cycles=0, baseline_epochs=0, export=False,
       init_checkpoint=first.checkpoint_manager.latest_checkpoint))
-  for a, b in zip(first.target.trainable_variables, second.target.trainable_variables):
+  for a, b in zip(first.target.model.trainable_variables, second.target.model.trainable_variables):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
@@ -307,14 +319,14 @@ def transform_spread(trainer, batches, per_class, samples=1024):
   """Energy distance between `samples` of S's transforms, as S makes them in its steps (dropout and noise
   on), normalised to the clamp box, and as many uniform draws from the box; per class or pooled. A sample
   this size puts the estimate's own noise near 0.01, far below the gaps the test asserts."""
-  ranges = trainer.config.compositor.ranges
   normalized, labels = [], []
   while sum(len(y) for y in labels) < samples:
-    foreground, background, y = next(batches)
-    raw = synthesizer.raw_params(trainer.synthesizer, compositor.premultiplied(foreground), background,
-                                 training=True)
-    normalized.append(compositor.normalize_params(compositor.clamp_params(raw, ranges, "tanh"), ranges))
-    labels.append(y)
+    batch = next(batches)
+    composition = trainer.task.compose(
+        lambda foreground, background: synthesizer.raw_params(trainer.synthesizer, foreground, background,
+                                                              training=True), batch)
+    normalized.append(composition.normalized)
+    labels.append(composition.object_classes)
   normalized, labels = tf.concat(normalized, 0)[:samples], tf.concat(labels, 0)[:samples]
   uniform = tf.constant(np.random.default_rng(0).uniform(-1, 1, normalized.shape), tf.float32)
   if per_class:

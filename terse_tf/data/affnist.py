@@ -12,7 +12,6 @@ import dataclasses
 import glob
 import hashlib
 import os
-import tempfile
 import zipfile
 
 import numpy as np
@@ -20,6 +19,7 @@ import scipy.io
 import scipy.ndimage
 from absl import logging
 
+from terse_tf import files
 from terse_tf.data.mnist import IMAGE_SIZE, NUM_CLASSES
 from terse_tf.errors import DataError
 
@@ -109,18 +109,6 @@ def _cache_path(cache_dir: str, digits: np.ndarray, labels: np.ndarray, config: 
                       f"{config.transforms_per_digit}_{key.hexdigest()[:12]}.npz")
 
 
-def _atomic_savez(path: str, **arrays) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-  try:
-    with os.fdopen(handle, "wb") as f:
-      np.savez_compressed(f, **arrays)
-    os.replace(temporary, path)
-  except BaseException:
-    os.unlink(temporary)
-    raise
-
-
 def _read_cached(path: str, expected_count: int) -> tuple[np.ndarray, np.ndarray] | None:
   """A generated set from the disk cache, or None (with a warning) when the file is unreadable or holds
   something else: it is regenerated and rewritten, never trusted."""
@@ -198,5 +186,5 @@ def load_test_set(test_digits: np.ndarray, test_labels: np.ndarray,
       return *cached, description + f" (cached in {path})"
   images, labels = generate(test_digits, test_labels, config.transforms_per_digit, config.seed)
   if path:
-    _atomic_savez(path, images=images, labels=labels)
+    files.savez(path, compressed=True, images=images, labels=labels)
   return images, labels, description

@@ -6,7 +6,7 @@ For each seed, one baseline T is trained on the real digits; every arm then star
 goes through the same schedule of sleep cycles: each adds at most --max_per_class_per_cycle samples per
 class, then fine-tunes T (--finetune_steps steps, or --finetune_epochs epochs) on real digits + everything
 added so far; T is scored whenever the total reaches a point of --k_grid. The arms differ only in where the
-samples come from (trainer.SAMPLE_SOURCES): random affine augmentation with affNIST's recipe (the paper's
+samples come from (ARMS): random affine augmentation with affNIST's recipe (the paper's
 red curve), TERSE's hard composites (green), or nothing (the control). Same architecture, optimiser,
 schedule and seeds for every arm.
 
@@ -28,8 +28,6 @@ import csv
 import dataclasses
 import json
 import os
-import shlex
-import sys
 
 import numpy as np
 import tensorflow as tf
@@ -37,13 +35,17 @@ from absl import app, flags, logging
 
 from terse_tf import train  # Declares the shared flags; config_from_flags reads them.
 from terse_tf.data import mnist
-from terse_tf.errors import ConfigError, TerseError
-from terse_tf.trainer import SAMPLE_SOURCES, TrainConfig, Trainer
+from terse_tf.errors import ConfigError
+from terse_tf.experiments import common
+from terse_tf.trainer import TrainConfig, Trainer
+
+# The sample sources affNIST offers (trainer.SAMPLE_SOURCES less the detection tasks' cut_paste).
+ARMS = ("random_affine", "terse", "none")
 
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; each trains its own baseline and runs every arm.")
 flags.DEFINE_list("k_grid", ["1000", "2000", "4000", "8000", "16000", "32000", "64000"],
                   "Total added samples after each cycle (multiples of the class count).")
-flags.DEFINE_list("arms", list(SAMPLE_SOURCES), f"Arms to run, from {SAMPLE_SOURCES}.")
+flags.DEFINE_list("arms", list(ARMS), f"Arms to run, from {ARMS}.")
 flags.DEFINE_string("results_dir", "bench/results", "Where the CSV, plot, table and summary go.")
 flags.DEFINE_string("label", "", "Name of the result files; default: affnist_efficiency_<data source>.")
 flags.DEFINE_integer("max_per_class_per_cycle", 500, "Largest number of samples per class added in one "
@@ -72,9 +74,9 @@ class ExperimentConfig:
   def __post_init__(self):
     if not self.seeds:
       raise ConfigError("--seeds needs at least one seed")
-    unknown = set(self.arms) - set(SAMPLE_SOURCES)
+    unknown = set(self.arms) - set(ARMS)
     if unknown or not self.arms:
-      raise ConfigError(f"--arms must be a non-empty subset of {SAMPLE_SOURCES}, got {list(self.arms)}")
+      raise ConfigError(f"--arms must be a non-empty subset of {ARMS}, got {list(self.arms)}")
     if not self.k_grid or list(self.k_grid) != sorted(set(self.k_grid)) or self.k_grid[0] <= 0:
       raise ConfigError(f"--k_grid must be increasing positive totals, got {list(self.k_grid)}")
     if any(k % mnist.NUM_CLASSES for k in self.k_grid):
@@ -93,12 +95,6 @@ class ExperimentConfig:
     return tuple(quotas), tuple(grid_cycles)
 
 
-def seeded(config: TrainConfig, seed: int, run_dir: str, **changes) -> TrainConfig:
-  """The training seed varies (initialisation, shuffling, synthesis); the data split and test set do not,
-  so every seed is scored on the same affNIST-style test images."""
-  return dataclasses.replace(config, run_dir=run_dir, seed=seed, export=False, fresh=False, **changes)
-
-
 def run_seed(experiment: ExperimentConfig, seed: int) -> tuple[list[dict], float]:
   """Baseline, then every arm from the baseline's checkpoint.
 
@@ -107,7 +103,8 @@ def run_seed(experiment: ExperimentConfig, seed: int) -> tuple[list[dict], float
   """
   base = experiment.base
   seed_dir = os.path.join(base.run_dir, experiment.label, f"seed{seed}")
-  baseline = Trainer(seeded(base, seed, os.path.join(seed_dir, "baseline"), cycles=0, hard_per_class=(1,)))
+  baseline = Trainer(common.seeded(base, seed, os.path.join(seed_dir, "baseline"), cycles=0,
+                                   hard_per_class=(1,)))
   training_s = baseline.run()["wall_time_s"]
   checkpoint = baseline.checkpoint_manager.latest_checkpoint
   quotas, grid_cycles = experiment.cycle_schedule()
@@ -116,12 +113,11 @@ def run_seed(experiment: ExperimentConfig, seed: int) -> tuple[list[dict], float
 
   rows = []
   for arm in experiment.arms:
-    config = seeded(base, seed, os.path.join(seed_dir, arm), baseline_epochs=0, init_checkpoint=checkpoint,
-                    cycles=len(quotas), hard_per_class=quotas, eval_after_cycles=grid_cycles,
-                    sample_source=arm,
-                    synth_max_steps=step_cap,
-                    # The cache reaches max(k) images: save it at phase ends, not every few steps.
-                    checkpoint_every_steps=max(base.checkpoint_every_steps, step_cap))
+    config = common.seeded(base, seed, os.path.join(seed_dir, arm), baseline_epochs=0,
+                           init_checkpoint=checkpoint, cycles=len(quotas), hard_per_class=quotas,
+                           eval_after_cycles=grid_cycles, sample_source=arm, synth_max_steps=step_cap,
+                           # Checkpoints (and cache shards) at phase ends, not every few steps.
+                           checkpoint_every_steps=max(base.checkpoint_every_steps, step_cap))
     results = Trainer(config).run()
     training_s += results["wall_time_s"]
     history = results["history"]
@@ -319,18 +315,7 @@ def experiment_from_flags(flag_values: flags.FlagValues = FLAGS) -> ExperimentCo
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  experiment = None
-  try:
-    experiment = experiment_from_flags()
-    run(experiment, command=shlex.join(["python", "-m", "terse_tf.experiments.affnist_efficiency",
-                                        *sys.argv[1:]]))
-  except TerseError as e:
-    logging.error("%s: %s", type(e).__name__, e)
-    sys.exit(f"terse_tf: error: {e}")
-  except KeyboardInterrupt:
-    sys.exit(train.interrupted_message(experiment and experiment.base))
+  common.main(argv, "terse_tf.experiments.affnist_efficiency", experiment_from_flags, run)
 
 
 if __name__ == "__main__":

@@ -94,10 +94,11 @@ def noise_dim(model: keras.Model) -> int:
 
 
 def _inputs(model: keras.Model, foreground: tf.Tensor, background: tf.Tensor) -> list[tf.Tensor]:
-  """S's inputs for a batch: the images, and a fresh standard-normal draw if S takes noise."""
+  """S's inputs for a batch: the images, and a fresh standard-normal draw if S takes noise (one vector per
+  example, or per object for a scene synthesizer)."""
   inputs = [foreground, background]
   if noise_dim(model):
-    inputs.append(tf.random.normal([tf.shape(foreground)[0], noise_dim(model)]))
+    inputs.append(tf.random.normal([tf.shape(foreground)[0], *model.inputs[2].shape[1:]]))
   return inputs
 
 
@@ -119,3 +120,14 @@ def sampler(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
     return head(dropout(features_in_inference, training=True))
 
   return sample
+
+
+def serving_endpoints(model: keras.Model, endpoint: Callable[[Callable], Callable],
+                      input_signature: list[tf.TensorSpec]) -> dict[str, tuple[Callable, list[tf.TensorSpec]]]:
+  """The exported S's two signatures, built by `endpoint` from a raw-parameter function: serving_default,
+  S in inference mode, and sample, S with its dropout on (`sampler`)."""
+  def inference(foreground: tf.Tensor, background: tf.Tensor) -> tf.Tensor:
+    return raw_params(model, foreground, background, training=False)
+
+  return {"serving_default": (endpoint(inference), input_signature),
+          "sample": (endpoint(sampler(model)), input_signature)}

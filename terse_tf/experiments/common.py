@@ -1,0 +1,38 @@
+"""What every experiment shares: runs that differ from the base config only where the experiment says, and
+the launcher's error handling."""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import sys
+from typing import Any, Callable
+
+from absl import app, logging
+
+from terse_tf import train
+from terse_tf.errors import TerseError
+from terse_tf.trainer import TrainConfig
+
+
+def seeded(config: TrainConfig, seed: int, run_dir: str, **changes) -> TrainConfig:
+  """The training seed varies (initialisation, shuffling, synthesis); the data split and test set do not,
+  so every seed is scored on the same test images."""
+  return dataclasses.replace(config, run_dir=run_dir, seed=seed, export=False, fresh=False, **changes)
+
+
+def main(argv: list[str], module: str, experiment_from_flags: Callable[[], Any],
+         run: Callable[..., dict]) -> None:
+  """An experiment's absl main: reads its flags, runs it with its command line recorded, and ends a bad
+  input or a Ctrl-C with one line (the experiment config's `base` is the TrainConfig it resumes)."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  experiment = None
+  try:
+    experiment = experiment_from_flags()
+    run(experiment, command=shlex.join(["python", "-m", module, *sys.argv[1:]]))
+  except TerseError as e:
+    logging.error("%s: %s", type(e).__name__, e)
+    sys.exit(f"terse_tf: error: {e}")
+  except KeyboardInterrupt:
+    sys.exit(train.interrupted_message(experiment and experiment.base))

@@ -1,0 +1,1 @@
+"""Targets T behind one interface (base.Target): a classifier and an SSD detector."""

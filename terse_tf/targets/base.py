@@ -1,0 +1,46 @@
+"""The interface every target T presents to the trainer, whatever its task.
+
+Labels travel as one dict of tensors per batch, with a leading batch axis: {"label": [B]} for a classifier;
+{"boxes": [B, G, 4] normalised ymin, xmin, ymax, xmax, "classes": [B, G] 0-based, "count": [B]} for a
+detector, whose first `count` rows of each image are real and the rest padding. The cache, the datasets and
+the export treat both alike.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import NamedTuple
+
+import keras
+import tensorflow as tf
+
+Labels = dict[str, tf.Tensor]
+
+
+class Judgement(NamedTuple):
+  """T's (inference-mode) verdict on a batch of composites."""
+  hardness: tf.Tensor     # [B] how well T gets each composite right: hard, and cached, below --hard_threshold.
+  quota_class: tf.Tensor  # [B] int64, the class under which the composite counts towards the cache's quota.
+
+
+class Target(abc.ABC):
+  """T: a Keras model plus what the sleep cycles need to know about its task. The loss and the verdict
+  take the model's outputs, so that S's step runs T once for both."""
+
+  model: keras.Model
+  # Where Judgement.hardness lies, for its histograms.
+  hardness_range: tuple[float, float]
+
+  @abc.abstractmethod
+  def replica_loss(self, outputs, labels: Labels) -> tf.Tensor:
+    """This replica's share of T's mean loss over the global batch (scalar), from `model`'s outputs:
+    summed over replicas by the trainer, it is the loss of the whole batch, however the batch is split.
+    S maximises it (eq. 3)."""
+
+  @abc.abstractmethod
+  def judge(self, outputs, labels: Labels) -> Judgement:
+    """T's verdict on composites with their labels, from `model`'s inference-mode outputs."""
+
+  @abc.abstractmethod
+  def serving_outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+    """What the exported T returns for float images [B, H, W, C] in [0, 1] (inference mode)."""

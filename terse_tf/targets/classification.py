@@ -1,0 +1,31 @@
+"""A classifier as target T (paper §3.2, A.1): cross-entropy, and the p_gt - max_other hardness margin."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from terse_tf import losses
+from terse_tf.networks import classifier
+from terse_tf.targets.base import Judgement, Labels, Target
+
+
+class ClassifierTarget(Target):
+  """Labels: {"label": [B] int}."""
+
+  hardness_range = (-1.0, 1.0)  # p_gt - max_other
+
+  def __init__(self, architecture: str, image_shape: tuple[int, int, int], num_classes: int):
+    self.model: keras.Model = classifier.build_classifier(architecture, image_shape, num_classes)
+    self.logits = tf.function(lambda images: self.model(images, training=False))
+
+  def replica_loss(self, outputs: tf.Tensor, labels: Labels) -> tf.Tensor:
+    return tf.nn.compute_average_loss(losses.target_loss(labels["label"], outputs))
+
+  def judge(self, outputs: tf.Tensor, labels: Labels) -> Judgement:
+    """Hardness is the margin p_gt - max_other (A.1) of the logits; the quota class is the label."""
+    return Judgement(hardness=losses.hardness_margin(labels["label"], outputs),
+                     quota_class=tf.cast(labels["label"], tf.int64))
+
+  def serving_outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+    return {"probabilities": tf.nn.softmax(self.logits(images))}

@@ -1,0 +1,86 @@
+"""An SSD detector as target T (paper §3.2, §4.2, A.2).
+
+Loss: SSD's multibox loss (losses.ssd_multibox_loss) over IoU-0.5 matches (boxes.match), normalised by the
+positive default boxes of the whole global batch (summed over replicas first, so the loss does not depend on
+how the batch is split). Hardness (A.2): T's confidence for each pasted object's class at its box, the
+highest class probability among the default boxes matched to the object; a composite is as hard as its
+hardest object, and counts towards that object's class quota.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from terse_tf import boxes as boxes_lib
+from terse_tf import losses
+from terse_tf.networks import ssd
+from terse_tf.targets.base import Judgement, Labels, Target
+
+# Matching threshold of SSD's training, reused to find the default boxes that "see" an object.
+MATCH_IOU = 0.5
+
+
+class SSDTarget(Target):
+  """Labels: {"boxes": [B, G, 4], "classes": [B, G], "count": [B]}."""
+
+  hardness_range = (0.0, 1.0)  # a probability
+
+  def __init__(self, backbone: str, image_size: int, num_classes: int, spec: boxes_lib.DefaultBoxSpec,
+               weights: str | None = None, max_detections: int = 100):
+    self.model: keras.Model = ssd.build_ssd(backbone, image_size, num_classes, spec, weights=weights)
+    self.anchors = boxes_lib.default_boxes(spec)
+    self.max_detections = max_detections
+
+  def _matches(self, labels: Labels) -> boxes_lib.Matches:
+    # map_fn, not vectorized_map: matching has data-dependent shapes (the real boxes of each image).
+    return tf.map_fn(
+        lambda x: boxes_lib.match(x[0], x[1], x[2], self.anchors, MATCH_IOU),
+        (tf.cast(labels["boxes"], tf.float32), tf.cast(labels["classes"], tf.int32),
+         tf.cast(labels["count"], tf.int32)),
+        fn_output_signature=boxes_lib.Matches(classes=tf.TensorSpec([None], tf.int32),
+                                              boxes=tf.TensorSpec([None, 4], tf.float32)))
+
+  def replica_loss(self, outputs: dict[str, tf.Tensor], labels: Labels) -> tf.Tensor:
+    matches = self._matches(labels)
+    multibox = losses.ssd_multibox_loss(outputs["class_logits"], outputs["box_regression"], matches.classes,
+                                        matches.boxes)
+    positives = tf.reduce_sum(multibox.positives)
+    context = tf.distribute.get_replica_context()
+    if context is not None:
+      positives = context.all_reduce(tf.distribute.ReduceOp.SUM, positives)
+    return tf.reduce_sum(multibox.per_image) / tf.maximum(positives, 1.0)
+
+  def object_confidence(self, outputs: dict[str, tf.Tensor], labels: Labels) -> tf.Tensor:
+    """[B, G] T's probability of each object's class at its box (1 for padding rows)."""
+    probabilities = tf.nn.softmax(outputs["class_logits"])  # [B, A, C+1]
+    corners = boxes_lib.centres_to_corners(self.anchors)
+    classes = tf.cast(labels["classes"], tf.int32)
+    real = tf.range(tf.shape(classes)[1])[None, :] < tf.cast(labels["count"], tf.int32)[:, None]
+
+    def per_image(x):
+      image_probabilities, image_boxes, image_classes = x
+      overlaps = boxes_lib.iou(corners, image_boxes)                       # [A, G]
+      best = tf.one_hot(tf.argmax(overlaps, axis=0), tf.shape(overlaps)[0], axis=0) > 0
+      sees = (overlaps > MATCH_IOU) | best                                 # Each object keeps its best box.
+      class_probability = tf.gather(image_probabilities, image_classes + 1, axis=1)  # [A, G]
+      return tf.reduce_max(tf.where(sees, class_probability, 0.0), axis=0)
+
+    confidence = tf.map_fn(per_image, (probabilities, tf.cast(labels["boxes"], tf.float32), classes),
+                           fn_output_signature=tf.float32)
+    return tf.where(real, confidence, 1.0)
+
+  def judge(self, outputs: dict[str, tf.Tensor], labels: Labels) -> Judgement:
+    """A composite is as hard as its hardest object and counts under that object's class."""
+    confidence = self.object_confidence(outputs, labels)
+    hardest = tf.argmin(confidence, axis=1)
+    return Judgement(hardness=tf.reduce_min(confidence, axis=1),
+                     quota_class=tf.cast(tf.gather(labels["classes"], hardest, batch_dims=1), tf.int64))
+
+  def detect(self, images: tf.Tensor) -> ssd.Detections:
+    return ssd.detect(self.model(images, training=False), self.anchors, max_detections=self.max_detections)
+
+  def serving_outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+    detections = self.detect(images)
+    return {"boxes": detections.boxes, "scores": detections.scores,
+            "classes": tf.cast(detections.classes, tf.int32), "num_detections": detections.num_detections}

@@ -1,0 +1,159 @@
+"""The affNIST task (paper §4.1): MNIST digits pasted on black 40x40 backgrounds, classified by a small CNN,
+tested on affNIST (real .mat files, or a set generated from held-out digits with its recipe)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from terse_tf import compositor as compositor_lib
+from terse_tf.data import affnist, mnist
+from terse_tf.networks import classifier, synthesizer
+from terse_tf.targets.classification import ClassifierTarget
+from terse_tf.tasks.base import Composition, RawParamsFn, Task
+
+IMAGE_SHAPE = (mnist.IMAGE_SIZE, mnist.IMAGE_SIZE, 1)
+FOREGROUND_SHAPE = (mnist.IMAGE_SIZE, mnist.IMAGE_SIZE, 2)  # White ink + the digit as alpha.
+# The shift that keeps MNIST's 20x20 digit box inside the 40x40 frame, (40 - 20) / 2: the translation clamp
+# when S's composites may leave the frame (--nokeep_in_frame); it also matches affNIST's spread of shifts.
+MAX_TRANSLATION_PX = 10.0
+
+
+def ranges(max_translation_px: float = MAX_TRANSLATION_PX) -> compositor_lib.AffineRanges:
+  """affNIST's documented ranges: rotation <= 20 degrees, shear <= 0.2, each axis scaled 0.8-1.2."""
+  return compositor_lib.AffineRanges(
+      max_rotation_deg=affnist.MAX_ROTATION_DEG, max_translation_px=max_translation_px,
+      max_shear=affnist.MAX_SHEAR, min_scale=affnist.MIN_SCALE, max_scale=affnist.MAX_SCALE)
+
+
+def foregrounds(digits: tf.Tensor) -> tf.Tensor:
+  """uint8 digits [..., H, W] -> RGBA-style cut-outs [..., H, W, 2]: white ink whose alpha is the digit."""
+  alpha = tf.cast(digits, tf.float32)[..., None] / 255.0
+  return tf.concat([tf.ones_like(alpha), alpha], axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class AffnistTaskConfig:
+  data: mnist.DataConfig
+  affnist: affnist.AffnistConfig
+  compositor: compositor_lib.CompositorConfig
+  target: str = "paper"
+  synth_width: int = 32
+  synth_dropout: float = 0.3
+  synth_noise_dim: int = 0
+  jit_compile: bool = True
+
+
+class AffnistTask(Task):
+  random_source = "random_affine"
+  headline = "affnist_test_accuracy"
+  image_shape = IMAGE_SHAPE
+  num_classes = mnist.NUM_CLASSES
+  class_names = [str(digit) for digit in range(mnist.NUM_CLASSES)]
+
+  def __init__(self, config: AffnistTaskConfig):
+    if config.target not in classifier.ARCHITECTURES:
+      raise ValueError(f"the affnist task's target is a classifier, one of {classifier.ARCHITECTURES}; "
+                       f"got {config.target!r}")
+    self.config = config
+    self.compositor = config.compositor if config.compositor.ranges else config.compositor.with_ranges(ranges())
+    self.splits = mnist.load_splits(config.data)
+    test_images, test_labels, self.test_description = affnist.load_test_set(
+        self.splits.test_images, self.splits.test_labels, config.affnist)
+    self.affnist_test = (test_images, test_labels)
+    # XLA pays for the compositor's gathers (about 15% of a synthesizer step on CPU) but not for the whole
+    # step, whose convolutions it makes slower; bench/compositor.py has the compositor's own figures.
+    self._composite = tf.function(compositor_lib.composite, jit_compile=config.jit_compile)
+
+  def describe(self) -> str:
+    return (f"{self.splits.source} digits {self.splits.sizes()}; affNIST test: {len(self.affnist_test[1])} "
+            f"images, {self.test_description}")
+
+  def identity(self) -> dict:
+    affnist_settings = dataclasses.asdict(self.config.affnist)
+    del affnist_settings["cache_dir"]  # Where a generated set is cached does not change it.
+    return {"data": dataclasses.asdict(self.config.data), "affnist": affnist_settings,
+            "target": self.config.target}
+
+  def build_target(self) -> ClassifierTarget:
+    return ClassifierTarget(self.config.target, IMAGE_SHAPE, mnist.NUM_CLASSES)
+
+  def build_synthesizer(self, seed: int | None) -> keras.Model:
+    return synthesizer.build_synthesizer(IMAGE_SHAPE, self.config.synth_width, self.config.synth_dropout,
+                                         self.config.synth_noise_dim, seed=seed)
+
+  def real_examples(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    return self.splits.train_images[..., None], {"label": self.splits.train_labels}
+
+  def synth_dataset(self, batch_size: int, seed: int, context: tf.distribute.InputContext) -> tf.data.Dataset:
+    """Training digits on black backgrounds."""
+    digits, labels = self.splits.train_images, self.splits.train_labels
+    ds = tf.data.Dataset.from_tensor_slices((digits, labels)).shard(
+        context.num_input_pipelines, context.input_pipeline_id)
+    ds = ds.shuffle(len(labels), seed=seed).repeat().batch(batch_size, drop_remainder=True)
+    return ds.map(lambda d, y: {"foreground": foregrounds(d), "background": tf.zeros([batch_size, *IMAGE_SHAPE]),
+                                "label": y}).prefetch(2)
+
+  def _place_and_paste(self, raw: tf.Tensor, foreground: tf.Tensor, background: tf.Tensor):
+    config = self.compositor
+    params = compositor_lib.place(raw, foreground, IMAGE_SHAPE[:2], config)
+    return params, self._composite(foreground, background, params, config)
+
+  def compose(self, raw_params: RawParamsFn, batch: dict[str, tf.Tensor]) -> Composition:
+    foreground, background = batch["foreground"], batch["background"]
+    raw = raw_params(compositor_lib.premultiplied(foreground), background)
+    params, result = self._place_and_paste(raw, foreground, background)
+    ranges_ = self.compositor.ranges
+    # Diversity is measured where the affNIST recipe is uniform: the clamp box, before framing.
+    normalized = compositor_lib.normalize_params(
+        compositor_lib.clamp_params(raw, ranges_, self.compositor.clamp_mode), ranges_)
+    return Composition(images=result.image, labels={"label": batch["label"]}, params=params,
+                       normalized=normalized, object_classes=batch["label"])
+
+  def random_samples(self, per_class: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """`per_class` training digits per class under affNIST-recipe transforms (the random-augmentation
+    baseline)."""
+    rng = np.random.default_rng(seed)
+    labels = self.splits.train_labels
+    picks = np.concatenate([
+        rng.choice(np.flatnonzero(labels == c), per_class, replace=per_class > np.sum(labels == c))
+        for c in range(mnist.NUM_CLASSES)])
+    digits, picked_labels = affnist.generate(self.splits.train_images[picks], labels[picks],
+                                             transforms_per_digit=1, seed=int(rng.integers(2**31)))
+    return digits[..., None].astype(np.float32) / 255.0, {"label": picked_labels}
+
+  def accuracy(self, target: ClassifierTarget, digits: np.ndarray, labels: np.ndarray, batch_size: int) -> float:
+    """Fraction of uint8 digits [N, H, W] that T classifies correctly."""
+    logits = logits_in_batches(target, digits[..., None], batch_size)
+    return float(np.mean(logits.argmax(axis=-1) == labels))
+
+  def evaluate(self, target: ClassifierTarget, batch_size: int) -> dict[str, float]:
+    return {"mnist_val_accuracy": self.accuracy(target, self.splits.val_images, self.splits.val_labels,
+                                                batch_size),
+            "affnist_test_accuracy": self.accuracy(target, *self.affnist_test, batch_size)}
+
+  def synthesizer_endpoints(self, synthesizer_model: keras.Model) -> dict[str, tuple[Callable, list]]:
+    """serving_default and sample: (foreground [B,40,40,2] colour + straight alpha, background
+    [B,40,40,1]) -> {params, composite, warped_mask}."""
+    signature = [tf.TensorSpec([None, *FOREGROUND_SHAPE], tf.float32, name="foreground"),
+                 tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32, name="background")]
+
+    def endpoint(raw_params: RawParamsFn) -> Callable:
+      def serve(foreground: tf.Tensor, background: tf.Tensor) -> dict[str, tf.Tensor]:
+        raw = raw_params(compositor_lib.premultiplied(foreground), background)
+        params, result = self._place_and_paste(raw, foreground, background)
+        return {"params": params, "composite": result.image, "warped_mask": result.warped_mask}
+      return serve
+
+    return synthesizer.serving_endpoints(synthesizer_model, endpoint, signature)
+
+
+def logits_in_batches(target: ClassifierTarget, images: np.ndarray, batch_size: int) -> np.ndarray:
+  """T's logits for images [N, H, W, C] (uint8, or float in [0, 1]), `batch_size` at a time."""
+  return np.concatenate([
+      target.logits(tf.image.convert_image_dtype(images[start:start + batch_size], tf.float32)).numpy()
+      for start in range(0, len(images), batch_size)])

@@ -1,0 +1,101 @@
+"""The interface every task presents to the trainer: which data, which target, which synthesizer, which
+placement ranges, and how its results are measured. A task is the only place that knows a dataset's shapes
+and classes; the trainer runs the same three-player sleep cycles for all of them.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Callable, NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from terse_tf import compositor as compositor_lib
+from terse_tf.targets.base import Labels, Target
+
+# S as a function: (premultiplied foregrounds, backgrounds) -> raw parameters [B, 6]. The trainer passes S in
+# training mode; the export passes S in inference mode, or with only its dropout on.
+RawParamsFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+def image_grid(images: tf.Tensor, columns: int = 8) -> tf.Tensor:
+  """[N, H, W, C] (N >= 1) -> one [1, rows*H, columns*W, C] grid for TensorBoard; fewer than `columns`
+  images make one row of them all, more drop the last incomplete row."""
+  columns = min(columns, images.shape[0])
+  count = (images.shape[0] // columns) * columns
+  images = images[:count]
+  _, height, width, channels = images.shape
+  grid = tf.reshape(images, [count // columns, columns, height, width, channels])
+  grid = tf.transpose(grid, [0, 2, 1, 3, 4])
+  return tf.reshape(grid, [1, count // columns * height, columns * width, channels])
+
+
+
+class Composition(NamedTuple):
+  """What S's parameters become: composites with their labels, and the parameters themselves."""
+  images: tf.Tensor      # [B, H, W, C] composites in [0, 1].
+  labels: Labels         # As the task's target takes them.
+  params: tf.Tensor      # [B, 6] or [B, N, 6]: the clamped parameters the compositor used.
+  normalized: tf.Tensor  # [M, 6] each pasted object's clamped parameters placed in the ranges, in [-1, 1].
+  object_classes: tf.Tensor  # [M] the class of each of those objects (for the per-class diversity term).
+
+
+class Task(abc.ABC):
+  """Data, networks and evaluation of one TERSE problem."""
+
+  image_shape: tuple[int, int, int]
+  num_classes: int
+  class_names: list[str]
+  # The name of this task's random-placement baseline source (the trainer's --sample_source).
+  random_source: str
+  # The evaluation key the launcher reports before and after TERSE.
+  headline: str
+  compositor: compositor_lib.CompositorConfig
+
+  @abc.abstractmethod
+  def describe(self) -> str:
+    """One line on what data the task loaded, for the log and results.json."""
+
+  @abc.abstractmethod
+  def identity(self) -> dict:
+    """The settings a checkpoint must share to be resumed (data, test set, target)."""
+
+  @abc.abstractmethod
+  def build_target(self) -> Target:
+    """A new T (inside the trainer's strategy scope)."""
+
+  @abc.abstractmethod
+  def build_synthesizer(self, seed: int | None) -> keras.Model:
+    """A new S with inputs (premultiplied foreground, background) and raw parameters [B, 6] out."""
+
+  @abc.abstractmethod
+  def real_examples(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """T's real training set: uint8 images [N, H, W, C] and labels {key: [N, ...]}."""
+
+  @abc.abstractmethod
+  def synth_dataset(self, batch_size: int, seed: int, context: tf.distribute.InputContext) -> tf.data.Dataset:
+    """Endless batches (dicts of tensors) of what S composes from: foregrounds, backgrounds, classes."""
+
+  @abc.abstractmethod
+  def compose(self, raw_params: RawParamsFn, batch: dict[str, tf.Tensor]) -> Composition:
+    """S's composites of a synth_dataset batch, with their labels."""
+
+  @abc.abstractmethod
+  def random_samples(self, per_class: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The task's random-placement baseline: float images [N, H, W, C] in [0, 1] and their labels, about
+    `per_class` per class."""
+
+  @abc.abstractmethod
+  def evaluate(self, target: Target, batch_size: int) -> dict[str, float]:
+    """T's figures on the task's validation and test sets, the headline among them."""
+
+  def preview(self, images: tf.Tensor, labels: Labels) -> tf.Tensor:
+    """A TensorBoard grid [1, rows*H, 8*W, C] of float composites with what their labels show."""
+    del labels  # A class label has nothing to draw.
+    return image_grid(images)
+
+  @abc.abstractmethod
+  def synthesizer_endpoints(self, synthesizer: keras.Model) -> dict[str, tuple[Callable, list[tf.TensorSpec]]]:
+    """The exported S's signatures: name -> (function, input signature)."""
