@@ -42,7 +42,8 @@ from terse_tf.data import affnist, mnist
 from terse_tf.errors import ConfigError, DataError, NonFiniteLossError
 from terse_tf.networks import discriminator as discriminator_lib
 from terse_tf.networks import synthesizer
-from terse_tf.tasks.photo_digits import PhotoDigitsConfig
+from terse_tf.tasks import affnist as affnist_task
+from terse_tf.tasks import photo_digits
 
 STRATEGIES = ("auto", "default", "mirrored")
 # Where each cycle's added samples come from: TERSE's synthesizer (hard composites against the current T),
@@ -64,7 +65,7 @@ class TrainConfig:
   task: str = "affnist"
   data: mnist.DataConfig = mnist.DataConfig()
   affnist: affnist.AffnistConfig = affnist.AffnistConfig()
-  photo_digits: PhotoDigitsConfig = PhotoDigitsConfig()
+  photo_digits: photo_digits.PhotoDigitsConfig = photo_digits.PhotoDigitsConfig()
   compositor: compositor_lib.CompositorConfig = compositor_lib.CompositorConfig()
   # T's architecture, one the task accepts (affnist: paper, itn_swish; photo_digits: ssd_compact, ssd_vgg16);
   # "" for the task's first.
@@ -195,6 +196,19 @@ class SynthStepOutputs(NamedTuple):
   quota_class: tf.Tensor         # [B]
 
 
+def task_config(config: TrainConfig) -> affnist_task.AffnistTaskConfig | photo_digits.PhotoDigitsTaskConfig:
+  """The settings of the task `config` names, for tasks.build."""
+  if config.task == "affnist":
+    return affnist_task.AffnistTaskConfig(
+        data=config.data, affnist=config.affnist, compositor=config.compositor, target=config.target,
+        synth_width=config.synth_width, synth_dropout=config.synth_dropout,
+        synth_noise_dim=config.synth_noise_dim, jit_compile=config.jit_compile)
+  return photo_digits.PhotoDigitsTaskConfig(
+      data=config.data, photo_digits=config.photo_digits, compositor=config.compositor, target=config.target,
+      synth_width=config.synth_width, synth_dropout=config.synth_dropout, synth_noise_dim=config.synth_noise_dim,
+      data_seed=config.data.seed, jit_compile=config.jit_compile)
+
+
 def build_strategy(name: str) -> tf.distribute.Strategy:
   """The one place the distribution strategy is chosen: mirrored over several GPUs, else the default.
 
@@ -266,7 +280,7 @@ class Trainer:
     self._check_run_dir_path()
     keras.utils.set_random_seed(config.seed)
 
-    self.task = tasks.build_task(config)
+    self.task = tasks.build(task_config(config))
     logging.info("task %s: %s", config.task, self.task.describe())
 
     self.strategy = build_strategy(config.strategy)

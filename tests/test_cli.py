@@ -94,7 +94,7 @@ def test_killed_run_resumes_without_losing_cache_entries(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--mnist_dir=/nonexistent/mnist"], "--mnist_dir=/nonexistent/mnist: not a directory"),
     (["--affnist_dir=/nonexistent/affnist"], "--affnist_dir=/nonexistent/affnist: expected affNIST's"),
-    (["--target=resnet"], "flag --target=resnet: value should be one of"),
+    (["--target=resnet"], "--target must be one of ('paper', 'itn_swish') for --task=affnist, got 'resnet'"),
     (["--cycles=-1"], "flag --cycles=-1: -1 is not a non-negative integer"),
 ])
 def test_bad_input_gets_one_clear_error_and_no_traceback(tmp_path, args, message):
