@@ -285,11 +285,7 @@ def log_curves(experiment: ExperimentConfig, rows: list[dict], summary: dict) ->
 
 
 def run(experiment: ExperimentConfig, command: str = "") -> dict:
-  rows, training_s = [], 0.0
-  for seed in experiment.seeds:
-    seed_rows, seconds = run_seed(experiment, seed)
-    rows += seed_rows
-    training_s += seconds
+  rows, training_s = common.run_seeds(experiment.seeds, lambda seed: run_seed(experiment, seed))
   summary = summarise(rows, experiment.k_grid)
   log_curves(experiment, rows, summary)
   paths = write_outputs(experiment, rows, summary, training_s, command)

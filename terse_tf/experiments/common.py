@@ -21,6 +21,17 @@ def seeded(config: TrainConfig, seed: int, run_dir: str, **changes) -> TrainConf
   return dataclasses.replace(config, run_dir=run_dir, seed=seed, export=False, fresh=False, **changes)
 
 
+def run_seeds(seeds: tuple[int, ...], run_seed: Callable[[int], tuple[list[dict], float]]
+              ) -> tuple[list[dict], float]:
+  """Every seed's rows, in order, and the runs' training time in seconds summed over seeds."""
+  rows, training_s = [], 0.0
+  for seed in seeds:
+    seed_rows, seconds = run_seed(seed)
+    rows += seed_rows
+    training_s += seconds
+  return rows, training_s
+
+
 def main(argv: list[str], module: str, experiment_from_flags: Callable[[], Any],
          run: Callable[..., dict]) -> None:
   """An experiment's absl main: reads its flags, runs it with its command line recorded, and ends a bad

@@ -163,11 +163,7 @@ def write_outputs(experiment: ExperimentConfig, rows: list[dict], summary: dict,
 
 def run(experiment: ExperimentConfig, command: str = "") -> dict:
   started = time.monotonic()
-  rows, training_s = [], 0.0
-  for seed in experiment.seeds:
-    seed_rows, seconds = run_seed(experiment, seed)
-    rows += seed_rows
-    training_s += seconds
+  rows, training_s = common.run_seeds(experiment.seeds, lambda seed: run_seed(experiment, seed))
   summary = summarise(rows, experiment.arms)
   paths = write_outputs(experiment, rows, summary, training_s, time.monotonic() - started, command)
   for arm, figures in summary["final"].items():

@@ -31,6 +31,8 @@ class SSDTarget(Target):
     self.model: keras.Model = ssd.build_ssd(backbone, image_size, num_classes, spec, weights=weights)
     self.anchors = boxes_lib.default_boxes(spec)
     self.max_detections = max_detections
+    # Traced once per target, so that each evaluation does not trace detection again.
+    self.detections = tf.function(self.detect)
 
   def _matches(self, labels: Labels) -> boxes_lib.Matches:
     # map_fn, not vectorized_map: matching has data-dependent shapes (the real boxes of each image).

@@ -329,10 +329,10 @@ class PhotoDigitsTask(Task):
   # ------------------------------------------------------------------------------------ evaluation
   def evaluate(self, target: SSDTarget, batch_size: int) -> dict[str, float]:
     """COCO AP of T on the test scenes: AP@0.5 (the headline), AP@[.5:.95], AP@0.75."""
-    detect = tf.function(target.detect)
     found = []
     for start in range(0, len(self.test_images), batch_size):
-      detections = detect(tf.image.convert_image_dtype(self.test_images[start:start + batch_size], tf.float32))
+      images = tf.image.convert_image_dtype(self.test_images[start:start + batch_size], tf.float32)
+      detections = target.detections(images)
       for b, s, c, n in zip(*(x.numpy() for x in detections)):
         found.append(evaluation.ImageBoxes(boxes=b[:n], classes=c[:n].astype(np.int32), scores=s[:n]))
     ap = evaluation.evaluate_detections(self.test_truth, found, self.image_shape[:2], self.class_names)
