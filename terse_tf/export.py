@@ -7,16 +7,23 @@ and TF Serving use restores only the variables in the object graph's saver and f
 variable ...". The archive lists the model's variables on the exported object, so they are restored
 everywhere. (Plain `tf.saved_model.save` of a Keras 3 model would also rename the inputs.)
 
-Each task names its synthesizer's signatures (Task.synthesizer_endpoints), always two:
+Layout: TF Serving's, `<export_dir>/<model>/<version>/saved_model.pb`, each export a new version (one more
+than the highest there), so a running server picks it up and the previous one stays until you delete it.
+
+Each task names its synthesizer's signatures (Task.synthesizer_endpoints), always three:
   serving_default: S in inference mode (dropout off, BatchNorm moving averages). A synthesizer with a noise
       input draws its noise inside the signature, so every call samples new transforms.
   sample: S with its dropout on, as it ran while it filled the hard-example cache (dropout is S's source of
       variety, paper Table 2); BatchNorm still uses its moving averages, since a served batch need not look
       like a training batch.
+  generate: sample with one more input, `seed` [2] int32, that fixes the dropout masks and noise: the same
+      inputs and seed give the same composites in any process (the dataset generator's determinism).
 affNIST: (foreground [B,40,40,2] colour + straight alpha, background [B,40,40,1]) -> {params, composite,
-warped_mask}. Detection tasks: (foreground [B,N,h,w,4], background [B,H,W,3]) -> {params, composite, boxes,
-classes, num_objects}. The target's serving_default is Target.serving_outputs: {probabilities} for a
-classifier; {boxes, scores, classes, num_detections} for a detector.
+warped_mask}. Detection tasks: (foreground [B,N,h,w,4], background [B,H,W,3], classes [B,N]) -> {params,
+composite, boxes, classes, num_objects}. The target's serving_default is Target.serving_outputs:
+{probabilities} for a classifier; {boxes, scores, classes, num_detections} for a detector. Its `hardness`
+signature, (images, *labels) -> {hardness [B]}, is the trainer's cache criterion (Target.judge): a composite
+is hard when its hardness is below --hard_threshold.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from terse_tf.targets.base import Target
 from terse_tf.tasks.base import Task
 
 SYNTHESIZER_DIR, TARGET_DIR = "synthesizer", "target"
-SERVING_DEFAULT, SAMPLE = "serving_default", "sample"
+SERVING_DEFAULT, SAMPLE, GENERATE, HARDNESS = "serving_default", "sample", "generate", "hardness"
 
 
 def synthesizer_archive(synthesizer: keras.Model, task: Task) -> keras.export.ExportArchive:
@@ -43,31 +50,54 @@ def synthesizer_archive(synthesizer: keras.Model, task: Task) -> keras.export.Ex
 
 
 def target_archive(target: Target, image_shape: tuple[int, int, int]) -> keras.export.ExportArchive:
-  """serving_default(images [B, H, W, C] float in [0, 1]) -> Target.serving_outputs."""
+  """serving_default(images [B, H, W, C] float in [0, 1]) -> Target.serving_outputs, and
+  hardness(images, *labels) -> {hardness}."""
   archive = keras.export.ExportArchive()
   archive.track(target.model)
-  archive.add_endpoint(SERVING_DEFAULT, target.serving_outputs,
-                       input_signature=[tf.TensorSpec([None, *image_shape], tf.float32, name="images")])
+  images = tf.TensorSpec([None, *image_shape], tf.float32, name="images")
+  archive.add_endpoint(SERVING_DEFAULT, target.serving_outputs, input_signature=[images])
+  label_names = list(target.label_specs())
+
+  def hardness(images: tf.Tensor, *labels: tf.Tensor) -> dict[str, tf.Tensor]:
+    judgement = target.judge(target.model(images, training=False), dict(zip(label_names, labels)))
+    return {"hardness": judgement.hardness}
+
+  archive.add_endpoint(HARDNESS, hardness, input_signature=[images, *target.label_specs().values()])
   return archive
 
 
-def write(archive: keras.export.ExportArchive, path: str) -> str:
-  """Writes the SavedModel next to `path`, then swaps it in: a crash mid-export leaves the previous export
-  (if any) in place, never a half-written one."""
-  path = os.path.normpath(path)
-  staging, previous = path + ".writing", path + ".previous"
-  for leftover in (staging, previous):
-    shutil.rmtree(leftover, ignore_errors=True)
+def versions(model_dir: str) -> list[int]:
+  """The version numbers under a TF Serving model directory, ascending."""
+  if not os.path.isdir(model_dir):
+    return []
+  return sorted(int(name) for name in os.listdir(model_dir)
+                if name.isdigit() and os.path.exists(os.path.join(model_dir, name, "saved_model.pb")))
+
+
+def write(archive: keras.export.ExportArchive, model_dir: str) -> str:
+  """Writes the SavedModel as the next version under `model_dir` and returns its path. It is written aside
+  and renamed into place, so a server or a crash never sees a half-written version."""
+  version_dir = os.path.join(model_dir, str((versions(model_dir) or [0])[-1] + 1))
+  staging = version_dir + ".writing"
+  shutil.rmtree(staging, ignore_errors=True)
   archive.write_out(staging, verbose=False)
-  if os.path.exists(path):
-    os.replace(path, previous)
-  os.replace(staging, path)
-  shutil.rmtree(previous, ignore_errors=True)
-  return path
+  os.replace(staging, version_dir)
+  return version_dir
+
+
+def saved_model_path(path: str) -> str:
+  """A SavedModel directory, or a TF Serving model directory -> its SavedModel (the highest version)."""
+  if os.path.exists(os.path.join(path, "saved_model.pb")):
+    return path
+  found = versions(path)
+  if not found:
+    raise FileNotFoundError(f"{path}: neither a SavedModel (no saved_model.pb) nor a model directory with "
+                            f"numbered versions (<version>/saved_model.pb)")
+  return os.path.join(path, str(found[-1]))
 
 
 def export_models(task: Task, synthesizer: keras.Model, target: Target, export_dir: str) -> dict[str, str]:
-  """Writes both SavedModels under `export_dir`; returns their paths."""
+  """Writes both SavedModels as new versions under `export_dir`/{synthesizer,target}; returns their paths."""
   return {
       SYNTHESIZER_DIR: write(synthesizer_archive(synthesizer, task), os.path.join(export_dir, SYNTHESIZER_DIR)),
       TARGET_DIR: write(target_archive(target, task.image_shape), os.path.join(export_dir, TARGET_DIR)),

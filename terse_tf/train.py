@@ -237,5 +237,10 @@ def interrupted_message(config: trainer.TrainConfig | None) -> str:
           "checkpoint (without --fresh, which would start over).")
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """Console-script entry point (terse-train)."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

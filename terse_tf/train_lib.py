@@ -8,12 +8,14 @@ import os
 from absl import logging
 
 from terse_tf import export, files
+from terse_tf.tasks import Task
 from terse_tf.trainer import Trainer, TrainConfig
 
 
-def run(config: TrainConfig, command_line: str = "") -> dict:
-  """Writes the resolved config, runs every remaining phase, exports; returns the results."""
-  trainer = Trainer(config)  # Creates the run directory only once the run can start.
+def run(config: TrainConfig, command_line: str = "", task: Task | None = None) -> dict:
+  """Writes the resolved config, runs every remaining phase, exports; returns the results. `task`: one
+  built in Python (terse_tf.api) instead of the one the config names."""
+  trainer = Trainer(config, task)  # Creates the run directory only once the run can start.
   files.write_json(os.path.join(config.run_dir, "config.json"),
                    {"command": command_line, "config": dataclasses.asdict(config)})
   results = trainer.run()

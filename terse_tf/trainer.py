@@ -138,7 +138,7 @@ class TrainConfig:
   export: bool = True
 
   def __post_init__(self):
-    if self.task not in tasks.TASKS:
+    if self.task not in (*tasks.TASKS, tasks.CUSTOM):
       raise ConfigError(f"--task must be one of {tasks.TASKS}, got {self.task!r}")
     if not self.target:
       object.__setattr__(self, "target", tasks.TARGETS[self.task][0])
@@ -272,15 +272,21 @@ class Progress:
 class Trainer:
   """Runs (or resumes) the whole TERSE schedule for one run directory."""
 
-  def __init__(self, config: TrainConfig):
+  def __init__(self, config: TrainConfig, task: tasks.Task | None = None):
     """Checks the run directory, loads the data, builds the players and restores their state, in that
     order; only then does it touch the run directory (and with --fresh remove the previous run's outputs),
-    so a start that fails on bad input loses nothing and leaves nothing behind."""
+    so a start that fails on bad input loses nothing and leaves nothing behind.
+
+    `task`: a task built in Python (terse_tf.api, with config.task "custom") instead of one the config
+    names."""
     self.config = config
     self._check_run_dir_path()
     keras.utils.set_random_seed(config.seed)
 
-    self.task = tasks.build(task_config(config))
+    if (task is not None) != (config.task == tasks.CUSTOM):
+      raise ConfigError(f"task {config.task!r} with {'a' if task else 'no'} Python task object: a custom task "
+                        f"comes from terse_tf.api, the named ones ({tasks.TASKS}) from their flags")
+    self.task = task or tasks.build(task_config(config))
     logging.info("task %s: %s", config.task, self.task.describe())
 
     self.strategy = build_strategy(config.strategy)

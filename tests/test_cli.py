@@ -35,7 +35,7 @@ def test_smoke_flagfile_runs_end_to_end_and_exports_signatures(tmp_path):
   for name, inputs, outputs in (("synthesizer", ("foreground", "background"),
                                  ("params", "composite", "warped_mask")),
                                 ("target", ("images",), ("probabilities",))):
-    shown = subprocess.run([cli, "show", "--all", "--dir", str(run_dir / "export" / name)],
+    shown = subprocess.run([cli, "show", "--all", "--dir", str(run_dir / "export" / name / "1")],
                            capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "signature_def['serving_default']" in shown.stdout
@@ -119,7 +119,7 @@ def test_fresh_with_a_missing_mnist_dir_keeps_the_previous_run(tmp_path):
   base = [f"--flagfile={SMOKE_FLAGFILE}", f"--run_dir={run_dir}", "--cycles=0", "--baseline_epochs=1"]
   run_cli(*base)
   kept = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
-  assert "results.json" in kept and "export/target/saved_model.pb" in kept
+  assert "results.json" in kept and "export/target/1/saved_model.pb" in kept
   result = run_cli(*base, "--fresh", "--mnist_dir=/nonexistent/mnist", check=False)
   assert result.returncode != 0 and "--mnist_dir=/nonexistent/mnist" in result.stderr
   assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == kept

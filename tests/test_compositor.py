@@ -14,6 +14,10 @@ from terse_tf.tasks import affnist as affnist_task
 # The compositor knows no dataset; these tests use affNIST's ranges.
 RANGES = affnist_task.ranges()
 CONFIG = compositor.CompositorConfig(ranges=RANGES)
+# Wider, for objects at twice their size; with a 40x40 cut-out in a 160x160 frame, a footprint small enough
+# for the compositor's window.
+WIDE_RANGES = compositor.AffineRanges(max_rotation_deg=180, max_translation_px=90, max_shear=0.3,
+                                      min_scale=0.5, max_scale=2.0)
 
 # Both sides compute the same bilinear weights; the tolerance only absorbs float64 rounding.
 WARP_TOLERANCE = 1e-9
@@ -302,7 +306,7 @@ def test_a_single_object_composites_as_composite_does_with_its_box():
   foreground = np.stack([square_foreground([0.2, 0.8, 0.4])] * 3)
   background = rng.uniform(size=(3, 64, 48, 3)).astype(np.float32)
   params = tf.constant([[10.0, 5.0, -8.0, 0.1, 1.5, 0.8], [0, 0, 0, 0, 1, 1], [-30.0, -10.0, 12.0, 0, 2, 2]])
-  config = compositor.CompositorConfig(ranges=RANGES, mask_cleanup=True)
+  config = compositor.CompositorConfig(ranges=WIDE_RANGES, mask_cleanup=True)
   single = compositor.composite(tf.constant(foreground), tf.constant(background), params, config)
   multi = compositor.composite_objects(tf.constant(foreground[:, None]), tf.constant(background),
                                        params[:, None], tf.ones([3, 1], tf.bool), config)
@@ -410,3 +414,61 @@ def test_the_xla_compiled_multi_object_composite_and_its_gradient_equal_the_plai
     np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
   np.testing.assert_allclose(gradients[0], gradients[1], rtol=1e-4, atol=1e-4)
   assert np.abs(gradients[0][valid.numpy()]).max(axis=-1).min() > 1e-3  # Every pasted object's parameters.
+
+
+
+def extreme_params(rng: np.random.Generator, batch: int) -> np.ndarray:
+  """Parameters at the corners of WIDE_RANGES (largest scale and shear, any rotation) and at translations
+  past the frame's edge, where the window is moved inside the frame: the cases that need all of it."""
+  low, high = WIDE_RANGES.bounds()
+  params = rng.uniform(low, high, size=(batch, compositor.NUM_PARAMS))
+  corner = rng.integers(0, 2, size=(batch, compositor.NUM_PARAMS)).astype(bool)
+  return np.where(corner, np.where(rng.integers(0, 2, size=corner.shape), high, low), params)
+
+
+@pytest.mark.parametrize("mask_cleanup", [False, True])
+def test_sampling_only_the_footprint_gives_the_full_frame_composite_and_gradient(mask_cleanup):
+  rng = np.random.default_rng(12)
+  foreground = rng.uniform(size=(16, 40, 40, 4))
+  foreground[..., 3] *= rng.uniform(size=(16, 40, 40)) > 0.2  # Ink to the cut-out's edges.
+  background = rng.uniform(size=(16, 160, 160, 3))
+  params = tf.constant(extreme_params(rng, 16))
+  projection = rng.normal(size=(16, 160, 160, 3))
+  windowed = compositor.CompositorConfig(ranges=WIDE_RANGES, mask_cleanup=mask_cleanup)
+  blur = windowed.mask_blur_sigma if mask_cleanup else 0.0
+  assert compositor.footprint_side((40, 40), (160, 160), WIDE_RANGES, blur) < 160
+  full_frame = dataclasses.replace(windowed, ranges=None)  # No ranges: nothing bounds the footprint.
+  images, gradients = [], []
+  for config in (windowed, full_frame):
+    with tf.GradientTape() as tape:
+      tape.watch(params)
+      image = compositor.composite(tf.constant(foreground), tf.constant(background), params, config).image
+      objective = tf.reduce_sum(image * projection)
+    images.append(image.numpy())
+    gradients.append(tape.gradient(objective, params).numpy())
+  np.testing.assert_allclose(images[0], images[1], atol=1e-12)
+  np.testing.assert_allclose(gradients[0], gradients[1], rtol=1e-9, atol=1e-9)
+  # Objects pushed past the edge may leave the frame; most do not, so the comparison covers pasted pixels.
+  assert (np.abs(images[1] - background).max(axis=(1, 2, 3)) > 0.1).sum() >= 8
+
+
+def test_the_footprint_window_holds_the_widest_footprint_and_is_used_only_where_it_saves_pixels():
+  # The widest footprint, searched: the reachable square (-0.5..40.5)^2 about the centre, at the largest
+  # scale and shear, over every rotation.
+  corners = np.array([[x, y] for x in (-20.5, 20.5) for y in (-20.5, 20.5)])
+  widest = 0.0
+  for rotation in np.linspace(0, 180, 721):
+    for shear in (-0.3, 0.3):
+      params = tf.constant([[rotation, 0, 0, shear, 2.0, 2.0]], tf.float64)
+      moved = corners @ compositor.forward_matrix(params).numpy()[0].T
+      widest = max(widest, np.ptp(moved, axis=0).max())
+  side = compositor.footprint_side((40, 40), (300, 300), WIDE_RANGES)
+  assert widest + 2 <= side <= widest + 2 + 0.1 * widest
+  assert compositor.footprint_side((40, 40), (128, 128), WIDE_RANGES) is None
+  assert compositor.footprint_side((40, 40), (40, 40), RANGES) is None
+
+
+def test_parameters_beyond_the_window_s_ranges_are_refused_outside_xla():
+  params = compositor.identity_params(1) * tf.constant([[1, 1, 1, 1, 3, 1.0]])  # Three times the width.
+  with pytest.raises(tf.errors.InvalidArgumentError, match="beyond the ranges"):
+    compositor.warp_footprint(tf.ones([1, 40, 40, 2]), params, (300, 300), WIDE_RANGES)

@@ -185,8 +185,8 @@ def test_a_users_photo_folder_skips_and_counts_files_it_cannot_use(tmp_path, cap
   loaded = photos.load_photos("train", str(tmp_path), min_side=64)
   assert len(loaded) == 1 and loaded[0].shape == (80, 90, 3)
   warnings = "\n".join(r.getMessage() for r in caplog.records)
-  assert "broken.jpg" in warnings and "tiny.png" in warnings and "2 of 3 train photos" in warnings
-  with pytest.raises(DataError, match="--photo_dir=.*no usable test photo"):
+  assert "broken.jpg" in warnings and "tiny.png" in warnings and "2 of 3 photos in --photo_dir" in warnings
+  with pytest.raises(DataError, match="--photo_dir=.*test photos.*no usable photo"):
     photos.load_photos("test", str(tmp_path))
 
 
@@ -227,4 +227,4 @@ def test_detection_smoke_run_killed_mid_run_resumes_to_the_end(tmp_path):
   for cycle in (1, 2):
     assert resumed.cache.class_counts(cycle).max() <= 40
   for name in ("synthesizer", "target"):
-    assert os.path.exists(run_dir / "export" / name / "saved_model.pb")
+    assert os.path.exists(run_dir / "export" / name / "1" / "saved_model.pb")

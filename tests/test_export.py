@@ -85,3 +85,34 @@ def test_a_synthesizer_with_noise_samples_new_in_frame_transforms_on_every_call(
   # The whole 16x10 block is still in the frame: its ink is only resampled, never cropped.
   area = np.abs(np.linalg.det(compositor.forward_matrix(first["params"]).numpy()))
   np.testing.assert_allclose(first["warped_mask"].numpy().sum(axis=(1, 2, 3)), 160 * area, rtol=0.02)
+
+
+def test_generate_is_a_function_of_its_seed_in_any_process_and_hardness_is_the_cache_criterion(tmp_path):
+  task = affnist_task.AffnistTask(affnist_task.AffnistTaskConfig(
+      data=mnist.DataConfig(num_val=10, num_heldout_test=10, num_train=10),
+      affnist=affnist.AffnistConfig(num_test_digits=1, transforms_per_digit=1),
+      compositor=compositor.CompositorConfig(), synth_width=8, synth_noise_dim=4))
+  synthesizer, target = task.build_synthesizer(seed=0), task.build_target()
+  paths = export.export_models(task, synthesizer, target, str(tmp_path / "export"))
+  foreground = affnist_task.foregrounds(tf.constant(task.splits.val_images[:8])).numpy()
+  inputs = {"foreground": foreground, "background": np.zeros((8, 40, 40, 1), np.float32)}
+  runs = [saved_model_cli_run(paths[export.SYNTHESIZER_DIR], export.GENERATE,
+                              {**inputs, "seed": np.array(seed, np.int32)}, str(tmp_path / f"g{i}"))
+          for i, seed in enumerate([[1, 2], [1, 2], [1, 3]])]
+  np.testing.assert_array_equal(runs[0]["composite"], runs[1]["composite"])
+  assert np.abs(runs[0]["params"] - runs[2]["params"]).max() > 1e-3
+  # In this process too, and with both dropout and noise: each alone would also change the parameters.
+  generate = tf.saved_model.load(paths[export.SYNTHESIZER_DIR]).signatures[export.GENERATE]
+  here = generate(**{k: tf.constant(v) for k, v in inputs.items()}, seed=tf.constant([1, 2]))
+  np.testing.assert_allclose(here["params"].numpy(), runs[0]["params"], atol=1e-6)
+
+  labels = task.splits.val_labels[:8].astype(np.int32)
+  served = saved_model_cli_run(paths[export.TARGET_DIR], export.HARDNESS,
+                               {"images": runs[0]["composite"], "label": labels}, str(tmp_path / "h"))
+  judged = target.judge(target.model(runs[0]["composite"], training=False), {"label": tf.constant(labels)})
+  np.testing.assert_allclose(served["hardness"], judged.hardness.numpy(), atol=1e-5)
+
+  # A second export is the next version; the first stays for a server still using it.
+  again = export.export_models(task, synthesizer, target, str(tmp_path / "export"))
+  assert export.versions(str(tmp_path / "export" / export.SYNTHESIZER_DIR)) == [1, 2]
+  assert export.saved_model_path(str(tmp_path / "export" / export.TARGET_DIR)) == again[export.TARGET_DIR]

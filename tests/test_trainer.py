@@ -78,7 +78,7 @@ def test_smoke_run_logs_scalars_images_and_histograms(smoke_run):
 def test_smoke_run_exports_both_savedmodels(smoke_run):
   config, _ = smoke_run
   for name in ("synthesizer", "target"):
-    assert os.path.exists(os.path.join(config.run_dir, "export", name, "saved_model.pb"))
+    assert os.path.exists(os.path.join(config.run_dir, "export", name, "1", "saved_model.pb"))
 
 
 def test_rerun_of_a_finished_run_resumes_without_training(smoke_run):

@@ -52,23 +52,22 @@ def read_rgb(path: str) -> np.ndarray:
   return image[..., :3]
 
 
-def load_photos(split: str, photo_dir: str = "", min_side: int = 64) -> list[np.ndarray]:
-  """The photos of `split` ("train" or "test"): from `photo_dir`/`split`/ when given, else the bundled ones.
+def image_paths(folder: str) -> list[str]:
+  """The image files directly inside `folder`, sorted."""
+  return sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(IMAGE_EXTENSIONS))
 
-  A user's file that cannot be decoded, or is smaller than `min_side`, is skipped with a warning naming it
-  (the count is logged); a split left with no photo is a DataError.
-  """
-  if photo_dir:
-    folder = os.path.join(photo_dir, split)
-    paths = sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(IMAGE_EXTENSIONS))
-  else:
-    folder, paths = "the photos bundled with scikit-image and matplotlib", _bundled_paths(split)
+
+def read_photos(paths: list[str], source: str, min_side: int = 64, strict: bool = False) -> list[np.ndarray]:
+  """uint8 photos [H, W, 3] from `paths`. A file that cannot be decoded, or is smaller than `min_side`, is
+  skipped with a warning naming it and the count is logged (with `strict`, an undecodable file is an error).
+  `source` names where the paths came from (the flag and its folder) in the messages; no usable photo at
+  all is a DataError naming it."""
   photos, skipped = [], 0
   for path in paths:
     try:
       photo = read_rgb(path)
     except DataError as e:
-      if not photo_dir:
+      if strict:
         raise
       logging.warning("skipping %s", e)
       skipped += 1
@@ -80,13 +79,21 @@ def load_photos(split: str, photo_dir: str = "", min_side: int = 64) -> list[np.
       continue
     photos.append(photo)
   if skipped:
-    logging.warning("%d of %d %s photos in %s skipped (see the warnings above)", skipped, len(paths), split,
-                    folder)
+    logging.warning("%d of %d photos in %s skipped (see the warnings above)", skipped, len(paths), source)
   if not photos:
-    raise DataError(f"--photo_dir={photo_dir}: no usable {split} photo in {folder}; expected PNG or JPEG "
-                    f"files of at least {min_side}x{min_side} pixels" if photo_dir else
-                    f"no usable {split} photo among {folder}")
+    raise DataError(f"{source}: no usable photo; expected PNG, JPEG, BMP or GIF files of at least "
+                    f"{min_side}x{min_side} pixels")
   return photos
+
+
+def load_photos(split: str, photo_dir: str = "", min_side: int = 64) -> list[np.ndarray]:
+  """The photos of `split` ("train" or "test"): from `photo_dir`/`split`/ when given, else the bundled ones
+  (see `read_photos` for what is skipped)."""
+  if photo_dir:
+    folder = os.path.join(photo_dir, split)
+    return read_photos(image_paths(folder), f"--photo_dir={photo_dir} ({split} photos in {folder})", min_side)
+  return read_photos(_bundled_paths(split), f"the {split} photos bundled with scikit-image and matplotlib",
+                     min_side, strict=True)
 
 
 def random_crops(photos: list[np.ndarray], count: int, size: int, rng: np.random.Generator) -> np.ndarray:

@@ -122,12 +122,43 @@ def sampler(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
   return sample
 
 
+def seeded_sampler(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]:
+  """`sampler` with its randomness keyed by a `seed` [2] int32 argument: dropout masks and noise come from
+  stateless RNGs, so the same inputs and seed give the same parameters in any process. The dataset generator
+  rests on it: a shard is a function of its seed, so a resumed run rewrites exactly what a killed one lost."""
+  features = keras.Model(model.inputs, model.get_layer(DROPOUT_LAYER).input)
+  rate, head = model.get_layer(DROPOUT_LAYER).rate, model.get_layer(OUTPUT_LAYER)
+
+  def sample(foreground: tf.Tensor, background: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    noise_seed, dropout_seed = tf.unstack(tf.random.split(seed, 2))
+    inputs = [foreground, background]
+    if noise_dim(model):
+      inputs.append(tf.random.stateless_normal([tf.shape(foreground)[0], *model.inputs[2].shape[1:]], noise_seed))
+    x = features(inputs, training=False)
+    if rate:
+      x = tf.nn.experimental.stateless_dropout(x, rate, dropout_seed)
+    return head(x)
+
+  return sample
+
+
+SEED_SPEC = tf.TensorSpec([2], tf.int32, name="seed")
+
+
 def serving_endpoints(model: keras.Model, endpoint: Callable[[Callable], Callable],
                       input_signature: list[tf.TensorSpec]) -> dict[str, tuple[Callable, list[tf.TensorSpec]]]:
-  """The exported S's two signatures, built by `endpoint` from a raw-parameter function: serving_default,
-  S in inference mode, and sample, S with its dropout on (`sampler`)."""
+  """The exported S's three signatures, built by `endpoint` from a raw-parameter function: serving_default,
+  S in inference mode; sample, S with its dropout on (`sampler`); and generate, sample with one more input,
+  `seed` [2] int32, that fixes its dropout and noise (`seeded_sampler`)."""
   def inference(foreground: tf.Tensor, background: tf.Tensor) -> tf.Tensor:
     return raw_params(model, foreground, background, training=False)
 
+  seeded = seeded_sampler(model)
+
+  def generate(*inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+    *task_inputs, seed = inputs
+    return endpoint(lambda foreground, background: seeded(foreground, background, seed))(*task_inputs)
+
   return {"serving_default": (endpoint(inference), input_signature),
-          "sample": (endpoint(sampler(model)), input_signature)}
+          "sample": (endpoint(sampler(model)), input_signature),
+          "generate": (generate, [*input_signature, SEED_SPEC])}

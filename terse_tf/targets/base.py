@@ -42,5 +42,9 @@ class Target(abc.ABC):
     """T's verdict on composites with their labels, from `model`'s inference-mode outputs."""
 
   @abc.abstractmethod
+  def label_specs(self) -> dict[str, tf.TensorSpec]:
+    """The labels' specs, batch axis first, in the order the exported `hardness` signature takes them."""
+
+  @abc.abstractmethod
   def serving_outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
     """What the exported T returns for float images [B, H, W, C] in [0, 1] (inference mode)."""

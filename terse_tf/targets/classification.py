@@ -15,8 +15,14 @@ class ClassifierTarget(Target):
 
   hardness_range = (-1.0, 1.0)  # p_gt - max_other
 
-  def __init__(self, architecture: str, image_shape: tuple[int, int, int], num_classes: int):
-    self.model: keras.Model = classifier.build_classifier(architecture, image_shape, num_classes)
+  @classmethod
+  def build(cls, architecture: str, image_shape: tuple[int, int, int], num_classes: int) -> ClassifierTarget:
+    """One of terse_tf's classifiers (networks/classifier.py) as T."""
+    return cls(classifier.build_classifier(architecture, image_shape, num_classes))
+
+  def __init__(self, model: keras.Model):
+    """`model`: images [B, H, W, C] floats in [0, 1] -> logits [B, classes] (one of ours, or the user's)."""
+    self.model = model
     self.logits = tf.function(lambda images: self.model(images, training=False))
 
   def replica_loss(self, outputs: tf.Tensor, labels: Labels) -> tf.Tensor:
@@ -26,6 +32,9 @@ class ClassifierTarget(Target):
     """Hardness is the margin p_gt - max_other (A.1) of the logits; the quota class is the label."""
     return Judgement(hardness=losses.hardness_margin(labels["label"], outputs),
                      quota_class=tf.cast(labels["label"], tf.int64))
+
+  def label_specs(self) -> dict[str, tf.TensorSpec]:
+    return {"label": tf.TensorSpec([None], tf.int32, name="label")}
 
   def serving_outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
     return {"probabilities": tf.nn.softmax(self.logits(images))}

@@ -82,6 +82,11 @@ class SSDTarget(Target):
   def detect(self, images: tf.Tensor) -> ssd.Detections:
     return ssd.detect(self.model(images, training=False), self.anchors, max_detections=self.max_detections)
 
+  def label_specs(self) -> dict[str, tf.TensorSpec]:
+    return {"boxes": tf.TensorSpec([None, None, 4], tf.float32, name="boxes"),
+            "classes": tf.TensorSpec([None, None], tf.int32, name="classes"),
+            "count": tf.TensorSpec([None], tf.int32, name="count")}
+
   def serving_outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
     detections = self.detect(images)
     return {"boxes": detections.boxes, "scores": detections.scores,

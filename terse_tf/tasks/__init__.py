@@ -8,12 +8,14 @@ from terse_tf.tasks import affnist, photo_digits
 from terse_tf.tasks.base import Composition, Task, image_grid
 
 TASKS = ("affnist", "photo_digits")
+# A task built in Python around the user's own target and data (terse_tf.api), not named by flags.
+CUSTOM = "custom"
 # The target architectures each task accepts, its default first.
-TARGETS = {"affnist": ("paper", "itn_swish"), "photo_digits": ("ssd_compact", "ssd_vgg16")}
+TARGETS = {"affnist": ("paper", "itn_swish"), "photo_digits": ("ssd_compact", "ssd_vgg16"), CUSTOM: ("yours",)}
 # Each task's random-placement baseline (a --sample_source value).
-RANDOM_SOURCES = {"affnist": "random_affine", "photo_digits": "cut_paste"}
+RANDOM_SOURCES = {"affnist": "random_affine", "photo_digits": "cut_paste", CUSTOM: "random_placement"}
 
-__all__ = ["Composition", "Task", "image_grid", "build", "TASKS", "TARGETS", "RANDOM_SOURCES"]
+__all__ = ["Composition", "Task", "image_grid", "build", "TASKS", "CUSTOM", "TARGETS", "RANDOM_SOURCES"]
 
 
 @functools.lru_cache(maxsize=1)

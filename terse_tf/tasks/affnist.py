@@ -80,7 +80,7 @@ class AffnistTask(Task):
             "target": self.config.target}
 
   def build_target(self) -> ClassifierTarget:
-    return ClassifierTarget(self.config.target, IMAGE_SHAPE, mnist.NUM_CLASSES)
+    return ClassifierTarget.build(self.config.target, IMAGE_SHAPE, mnist.NUM_CLASSES)
 
   def build_synthesizer(self, seed: int | None) -> keras.Model:
     return synthesizer.build_synthesizer(IMAGE_SHAPE, self.config.synth_width, self.config.synth_dropout,

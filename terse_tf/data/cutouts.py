@@ -1,0 +1,120 @@
+"""Foreground cut-outs from a folder: what a user brings to paste (the dataset generator, bring-your-own
+targets).
+
+Layout, one sub-folder per class (sorted names are the class ids 0, 1, ...):
+    <dir>/<class>/<name>.png            an image with an alpha channel (RGBA, or grey + alpha), or
+    <dir>/<class>/<name>.<png|jpg|...>  an image without one, beside
+    <dir>/<class>/<name>.mask.png       its mask (the object where the mask is bright).
+Each cut-out is scaled to fit the synthesizer's cut-out size (aspect kept, centred, transparent padding).
+A file that cannot be read, a mask whose size differs from its image, or an image with neither alpha nor
+mask is skipped with a warning naming it, and the count is logged; a folder with no usable cut-out is an
+error naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from terse_tf.data.photos import IMAGE_EXTENSIONS
+from terse_tf.errors import DataError
+
+MASK_SUFFIX = ".mask.png"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cutouts:
+  images: np.ndarray     # float32 [N, h, w, 4]: straight RGB + alpha, in [0, 1].
+  classes: np.ndarray    # int32 [N]
+  class_names: list[str]
+
+  def with_channels(self, channels: int) -> np.ndarray:
+    """The cut-outs as colour + alpha with `channels` in all: 4 (RGB + alpha) or 2 (luminance + alpha)."""
+    if channels == 4:
+      return self.images
+    if channels == 2:
+      luminance = self.images[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+      return np.stack([luminance, self.images[..., 3]], axis=-1)
+    raise ValueError(f"cut-outs have 2 (grey + alpha) or 4 (RGB + alpha) channels, not {channels}")
+
+
+def _decode(path: str) -> np.ndarray:
+  with open(path, "rb") as f:
+    image = tf.io.decode_image(f.read(), expand_animations=False, dtype=tf.float32).numpy()
+  return image
+
+
+def read_cutout(path: str) -> np.ndarray:
+  """float32 [H, W, 4] straight RGB + alpha of one cut-out file (with its .mask.png when it has no alpha);
+  DataError naming the file when it cannot be used."""
+  try:
+    image = _decode(path)
+  except (OSError, tf.errors.OpError) as e:
+    raise DataError(f"{path}: cannot read this image ({type(e).__name__})") from e
+  colour = np.repeat(image[..., :1], 3, axis=-1) if image.shape[-1] in (1, 2) else image[..., :3]
+  if image.shape[-1] in (2, 4):
+    return np.concatenate([colour, image[..., -1:]], axis=-1)
+  mask_path = os.path.splitext(path)[0] + MASK_SUFFIX
+  if not os.path.exists(mask_path):
+    raise DataError(f"{path}: no alpha channel and no mask {os.path.basename(mask_path)} beside it")
+  try:
+    mask = _decode(mask_path)
+  except (OSError, tf.errors.OpError) as e:
+    raise DataError(f"{mask_path}: cannot read this mask ({type(e).__name__})") from e
+  if mask.shape[:2] != image.shape[:2]:
+    raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} pixels, its image "
+                    f"{os.path.basename(path)} is {image.shape[1]}x{image.shape[0]}")
+  return np.concatenate([colour, mask[..., :1]], axis=-1)
+
+
+def fit(cutout: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """A cut-out [H, W, 4] scaled to fit `size` (aspect kept, antialiased, premultiplied while resampling so
+  no colour bleeds from transparent pixels), centred with transparent padding."""
+  premultiplied = np.concatenate([cutout[..., :3] * cutout[..., 3:], cutout[..., 3:]], axis=-1)
+  resized = tf.image.resize(premultiplied, size, preserve_aspect_ratio=True, antialias=True)
+  padded = tf.image.resize_with_crop_or_pad(resized, *size).numpy()
+  alpha = np.clip(padded[..., 3:], 0, 1)
+  colour = np.clip(np.where(alpha > 0, padded[..., :3] / np.maximum(alpha, 1e-6), 0), 0, 1)
+  return np.concatenate([colour, alpha], axis=-1).astype(np.float32)
+
+
+def load_cutouts(directory: str, size: tuple[int, int], flag: str = "--foregrounds") -> Cutouts:
+  """Every cut-out under `directory` (the module's layout), fitted to `size`."""
+  if not os.path.isdir(directory):
+    raise DataError(f"{flag}={directory}: not a directory; expected one sub-folder of cut-outs per class")
+  class_names = sorted(name for name in os.listdir(directory) if os.path.isdir(os.path.join(directory, name)))
+  images, classes, skipped, seen = [], [], 0, 0
+  for class_id, name in enumerate(class_names):
+    folder = os.path.join(directory, name)
+    for file_name in sorted(os.listdir(folder)):
+      if not file_name.lower().endswith(IMAGE_EXTENSIONS) or file_name.endswith(MASK_SUFFIX):
+        continue
+      seen += 1
+      try:
+        images.append(fit(read_cutout(os.path.join(folder, file_name)), size))
+      except DataError as e:
+        logging.warning("skipping %s", e)
+        skipped += 1
+        continue
+      classes.append(class_id)
+  if skipped:
+    logging.warning("%d of %d cut-outs in %s=%s skipped (see the warnings above)", skipped, seen, flag, directory)
+  if not images:
+    raise DataError(f"{flag}={directory}: no usable cut-out; expected <class>/<name>.png with an alpha channel, "
+                    f"or an image with a <name>{MASK_SUFFIX} beside it")
+  return Cutouts(np.stack(images), np.array(classes, np.int32), class_names)
+
+
+def write_cutouts(images: np.ndarray, classes: np.ndarray, class_names: list[str], directory: str) -> None:
+  """Writes cut-outs [N, h, w, 4] (straight RGB + alpha in [0, 1]) of `classes` [N] as RGBA PNGs in the
+  module's layout: how to turn your own (or the bundled) objects into a --foregrounds folder."""
+  for class_id, name in enumerate(class_names):
+    os.makedirs(os.path.join(directory, name), exist_ok=True)
+  for index, (image, class_id) in enumerate(zip(images, classes)):
+    encoded = tf.io.encode_png(np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)).numpy()
+    with open(os.path.join(directory, class_names[class_id], f"{index:06d}.png"), "wb") as f:
+      f.write(encoded)

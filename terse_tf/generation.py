@@ -1,0 +1,438 @@
+"""Dataset generation: an exported synthesizer -> a synthetic dataset of its composites, as sharded TFRecords
+(plus COCO-format annotations for detection) that any model can train on.
+
+A shard is a pure function of (seed, shard index): its cut-outs, backgrounds and the synthesizer's dropout
+and noise (the SavedModel's `generate` signature takes the seed) are all drawn from that key. So a killed run
+resumes by redoing only the shards it had not finished, and the result equals an uninterrupted run's. Each
+shard is written aside and renamed into place, its sidecar (`.json`: counts, boxes, yield) first, its
+records last, so a shard is finished exactly when its `.tfrecord` exists.
+
+While the synthesizer composites batch k + 1, worker threads encode batch k as PNGs and serialise its
+examples, so the generator's rate stays close to the compositor's (bench/generate.py).
+
+Records (`tf.train.Example`, the TF Object Detection API's keys):
+  image/encoded (PNG), image/format, image/height, image/width, image/channels, image/source_id,
+  synthesizer/params (the clamped affine parameters, 6 per object);
+  classification: image/class/label, image/class/text, and with --write_masks image/mask/encoded (PNG of
+  the pasted object's alpha);
+  detection: image/object/bbox/{ymin,xmin,ymax,xmax} (normalised), image/object/class/label (0-based),
+  image/object/class/text; annotations.json in COCO's format (category id = class + 1);
+  with a target: target/hardness.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from terse_tf import evaluation, export, files
+from terse_tf.data import cutouts as cutouts_lib
+from terse_tf.data import photos as photos_lib
+from terse_tf.errors import ConfigError, DataError
+
+RECORD_SUFFIX, SIDECAR_SUFFIX = ".tfrecord", ".json"
+ANNOTATIONS, SUMMARY, PREVIEW = "annotations.json", "generation.json", "preview.png"
+# A --hard_only shard gives up after this many batches per batch it needs: the target finds (almost) nothing
+# hard, and the run says so instead of spinning.
+MAX_BATCHES_PER_NEEDED_BATCH = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+  synthesizer: str               # Exported synthesizer: a SavedModel, or a TF Serving model directory.
+  foregrounds: str               # Folder of cut-outs (data/cutouts.py's layout).
+  out: str
+  num: int
+  backgrounds: str = ""          # Folder of photos to crop backgrounds from; "" black (as affNIST).
+  shard_size: int = 1000
+  batch_size: int = 64
+  seed: int = 0
+  signature: str = export.GENERATE
+  target: str = ""               # Exported target; its `hardness` is recorded, and --hard_only filters on it.
+  hard_only: bool = False
+  hard_threshold: float = 0.5
+  max_objects: int = 0           # Detection: objects per image drawn from 1..max_objects (0: every slot).
+  write_masks: bool = False
+  encode_threads: int = 2
+
+  def __post_init__(self):
+    for name in ("synthesizer", "foregrounds", "out"):
+      if not getattr(self, name):
+        raise ConfigError(f"--{name} is required")
+    for name in ("num", "shard_size", "batch_size"):
+      if getattr(self, name) < 1:
+        raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
+    if self.hard_only and not self.target:
+      raise ConfigError("--hard_only needs --target: the exported target whose hardness picks the composites")
+    if self.max_objects < 0:
+      raise ConfigError(f"--max_objects must be >= 0, got {self.max_objects}")
+
+  @property
+  def num_shards(self) -> int:
+    return math.ceil(self.num / self.shard_size)
+
+  def shard_length(self, index: int) -> int:
+    return min(self.shard_size, self.num - index * self.shard_size)
+
+  def shard_path(self, index: int) -> str:
+    return os.path.join(self.out, f"composites-{index:05d}-of-{self.num_shards:05d}{RECORD_SUFFIX}")
+
+
+class Synthesizer:
+  """One signature of an exported synthesizer, and what its inputs say about the task."""
+
+  def __init__(self, path: str, signature: str):
+    try:
+      self.path = export.saved_model_path(path)
+    except FileNotFoundError as e:
+      raise DataError(f"--synthesizer={path}: {e}") from e
+    loaded = tf.saved_model.load(self.path)
+    if signature not in loaded.signatures:
+      raise ConfigError(f"--signature={signature}: {self.path} has only {sorted(loaded.signatures)}")
+    self._loaded, self.function = loaded, loaded.signatures[signature]
+    self.inputs = self.function.structured_input_signature[1]
+    self.seeded = "seed" in self.inputs
+    self.detection = "classes" in self.inputs
+    self.foreground_shape = tuple(self.inputs["foreground"].shape[1:])  # ([N,] h, w, C + 1)
+    self.background_shape = tuple(self.inputs["background"].shape[1:])  # (H, W, C)
+    self.slots = self.foreground_shape[0] if self.detection else 1
+
+  def __call__(self, foreground: np.ndarray, background: np.ndarray, classes: np.ndarray | None,
+               seed: np.ndarray) -> dict[str, np.ndarray]:
+    inputs = {"foreground": tf.constant(foreground), "background": tf.constant(background)}
+    if self.detection:
+      inputs["classes"] = tf.constant(classes)
+    if self.seeded:
+      inputs["seed"] = tf.constant(seed, tf.int32)
+    return {name: value.numpy() for name, value in self.function(**inputs).items()}
+
+
+class Target:
+  """The `hardness` signature of an exported target."""
+
+  def __init__(self, path: str):
+    try:
+      loaded = tf.saved_model.load(export.saved_model_path(path))
+    except FileNotFoundError as e:
+      raise DataError(f"--target={path}: {e}") from e
+    if export.HARDNESS not in loaded.signatures:
+      raise DataError(f"--target={path}: no `{export.HARDNESS}` signature (exported before terse_tf had one?)")
+    self._loaded, self.function = loaded, loaded.signatures[export.HARDNESS]
+
+  def hardness(self, images: np.ndarray, labels: dict[str, np.ndarray]) -> np.ndarray:
+    return self.function(images=tf.constant(images), **{k: tf.constant(v) for k, v in labels.items()}
+                         )["hardness"].numpy()
+
+
+@dataclasses.dataclass
+class Batch:
+  """One batch of composites and what their records need."""
+  images: np.ndarray            # [B, H, W, C] float in [0, 1]
+  params: np.ndarray            # [B, 6] or [B, N, 6]
+  labels: dict[str, np.ndarray]  # {"label"} or {"boxes", "classes", "count"}
+  masks: np.ndarray | None      # [B, H, W, 1] (classification with --write_masks)
+  hardness: np.ndarray | None   # [B]
+
+
+def _png(image: np.ndarray) -> bytes:
+  return tf.io.encode_png(tf.constant(np.clip(np.rint(image * 255), 0, 255).astype(np.uint8))).numpy()
+
+
+@tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.float32)])
+def _pngs(images: tf.Tensor) -> tf.Tensor:
+  """PNG bytes [B] of float images [B, H, W, C] in [0, 1]: one graph call per batch instead of one eager
+  op per image (which dominated encoding at 40x40)."""
+  pixels = tf.cast(tf.round(tf.clip_by_value(images, 0, 1) * 255), tf.uint8)
+  # zlib level 1: 3x faster than the default 6 at 300x300, for files about a fifth larger.
+  return tf.map_fn(lambda image: tf.io.encode_png(image, compression=1), pixels, fn_output_signature=tf.string,
+                   parallel_iterations=16)
+
+
+def _feature(values, kind: str) -> tf.train.Feature:
+  if kind == "bytes":
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+  if kind == "float":
+    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
+  return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+
+
+class Generator:
+  """Writes `config.num` composites of the synthesizer under `config.out` (module docstring)."""
+
+  def __init__(self, config: GenerateConfig):
+    self.config = config
+    self.synthesizer = Synthesizer(config.synthesizer, config.signature)
+    if not self.synthesizer.seeded:
+      logging.warning("--signature=%s takes no seed: its dropout or noise differs from run to run, so the "
+                      "dataset is not reproducible and a resumed shard differs from the lost one",
+                      config.signature)
+    self.target = Target(config.target) if config.target else None
+    cutout_shape = self.synthesizer.foreground_shape[-3:]
+    loaded = cutouts_lib.load_cutouts(config.foregrounds, cutout_shape[:2])
+    self.cutouts, self.cutout_classes = loaded.with_channels(cutout_shape[-1]), loaded.classes
+    self.class_names = loaded.class_names
+    slots = self.synthesizer.slots
+    if config.max_objects > slots:
+      raise ConfigError(f"--max_objects={config.max_objects}: the synthesizer pastes at most {slots} objects")
+    self.max_objects = config.max_objects or slots
+    height, width, channels = self.synthesizer.background_shape
+    self.photos = (photos_lib.read_photos(photos_lib.image_paths(config.backgrounds),
+                                          f"--backgrounds={config.backgrounds}", min_side=min(height, width))
+                   if config.backgrounds else None)
+    # Two batches in flight: enough to overlap with the synthesizer, which takes the cores' threads.
+    self.encoder = concurrent.futures.ThreadPoolExecutor(config.encode_threads)
+    self.drawer = concurrent.futures.ThreadPoolExecutor(1)
+
+  # ------------------------------------------------------------------------------------ inputs
+  def _backgrounds(self, count: int, rng: np.random.Generator) -> np.ndarray:
+    height, width, channels = self.synthesizer.background_shape
+    if self.photos is None:
+      return np.zeros([count, height, width, channels], np.float32)
+    crops = photos_lib.random_crops(self.photos, count, max(height, width), rng).astype(np.float32) / 255
+    if height != width:
+      crops = tf.image.resize(crops, [height, width], antialias=True).numpy()
+    if channels == 1:
+      crops = crops @ np.array([[0.299], [0.587], [0.114]], np.float32)
+    return crops
+
+  def _inputs(self, count: int, rng: np.random.Generator):
+    """(foreground, background, classes or None, labels) for `count` composites."""
+    picks = rng.integers(len(self.cutouts), size=(count, self.synthesizer.slots))
+    background = self._backgrounds(count, rng)
+    if not self.synthesizer.detection:
+      return self.cutouts[picks[:, 0]], background, None, {"label": self.cutout_classes[picks[:, 0]]}
+    objects = rng.integers(1, self.max_objects + 1, size=count)
+    filled = np.arange(self.synthesizer.slots)[None, :] < objects[:, None]
+    classes = np.where(filled, self.cutout_classes[picks], -1).astype(np.int32)
+    foreground = self.cutouts[picks] * filled[:, :, None, None, None]
+    return foreground, background, classes, None
+
+  def _draw(self, count: int, rng: np.random.Generator) -> tuple:
+    """Everything random about a batch: its inputs and the synthesizer's seed."""
+    return (*self._inputs(count, rng), rng.integers(2 ** 31 - 1, size=2))
+
+  def _batch(self, draw: tuple) -> Batch:
+    foreground, background, classes, labels, seed = draw
+    outputs = self.synthesizer(foreground, background, classes, seed)
+    if self.synthesizer.detection:
+      labels = {"boxes": outputs["boxes"], "classes": outputs["classes"].astype(np.int32),
+                "count": outputs["num_objects"].astype(np.int32)}
+    hardness = self.target.hardness(outputs["composite"], labels) if self.target else None
+    masks = outputs.get("warped_mask") if self.config.write_masks else None
+    return Batch(outputs["composite"], outputs["params"], labels, masks, hardness)
+
+  # ------------------------------------------------------------------------------------ records
+  def _example(self, batch: Batch, i: int, source_id: str, png: bytes, mask_png: bytes | None
+               ) -> tuple[bytes, dict]:
+    """(serialised tf.train.Example, its annotation for the sidecar) of composite `i` of `batch`, whose
+    image (and mask) are already encoded."""
+    height, width, channels = batch.images[i].shape
+    features = {
+        "image/encoded": _feature([png], "bytes"), "image/format": _feature([b"png"], "bytes"),
+        "image/height": _feature([height], "int"), "image/width": _feature([width], "int"),
+        "image/channels": _feature([channels], "int"), "image/source_id": _feature([source_id.encode()], "bytes"),
+        "synthesizer/params": _feature(batch.params[i].reshape(-1), "float"),
+    }
+    annotation: dict = {"source_id": source_id}
+    if self.synthesizer.detection:
+      count = int(batch.labels["count"][i])
+      boxes, classes = batch.labels["boxes"][i, :count], batch.labels["classes"][i, :count]
+      for k, name in enumerate(("ymin", "xmin", "ymax", "xmax")):
+        features[f"image/object/bbox/{name}"] = _feature(boxes[:, k], "float")
+      features["image/object/class/label"] = _feature(classes, "int")
+      features["image/object/class/text"] = _feature([self.class_names[c].encode() for c in classes], "bytes")
+      annotation.update(boxes=boxes.tolist(), classes=classes.tolist())
+    else:
+      label = int(batch.labels["label"][i])
+      features["image/class/label"] = _feature([label], "int")
+      features["image/class/text"] = _feature([self.class_names[label].encode()], "bytes")
+      annotation["label"] = label
+      if mask_png is not None:
+        features["image/mask/encoded"] = _feature([mask_png], "bytes")
+    if batch.hardness is not None:
+      features["target/hardness"] = _feature([batch.hardness[i]], "float")
+      annotation["hardness"] = float(batch.hardness[i])
+    example = tf.train.Example(features=tf.train.Features(feature=features))
+    return example.SerializeToString(deterministic=True), annotation  # Map order fixed: same bytes per run.
+
+  def _encode(self, batch: Batch, rows: np.ndarray, first: int, shard: int) -> list[tuple[bytes, dict]]:
+    if not len(rows):
+      return []
+    pngs = _pngs(tf.constant(batch.images[rows])).numpy()
+    masks = _pngs(tf.constant(batch.masks[rows])).numpy() if batch.masks is not None else [None] * len(rows)
+    return [self._example(batch, i, f"{shard:05d}-{first + n:06d}", png, mask)
+            for n, (i, png, mask) in enumerate(zip(rows, pngs, masks))]
+
+  # ------------------------------------------------------------------------------------ shards
+  def _shard_batches(self, shard: int) -> Iterator[tuple[Batch, np.ndarray, int]]:
+    """(batch, indices of its composites to keep, how many of it were looked at) until the shard is full;
+    its seed fixes everything."""
+    rng = np.random.default_rng([self.config.seed, shard])
+    # The next batch's inputs (photo crops above all) are drawn while the synthesizer runs this one; one
+    # thread draws them in order, so the shard stays a function of its seed.
+    draw = lambda: self._draw(self.config.batch_size, rng)
+    upcoming = self.drawer.submit(draw)
+    needed, kept, batches = self.config.shard_length(shard), 0, 0
+    limit = MAX_BATCHES_PER_NEEDED_BATCH * math.ceil(needed / self.config.batch_size)
+    while kept < needed:
+      if batches >= limit:
+        raise DataError(f"--hard_only: after {batches} batches shard {shard} holds {kept} of {needed} hard "
+                        f"composites; the target finds almost nothing hard below --hard_threshold="
+                        f"{self.config.hard_threshold}. Raise the threshold or drop --hard_only.")
+      inputs = upcoming.result()
+      upcoming = self.drawer.submit(draw)
+      batch = self._batch(inputs)
+      batches += 1
+      rows = np.arange(self.config.batch_size)
+      if self.config.hard_only:
+        rows = rows[batch.hardness < self.config.hard_threshold]
+      full = len(rows) >= needed - kept
+      rows = rows[:needed - kept]
+      kept += len(rows)
+      yield batch, rows, int(rows[-1]) + 1 if full else self.config.batch_size
+
+  def _write_shard(self, shard: int, progress: "Progress") -> dict:
+    path = self.config.shard_path(shard)
+    staging = path + ".writing"
+    annotations, drawn, queued = [], 0, 0
+    pending: collections.deque = collections.deque()
+    with tf.io.TFRecordWriter(staging) as writer:
+      def drain(keep: int):
+        while len(pending) > keep:
+          for record, annotation in pending.popleft().result():
+            writer.write(record)
+            annotations.append(annotation)
+      for batch, rows, looked_at in self._shard_batches(shard):
+        drawn += looked_at
+        pending.append(self.encoder.submit(self._encode, batch, rows, queued, shard))
+        queued += len(rows)
+        progress.add(len(rows), looked_at)
+        drain(keep=2)  # Encoding overlaps the next batches' compositing.
+      drain(keep=0)
+    sidecar = {"shard": shard, "records": len(annotations), "drawn": drawn, "seed": self.config.seed,
+               "annotations": annotations}
+    files.write_json(path[:-len(RECORD_SUFFIX)] + SIDECAR_SUFFIX, sidecar)
+    os.replace(staging, path)
+    return sidecar
+
+  def finished(self, shard: int) -> dict | None:
+    """The sidecar of a finished shard, None for one still to write."""
+    path = self.config.shard_path(shard)
+    if not os.path.exists(path):
+      return None
+    with open(path[:-len(RECORD_SUFFIX)] + SIDECAR_SUFFIX) as f:
+      return json.load(f)
+
+  def run(self) -> dict:
+    config = self.config
+    os.makedirs(config.out, exist_ok=True)
+    sidecars, todo = {}, []
+    for shard in range(config.num_shards):
+      done = self.finished(shard)
+      if done is None:
+        todo.append(shard)
+      else:
+        sidecars[shard] = done
+    if sidecars:
+      logging.info("resuming: %d of %d shards already written", len(sidecars), config.num_shards)
+    progress = Progress(sum(config.shard_length(s) for s in todo))
+    start = time.perf_counter()
+    for shard in todo:
+      sidecars[shard] = self._write_shard(shard, progress)
+    seconds = time.perf_counter() - start
+    records = sum(s["records"] for s in sidecars.values())
+    drawn = sum(s["drawn"] for s in sidecars.values())
+    summary = {"num": records, "shards": config.num_shards, "drawn": drawn, "yield": records / max(drawn, 1),
+               "seconds_this_run": round(seconds, 2), "written_this_run": progress.kept,
+               "composites_per_second": round(progress.kept / seconds, 2) if seconds else None,
+               "synthesizer": self.synthesizer.path, "class_names": self.class_names,
+               "detection": self.synthesizer.detection, "config": dataclasses.asdict(config)}
+    if self.synthesizer.detection:
+      summary["annotations"] = self._write_coco(sidecars)
+    summary["preview"] = self._write_preview()
+    files.write_json(os.path.join(config.out, SUMMARY), summary)
+    if config.hard_only:
+      logging.info("--hard_only: %d of %d composites were hard (yield %.1f%%)", records, drawn,
+                   100 * summary["yield"])
+    logging.info("%d composites in %d shards under %s", records, config.num_shards, config.out)
+    self.encoder.shutdown()
+    self.drawer.shutdown()
+    return summary
+
+  def _write_coco(self, sidecars: dict[int, dict]) -> str:
+    """annotations.json: every composite as a COCO image (file_name = <shard file>:<record index>)."""
+    truth, names = [], []
+    for shard in sorted(sidecars):
+      shard_file = os.path.basename(self.config.shard_path(shard))
+      for index, annotation in enumerate(sidecars[shard]["annotations"]):
+        truth.append(evaluation.ImageBoxes(np.array(annotation["boxes"], np.float32).reshape(-1, 4),
+                                           np.array(annotation["classes"], np.int64)))
+        names.append(f"{shard_file}:{index}")
+    dataset, _ = evaluation.to_coco(truth, [], tuple(self.synthesizer.background_shape[:2]), self.class_names)
+    for image, name in zip(dataset["images"], names):
+      image["file_name"] = name
+    path = os.path.join(self.config.out, ANNOTATIONS)
+    files.write_json(path, dataset)
+    return path
+
+  def _write_preview(self, count: int = 16) -> str:
+    """preview.png: the first shard's first composites (with their boxes), read back from the records."""
+    from terse_tf.tasks.base import image_grid  # The grid helper only; no task is built.
+    records = tf.data.TFRecordDataset(self.config.shard_path(0)).take(count)
+    images, boxes = [], []
+    for record in records:
+      example = tf.train.Example.FromString(record.numpy())
+      features = example.features.feature
+      image = tf.io.decode_png(features["image/encoded"].bytes_list.value[0])
+      images.append(tf.image.convert_image_dtype(image, tf.float32))
+      corners = [features[f"image/object/bbox/{k}"].float_list.value for k in ("ymin", "xmin", "ymax", "xmax")]
+      boxes.append(np.stack(corners, axis=-1).reshape(-1, 4) if corners[0] else np.zeros([0, 4], np.float32))
+    grid_images = tf.stack(images)
+    if grid_images.shape[-1] == 1:
+      grid_images = tf.image.grayscale_to_rgb(grid_images)
+    width = max(1, max(len(b) for b in boxes))
+    padded = np.stack([np.pad(b, [[0, width - len(b)], [0, 0]]) for b in boxes]).astype(np.float32)
+    drawn = tf.image.draw_bounding_boxes(grid_images, padded, tf.constant([[1.0, 0.0, 0.0]]))
+    grid = image_grid(drawn)[0]
+    path = os.path.join(self.config.out, PREVIEW)
+    files.atomic_write(path, lambda f: f.write(_png(grid.numpy())))
+    return path
+
+
+class Progress:
+  """Logs composites written, the rate and the time left, at most every few seconds."""
+
+  def __init__(self, total: int, every_s: float = 5.0):
+    self.total, self.every_s = total, every_s
+    self.kept = self.drawn = 0
+    self.start = self.last = time.perf_counter()
+
+  def add(self, kept: int, drawn: int) -> None:
+    self.kept += kept
+    self.drawn += drawn
+    now = time.perf_counter()
+    if now - self.last >= self.every_s or self.kept >= self.total:
+      self.last = now
+      rate = self.kept / max(now - self.start, 1e-9)
+      eta = (self.total - self.kept) / rate if rate else float("inf")
+      logging.info("%d / %d composites (%.1f%%), %.1f per second, %s left%s", self.kept, self.total,
+                   100 * self.kept / max(self.total, 1), rate, _duration(eta),
+                   f", yield {self.kept / self.drawn:.1%}" if self.drawn != self.kept else "")
+
+
+def _duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "unknown time"
+  minutes, seconds = divmod(int(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"

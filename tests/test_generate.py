@@ -1,0 +1,188 @@
+"""The dataset generator: records and COCO JSON read back, determinism, resume after SIGKILL, --hard_only,
+bad cut-outs."""
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from pycocotools.coco import COCO
+
+from conftest import DETECTION_SMOKE_FLAGFILE, REPO_ROOT, smoke_config
+from terse_tf import export, generation, trainer as trainer_lib
+from terse_tf.data import cutouts, mnist, photos
+from terse_tf.errors import DataError
+
+DIGIT_NAMES = [str(d) for d in range(10)]
+
+
+def digit_cutouts(count: int, seed: int, coloured: bool) -> tuple[np.ndarray, np.ndarray]:
+  """RGBA cut-outs [count, 40, 40, 4] of bundled digits (white or coloured ink) and their labels."""
+  images, labels = mnist.load_bundled()
+  rng = np.random.default_rng(seed)
+  pick = rng.choice(len(images), count, replace=False)
+  alpha = mnist.pad_to(images[pick]).astype(np.float32)[..., None] / 255
+  colour = rng.uniform(size=(count, 1, 1, 3)) if coloured else np.ones((count, 1, 1, 3))
+  return np.concatenate([np.broadcast_to(colour, alpha.shape[:-1] + (3,)), alpha], -1), labels[pick]
+
+
+@pytest.fixture(scope="module")
+def affnist_export(tmp_path_factory):
+  """An affNIST run's exports (baseline T trained, so some composites are hard and some not) and a
+  --foregrounds folder of digits."""
+  root = tmp_path_factory.mktemp("affnist")
+  trainer = trainer_lib.Trainer(smoke_config(str(root / "run"), cycles=0, export=False))
+  trainer.run()
+  paths = export.export_models(trainer.task, trainer.synthesizer, trainer.target, str(root / "export"))
+  images, labels = digit_cutouts(200, seed=0, coloured=False)
+  cutouts.write_cutouts(images, labels, DIGIT_NAMES, str(root / "digits"))
+  return root, paths
+
+
+@pytest.fixture(scope="module")
+def detection_export(tmp_path_factory):
+  root = tmp_path_factory.mktemp("detection")
+  trainer = trainer_lib.Trainer(smoke_config(str(root / "run"), DETECTION_SMOKE_FLAGFILE, cycles=0,
+                                             baseline_epochs=0, export=False))
+  paths = export.export_models(trainer.task, trainer.synthesizer, trainer.target, str(root / "export"))
+  images, _ = digit_cutouts(100, seed=1, coloured=True)
+  cutouts.write_cutouts(images, np.zeros(100, np.int64), ["digit"], str(root / "digits"))
+  os.makedirs(root / "photos")
+  for path in photos._bundled_paths("train")[:3]:  # pylint: disable=protected-access
+    shutil.copy(path, root / "photos")
+  return root, paths
+
+
+def read_records(out_dir) -> list[tf.train.Example]:
+  shards = sorted(tf.io.gfile.glob(os.path.join(str(out_dir), "*" + generation.RECORD_SUFFIX)))
+  return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(shards)]
+
+
+def feature(example, key):
+  value = example.features.feature[key]
+  return list(value.bytes_list.value or value.float_list.value or value.int64_list.value)
+
+
+def generate_cli(*args):
+  return subprocess.Popen([sys.executable, "-m", "terse_tf.generate", *args], cwd=REPO_ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_killed_generation_resumes_to_exactly_the_uninterrupted_dataset(affnist_export, tmp_path):
+  root, paths = affnist_export
+  common = [f"--synthesizer={os.path.dirname(paths[export.SYNTHESIZER_DIR])}", f"--foregrounds={root / 'digits'}",
+            "--num=1200", "--shard_size=100", "--batch_size=50", "--seed=7", "--write_masks"]
+  reference = generate_cli(*common, f"--out={tmp_path / 'whole'}")
+  interrupted = generate_cli(*common, f"--out={tmp_path / 'killed'}")
+  # SIGKILL once some shards are finished and before all of them are.
+  deadline = time.time() + 240
+  while time.time() < deadline:
+    done = [n for n in os.listdir(tmp_path / "killed")] if os.path.isdir(tmp_path / "killed") else []
+    if sum(n.endswith(generation.RECORD_SUFFIX) for n in done) >= 2:
+      break
+    time.sleep(0.05)
+  interrupted.send_signal(signal.SIGKILL)
+  interrupted.wait()
+  finished_before = sorted(n for n in os.listdir(tmp_path / "killed") if n.endswith(generation.RECORD_SUFFIX))
+  assert 2 <= len(finished_before) < 12, finished_before
+  assert not os.path.exists(tmp_path / "killed" / generation.SUMMARY)
+  resumed = generate_cli(*common, f"--out={tmp_path / 'killed'}")
+  for process in (reference, resumed):
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+  assert "resuming: " in stderr
+
+  records = read_records(tmp_path / "killed")
+  assert len(records) == 1200
+  assert len({feature(r, "image/source_id")[0] for r in records}) == 1200
+  # The same seed gives the same dataset, byte for byte, however often the run was interrupted.
+  for name in sorted(os.listdir(tmp_path / "whole")):
+    if name.endswith(generation.RECORD_SUFFIX):
+      assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes(), name
+
+  example = records[0]
+  image = tf.io.decode_png(feature(example, "image/encoded")[0]).numpy()
+  mask = tf.io.decode_png(feature(example, "image/mask/encoded")[0]).numpy()
+  assert image.shape == mask.shape == (40, 40, 1) and mask.max() > 200
+  assert feature(example, "image/class/text")[0].decode() == DIGIT_NAMES[feature(example, "image/class/label")[0]]
+  assert len(feature(example, "synthesizer/params")) == 6
+  summary = json.loads((tmp_path / "killed" / generation.SUMMARY).read_text())
+  assert summary["num"] == 1200 and os.path.exists(summary["preview"])
+
+
+def test_hard_only_keeps_what_the_target_finds_hard_and_reports_the_yield(affnist_export, tmp_path):
+  root, paths = affnist_export
+  config = generation.GenerateConfig(
+      synthesizer=paths[export.SYNTHESIZER_DIR], foregrounds=str(root / "digits"), out=str(tmp_path / "all"),
+      num=64, shard_size=64, batch_size=32, target=paths[export.TARGET_DIR])
+  generation.Generator(config).run()
+  # A threshold half of the composites fall below, whatever the smoke run's T learned.
+  threshold = float(np.median([feature(r, "target/hardness")[0] for r in read_records(tmp_path / "all")]))
+  config = dataclasses.replace(config, out=str(tmp_path / "hard"), num=100, shard_size=60, hard_only=True,
+                               hard_threshold=threshold)
+  summary = generation.Generator(config).run()
+  records = read_records(tmp_path / "hard")
+  hardness = np.array([feature(r, "target/hardness")[0] for r in records])
+  assert len(records) == 100 and np.all(hardness < threshold)
+  assert 0.2 < summary["yield"] < 0.8 and summary["drawn"] > 100
+  # The recorded hardness is the exported target's verdict on the decoded image.
+  images = np.stack([tf.io.decode_png(feature(r, "image/encoded")[0]).numpy() for r in records[:16]]) / 255
+  labels = np.array([feature(r, "image/class/label")[0] for r in records[:16]], np.int32)
+  served = generation.Target(paths[export.TARGET_DIR]).hardness(images.astype(np.float32), {"label": labels})
+  np.testing.assert_allclose(served, hardness[:16], atol=0.02)  # PNG rounding of the image.
+
+
+def test_detection_records_and_coco_json_read_back_and_agree(detection_export, tmp_path):
+  root, paths = detection_export
+  config = generation.GenerateConfig(
+      synthesizer=paths[export.SYNTHESIZER_DIR], foregrounds=str(root / "digits"),
+      backgrounds=str(root / "photos"), out=str(tmp_path / "out"), num=70, shard_size=32, batch_size=16)
+  generation.Generator(config).run()
+  records = read_records(tmp_path / "out")
+  coco = COCO(str(tmp_path / "out" / generation.ANNOTATIONS))
+  assert len(records) == len(coco.getImgIds()) == 70
+  assert coco.loadCats(coco.getCatIds())[0]["name"] == "digit"
+  objects = 0
+  for image_id, record in zip(sorted(coco.getImgIds()), records):
+    height, width = feature(record, "image/height")[0], feature(record, "image/width")[0]
+    boxes = np.stack([feature(record, f"image/object/bbox/{k}") for k in ("ymin", "xmin", "ymax", "xmax")], -1)
+    assert np.all((boxes >= 0) & (boxes <= 1)) and np.all(boxes[:, 2:] > boxes[:, :2])
+    annotations = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
+    coco_boxes = np.array([a["bbox"] for a in annotations]).reshape(-1, 4)
+    expected = np.stack([boxes[:, 1] * width, boxes[:, 0] * height, (boxes[:, 3] - boxes[:, 1]) * width,
+                         (boxes[:, 2] - boxes[:, 0]) * height], -1)
+    np.testing.assert_allclose(coco_boxes, expected, atol=1e-3)
+    objects += len(boxes)
+  assert objects >= 70  # 1..3 objects each; a box may be dropped when most of its object is covered.
+
+
+def test_unusable_cutouts_are_skipped_by_name_and_an_empty_folder_is_an_error(tmp_path, caplog):
+  folder = tmp_path / "cutouts" / "thing"
+  folder.mkdir(parents=True)
+  rgba = np.zeros((30, 20, 4), np.uint8)
+  rgba[5:25, 5:15] = 255
+  (folder / "good.png").write_bytes(tf.io.encode_png(rgba).numpy())
+  (folder / "paired.jpg").write_bytes(tf.io.encode_jpeg(np.full((30, 20, 3), 128, np.uint8)).numpy())
+  (folder / "paired.mask.png").write_bytes(tf.io.encode_png(rgba[..., 3:]).numpy())
+  (folder / "broken.png").write_bytes(b"\x89PNG not really")
+  (folder / "no_alpha.png").write_bytes(tf.io.encode_png(rgba[..., :3]).numpy())
+  (folder / "wrong_mask.jpg").write_bytes(tf.io.encode_jpeg(np.zeros((30, 20, 3), np.uint8)).numpy())
+  (folder / "wrong_mask.mask.png").write_bytes(tf.io.encode_png(np.zeros((10, 10, 1), np.uint8)).numpy())
+  loaded = cutouts.load_cutouts(str(tmp_path / "cutouts"), (40, 40))
+  assert loaded.images.shape == (2, 40, 40, 4) and loaded.class_names == ["thing"]
+  # The 20x30 object keeps its aspect: scaled to 40 pixels high, 26-27 wide, centred.
+  assert np.count_nonzero(loaded.images[0, :, :, 3].max(axis=0) > 0.5) in (13, 14)
+  warnings = "\n".join(r.getMessage() for r in caplog.records)
+  for name in ("broken.png", "no_alpha.png", "wrong_mask.mask.png", "3 of 5 cut-outs"):
+    assert name in warnings
+  empty = tmp_path / "empty" / "thing"
+  empty.mkdir(parents=True)
+  with pytest.raises(DataError, match="--foregrounds=.*empty.*no usable cut-out"):
+    cutouts.load_cutouts(str(tmp_path / "empty"), (40, 40))
