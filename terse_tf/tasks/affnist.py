@@ -4,7 +4,6 @@ tested on affNIST (real .mat files, or a set generated from held-out digits with
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 import keras
 import numpy as np
@@ -14,10 +13,9 @@ from terse_tf import compositor as compositor_lib
 from terse_tf.data import affnist, mnist
 from terse_tf.networks import classifier, synthesizer
 from terse_tf.targets.classification import ClassifierTarget
-from terse_tf.tasks.base import Composition, RawParamsFn, Task
+from terse_tf.tasks.base import PastedObjectClassification
 
 IMAGE_SHAPE = (mnist.IMAGE_SIZE, mnist.IMAGE_SIZE, 1)
-FOREGROUND_SHAPE = (mnist.IMAGE_SIZE, mnist.IMAGE_SIZE, 2)  # White ink + the digit as alpha.
 # The shift that keeps MNIST's 20x20 digit box inside the 40x40 frame, (40 - 20) / 2: the translation clamp
 # when S's composites may leave the frame (--nokeep_in_frame); it also matches affNIST's spread of shifts.
 MAX_TRANSLATION_PX = 10.0
@@ -48,7 +46,7 @@ class AffnistTaskConfig:
   jit_compile: bool = True
 
 
-class AffnistTask(Task):
+class AffnistTask(PastedObjectClassification):
   random_source = "random_affine"
   headline = "affnist_test_accuracy"
   image_shape = IMAGE_SHAPE
@@ -98,22 +96,6 @@ class AffnistTask(Task):
     return ds.map(lambda d, y: {"foreground": foregrounds(d), "background": tf.zeros([batch_size, *IMAGE_SHAPE]),
                                 "label": y}).prefetch(2)
 
-  def _place_and_paste(self, raw: tf.Tensor, foreground: tf.Tensor, background: tf.Tensor):
-    config = self.compositor
-    params = compositor_lib.place(raw, foreground, IMAGE_SHAPE[:2], config)
-    return params, self._composite(foreground, background, params, config)
-
-  def compose(self, raw_params: RawParamsFn, batch: dict[str, tf.Tensor]) -> Composition:
-    foreground, background = batch["foreground"], batch["background"]
-    raw = raw_params(compositor_lib.premultiplied(foreground), background)
-    params, result = self._place_and_paste(raw, foreground, background)
-    ranges_ = self.compositor.ranges
-    # Diversity is measured where the affNIST recipe is uniform: the clamp box, before framing.
-    normalized = compositor_lib.normalize_params(
-        compositor_lib.clamp_params(raw, ranges_, self.compositor.clamp_mode), ranges_)
-    return Composition(images=result.image, labels={"label": batch["label"]}, params=params,
-                       normalized=normalized, object_classes=batch["label"])
-
   def random_samples(self, per_class: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """`per_class` training digits per class under affNIST-recipe transforms (the random-augmentation
     baseline)."""
@@ -135,21 +117,6 @@ class AffnistTask(Task):
     return {"mnist_val_accuracy": self.accuracy(target, self.splits.val_images, self.splits.val_labels,
                                                 batch_size),
             "affnist_test_accuracy": self.accuracy(target, *self.affnist_test, batch_size)}
-
-  def synthesizer_endpoints(self, synthesizer_model: keras.Model) -> dict[str, tuple[Callable, list]]:
-    """serving_default and sample: (foreground [B,40,40,2] colour + straight alpha, background
-    [B,40,40,1]) -> {params, composite, warped_mask}."""
-    signature = [tf.TensorSpec([None, *FOREGROUND_SHAPE], tf.float32, name="foreground"),
-                 tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32, name="background")]
-
-    def endpoint(raw_params: RawParamsFn) -> Callable:
-      def serve(foreground: tf.Tensor, background: tf.Tensor) -> dict[str, tf.Tensor]:
-        raw = raw_params(compositor_lib.premultiplied(foreground), background)
-        params, result = self._place_and_paste(raw, foreground, background)
-        return {"params": params, "composite": result.image, "warped_mask": result.warped_mask}
-      return serve
-
-    return synthesizer.serving_endpoints(synthesizer_model, endpoint, signature)
 
 
 def logits_in_batches(target: ClassifierTarget, images: np.ndarray, batch_size: int) -> np.ndarray:

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from terse_tf import compositor as compositor_lib
+from terse_tf.networks import synthesizer
 from terse_tf.targets.base import Labels, Target
 
 # S as a function: (premultiplied foregrounds, backgrounds) -> raw parameters [B, 6]. The trainer passes S in
@@ -99,3 +100,44 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def synthesizer_endpoints(self, synthesizer: keras.Model) -> dict[str, tuple[Callable, list[tf.TensorSpec]]]:
     """The exported S's signatures: name -> (function, input signature)."""
+
+
+class PastedObjectClassification(Task):
+  """What the classification tasks share: one cut-out per image, as large as the image (colour + straight
+  alpha), placed by S through the compositor's `place` (the clamp, then keep-in-frame) and labelled with its
+  class (batch["label"]). Subclasses set `_composite`, the compositor (XLA-compiled or not)."""
+
+  _composite: Callable[..., compositor_lib.Composite]
+
+  def place_and_paste(self, raw: tf.Tensor, foreground: tf.Tensor, background: tf.Tensor
+                      ) -> tuple[tf.Tensor, compositor_lib.Composite]:
+    """(clamped and framed parameters, composite) of raw parameters [B, 6]."""
+    params = compositor_lib.place(raw, foreground, self.image_shape[:2], self.compositor)
+    return params, self._composite(foreground, background, params, self.compositor)
+
+  def compose(self, raw_params: RawParamsFn, batch: dict[str, tf.Tensor]) -> Composition:
+    foreground, background = batch["foreground"], batch["background"]
+    raw = raw_params(compositor_lib.premultiplied(foreground), background)
+    params, result = self.place_and_paste(raw, foreground, background)
+    ranges = self.compositor.ranges
+    # Diversity is measured where the placement is uniform: the clamp box, before framing.
+    normalized = compositor_lib.normalize_params(
+        compositor_lib.clamp_params(raw, ranges, self.compositor.clamp_mode), ranges)
+    return Composition(images=result.image, labels={"label": batch["label"]}, params=params,
+                       normalized=normalized, object_classes=batch["label"])
+
+  def synthesizer_endpoints(self, synthesizer_model: keras.Model) -> dict[str, tuple[Callable, list]]:
+    """(foreground [B, H, W, C + 1] colour + straight alpha, background [B, H, W, C]) -> {params,
+    composite, warped_mask}."""
+    height, width, channels = self.image_shape
+    signature = [tf.TensorSpec([None, height, width, channels + 1], tf.float32, name="foreground"),
+                 tf.TensorSpec([None, *self.image_shape], tf.float32, name="background")]
+
+    def endpoint(raw_params: RawParamsFn) -> Callable:
+      def serve(foreground: tf.Tensor, background: tf.Tensor) -> dict[str, tf.Tensor]:
+        raw = raw_params(compositor_lib.premultiplied(foreground), background)
+        params, result = self.place_and_paste(raw, foreground, background)
+        return {"params": params, "composite": result.image, "warped_mask": result.warped_mask}
+      return serve
+
+    return synthesizer.serving_endpoints(synthesizer_model, endpoint, signature)

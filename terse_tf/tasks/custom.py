@@ -21,7 +21,7 @@ from terse_tf.data.cutouts import Cutouts
 from terse_tf.errors import ConfigError
 from terse_tf.networks import synthesizer
 from terse_tf.targets.classification import ClassifierTarget
-from terse_tf.tasks.base import Composition, RawParamsFn, Task
+from terse_tf.tasks.base import PastedObjectClassification
 
 # Where S may put a cut-out fitted to the whole image: anywhere it stays in the frame (keep_in_frame), at
 # 40-100% of the image's size, turned and sheared moderately.
@@ -39,7 +39,7 @@ class CustomTaskConfig:
   jit_compile: bool = True
 
 
-class CustomClassificationTask(Task):
+class CustomClassificationTask(PastedObjectClassification):
   """Classification with the user's own classifier, cut-outs, backgrounds and real images."""
 
   random_source = "random_placement"
@@ -106,19 +106,6 @@ class CustomClassificationTask(Task):
     ds = tf.data.Dataset.zip(objects, scenes).batch(batch_size, drop_remainder=True)
     return ds.map(lambda o, b: {"foreground": o[0], "label": o[1], "background": b}).prefetch(2)
 
-  def _place_and_paste(self, raw: tf.Tensor, foreground: tf.Tensor, background: tf.Tensor):
-    params = compositor_lib.place(raw, foreground, self.image_shape[:2], self.compositor)
-    return params, self._composite(foreground, background, params, self.compositor)
-
-  def compose(self, raw_params: RawParamsFn, batch: dict[str, tf.Tensor]) -> Composition:
-    foreground, background = batch["foreground"], batch["background"]
-    raw = raw_params(compositor_lib.premultiplied(foreground), background)
-    params, result = self._place_and_paste(raw, foreground, background)
-    normalized = compositor_lib.normalize_params(
-        compositor_lib.clamp_params(raw, self.compositor.ranges, self.compositor.clamp_mode), self.compositor.ranges)
-    return Composition(images=result.image, labels={"label": batch["label"]}, params=params,
-                       normalized=normalized, object_classes=batch["label"])
-
   def random_samples(self, per_class: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """`per_class` cut-outs per class at uniform parameters over the ranges, on random backgrounds."""
     rng = np.random.default_rng(seed)
@@ -128,7 +115,7 @@ class CustomClassificationTask(Task):
     foreground = tf.constant(self.cutouts[picks])
     background = tf.constant(self.backgrounds[rng.integers(len(self.backgrounds), size=len(picks))])
     # Uniform over the clamp box: the tanh clamp's inverse of uniform places in [-1, 1].
-    _, result = self._place_and_paste(tf.atanh(tf.constant(raw_uniform) * 0.999), foreground, background)
+    _, result = self.place_and_paste(tf.atanh(tf.constant(raw_uniform) * 0.999), foreground, background)
     return result.image.numpy(), {"label": self.cutout_classes[picks]}
 
   def evaluate(self, target: ClassifierTarget, batch_size: int) -> dict[str, float]:
@@ -138,19 +125,3 @@ class CustomClassificationTask(Task):
       logits = target.logits(tf.constant(images[start:start + batch_size], tf.float32) / 255.0)
       correct += int(np.sum(logits.numpy().argmax(-1) == labels[start:start + batch_size]))
     return {"test_accuracy": correct / len(labels)}
-
-  def synthesizer_endpoints(self, synthesizer_model: keras.Model) -> dict[str, tuple[Callable, list]]:
-    """(foreground [B, H, W, C + 1] colour + straight alpha, background [B, H, W, C]) -> {params, composite,
-    warped_mask}."""
-    height, width, channels = self.image_shape
-    signature = [tf.TensorSpec([None, height, width, channels + 1], tf.float32, name="foreground"),
-                 tf.TensorSpec([None, *self.image_shape], tf.float32, name="background")]
-
-    def endpoint(raw_params: RawParamsFn) -> Callable:
-      def serve(foreground: tf.Tensor, background: tf.Tensor) -> dict[str, tf.Tensor]:
-        raw = raw_params(compositor_lib.premultiplied(foreground), background)
-        params, result = self._place_and_paste(raw, foreground, background)
-        return {"params": params, "composite": result.image, "warped_mask": result.warped_mask}
-      return serve
-
-    return synthesizer.serving_endpoints(synthesizer_model, endpoint, signature)
