@@ -9,8 +9,9 @@ for the parameters only (what training S computes, since foregrounds and backgro
 parameters and the image. Three cases: a whole image warped at affNIST's size and at 300x300 (every output
 pixel is read), and the compositor's job in detection, a 40x40 RGBA cut-out pasted into a 300x300 frame over
 photo_digits' ranges at that size (up to twice the digit's size), where our warp samples only the cut-out's
-footprint (`compositor.warp_footprint`) and the reference op fills the whole frame. Each configuration is timed in one process, interleaved round by round, and reported as the
-ratio of medians, because absolute times on shared machines drift.
+footprint (`compositor.warp_footprint`) and the reference op fills the whole frame. Each configuration is
+timed in one process, interleaved round by round, and reported as the ratio of medians, because absolute
+times on shared machines drift.
 """
 
 from __future__ import annotations

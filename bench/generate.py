@@ -25,7 +25,8 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import report as bench_report  # pylint: disable=wrong-import-position
-from terse_tf import compositor, export, generation, train, trainer as trainer_lib  # pylint: disable=wrong-import-position
+from terse_tf import compositor, export, generation, train  # pylint: disable=wrong-import-position
+from terse_tf import trainer as trainer_lib  # pylint: disable=wrong-import-position
 from terse_tf.data import cutouts, mnist, photos  # pylint: disable=wrong-import-position
 
 flags.DEFINE_integer("num", 2000, "Composites generated per case.", lower_bound=64)
@@ -70,7 +71,8 @@ def write_inputs(root: str, coloured: bool) -> None:
 def compositor_rate(generator: generation.Generator, task, rounds: int = 10) -> float:
   """Composites per second of the compositor alone (the served signature's non-XLA path) on the
   generator's own inputs, with fixed parameters inside the task's ranges."""
-  foreground, background, classes, _ = generator._inputs(FLAGS.batch, np.random.default_rng(0))  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  foreground, background, classes, _ = generator._inputs(FLAGS.batch, np.random.default_rng(0))
   ranges = task.compositor.ranges
   low, high = ranges.bounds()
   rng = np.random.default_rng(1)

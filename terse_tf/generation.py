@@ -319,19 +319,30 @@ class Generator:
         progress.add(len(rows), looked_at)
         drain(keep=2)  # Encoding overlaps the next batches' compositing.
       drain(keep=0)
-    sidecar = {"shard": shard, "records": len(annotations), "drawn": drawn, "seed": self.config.seed,
+    sidecar = {"shard": shard, "records": len(annotations), "drawn": drawn, "recipe": self.recipe(),
                "annotations": annotations}
     files.write_json(path[:-len(RECORD_SUFFIX)] + SIDECAR_SUFFIX, sidecar)
     os.replace(staging, path)
     return sidecar
 
+  def recipe(self) -> dict:
+    """What a shard's contents depend on: a resumed run may keep a finished shard only if these agree."""
+    fields = ("foregrounds", "backgrounds", "shard_size", "batch_size", "seed", "signature", "target",
+              "hard_only", "hard_threshold", "max_objects", "write_masks")
+    return {"synthesizer": self.synthesizer.path, **{k: getattr(self.config, k) for k in fields}}
+
   def finished(self, shard: int) -> dict | None:
-    """The sidecar of a finished shard, None for one still to write."""
+    """The sidecar of a finished shard, None for one still to write; a DataError for a shard made with
+    other settings (mixing two recipes in one dataset would go unnoticed)."""
     path = self.config.shard_path(shard)
     if not os.path.exists(path):
       return None
     with open(path[:-len(RECORD_SUFFIX)] + SIDECAR_SUFFIX) as f:
-      return json.load(f)
+      sidecar = json.load(f)
+    if sidecar.get("recipe") != self.recipe():
+      raise DataError(f"--out={self.config.out}: {os.path.basename(path)} was written with other settings "
+                      f"({sidecar.get('recipe')}); resume with those, or write to a new --out")
+    return sidecar
 
   def run(self) -> dict:
     config = self.config

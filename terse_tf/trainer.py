@@ -190,6 +190,7 @@ class SynthStepOutputs(NamedTuple):
   diversity: tf.Tensor           # scalar, energy distance of the batch's transforms to the uniform box.
   adversarial: tf.Tensor         # scalar, S's realism term (0 without D).
   params: tf.Tensor              # [B, ..., 6] clamped affine parameters.
+  pasted: tf.Tensor              # [B, ...] int32, 1 where a row of params is an object (not an empty slot).
   composites: tf.Tensor          # [B, H, W, C] on the cache's 8-bit grid, as T judged them.
   labels: dict                   # The composites' labels, as T takes them.
   hardness: tf.Tensor            # [B] T's hardness score.
@@ -551,13 +552,14 @@ class Trainer:
         regularized = loss + self._coupled_decay(variables, config.synth_weight_decay)
       self.synth_optimizer.apply_gradients(zip(tape.gradient(regularized, variables), variables))
       judgement = self.target.judge(target_outputs, composition.labels)
+      pasted = tf.cast(composition.pasted, tf.int32)  # strategy.gather takes no bool.
       return ((loss, target_loss, diversity, adversarial),
-              (composition.params, images, composition.labels, judgement.hardness, judgement.quota_class))
+              (composition.params, pasted, images, composition.labels, judgement.hardness, judgement.quota_class))
 
     scalars, per_example = self.strategy.run(replica_step, args=(batch,))
     summed = [self.strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None) for x in scalars]
     gathered = tf.nest.map_structure(lambda x: self.strategy.gather(x, axis=0), per_example)
-    return SynthStepOutputs(*summed, *gathered), per_example[1]
+    return SynthStepOutputs(*summed, *gathered), per_example[2]
 
   # ----------------------------------------------------------------------------------------- phases
   def _where(self) -> str:
@@ -658,7 +660,7 @@ class Trainer:
       if kept_for_summary < 64:  # The first 64 hard composites of the cycle, for TensorBoard.
         examples.append(hard_composites[:64 - kept_for_summary])
       hardness_seen.append(hardness)
-      params_seen.append(outputs.params.numpy()[hard])
+      params_seen.append(outputs.params.numpy()[hard][outputs.pasted.numpy()[hard] > 0])  # Objects, not slots.
       self.synth_step.assign_add(1)
       self.synth_global_step.assign_add(1)
       self._summarize_synth_step(outputs, discriminator, hard, added)

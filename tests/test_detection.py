@@ -110,8 +110,11 @@ def test_each_players_step_moves_only_its_own_variables_and_s_learns_from_t_and_
              if any(not np.array_equal(a, b) for a, b in zip(before[name], values(model.variables)))}
     return moved, result
 
-  moved, (_, composites) = step_moves(lambda: trainer._synth_step(synth_batch))
+  moved, (outputs, composites) = step_moves(lambda: trainer._synth_step(synth_batch))
   assert moved == {"synthesizer"}
+  # The step says which parameter rows are objects: the hard-parameter histograms leave empty slots out.
+  np.testing.assert_array_equal(outputs.pasted.numpy() > 0, synth_batch["valid"].numpy())
+  assert not synth_batch["valid"].numpy().all()
   moved, _ = step_moves(lambda: trainer._discriminator_step(real, composites))
   assert moved == {"discriminator"}
   images, labels = trainer.task.real_examples()

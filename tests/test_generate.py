@@ -115,6 +115,11 @@ def test_a_killed_generation_resumes_to_exactly_the_uninterrupted_dataset(affnis
   assert len(feature(example, "synthesizer/params")) == 6
   summary = json.loads((tmp_path / "killed" / generation.SUMMARY).read_text())
   assert summary["num"] == 1200 and os.path.exists(summary["preview"])
+  # Resuming into it with another seed would mix two datasets: refused, naming --out.
+  other_seed = [a for a in common if not a.startswith("--seed")] + ["--seed=8", f"--out={tmp_path / 'killed'}"]
+  refused = generate_cli(*other_seed)
+  _, stderr = refused.communicate(timeout=300)
+  assert refused.returncode != 0 and "written with other settings" in stderr and "Traceback" not in stderr
 
 
 def test_hard_only_keeps_what_the_target_finds_hard_and_reports_the_yield(affnist_export, tmp_path):

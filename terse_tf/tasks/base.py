@@ -39,6 +39,7 @@ class Composition(NamedTuple):
   images: tf.Tensor      # [B, H, W, C] composites in [0, 1].
   labels: Labels         # As the task's target takes them.
   params: tf.Tensor      # [B, 6] or [B, N, 6]: the clamped parameters the compositor used.
+  pasted: tf.Tensor      # [B] or [B, N] bool: which rows of `params` are objects (not empty slots).
   normalized: tf.Tensor  # [M, 6] each pasted object's clamped parameters placed in the ranges, in [-1, 1].
   object_classes: tf.Tensor  # [M] the class of each of those objects (for the per-class diversity term).
 
@@ -124,7 +125,8 @@ class PastedObjectClassification(Task):
     normalized = compositor_lib.normalize_params(
         compositor_lib.clamp_params(raw, ranges, self.compositor.clamp_mode), ranges)
     return Composition(images=result.image, labels={"label": batch["label"]}, params=params,
-                       normalized=normalized, object_classes=batch["label"])
+                       pasted=tf.ones(tf.shape(params)[:1], tf.bool), normalized=normalized,
+                       object_classes=batch["label"])
 
   def synthesizer_endpoints(self, synthesizer_model: keras.Model) -> dict[str, tuple[Callable, list]]:
     """(foreground [B, H, W, C + 1] colour + straight alpha, background [B, H, W, C]) -> {params,

@@ -300,7 +300,7 @@ class PhotoDigitsTask(Task):
     valid = tf.reshape(batch["valid"], [-1])
     normalized = compositor_lib.normalize_params(tf.reshape(params, [-1, compositor_lib.NUM_PARAMS]),
                                                  self.compositor.ranges)
-    return Composition(images=images, labels=labels, params=params,
+    return Composition(images=images, labels=labels, params=params, pasted=tf.cast(batch["valid"], tf.bool),
                        normalized=tf.boolean_mask(normalized, valid),
                        object_classes=tf.boolean_mask(tf.reshape(batch["classes"], [-1]), valid))
 
