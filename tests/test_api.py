@@ -13,6 +13,7 @@ import tensorflow as tf
 from terse_tf import api, export
 from terse_tf.data import cutouts, photos
 from terse_tf.errors import ConfigError
+from terse_tf.tasks.custom import CustomClassificationTask, CustomTaskConfig
 
 SIZE = 32
 
@@ -109,3 +110,19 @@ def test_a_classifier_whose_classes_disagree_with_the_cutouts_is_refused(user_da
   with pytest.raises(ConfigError, match="unknown training options.*'cycels'"):
     api.train_classifier(users_classifier, str(root / "cutouts"), str(root / "photos"), real, test,
                          str(tmp_path / "run"), cycels=2)
+
+
+def test_cutouts_of_another_size_are_fitted_to_the_classifier_without_fringes(user_data):
+  root, real, test = user_data
+  rng = np.random.default_rng(3)
+  objects, labels = shapes(4, rng)
+  small = cutouts.Cutouts(np.stack([tf.image.resize(o, (20, 30)).numpy() for o in objects]), labels,
+                          ["disc", "cross"])
+  task = CustomClassificationTask(users_classifier, small, photos.load_photos("train")[:2], real, test,
+                                  CustomTaskConfig(num_backgrounds=4))
+  assert task.cutouts.shape == (4, SIZE, SIZE, 4)
+  # Each object keeps its one colour wherever it is visible (premultiplied resampling: no dark edge).
+  for fitted, original in zip(task.cutouts, objects):
+    visible = fitted[..., 3] > 0.05
+    np.testing.assert_allclose(fitted[visible][:, :3], np.broadcast_to(original[0, 0, :3], (visible.sum(), 3)),
+                               atol=1e-4)

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from terse_tf import compositor as compositor_lib
 from terse_tf.data import photos as photos_lib
-from terse_tf.data.cutouts import Cutouts
+from terse_tf.data.cutouts import Cutouts, fit
 from terse_tf.errors import ConfigError
 from terse_tf.networks import synthesizer
 from terse_tf.targets.classification import ClassifierTarget
@@ -60,8 +60,8 @@ class CustomClassificationTask(PastedObjectClassification):
     self.model_fn, self.config = model_fn, config
     self.compositor = compositor_lib.CompositorConfig(ranges=config.ranges)
     height, width, channels = self.image_shape
-    fitted = cutouts.images if cutouts.images.shape[1:3] == (height, width) else tf.image.resize(
-        cutouts.images, (height, width), antialias=True).numpy()
+    fitted = cutouts.images if cutouts.images.shape[1:3] == (height, width) else np.stack(
+        [fit(cutout, (height, width)) for cutout in cutouts.images])
     self.cutouts = Cutouts(fitted, cutouts.classes, cutouts.class_names).with_channels(channels + 1)
     self.cutout_classes = cutouts.classes
     crops = photos_lib.random_crops(backgrounds, config.num_backgrounds, max(height, width),
