@@ -131,8 +131,11 @@ def test_ctrl_c_ends_with_one_line_that_says_the_run_can_be_resumed(tmp_path):
   # machine (with 200 per class a fast run finished before the test read a checkpoint past the baseline).
   args = [f"--flagfile={SMOKE_FLAGFILE}", f"--run_dir={run_dir}", "--export=false", "--hard_per_class=5000",
           "--synth_max_steps=2000", "--checkpoint_every_steps=1", "--cycles=1"]
+  # The run gets Ctrl-C's default handling even where the tests run with SIGINT ignored (a shell's background
+  # job, `cmd &`): a process that starts with SIGINT ignored never turns it into KeyboardInterrupt.
   process = subprocess.Popen([sys.executable, "-m", "terse_tf.train", *args], cwd=REPO_ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   deadline = time.time() + 240
   while time.time() < deadline and process.poll() is None and (read_cache(run_dir) or [0])[0] != 1:
     time.sleep(0.1)  # Until the run checkpoints mid-synthesis.
