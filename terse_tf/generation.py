@@ -202,7 +202,7 @@ class Generator:
     if height != width:
       crops = tf.image.resize(crops, [height, width], antialias=True).numpy()
     if channels == 1:
-      crops = crops @ np.array([[0.299], [0.587], [0.114]], np.float32)
+      crops = photos_lib.luminance(crops)
     return crops
 
   def _inputs(self, count: int, rng: np.random.Generator):

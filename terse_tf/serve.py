@@ -91,7 +91,7 @@ def request_inputs(shapes: dict[str, list[int]], foreground_path: str, backgroun
     background = tf.image.resize(photos.read_rgb(background_path).astype(np.float32) / 255,
                                  [bg_height, bg_width], antialias=True).numpy()
     if bg_channels == 1:
-      background = background @ np.array([[0.299], [0.587], [0.114]], np.float32)
+      background = photos.luminance(background)
   else:
     background = np.zeros([bg_height, bg_width, bg_channels], np.float32)
   inputs = {"background": background[None].astype(np.float32)}

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from terse_tf.data.photos import IMAGE_EXTENSIONS
+from terse_tf.data.photos import IMAGE_EXTENSIONS, luminance
 from terse_tf.errors import DataError
 
 MASK_SUFFIX = ".mask.png"
@@ -37,8 +37,7 @@ class Cutouts:
     if channels == 4:
       return self.images
     if channels == 2:
-      luminance = self.images[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
-      return np.stack([luminance, self.images[..., 3]], axis=-1)
+      return np.concatenate([luminance(self.images[..., :3]), self.images[..., 3:]], axis=-1)
     raise ValueError(f"cut-outs have 2 (grey + alpha) or 4 (RGB + alpha) channels, not {channels}")
 
 

@@ -35,6 +35,15 @@ def _bundled_paths(split: str) -> list[str]:
           [os.path.join(matplotlib_dir, name) for name in MATPLOTLIB_PHOTOS[split]])
 
 
+# ITU-R BT.601 luma weights: RGB -> one grey channel wherever a grey image is made from a colour one.
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+  """Float RGB [..., 3] -> grey [..., 1]."""
+  return (rgb @ LUMA)[..., None]
+
+
 def read_rgb(path: str) -> np.ndarray:
   """uint8 [H, W, 3] of an image file (grey replicated, alpha dropped); DataError naming a file that cannot
   be read or decoded."""

@@ -67,7 +67,7 @@ class CustomClassificationTask(PastedObjectClassification):
     crops = photos_lib.random_crops(backgrounds, config.num_backgrounds, max(height, width),
                                     np.random.default_rng(seed)).astype(np.float32) / 255
     crops = tf.image.resize(crops, (height, width), antialias=True).numpy()
-    self.backgrounds = crops if channels == 3 else crops @ np.array([[0.299], [0.587], [0.114]], np.float32)
+    self.backgrounds = crops if channels == 3 else photos_lib.luminance(crops)
     self.real, self.test = (self._checked(real, "real"), self._checked(test, "test"))
     self._composite = tf.function(compositor_lib.composite, jit_compile=config.jit_compile)
 
