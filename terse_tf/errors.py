@@ -15,3 +15,7 @@ class DataError(TerseError):
 
 class NonFiniteLossError(TerseError):
   """A loss became NaN or inf; training stopped and the last good checkpoint is kept."""
+
+
+class WorkerLostError(TerseError):
+  """A worker of a multi-worker run stopped or cannot be reached; every worker must be relaunched."""

@@ -16,13 +16,19 @@ def run(config: TrainConfig, command_line: str = "", task: Task | None = None) -
   """Writes the resolved config, runs every remaining phase, exports; returns the results. `task`: one
   built in Python (terse_tf.api) instead of the one the config names."""
   trainer = Trainer(config, task)  # Creates the run directory only once the run can start.
-  files.write_json(os.path.join(config.run_dir, "config.json"),
-                   {"command": command_line, "config": dataclasses.asdict(config)})
-  results = trainer.run()
-  if config.export:
-    paths = export.export_models(trainer.task, trainer.synthesizer, trainer.target,
-                                 os.path.join(config.run_dir, "export"))
-    logging.info("exported SavedModels: %s", paths)
+  try:
+    # trainer.output_dir is the run directory, or for a worker other than the chief its scratch directory.
+    files.write_json(os.path.join(trainer.output_dir, "config.json"),
+                     {"command": command_line, "config": dataclasses.asdict(config)})
+    results = trainer.run()
+    if config.export:  # Every worker exports (saving may read variables through collectives).
+      paths = export.export_models(trainer.task, trainer.synthesizer, trainer.target,
+                                   os.path.join(trainer.output_dir, "export"))
+      if trainer.is_chief:
+        logging.info("exported SavedModels: %s", paths)
+    trainer.sync_workers()
+  finally:
+    trainer.close()
   headline = results["headline"]
   before, after = results.get(f"{headline}_before"), results.get(f"{headline}_after")
   logging.info("%s: %s before TERSE, %s after %d cycles; results in %s", headline,

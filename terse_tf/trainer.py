@@ -22,7 +22,9 @@ of cache shards it saw. Resume order: the latest checkpoint in the run directory
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -39,13 +41,13 @@ from terse_tf import compositor as compositor_lib
 from terse_tf import files, losses, tasks
 from terse_tf.cache import HardExampleCache, as_stored
 from terse_tf.data import affnist, mnist
-from terse_tf.errors import ConfigError, DataError, NonFiniteLossError
+from terse_tf.errors import ConfigError, DataError, NonFiniteLossError, WorkerLostError
 from terse_tf.networks import discriminator as discriminator_lib
 from terse_tf.networks import synthesizer
 from terse_tf.tasks import affnist as affnist_task
 from terse_tf.tasks import photo_digits
 
-STRATEGIES = ("auto", "default", "mirrored")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 # Where each cycle's added samples come from: TERSE's synthesizer (hard composites against the current T),
 # the task's random-placement baseline (affNIST's random affine recipe; Cut-Paste-Learn's random placement
 # and blending for detection), or nothing (a control that fine-tunes on the real set alone).
@@ -211,15 +213,43 @@ def task_config(config: TrainConfig) -> affnist_task.AffnistTaskConfig | photo_d
 
 
 def build_strategy(name: str) -> tf.distribute.Strategy:
-  """The one place the distribution strategy is chosen: mirrored over several GPUs, else the default.
+  """The one place the distribution strategy is chosen: mirrored over several GPUs, else the default;
+  "multi_worker" mirrors over every device of every worker process that TF_CONFIG lists.
 
-  An explicit "mirrored" with no GPU mirrors over the logical CPU devices (how the tests run it).
+  An explicit "mirrored" with no GPU mirrors over the logical CPU devices (how the tests run it). The
+  multi-worker strategy must be built before the process runs any TensorFlow op (it configures the
+  collective ops of the runtime), so the Trainer builds its strategy first.
   """
+  if name == "multi_worker":
+    if not os.environ.get("TF_CONFIG"):
+      raise ConfigError("--strategy=multi_worker needs the TF_CONFIG environment variable: the cluster "
+                        '({"worker": ["host:port", ...]}) and this process\'s task ({"type": "worker", '
+                        '"index": i}); see README "Several devices"')
+    return tf.distribute.MultiWorkerMirroredStrategy()
   gpus = tf.config.list_logical_devices("GPU")
   if name == "mirrored" or (name == "auto" and len(gpus) > 1):
     devices = gpus or tf.config.list_logical_devices("CPU")
     return tf.distribute.MirroredStrategy([device.name for device in devices])
   return tf.distribute.get_strategy()
+
+
+def worker_count(strategy: tf.distribute.Strategy) -> int:
+  """Processes that take each step together: the tasks TF_CONFIG lists for a multi-worker strategy, else 1."""
+  resolver = strategy.cluster_resolver
+  if resolver is None or not resolver.task_type:
+    return 1
+  jobs = resolver.cluster_spec().as_dict()
+  return len(jobs.get("chief", ())) + len(jobs.get("worker", ()))
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """Whether this process writes the run's outputs: the only process of a single-worker run; with several
+  workers the "chief" task, or worker 0 when the cluster names no chief (TF's convention)."""
+  resolver = strategy.cluster_resolver
+  if resolver is None or not resolver.task_type or resolver.task_type == "chief":
+    return True
+  return (resolver.task_type == "worker" and resolver.task_id == 0 and
+          "chief" not in resolver.cluster_spec().as_dict())
 
 
 def format_duration(seconds: float) -> str:
@@ -282,6 +312,13 @@ class Trainer:
     names."""
     self.config = config
     self._check_run_dir_path()
+    self.strategy = build_strategy(config.strategy)  # First: multi-worker must precede every other op.
+    # Every worker takes every step (saves included: they may read variables through collectives), but
+    # only the chief writes to the run directory; the others write to a private scratch directory made by
+    # _prepare_run_dir and removed by close().
+    self.is_chief = is_chief(self.strategy)
+    self.multi_worker = worker_count(self.strategy) > 1
+    self.output_dir = config.run_dir
     keras.utils.set_random_seed(config.seed)
 
     if (task is not None) != (config.task == tasks.CUSTOM):
@@ -290,7 +327,6 @@ class Trainer:
     self.task = task or tasks.build(task_config(config))
     logging.info("task %s: %s", config.task, self.task.describe())
 
-    self.strategy = build_strategy(config.strategy)
     # With coupled decay the optimizers decay nothing themselves: the L2 term joins each player's loss.
     decoupled = config.weight_decay_mode == "decoupled"
     with self.strategy.scope():
@@ -340,13 +376,17 @@ class Trainer:
 
     self._prepare_run_dir()
     self.cache.sync()  # Drops cache shards written after the restored checkpoint (a kill between the two).
-    self.checkpoint_manager = tf.train.CheckpointManager(self.checkpoint, checkpoint_dir, max_to_keep=3)
-    self.writer = tf.summary.create_file_writer(os.path.join(config.run_dir, "tensorboard"))
-    self.results_path = os.path.join(config.run_dir, "results.json")
+    self.checkpoint_manager = tf.train.CheckpointManager(
+        self.checkpoint, os.path.join(self.output_dir, "checkpoints"), max_to_keep=3)
+    self.writer = (tf.summary.create_file_writer(os.path.join(config.run_dir, "tensorboard")) if self.is_chief
+                   else tf.summary.create_noop_writer())
+    self.results_path = os.path.join(self.output_dir, "results.json")
     self.progress = Progress(config.cycles, float(self.elapsed_s.numpy()))
     self._target_step = tf.function(self._target_step_fn)
     self._synth_step = tf.function(self._synth_step_fn)
     self._discriminator_step = tf.function(self._discriminator_step_fn)
+    self._barrier = tf.function(lambda: self.strategy.reduce(
+        tf.distribute.ReduceOp.SUM, self.strategy.run(lambda: tf.constant(1)), axis=None))
     self._judge = tf.function(
         lambda images, labels: self.target.judge(self.target.model(images, training=False), labels))
 
@@ -391,7 +431,19 @@ class Trainer:
     """Creates the run directory and proves it writable, then (--fresh) removes the previous run's outputs.
 
     A directory this call created is removed again if it cannot be used, so a failed start leaves none.
+    A worker other than the chief makes its scratch directory instead, with a copy of the cache shards the
+    restored checkpoint counts (the chief's, read from the shared run directory).
     """
+    if not self.is_chief:
+      self.output_dir = self._scratch_dir()
+      shutil.rmtree(self.output_dir, ignore_errors=True)  # What a killed worker left.
+      scratch_cache = os.path.join(self.output_dir, "cache")
+      os.makedirs(scratch_cache)
+      for path in self.cache.shard_paths():
+        shutil.copy(path, scratch_cache)
+      self.cache.directory = scratch_cache
+      logging.info("worker (not the chief): writes go to the scratch directory %s", self.output_dir)
+      return
     run_dir = self.config.run_dir
     created = not os.path.exists(run_dir)
     try:
@@ -410,6 +462,20 @@ class Trainer:
           shutil.rmtree(path)
         elif os.path.exists(path):
           os.remove(path)
+
+  def _scratch_dir(self) -> str:
+    """A worker's scratch directory: one per run directory and task, so a relaunch finds (and clears) the
+    one a killed worker left."""
+    resolver = self.strategy.cluster_resolver
+    run = hashlib.sha1(os.path.abspath(self.config.run_dir).encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), f"terse_tf_{run}_{resolver.task_type}{resolver.task_id}")
+
+  def close(self) -> None:
+    """Ends the run's use of the disk: flushes TensorBoard; a worker other than the chief removes its
+    scratch directory."""
+    self.writer.flush()
+    if not self.is_chief:
+      shutil.rmtree(self.output_dir, ignore_errors=True)
 
   def _identity(self) -> str:
     """The settings a checkpoint must share to be resumed: task, data, test set and target architecture."""
@@ -771,6 +837,31 @@ class Trainer:
   # ----------------------------------------------------------------------------------------- driver
   def run(self) -> dict:
     """Runs every remaining phase; returns the results written to results.json."""
+    with self._lost_workers_reported():
+      return self._run_phases()
+
+  def sync_workers(self) -> None:
+    """Waits until every worker gets here (a collective; nothing with a single worker), so that none exits
+    while another still works: the survivors would take the exit for a crash."""
+    if self.multi_worker:
+      with self._lost_workers_reported():
+        self._barrier()
+
+  @contextlib.contextmanager
+  def _lost_workers_reported(self):
+    """Turns the collective ops' error for a worker that died into one line that says what to do."""
+    try:
+      yield
+    except tf.errors.UnavailableError as e:
+      if not self.multi_worker:
+        raise
+      first_line = (e.message or str(e)).strip().splitlines()[0]
+      raise WorkerLostError(
+          f"another worker of this multi-worker run stopped or cannot be reached ({first_line}). Stop every "
+          f"worker and relaunch them all with the same command: they resume from the chief's last checkpoint "
+          f"in --run_dir={self.config.run_dir}") from e
+
+  def _run_phases(self) -> dict:
     config = self.config
     if int(self.phase.numpy()) == PHASE_BASELINE:
       self._train_target_epochs(config.baseline_epochs, seed_base=config.seed * 1000)
