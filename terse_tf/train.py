@@ -28,7 +28,8 @@ flags.DEFINE_string("init_checkpoint", "", "Checkpoint prefix to initialise S an
                     "directory has no checkpoint of its own.")
 flags.DEFINE_integer("seed", 0, "Seed for splits, initialisation and shuffling.")
 flags.DEFINE_enum("strategy", "auto", trainer.STRATEGIES, "auto: MirroredStrategy when several GPUs are "
-                  "visible, else the default single-device strategy.")
+                  "visible, else the default single-device strategy; mirrored: always MirroredStrategy; "
+                  "multi_worker: MultiWorkerMirroredStrategy over the workers TF_CONFIG lists (README).")
 flags.DEFINE_bool("export", True, "Write SavedModels of S and T at the end of the run.")
 flags.DEFINE_integer("checkpoint_every_steps", 25, "Synthesizer steps between checkpoints.", lower_bound=1)
 flags.DEFINE_integer("image_summary_every_steps", 100, "Synthesizer steps between composite image grids.",
