@@ -1,4 +1,5 @@
-"""Bring your own target: TERSE against your Keras classifier, on your cut-outs and backgrounds, from Python.
+"""Bring your own target: TERSE against your Keras classifier or detector, on your cut-outs and
+backgrounds, from Python.
 
     import terse_tf.api
 
@@ -10,7 +11,15 @@
         test=(x_test, y_test),                   # what test_accuracy is measured on
         run_dir="runs/mine", cycles=2)
 
-The class sub-folders, sorted by name, are the classifier's classes 0, 1, ... Everything else is the
+    results = terse_tf.api.train_detector(
+        model=lambda: my_keras_detector(),       # images [H, W, 3] in [0, 1] -> {"class_logits": [A, C + 1],
+        anchors=my_anchors,                      #   "box_regression": [A, 4]} over anchors [A, 4] (cy, cx, h, w)
+        cutouts="my_cutouts/", backgrounds="my_photos/",
+        real=(images, boxes, classes),           # uint8 [N, H, W, 3]; per image boxes [n, 4] and classes [n]
+        test=(test_images, test_boxes, test_classes),
+        run_dir="runs/my_detector", cycles=2)
+
+The class sub-folders, sorted by name, are the target's classes 0, 1, ... Everything else is the
 trainer's own: S against your T in lockstep, the hard-example cache, checkpoints (call again to resume),
 TensorBoard under run_dir, and SavedModel exports of S (serve it, or generate a dataset with
 `python -m terse_tf.generate`) and of your fine-tuned T. Keyword arguments set TrainConfig's fields
@@ -29,8 +38,36 @@ from terse_tf import compositor, tasks, train_lib
 from terse_tf.data import cutouts as cutouts_lib
 from terse_tf.data import photos
 from terse_tf.errors import ConfigError
-from terse_tf.tasks.custom import DEFAULT_RANGES, CustomClassificationTask, CustomTaskConfig
+from terse_tf.tasks.custom import (DEFAULT_RANGES, BoxesPerImage, CustomClassificationTask,
+                                   CustomDetectionConfig, CustomDetectionTask, CustomTaskConfig)
 from terse_tf.trainer import TrainConfig
+
+
+# TrainConfig fields that configure the synthesizer the task builds.
+_SYNTHESIZER_OPTIONS = ("synth_width", "synth_dropout", "synth_noise_dim", "jit_compile")
+
+
+def _model_fn(model: keras.Model | Callable[[], keras.Model]) -> Callable[[], keras.Model]:
+  model_fn = model if callable(model) and not isinstance(model, keras.Model) else (lambda: model)
+  probe = model_fn()
+  if not isinstance(probe, keras.Model):
+    raise ConfigError(f"model must be a keras.Model or a function returning one, got {type(probe).__name__}")
+  return model_fn
+
+
+def _train_config(run_dir: str, task: str, train_options: dict) -> TrainConfig:
+  fields = {field.name for field in dataclasses.fields(TrainConfig)}
+  unknown = sorted(set(train_options) - fields)
+  if unknown:
+    raise ConfigError(f"unknown training options {unknown}; TrainConfig has {sorted(fields)}")
+  for name in ("hard_per_class", "eval_after_cycles"):  # One number for every cycle, as the flags take it.
+    if isinstance(train_options.get(name), int):
+      train_options[name] = (train_options[name],)
+  return TrainConfig(run_dir=run_dir, task=task, **train_options)
+
+
+def _synthesizer_options(train_options: dict) -> dict:
+  return {k: train_options[k] for k in _SYNTHESIZER_OPTIONS if k in train_options}
 
 
 def train_classifier(model: keras.Model | Callable[[], keras.Model], cutouts: str, backgrounds: str,
@@ -40,24 +77,40 @@ def train_classifier(model: keras.Model | Callable[[], keras.Model], cutouts: st
   """Runs TERSE against `model` (a Keras classifier, or a function that builds one: pass a function to
   train under a multi-device strategy, whose variables must be made inside its scope). Returns the run's
   results (results.json), with `test_accuracy_before` and `test_accuracy_after`."""
-  model_fn = model if callable(model) and not isinstance(model, keras.Model) else (lambda: model)
+  model_fn = _model_fn(model)
   probe = model_fn()
-  if not isinstance(probe, keras.Model):
-    raise ConfigError(f"model must be a keras.Model or a function returning one, got {type(probe).__name__}")
-  fields = {field.name for field in dataclasses.fields(TrainConfig)}
-  unknown = sorted(set(train_options) - fields)
-  if unknown:
-    raise ConfigError(f"unknown training options {unknown}; TrainConfig has {sorted(fields)}")
-  for name in ("hard_per_class", "eval_after_cycles"):  # One number for every cycle, as the flags take it.
-    if isinstance(train_options.get(name), int):
-      train_options[name] = (train_options[name],)
-  synth = {k: train_options[k] for k in ("synth_width", "synth_dropout", "synth_noise_dim", "jit_compile")
-           if k in train_options}
-  config = TrainConfig(run_dir=run_dir, task=tasks.CUSTOM, **train_options)
+  config = _train_config(run_dir, tasks.CUSTOM, train_options)
   loaded = cutouts_lib.load_cutouts(cutouts, tuple(probe.input_shape[1:3]), flag="cutouts")
   photos_list = photos.read_photos(photos.image_paths(backgrounds), f"backgrounds={backgrounds}",
                                    min_side=min(probe.input_shape[1:3]))
-  task = CustomClassificationTask(model_fn, loaded, photos_list, real, test,
-                                  CustomTaskConfig(ranges=ranges, num_backgrounds=num_backgrounds, **synth),
-                                  seed=config.seed)
+  task = CustomClassificationTask(
+      model_fn, loaded, photos_list, real, test,
+      CustomTaskConfig(ranges=ranges, num_backgrounds=num_backgrounds, **_synthesizer_options(train_options)),
+      seed=config.seed)
+  return train_lib.run(config, task=task)
+
+
+def train_detector(model: keras.Model | Callable[[], keras.Model], anchors: np.ndarray, cutouts: str,
+                   backgrounds: str, real: BoxesPerImage, test: BoxesPerImage, run_dir: str,
+                   ranges: compositor.AffineRanges | None = None, cutout_size: int = 0, max_objects: int = 3,
+                   min_visible: float = 0.25, background_artifact_fraction: float = 0.3,
+                   num_backgrounds: int = 500, **train_options) -> dict:
+  """Runs TERSE against `model`, a single-shot detector over `anchors` (targets.ssd.SSDTarget states the
+  contract; a function that builds it, to train under a multi-device strategy). S places up to
+  `max_objects` cut-outs per scene, fitted to `cutout_size` pixels (0: a third of the image) and placed
+  within `ranges` (None: tasks.custom.detection_ranges). Returns the run's results (results.json), with
+  `test_ap50_before` and `test_ap50_after` (COCO AP@0.5 on `test`)."""
+  model_fn = _model_fn(model)
+  height, width = model_fn().input_shape[1:3]
+  config = _train_config(run_dir, tasks.CUSTOM_DETECTION, train_options)
+  side = cutout_size or min(height, width) // 3
+  loaded = cutouts_lib.load_cutouts(cutouts, (side, side), flag="cutouts")
+  photos_list = photos.read_photos(photos.image_paths(backgrounds), f"backgrounds={backgrounds}",
+                                   min_side=min(height, width))
+  task = CustomDetectionTask(
+      model_fn, anchors, loaded, photos_list, real, test,
+      CustomDetectionConfig(ranges=ranges, cutout_size=side, max_objects=max_objects, min_visible=min_visible,
+                            background_artifact_fraction=background_artifact_fraction,
+                            num_backgrounds=num_backgrounds, **_synthesizer_options(train_options)),
+      seed=config.seed)
   return train_lib.run(config, task=task)

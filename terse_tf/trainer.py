@@ -140,7 +140,7 @@ class TrainConfig:
   export: bool = True
 
   def __post_init__(self):
-    if self.task not in (*tasks.TASKS, tasks.CUSTOM):
+    if self.task not in (*tasks.TASKS, *tasks.CUSTOM_TASKS):
       raise ConfigError(f"--task must be one of {tasks.TASKS}, got {self.task!r}")
     if not self.target:
       object.__setattr__(self, "target", tasks.TARGETS[self.task][0])
@@ -308,8 +308,8 @@ class Trainer:
     order; only then does it touch the run directory (and with --fresh remove the previous run's outputs),
     so a start that fails on bad input loses nothing and leaves nothing behind.
 
-    `task`: a task built in Python (terse_tf.api, with config.task "custom") instead of one the config
-    names."""
+    `task`: a task built in Python (terse_tf.api, with config.task one of tasks.CUSTOM_TASKS) instead of
+    one the config names."""
     self.config = config
     self._check_run_dir_path()
     self.strategy = build_strategy(config.strategy)  # First: multi-worker must precede every other op.
@@ -321,7 +321,7 @@ class Trainer:
     self.output_dir = config.run_dir
     keras.utils.set_random_seed(config.seed)
 
-    if (task is not None) != (config.task == tasks.CUSTOM):
+    if (task is not None) != (config.task in tasks.CUSTOM_TASKS):
       raise ConfigError(f"task {config.task!r} with {'a' if task else 'no'} Python task object: a custom task "
                         f"comes from terse_tf.api, the named ones ({tasks.TASKS}) from their flags")
     self.task = task or tasks.build(task_config(config))

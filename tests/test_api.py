@@ -126,3 +126,101 @@ def test_cutouts_of_another_size_are_fitted_to_the_classifier_without_fringes(us
     visible = fitted[..., 3] > 0.05
     np.testing.assert_allclose(fitted[visible][:, :3], np.broadcast_to(original[0, 0, :3], (visible.sum(), 3)),
                                atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------- a detector
+SCENE = 64
+GRID = 8
+
+
+def users_anchors() -> np.ndarray:
+  """The user's default boxes [A, 4] (cy, cx, h, w): two squares per cell of an 8x8 grid."""
+  centres = (np.arange(GRID) + 0.5) / GRID
+  cy, cx = np.meshgrid(centres, centres, indexing="ij")
+  return np.stack([np.stack([cy, cx, np.full_like(cy, side), np.full_like(cy, side)], -1).reshape(-1, 4)
+                   for side in (0.25, 0.45)], axis=1).reshape(-1, 4).astype(np.float32)
+
+
+def users_detector(num_classes: int = 2) -> keras.Model:
+  """Not one of terse_tf's networks: a small single-shot detector with two boxes per cell of an 8x8 map."""
+  images = keras.Input((SCENE, SCENE, 3))
+  x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(images)
+  x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(x)
+  x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(x)
+  class_logits = keras.layers.Reshape((-1, num_classes + 1))(keras.layers.Conv2D(2 * (num_classes + 1), 3,
+                                                                                 padding="same")(x))
+  box_regression = keras.layers.Reshape((-1, 4))(keras.layers.Conv2D(2 * 4, 3, padding="same")(x))
+  return keras.Model(images, {"class_logits": class_logits, "box_regression": box_regression},
+                     name="users_detector")
+
+
+def detection_scenes(objects: np.ndarray, classes: np.ndarray, backgrounds: np.ndarray,
+                     side_range: tuple[int, int], rng: np.random.Generator):
+  """One cut-out per photo crop, resized to a side in `side_range` and pasted at a random place (numpy):
+  (uint8 images, boxes per image [1, 4] from the pasted alpha, classes per image [1])."""
+  images, boxes = [], []
+  for cutout, background in zip(objects, backgrounds):
+    side = int(rng.integers(*side_range))
+    small = tf.image.resize(cutout, (side, side)).numpy()
+    top, left = rng.integers(0, SCENE - side + 1, size=2)
+    canvas = background.astype(np.float32) / 255
+    patch = canvas[top:top + side, left:left + side]
+    canvas[top:top + side, left:left + side] = small[..., :3] * small[..., 3:] + patch * (1 - small[..., 3:])
+    images.append(np.clip(np.rint(canvas * 255), 0, 255).astype(np.uint8))
+    rows, cols = np.nonzero(small[..., 3] > 0.5)
+    boxes.append(np.array([[(top + rows.min()) / SCENE, (left + cols.min()) / SCENE,
+                            (top + rows.max() + 1) / SCENE, (left + cols.max() + 1) / SCENE]], np.float32))
+  return np.stack(images), boxes, [np.array([c]) for c in classes]
+
+
+@pytest.fixture(scope="module")
+def detection_data(user_data):
+  root, _, _ = user_data
+  rng = np.random.default_rng(1)
+  crops = photos.random_crops(photos.load_photos("train"), 300, SCENE, rng)
+  real_objects, real_classes = shapes(200, rng)
+  test_objects, test_classes = shapes(100, rng)
+  # Real scenes show mid-sized objects; the test set small and large ones too.
+  real = detection_scenes(real_objects, real_classes, crops[:200], (20, 28), rng)
+  test = detection_scenes(test_objects, test_classes, crops[200:], (12, 40), rng)
+  return root, real, test
+
+
+def test_terse_trains_a_users_own_detector_from_python(detection_data, tmp_path):
+  root, real, test = detection_data
+  options = dict(cycles=1, baseline_epochs=3, batch_size=16, synth_batch_size=8, hard_per_class=6,
+                 synth_max_steps=12, finetune_steps=15, checkpoint_every_steps=4, eval_batch_size=50,
+                 hard_threshold=0.5)
+  run_dir = str(tmp_path / "run")
+  results = api.train_detector(users_detector, users_anchors(), str(root / "cutouts"), str(root / "photos"),
+                               real, test, run_dir, max_objects=2, **options)
+  assert results["headline"] == "test_ap50" and results["cycles_completed"] == 1
+  assert 0 <= results["test_ap50_before"] <= 1 and 0 <= results["test_ap50_after"] <= 1
+  assert results["hard_examples"] > 0
+  with open(os.path.join(run_dir, "results.json")) as f:
+    assert json.load(f)["task"] == "custom_detection"
+  # The user's network is T: its export detects on the user's images; S's export places 2 cut-outs of a
+  # third of the scene (21 px) each.
+  served = tf.saved_model.load(export.saved_model_path(os.path.join(run_dir, "export", export.TARGET_DIR)))
+  detections = served.signatures[export.SERVING_DEFAULT](images=tf.constant(test[0][:3] / 255, tf.float32))
+  assert detections["boxes"].shape[0] == 3 and detections["num_detections"].shape == (3,)
+  synthesizer = tf.saved_model.load(export.saved_model_path(os.path.join(run_dir, "export",
+                                                                         export.SYNTHESIZER_DIR)))
+  inputs = synthesizer.signatures[export.GENERATE].structured_input_signature[1]
+  assert inputs["foreground"].shape.as_list() == [None, 2, SCENE // 3, SCENE // 3, 4]
+  opaque = np.ones([1, 2, SCENE // 3, SCENE // 3, 4], np.float32)  # A solid white square in each slot.
+  outputs = synthesizer.signatures[export.SERVING_DEFAULT](
+      foreground=tf.constant(opaque), background=tf.zeros([1, SCENE, SCENE, 3]), classes=tf.constant([[1, -1]]))
+  assert outputs["num_objects"].numpy().tolist() == [1] and outputs["classes"].numpy()[0, 0] == 1
+
+
+def test_a_detector_that_breaks_the_contract_is_refused(detection_data, tmp_path):
+  root, real, test = detection_data
+  call = lambda model, anchors=users_anchors(), data=real: api.train_detector(
+      model, anchors, str(root / "cutouts"), str(root / "photos"), data, test, str(tmp_path / "run"))
+  with pytest.raises(ConfigError, match="2 classes.*scores 3"):
+    call(lambda: users_detector(num_classes=3))
+  with pytest.raises(ConfigError, match="with A = 64.*returns"):
+    call(users_detector, anchors=users_anchors()[:64])
+  with pytest.raises(ConfigError, match="real image 0: expected boxes"):
+    call(users_detector, data=(real[0], [np.array([[0.5, 0.5, 0.4, 0.9]])] + real[1][1:], real[2]))

@@ -18,7 +18,7 @@ from terse_tf.data import photos
 from terse_tf.errors import DataError
 from terse_tf.networks import synthesizer
 from terse_tf.targets.ssd import SSDTarget
-from terse_tf.tasks import photo_digits
+from terse_tf.tasks import detection
 from test_export import saved_model_cli_run
 
 
@@ -38,7 +38,7 @@ def values(variables):
 
 def test_compact_labels_put_the_visible_objects_first_and_zero_the_padding():
   boxes_in = tf.constant([[[0.1, 0.1, 0.2, 0.2], [0.3, 0.3, 0.4, 0.4], [0.5, 0.5, 0.6, 0.6]]])
-  labels = photo_digits.compact_labels(boxes_in, tf.constant([[4, 7, 9]]), tf.constant([[False, True, True]]))
+  labels = detection.compact_labels(boxes_in, tf.constant([[4, 7, 9]]), tf.constant([[False, True, True]]))
   assert labels["count"].numpy().tolist() == [2]
   np.testing.assert_allclose(labels["boxes"].numpy()[0], [[0.3, 0.3, 0.4, 0.4], [0.5, 0.5, 0.6, 0.6], [0] * 4])
   assert labels["classes"].numpy().tolist() == [[7, 9, 0]]
@@ -72,7 +72,7 @@ def test_ssd_hardness_is_the_confidence_for_the_hardest_objects_class():
   same high probability and class 0 a low one: a scene's hardness is the probability of its hardest
   object's class, and it counts towards that class's quota."""
   spec = boxes.DefaultBoxSpec(feature_sizes=(8, 4, 2))
-  target = SSDTarget("compact", 64, num_classes=2, spec=spec)
+  target = SSDTarget.build("compact", 64, num_classes=2, spec=spec)
   bias = np.array([0.0, 1.0, 3.0], np.float32)  # background, class 0, class 1
   for k in range(3):
     head = target.model.get_layer(f"class_head_{k}")
@@ -89,7 +89,7 @@ def test_ssd_hardness_is_the_confidence_for_the_hardest_objects_class():
 def test_cut_paste_blend_modes_soften_the_edge_and_keep_the_alpha_mass():
   cutout = np.zeros([4, 40, 40, 4], np.float32)
   cutout[:, 10:30, 15:25] = 1.0
-  blended = photo_digits.blur_alpha(tf.constant(cutout), tf.constant([0, 1, 2, 3])).numpy()
+  blended = detection.blur_alpha(tf.constant(cutout), tf.constant([0, 1, 2, 3])).numpy()
   np.testing.assert_array_equal(blended[0], cutout[0])  # "none"
   for mode in (1, 2, 3):
     assert np.abs(blended[mode, ..., 3] - cutout[mode, ..., 3]).max() > 0.1  # The edge is softened...
@@ -142,7 +142,7 @@ def test_synthesized_boxes_follow_the_pasted_objects(trainer):
       batch["foreground"], batch["background"])
   result = compositor.composite_objects(batch["foreground"], batch["background"], params, batch["valid"],
                                         trainer.task.compositor, trainer.task.settings.min_visible)
-  labels = photo_digits.compact_labels(result.boxes, batch["classes"], result.box_valid)
+  labels = detection.compact_labels(result.boxes, batch["classes"], result.box_valid)
   for i in range(len(params)):
     shown = [box for box, ok in zip(result.boxes.numpy()[i], result.box_valid.numpy()[i]) if ok]
     count = int(labels["count"][i])

@@ -22,17 +22,28 @@ MATCH_IOU = 0.5
 
 
 class SSDTarget(Target):
-  """Labels: {"boxes": [B, G, 4], "classes": [B, G], "count": [B]}."""
+  """A single-shot detector over default boxes (anchors). Labels: {"boxes": [B, G, 4], "classes": [B, G],
+  "count": [B]}.
+
+  Any Keras model can be T here (ours from `build`, or a user's): images [B, H, W, 3] floats in [0, 1] ->
+  {"class_logits": [B, A, C + 1] (index 0 the background), "box_regression": [B, A, 4] SSD's offsets
+  (boxes.encode) from the A `anchors` [A, 4] in centre form (cy, cx, h, w), normalised}."""
 
   hardness_range = (0.0, 1.0)  # a probability
 
-  def __init__(self, backbone: str, image_size: int, num_classes: int, spec: boxes_lib.DefaultBoxSpec,
-               weights: str | None = None, max_detections: int = 100):
-    self.model: keras.Model = ssd.build_ssd(backbone, image_size, num_classes, spec, weights=weights)
-    self.anchors = boxes_lib.default_boxes(spec)
+  def __init__(self, model: keras.Model, anchors: tf.Tensor, max_detections: int = 100):
+    self.model = model
+    self.anchors = tf.convert_to_tensor(anchors, tf.float32)
     self.max_detections = max_detections
     # Traced once per target, so that each evaluation does not trace detection again.
     self.detections = tf.function(self.detect)
+
+  @classmethod
+  def build(cls, backbone: str, image_size: int, num_classes: int, spec: boxes_lib.DefaultBoxSpec,
+            weights: str | None = None) -> SSDTarget:
+    """One of terse_tf's SSDs (networks/ssd.py) over `spec`'s default boxes."""
+    return cls(ssd.build_ssd(backbone, image_size, num_classes, spec, weights=weights),
+               boxes_lib.default_boxes(spec))
 
   def _matches(self, labels: Labels) -> boxes_lib.Matches:
     # map_fn, not vectorized_map: matching has data-dependent shapes (the real boxes of each image).

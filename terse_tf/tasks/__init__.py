@@ -8,14 +8,20 @@ from terse_tf.tasks import affnist, photo_digits
 from terse_tf.tasks.base import Composition, Task, image_grid
 
 TASKS = ("affnist", "photo_digits")
-# A task built in Python around the user's own target and data (terse_tf.api), not named by flags.
+# Tasks built in Python around the user's own classifier or detector and data (terse_tf.api), not named by
+# flags.
 CUSTOM = "custom"
+CUSTOM_DETECTION = "custom_detection"
+CUSTOM_TASKS = (CUSTOM, CUSTOM_DETECTION)
 # The target architectures each task accepts, its default first.
-TARGETS = {"affnist": ("paper", "itn_swish"), "photo_digits": ("ssd_compact", "ssd_vgg16"), CUSTOM: ("yours",)}
+TARGETS = {"affnist": ("paper", "itn_swish"), "photo_digits": ("ssd_compact", "ssd_vgg16"), CUSTOM: ("yours",),
+           CUSTOM_DETECTION: ("yours",)}
 # Each task's random-placement baseline (a --sample_source value).
-RANDOM_SOURCES = {"affnist": "random_affine", "photo_digits": "cut_paste", CUSTOM: "random_placement"}
+RANDOM_SOURCES = {"affnist": "random_affine", "photo_digits": "cut_paste", CUSTOM: "random_placement",
+                  CUSTOM_DETECTION: "cut_paste"}
 
-__all__ = ["Composition", "Task", "image_grid", "build", "TASKS", "CUSTOM", "TARGETS", "RANDOM_SOURCES"]
+__all__ = ["Composition", "Task", "image_grid", "build", "TASKS", "CUSTOM", "CUSTOM_DETECTION", "CUSTOM_TASKS",
+           "TARGETS", "RANDOM_SOURCES"]
 
 
 @functools.lru_cache(maxsize=1)

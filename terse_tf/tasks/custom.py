@@ -1,9 +1,14 @@
-"""A classification task around the user's own Keras classifier and data (terse_tf.api builds it).
+"""Tasks around the user's own Keras target and data (terse_tf.api builds them).
 
-The user brings a classifier (images [H, W, C] floats in [0, 1] -> logits), a folder of cut-outs with one
-sub-folder per class (data/cutouts.py), photos to crop backgrounds from, and labelled real images. S pastes
-one cut-out per background; a composite's label is its cut-out's class. The random-placement baseline puts
-cut-outs at uniform parameters over the ranges; evaluation is accuracy on the user's test images.
+Classification: the user brings a classifier (images [H, W, C] floats in [0, 1] -> logits), a folder of
+cut-outs with one sub-folder per class (data/cutouts.py), photos to crop backgrounds from, and labelled real
+images. S pastes one cut-out per background; a composite's label is its cut-out's class. The random-placement
+baseline puts cut-outs at uniform parameters over the ranges; evaluation is accuracy on the user's test images.
+
+Detection: the user brings a single-shot detector over default boxes (targets.ssd.SSDTarget's contract),
+cut-outs, photos, and real and test images with their boxes. S places up to `max_objects` cut-outs per scene
+(PastedObjectDetection: occlusion, boxes from the visible masks, background regions pasted in a share of the
+backgrounds); the random baseline is Cut-Paste-Learn's; evaluation is COCO AP on the user's test images.
 """
 
 from __future__ import annotations
@@ -16,12 +21,15 @@ import numpy as np
 import tensorflow as tf
 
 from terse_tf import compositor as compositor_lib
+from terse_tf import evaluation
 from terse_tf.data import photos as photos_lib
 from terse_tf.data.cutouts import Cutouts, fit
 from terse_tf.errors import ConfigError
-from terse_tf.networks import synthesizer
+from terse_tf.networks import scene_synthesizer, synthesizer
 from terse_tf.targets.classification import ClassifierTarget
+from terse_tf.targets.ssd import SSDTarget
 from terse_tf.tasks.base import PastedObjectClassification
+from terse_tf.tasks.detection import PastedObjectDetection
 
 # Where S may put a cut-out fitted to the whole image: anywhere it stays in the frame (keep_in_frame), at
 # 40-100% of the image's size, turned and sheared moderately.
@@ -125,3 +133,146 @@ class CustomClassificationTask(PastedObjectClassification):
       logits = target.logits(tf.constant(images[start:start + batch_size], tf.float32) / 255.0)
       correct += int(np.sum(logits.numpy().argmax(-1) == labels[start:start + batch_size]))
     return {"test_accuracy": correct / len(labels)}
+
+
+# A detection scene's boxes as the user gives them: per image, boxes [n, 4] (normalised ymin, xmin, ymax,
+# xmax) and classes [n] (0-based).
+BoxesPerImage = tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]
+
+
+def detection_ranges(image_side: int) -> compositor_lib.AffineRanges:
+  """Where S may put a cut-out in a detection scene by default: centre anywhere 8 pixels inside the frame,
+  at half to twice the cut-out's size, turned and sheared moderately."""
+  return compositor_lib.AffineRanges(max_rotation_deg=30.0, max_translation_px=image_side / 2 - 8,
+                                     max_shear=0.2, min_scale=0.5, max_scale=2.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class CustomDetectionConfig:
+  ranges: compositor_lib.AffineRanges | None = None  # None: detection_ranges of the image's side.
+  cutout_size: int = 0          # Side the cut-outs are fitted to (their size at scale 1); 0: a third of the image.
+  max_objects: int = 3          # Cut-outs S places per scene (1..max_objects present).
+  min_visible: float = 0.25     # An object with less of it in view gets no box.
+  background_artifact_fraction: float = 0.3  # Backgrounds given a pasted background region (§3.1).
+  num_backgrounds: int = 500    # Random crops of the photos S pastes on.
+  synth_width: int = 32
+  synth_dropout: float = 0.3
+  synth_noise_dim: int = 0
+  jit_compile: bool = True
+
+
+class CustomDetectionTask(PastedObjectDetection):
+  """Detection with the user's own single-shot detector, cut-outs, backgrounds and real and test scenes."""
+
+  def __init__(self, model_fn: Callable[[], keras.Model], anchors: np.ndarray, cutouts: Cutouts,
+               backgrounds: list[np.ndarray], real: BoxesPerImage, test: BoxesPerImage,
+               config: CustomDetectionConfig = CustomDetectionConfig(), seed: int = 0):
+    probe = model_fn()
+    self.image_shape = tuple(probe.input_shape[1:])
+    if len(self.image_shape) != 3 or None in self.image_shape or self.image_shape[-1] != 3:
+      raise ConfigError(f"the detector must take RGB images of a fixed size [H, W, 3]; its input is "
+                        f"{probe.input_shape}")
+    self.anchors = np.asarray(anchors, np.float32)
+    outputs = probe(tf.zeros([1, *self.image_shape]), training=False)
+    expected = f"{{'class_logits': [B, A, classes + 1], 'box_regression': [B, A, 4]}} with A = {len(self.anchors)}"
+    if (not isinstance(outputs, dict) or {"class_logits", "box_regression"} - set(outputs) or
+        self.anchors.ndim != 2 or self.anchors.shape[1] != 4 or
+        outputs["class_logits"].shape[1] != len(self.anchors) or
+        tuple(outputs["box_regression"].shape[1:]) != (len(self.anchors), 4)):
+      shapes = ({k: tuple(v.shape) for k, v in outputs.items()} if isinstance(outputs, dict)
+                else type(outputs).__name__)
+      raise ConfigError(f"the detector must return {expected} (anchors [A, 4]); it returns {shapes} for "
+                        f"anchors {self.anchors.shape}")
+    self.num_classes = int(outputs["class_logits"].shape[-1]) - 1
+    self.class_names = cutouts.class_names
+    if len(self.class_names) != self.num_classes:
+      raise ConfigError(f"the cut-outs have {len(self.class_names)} classes ({self.class_names}); the detector "
+                        f"scores {self.num_classes} (class_logits has {self.num_classes + 1} with the background)")
+    self.model_fn, self.config = model_fn, config
+    height, width, _ = self.image_shape
+    side = config.cutout_size or min(height, width) // 3
+    if not 8 <= side <= min(height, width) // 2:
+      raise ConfigError(f"cutout_size must be between 8 and half the image's side ({min(height, width) // 2}), "
+                        f"got {side}")
+    self.cutout_shape = (side, side)
+    self.max_objects, self.min_visible = config.max_objects, config.min_visible
+    self.background_artifact_fraction = config.background_artifact_fraction
+    ranges = config.ranges or detection_ranges(min(height, width))
+    self._set_compositing(compositor_lib.CompositorConfig(ranges=ranges), config.jit_compile)
+    self.cutouts = cutouts.images if cutouts.images.shape[1:3] == self.cutout_shape else np.stack(
+        [fit(cutout, self.cutout_shape) for cutout in cutouts.images])
+    self.cutout_classes = cutouts.classes.astype(np.int32)
+    crops = photos_lib.random_crops(backgrounds, config.num_backgrounds, max(height, width),
+                                    np.random.default_rng(seed))
+    self.backgrounds = np.clip(np.rint(tf.image.resize(crops, (height, width), antialias=True).numpy()),
+                               0, 255).astype(np.uint8)
+    real_images, real_boxes, real_classes = self._checked(real, "real")
+    test_images, test_boxes, test_classes = self._checked(test, "test")
+    # Every label has as many rows as the busiest real image or S's scenes, whichever is more, so that
+    # real and cached examples batch together.
+    self.label_slots = max(config.max_objects, max(len(b) for b in real_boxes))
+    self.real_images, self.real_labels = real_images, self._padded(real_boxes, real_classes)
+    self.test_images = test_images
+    self.test_truth = [evaluation.ImageBoxes(boxes=b, classes=c) for b, c in zip(test_boxes, test_classes)]
+
+  def _checked(self, split: BoxesPerImage, name: str) -> BoxesPerImage:
+    images, boxes, classes = split
+    if images.shape[1:] != self.image_shape or images.dtype != np.uint8 or not len(images) == len(boxes) == len(
+        classes):
+      raise ConfigError(f"{name} images must be uint8 [N, {', '.join(map(str, self.image_shape))}] with N box "
+                        f"arrays and N class arrays; got {images.dtype} {images.shape}, {len(boxes)} and "
+                        f"{len(classes)}")
+    boxes = [np.asarray(b, np.float32).reshape(-1, 4) for b in boxes]
+    classes = [np.asarray(c, np.int32).reshape(-1) for c in classes]
+    for index, (b, c) in enumerate(zip(boxes, classes)):
+      if (len(b) != len(c) or np.any(b < 0) or np.any(b > 1) or np.any(b[:, 2] <= b[:, 0]) or
+          np.any(b[:, 3] <= b[:, 1]) or np.any(c < 0) or np.any(c >= self.num_classes)):
+        raise ConfigError(f"{name} image {index}: expected boxes [n, 4] (ymin, xmin, ymax, xmax) normalised to "
+                          f"[0, 1] with ymin < ymax, xmin < xmax, and n classes in [0, {self.num_classes}); got "
+                          f"{b.tolist()} and {c.tolist()}")
+    return images, boxes, classes
+
+  def _padded(self, boxes: list[np.ndarray], classes: list[np.ndarray]) -> dict[str, np.ndarray]:
+    count = len(boxes)
+    labels = {"boxes": np.zeros([count, self.label_slots, 4], np.float32),
+              "classes": np.zeros([count, self.label_slots], np.int32),
+              "count": np.array([len(b) for b in boxes], np.int32)}
+    for index, (b, c) in enumerate(zip(boxes, classes)):
+      labels["boxes"][index, :len(b)], labels["classes"][index, :len(c)] = b, c
+    return labels
+
+  def describe(self) -> str:
+    return (f"your detector on {self.image_shape}: {len(self.cutouts)} cut-outs of {self.num_classes} classes "
+            f"at {self.cutout_shape[0]} px, up to {self.max_objects} per scene, {len(self.backgrounds)} "
+            f"backgrounds, {len(self.real_images)} real and {len(self.test_images)} test images")
+
+  def identity(self) -> dict:
+    return {"image_shape": list(self.image_shape), "class_names": self.class_names, "anchors": len(self.anchors),
+            "cutouts": len(self.cutouts), "real": len(self.real_images), "test": len(self.test_images),
+            "max_objects": self.max_objects, "cutout_size": self.cutout_shape[0]}
+
+  def build_target(self) -> SSDTarget:
+    return SSDTarget(self.model_fn(), self.anchors)
+
+  def build_synthesizer(self, seed: int | None) -> keras.Model:
+    return scene_synthesizer.build_scene_synthesizer(
+        (*self.cutout_shape, 3), self.image_shape, self.max_objects, "compact", self.config.synth_width,
+        self.config.synth_dropout, self.config.synth_noise_dim, seed=seed)
+
+  def real_examples(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    return self.real_images, self.real_labels
+
+  def synth_dataset(self, batch_size: int, seed: int, context: tf.distribute.InputContext) -> tf.data.Dataset:
+    """Groups of max_objects cut-outs (1..max_objects of them present) on backgrounds, a share with pasted
+    background regions."""
+    objects = tf.data.Dataset.from_tensor_slices((self.cutouts, self.cutout_classes)).shard(
+        context.num_input_pipelines, context.input_pipeline_id).shuffle(len(self.cutouts), seed=seed).repeat()
+    return self._scenes_dataset(objects, lambda cutouts, _: cutouts, batch_size, seed, context)
+
+  def random_samples(self, per_class: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Cut-Paste-Learn's random placement of `per_class` x classes scenes of random cut-outs."""
+    rng = np.random.default_rng(seed)
+    count, n = per_class * self.num_classes, self.max_objects
+    picks = rng.integers(len(self.cutouts), size=(count, n))
+    valid = np.arange(n)[None, :] < rng.integers(1, n + 1, size=(count, 1))
+    return self._cut_paste(self.cutouts[picks], self.cutout_classes[picks], valid, rng)

@@ -1,0 +1,241 @@
+"""What the detection tasks share: several cut-outs per scene, placed by S and pasted by the compositor with
+occlusion, each visible object's box tight on its visible mask (paper §3.1, §3.2, A.2).
+
+A subclass supplies the data (cut-outs of one size [h, w, 4], colour + straight alpha; uint8 backgrounds;
+test images with their true boxes) and the networks; this class composes scenes for S's steps, renders
+scenes for data sets, pastes background regions shaped like objects into a share of S's backgrounds
+(§3.1, so that a blending edge is no sign of an object), makes Cut-Paste-Learn's random-placement baseline,
+evaluates COCO AP and serves S.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from terse_tf import compositor as compositor_lib
+from terse_tf import evaluation
+from terse_tf.networks import synthesizer
+from terse_tf.targets.ssd import SSDTarget
+from terse_tf.tasks.base import Composition, RawParamsFn, Task, image_grid
+
+FOREGROUND_CHANNELS = 4  # RGB + straight alpha.
+# Cut-Paste-Learn's blend modes (Dwibedi et al. 2017), applied to the pasted mask's edge. Its Poisson blend
+# needs OpenCV, which terse_tf does not depend on.
+BLEND_MODES = ("none", "gaussian", "box", "motion")
+
+
+def compact_labels(boxes: tf.Tensor, classes: tf.Tensor, valid: tf.Tensor, slots: int | None = None
+                   ) -> dict[str, tf.Tensor]:
+  """Per-object boxes [B, N, 4], classes [B, N] and validity [B, N] -> detection labels with the valid
+  objects first: {"boxes", "classes" (int32), "count" (int32)}; padding rows are zero. `slots` > N pads the
+  rows to that many (to match a real set with more objects per image)."""
+  order = tf.argsort(tf.cast(~valid, tf.int32), axis=1, stable=True)
+  valid = tf.gather(valid, order, batch_dims=1)
+  keep = tf.cast(valid, tf.float32)
+  labels = {"boxes": tf.gather(boxes, order, batch_dims=1) * keep[..., None],
+            "classes": tf.gather(tf.cast(classes, tf.int32), order, batch_dims=1) * tf.cast(valid, tf.int32),
+            "count": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)}
+  extra = (slots or 0) - boxes.shape[1]
+  if extra > 0:
+    labels["boxes"] = tf.pad(labels["boxes"], [[0, 0], [0, extra], [0, 0]])
+    labels["classes"] = tf.pad(labels["classes"], [[0, 0], [0, extra]])
+  return labels
+
+
+def blur_alpha(cutout: tf.Tensor, mode: tf.Tensor) -> tf.Tensor:
+  """Cut-Paste-Learn's edge blending on cut-outs [B, h, w, 4]: the alpha blurred by `mode` [B] (an index
+  into BLEND_MODES): none, Gaussian (sigma 1), 3x3 box, or 5-pixel horizontal motion blur."""
+  gaussian = np.exp(-0.5 * np.arange(-2, 3) ** 2)
+  kernels = np.zeros([len(BLEND_MODES), 5, 5], np.float32)
+  kernels[0, 2, 2] = 1.0
+  kernels[1] = np.outer(gaussian, gaussian) / np.outer(gaussian, gaussian).sum()
+  kernels[2, 1:4, 1:4] = 1.0 / 9
+  kernels[3, 2, :] = 1.0 / 5
+  alpha = cutout[..., 3:]
+  blurred = tf.stack([tf.nn.conv2d(alpha, kernel[..., None, None], 1, "SAME") for kernel in kernels], axis=1)
+  chosen = tf.gather(blurred, tf.cast(mode, tf.int32), batch_dims=1)
+  return tf.concat([cutout[..., :3], chosen], axis=-1)
+
+
+class PastedObjectDetection(Task):
+  """Scenes of up to `max_objects` cut-outs [cutout_shape, 4] on backgrounds; T a detector (SSDTarget).
+
+  Subclasses call `_set_compositing` and set, before any method here runs: image_shape, num_classes,
+  class_names, cutout_shape (h, w), max_objects, label_slots (>= max_objects: the rows of every label),
+  min_visible, background_artifact_fraction, backgrounds (uint8 [M, H, W, 3]), test_images (uint8) and
+  test_truth (evaluation.ImageBoxes per test image)."""
+
+  random_source = "cut_paste"
+  headline = "test_ap50"
+  cutout_shape: tuple[int, int]
+  max_objects: int
+  label_slots: int
+  min_visible: float
+  background_artifact_fraction: float
+  backgrounds: np.ndarray
+  test_images: np.ndarray
+  test_truth: list[evaluation.ImageBoxes]
+
+  def _set_compositing(self, compositor: compositor_lib.CompositorConfig, jit_compile: bool) -> None:
+    """S's compositor (objects may be cropped by the frame, where the visibility rule drops their box, so
+    no keep_in_frame), and the one data sets are rendered with: hard-edged objects, as a photo's are."""
+    self.compositor = dataclasses.replace(compositor, keep_in_frame=False)
+    self._render_config = dataclasses.replace(self.compositor, mask_cleanup=False)
+    self._composite_for_synthesis = self._compositing(self.compositor, jit_compile)
+    self._composite_for_data = self._compositing(self._render_config, jit_compile)
+
+  def _compositing(self, config: compositor_lib.CompositorConfig, compiled: bool) -> Callable:
+    """composite_objects with `config`, forward and backward compiled by XLA when `compiled`."""
+    if compiled:
+      return compositor_lib.compiled_composite_objects(config, self.min_visible)
+    return lambda *args: compositor_lib.composite_objects(*args, config, self.min_visible)
+
+  # ------------------------------------------------------------------------------------ data
+  def _random_params(self, shape: tuple[int, ...], upright: bool, rng: np.random.Generator) -> np.ndarray:
+    """Uniform parameters [*shape, 6] over the ranges; upright: the canonical size, no rotation or shear,
+    anywhere in the frame."""
+    low, high = (np.array(b, np.float32) for b in self.compositor.ranges.bounds())
+    params = rng.uniform(low, high, size=(*shape, 6)).astype(np.float32)
+    if upright:
+      params[..., [0, 3]] = 0.0
+      params[..., 4:] = 1.0
+    return params
+
+  def _paste(self, composite: Callable, foreground, background, params, classes, valid):
+    """(composites, labels) of objects pasted with `composite` (one of the two _compositing functions)."""
+    result = composite(foreground, background, params, valid)
+    return result.image, compact_labels(result.boxes, classes, result.box_valid, self.label_slots)
+
+  def _render_scenes(self, objects: np.ndarray, classes: np.ndarray, valid: np.ndarray, backgrounds: np.ndarray,
+                     params: np.ndarray, batch: int = 100) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Cut-outs [N, n, h, w, 4] pasted hard-edged at `params` [N, n, 6] on uint8 `backgrounds`: (uint8
+    images, labels)."""
+    images, parts = [], []
+    for start in range(0, len(backgrounds), batch):
+      part = slice(start, start + batch)
+      image, labels = self._paste(self._composite_for_data, tf.constant(objects[part]),
+                                  tf.constant(backgrounds[part], tf.float32) / 255.0, tf.constant(params[part]),
+                                  classes[part], tf.constant(valid[part]))
+      images.append(np.clip(np.rint(image.numpy() * 255), 0, 255).astype(np.uint8))
+      parts.append({k: v.numpy() for k, v in labels.items()})
+    return np.concatenate(images), {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def _cut_paste(self, objects: np.ndarray, classes: np.ndarray, valid: np.ndarray, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Cut-Paste-Learn's random placement of cut-outs [N, n, h, w, 4]: uniform parameters over the ranges,
+    each edge blended by a blend mode drawn uniformly from BLEND_MODES, on random backgrounds. Float images
+    in [0, 1] and labels."""
+    count, n = objects.shape[:2]
+    modes = rng.integers(len(BLEND_MODES), size=count * n)
+    blended = blur_alpha(tf.constant(objects.reshape(-1, *objects.shape[2:])), modes).numpy()
+    blended = blended.reshape(objects.shape)
+    params = self._random_params((count, n), upright=False, rng=rng)
+    backgrounds = self.backgrounds[rng.integers(len(self.backgrounds), size=count)]
+    images, labels = [], []
+    for start in range(0, count, 100):
+      part = slice(start, start + 100)
+      image, label = self._paste(self._composite_for_data, tf.constant(blended[part]),
+                                 tf.constant(backgrounds[part], tf.float32) / 255.0, tf.constant(params[part]),
+                                 classes[part], tf.constant(valid[part]))
+      images.append(image.numpy())
+      labels.append({k: v.numpy() for k, v in label.items()})
+    return np.concatenate(images), {k: np.concatenate([p[k] for p in labels]) for k in labels[0]}
+
+  def _with_artifacts(self, backgrounds: tf.Tensor, masks: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """§3.1: into a share of `backgrounds` [B, H, W, 3], a region of another background shaped like an
+    object's mask [B, h, w, 1], pasted with the blending S's composites get."""
+    batch = tf.shape(backgrounds)[0]
+    low, high = (tf.constant(b, tf.float32) for b in self.compositor.ranges.bounds())
+    params = low + (high - low) * tf.random.stateless_uniform([batch, 6], seed)
+    apply = tf.random.stateless_uniform([batch], seed + 1) < self.background_artifact_fraction
+    donors = tf.roll(backgrounds, 1, axis=0)
+    return compositor_lib.paste_background_region(backgrounds, donors, masks, params, apply, self.compositor)
+
+  def _scenes_dataset(self, objects: tf.data.Dataset, to_cutouts: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
+                      batch_size: int, seed: int, context: tf.distribute.InputContext) -> tf.data.Dataset:
+    """S's batches: groups of max_objects elements of `objects` ((object, class) pairs, this pipeline's
+    share, endless), 1..max_objects of each group present, made cut-outs [B, n, h, w, 4] by
+    `to_cutouts(objects, seed pair)`, on shuffled backgrounds with background regions pasted in a share."""
+    n = self.max_objects
+    backgrounds = tf.data.Dataset.from_tensor_slices(self.backgrounds).shard(
+        context.num_input_pipelines, context.input_pipeline_id).shuffle(len(self.backgrounds), seed=seed + 1)
+    seeds = tf.data.Dataset.random(seed=seed + 2).batch(2)
+    ds = tf.data.Dataset.zip((objects.batch(n, drop_remainder=True), backgrounds.repeat(), seeds))
+    ds = ds.batch(batch_size, drop_remainder=True)
+
+    def assemble(group, background, seed_pair):
+      group_objects, group_classes = group
+      seed_pair = seed_pair[0]
+      cutout = to_cutouts(group_objects, seed_pair)
+      present = tf.random.stateless_uniform([batch_size, 1], seed_pair + 3, 1, n + 1, dtype=tf.int32)
+      valid = tf.range(n)[None, :] < present
+      background = tf.cast(background, tf.float32) / 255.0
+      background = self._with_artifacts(background, cutout[:, 0, ..., 3:], seed_pair + 5)
+      return {"foreground": cutout, "background": background, "classes": group_classes, "valid": valid}
+
+    return ds.map(assemble).prefetch(2)
+
+  # ------------------------------------------------------------------------------------ compositing
+  def _place(self, raw_params: RawParamsFn, foreground: tf.Tensor, background: tf.Tensor) -> tf.Tensor:
+    """S's parameters [B, N, 6] for each object of `foreground` [B, N, h, w, 4] in its scene."""
+    raw = raw_params(compositor_lib.premultiplied(foreground), background)
+    return compositor_lib.clamp_params(raw, self.compositor.ranges, self.compositor.clamp_mode)
+
+  def compose(self, raw_params: RawParamsFn, batch: dict[str, tf.Tensor]) -> Composition:
+    params = self._place(raw_params, batch["foreground"], batch["background"])
+    images, labels = self._paste(self._composite_for_synthesis, batch["foreground"], batch["background"], params,
+                                 batch["classes"], batch["valid"])
+    valid = tf.reshape(batch["valid"], [-1])
+    normalized = compositor_lib.normalize_params(tf.reshape(params, [-1, compositor_lib.NUM_PARAMS]),
+                                                 self.compositor.ranges)
+    return Composition(images=images, labels=labels, params=params, pasted=tf.cast(batch["valid"], tf.bool),
+                       normalized=tf.boolean_mask(normalized, valid),
+                       object_classes=tf.boolean_mask(tf.reshape(batch["classes"], [-1]), valid))
+
+  # ------------------------------------------------------------------------------------ evaluation
+  def evaluate(self, target: SSDTarget, batch_size: int) -> dict[str, float]:
+    """COCO AP of T on the test scenes: AP@0.5 (the headline), AP@[.5:.95], AP@0.75."""
+    found = []
+    for start in range(0, len(self.test_images), batch_size):
+      images = tf.image.convert_image_dtype(self.test_images[start:start + batch_size], tf.float32)
+      detections = target.detections(images)
+      for b, s, c, n in zip(*(x.numpy() for x in detections)):
+        found.append(evaluation.ImageBoxes(boxes=b[:n], classes=c[:n].astype(np.int32), scores=s[:n]))
+    ap = evaluation.evaluate_detections(self.test_truth, found, self.image_shape[:2], self.class_names)
+    return {"test_ap50": ap["ap50"], "test_ap": ap["ap"], "test_ap75": ap["ap75"]}
+
+  def preview(self, images: tf.Tensor, labels: dict[str, tf.Tensor]) -> tf.Tensor:
+    """Composites with their boxes drawn (padding boxes are zero-sized and draw nothing)."""
+    drawn = tf.image.draw_bounding_boxes(tf.convert_to_tensor(images, tf.float32),
+                                         tf.cast(labels["boxes"], tf.float32), tf.constant([[1.0, 0.0, 0.0]]))
+    return image_grid(drawn)
+
+  # ------------------------------------------------------------------------------------ export
+  def synthesizer_endpoints(self, synthesizer_model) -> dict[str, tuple[Callable, list]]:
+    """N = max_objects. (foreground [B, N, h, w, 4] colour + straight alpha, background [B, H, W, 3],
+    classes [B, N] int32, -1 for an empty slot) -> {params [B, N, 6], composite [B, H, W, 3], boxes
+    [B, N, 4] normalised ymin, xmin, ymax, xmax of the visible objects first, classes [B, N], num_objects
+    [B]}."""
+    n = self.max_objects
+    signature = [tf.TensorSpec([None, n, *self.cutout_shape, FOREGROUND_CHANNELS], tf.float32, name="foreground"),
+                 tf.TensorSpec([None, *self.image_shape], tf.float32, name="background"),
+                 tf.TensorSpec([None, n], tf.int32, name="classes")]
+
+    # Served without XLA: a serving binary need not have the JIT compiler.
+    composite = self._compositing(self.compositor, compiled=False)
+
+    def endpoint(raw_params: RawParamsFn) -> Callable:
+      def serve(foreground: tf.Tensor, background: tf.Tensor, classes: tf.Tensor) -> dict[str, tf.Tensor]:
+        valid = classes >= 0
+        params = self._place(raw_params, foreground, background)
+        result = composite(foreground, background, params, valid)
+        labels = compact_labels(result.boxes, tf.maximum(classes, 0), result.box_valid)
+        return {"params": params, "composite": result.image, "boxes": labels["boxes"],
+                "classes": labels["classes"], "num_objects": labels["count"]}
+      return serve
+
+    return synthesizer.serving_endpoints(synthesizer_model, endpoint, signature)
