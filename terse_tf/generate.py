@@ -36,7 +36,8 @@ flags.DEFINE_float("hard_threshold", 0.5, "Hardness below which a composite is h
                    "p_gt - max_other, the detector's confidence at the object.")
 flags.DEFINE_integer("max_objects", 0, "Detection: objects per image drawn from 1..max_objects (0: as many "
                      "as the synthesizer has slots).", lower_bound=0)
-flags.DEFINE_bool("write_masks", False, "Classification: also store the pasted object's mask.")
+flags.DEFINE_bool("write_masks", False, "Also store masks: the pasted object's alpha (classification), or "
+                  "each boxed object's visible mask as PNG instance masks and COCO RLE (detection).")
 FLAGS = flags.FLAGS
 
 

@@ -16,7 +16,9 @@ Records (`tf.train.Example`, the TF Object Detection API's keys):
   classification: image/class/label, image/class/text, and with --write_masks image/mask/encoded (PNG of
   the pasted object's alpha);
   detection: image/object/bbox/{ymin,xmin,ymax,xmax} (normalised), image/object/class/label (0-based),
-  image/object/class/text; annotations.json in COCO's format (category id = class + 1);
+  image/object/class/text; with --write_masks image/object/mask (one PNG per object, 255 where it is
+  visible: the TF Object Detection API's PNG instance masks); annotations.json in COCO's format (category
+  id = class + 1; with --write_masks each object's visible mask as RLE `segmentation` and its `area`);
   with a target: target/hardness.
 """
 
@@ -34,6 +36,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from pycocotools import mask as coco_mask
 
 from terse_tf import evaluation, export, files
 from terse_tf.data import cutouts as cutouts_lib
@@ -140,7 +143,8 @@ class Batch:
   images: np.ndarray            # [B, H, W, C] float in [0, 1]
   params: np.ndarray            # [B, 6] or [B, N, 6]
   labels: dict[str, np.ndarray]  # {"label"} or {"boxes", "classes", "count"}
-  masks: np.ndarray | None      # [B, H, W, 1] (classification with --write_masks)
+  masks: np.ndarray | None      # --write_masks: [B, H, W, 1] the pasted alpha, or [B, N, H, W, 1] each box's
+                                # visible mask (detection)
   hardness: np.ndarray | None   # [B]
 
 
@@ -228,14 +232,14 @@ class Generator:
       labels = {"boxes": outputs["boxes"], "classes": outputs["classes"].astype(np.int32),
                 "count": outputs["num_objects"].astype(np.int32)}
     hardness = self.target.hardness(outputs["composite"], labels) if self.target else None
-    masks = outputs.get("warped_mask") if self.config.write_masks else None
+    masks = outputs["masks" if self.synthesizer.detection else "warped_mask"] if self.config.write_masks else None
     return Batch(outputs["composite"], outputs["params"], labels, masks, hardness)
 
   # ------------------------------------------------------------------------------------ records
-  def _example(self, batch: Batch, i: int, source_id: str, png: bytes, mask_png: bytes | None
+  def _example(self, batch: Batch, i: int, source_id: str, png: bytes, mask_pngs: bytes | np.ndarray | None
                ) -> tuple[bytes, dict]:
     """(serialised tf.train.Example, its annotation for the sidecar) of composite `i` of `batch`, whose
-    image (and mask) are already encoded."""
+    image (and masks: one, or one per object slot) are already encoded."""
     height, width, channels = batch.images[i].shape
     features = {
         "image/encoded": _feature([png], "bytes"), "image/format": _feature([b"png"], "bytes"),
@@ -252,13 +256,18 @@ class Generator:
       features["image/object/class/label"] = _feature(classes, "int")
       features["image/object/class/text"] = _feature([self.class_names[c].encode() for c in classes], "bytes")
       annotation.update(boxes=boxes.tolist(), classes=classes.tolist())
+      if mask_pngs is not None:
+        features["image/object/mask"] = _feature(mask_pngs[:count], "bytes")
+        visible = np.asfortranarray(np.moveaxis(batch.masks[i, :count, ..., 0] > 0.5, 0, -1).astype(np.uint8))
+        annotation["segmentation"] = [{"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+                                      for rle in coco_mask.encode(visible)]
     else:
       label = int(batch.labels["label"][i])
       features["image/class/label"] = _feature([label], "int")
       features["image/class/text"] = _feature([self.class_names[label].encode()], "bytes")
       annotation["label"] = label
-      if mask_png is not None:
-        features["image/mask/encoded"] = _feature([mask_png], "bytes")
+      if mask_pngs is not None:
+        features["image/mask/encoded"] = _feature([mask_pngs], "bytes")
     if batch.hardness is not None:
       features["target/hardness"] = _feature([batch.hardness[i]], "float")
       annotation["hardness"] = float(batch.hardness[i])
@@ -269,7 +278,13 @@ class Generator:
     if not len(rows):
       return []
     pngs = _pngs(tf.constant(batch.images[rows])).numpy()
-    masks = _pngs(tf.constant(batch.masks[rows])).numpy() if batch.masks is not None else [None] * len(rows)
+    masks = [None] * len(rows)
+    if batch.masks is not None and self.synthesizer.detection:  # Binary, as boxes are of mask > 0.5.
+      slots = batch.masks.shape[1]
+      binary = (batch.masks[rows] > 0.5).astype(np.float32).reshape(-1, *batch.masks.shape[2:])
+      masks = _pngs(tf.constant(binary)).numpy().reshape(len(rows), slots)
+    elif batch.masks is not None:
+      masks = _pngs(tf.constant(batch.masks[rows])).numpy()
     return [self._example(batch, i, f"{shard:05d}-{first + n:06d}", png, mask)
             for n, (i, png, mask) in enumerate(zip(rows, pngs, masks))]
 
@@ -392,6 +407,12 @@ class Generator:
     dataset, _ = evaluation.to_coco(truth, [], tuple(self.synthesizer.background_shape[:2]), self.class_names)
     for image, name in zip(dataset["images"], names):
       image["file_name"] = name
+    if self.config.write_masks:  # to_coco lists the objects in the sidecars' order.
+      segmentations = [rle for shard in sorted(sidecars) for annotation in sidecars[shard]["annotations"]
+                       for rle in annotation["segmentation"]]
+      for annotation, rle in zip(dataset["annotations"], segmentations, strict=True):
+        annotation["segmentation"] = rle
+        annotation["area"] = float(coco_mask.area({"size": rle["size"], "counts": rle["counts"].encode()}))
     path = os.path.join(self.config.out, ANNOTATIONS)
     files.write_json(path, dataset)
     return path

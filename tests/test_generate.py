@@ -144,11 +144,12 @@ def test_hard_only_keeps_what_the_target_finds_hard_and_reports_the_yield(affnis
   np.testing.assert_allclose(served, hardness[:16], atol=0.02)  # PNG rounding of the image.
 
 
-def test_detection_records_and_coco_json_read_back_and_agree(detection_export, tmp_path):
+def test_detection_records_masks_and_coco_json_read_back_and_agree(detection_export, tmp_path):
   root, paths = detection_export
   config = generation.GenerateConfig(
       synthesizer=paths[export.SYNTHESIZER_DIR], foregrounds=str(root / "digits"),
-      backgrounds=str(root / "photos"), out=str(tmp_path / "out"), num=70, shard_size=32, batch_size=16)
+      backgrounds=str(root / "photos"), out=str(tmp_path / "out"), num=70, shard_size=32, batch_size=16,
+      write_masks=True)
   generation.Generator(config).run()
   records = read_records(tmp_path / "out")
   coco = COCO(str(tmp_path / "out" / generation.ANNOTATIONS))
@@ -164,6 +165,16 @@ def test_detection_records_and_coco_json_read_back_and_agree(detection_export, t
     expected = np.stack([boxes[:, 1] * width, boxes[:, 0] * height, (boxes[:, 3] - boxes[:, 1]) * width,
                          (boxes[:, 2] - boxes[:, 0]) * height], -1)
     np.testing.assert_allclose(coco_boxes, expected, atol=1e-3)
+    # One PNG instance mask per box, whose tight box is that box; COCO's RLE of it decodes to the same mask.
+    masks = [tf.io.decode_png(png).numpy()[..., 0] for png in feature(record, "image/object/mask")]
+    assert len(masks) == len(boxes) == len(annotations)
+    for mask, box, annotation in zip(masks, boxes, annotations):
+      assert set(np.unique(mask)) <= {0, 255}
+      rows, cols = np.nonzero(mask)
+      np.testing.assert_allclose([rows.min() / height, cols.min() / width, (rows.max() + 1) / height,
+                                  (cols.max() + 1) / width], box, atol=1e-5)
+      np.testing.assert_array_equal(coco.annToMask(annotation), mask // 255)
+      assert annotation["area"] == np.count_nonzero(mask)
     objects += len(boxes)
   assert objects >= 70  # 1..3 objects each; a box may be dropped when most of its object is covered.
 

@@ -28,17 +28,20 @@ FOREGROUND_CHANNELS = 4  # RGB + straight alpha.
 BLEND_MODES = ("none", "gaussian", "box", "motion")
 
 
-def compact_labels(boxes: tf.Tensor, classes: tf.Tensor, valid: tf.Tensor, slots: int | None = None
-                   ) -> dict[str, tf.Tensor]:
+def compact_labels(boxes: tf.Tensor, classes: tf.Tensor, valid: tf.Tensor, slots: int | None = None,
+                   masks: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
   """Per-object boxes [B, N, 4], classes [B, N] and validity [B, N] -> detection labels with the valid
-  objects first: {"boxes", "classes" (int32), "count" (int32)}; padding rows are zero. `slots` > N pads the
-  rows to that many (to match a real set with more objects per image)."""
+  objects first: {"boxes", "classes" (int32), "count" (int32)}, and with `masks` [B, N, H, W, 1] theirs in
+  the same order ("masks"); padding rows are zero. `slots` > N pads the rows to that many (to match a real
+  set with more objects per image)."""
   order = tf.argsort(tf.cast(~valid, tf.int32), axis=1, stable=True)
   valid = tf.gather(valid, order, batch_dims=1)
   keep = tf.cast(valid, tf.float32)
   labels = {"boxes": tf.gather(boxes, order, batch_dims=1) * keep[..., None],
             "classes": tf.gather(tf.cast(classes, tf.int32), order, batch_dims=1) * tf.cast(valid, tf.int32),
             "count": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)}
+  if masks is not None:
+    labels["masks"] = tf.gather(masks, order, batch_dims=1) * keep[..., None, None, None]
   extra = (slots or 0) - boxes.shape[1]
   if extra > 0:
     labels["boxes"] = tf.pad(labels["boxes"], [[0, 0], [0, extra], [0, 0]])
@@ -219,7 +222,8 @@ class PastedObjectDetection(Task):
     """N = max_objects. (foreground [B, N, h, w, 4] colour + straight alpha, background [B, H, W, 3],
     classes [B, N] int32, -1 for an empty slot) -> {params [B, N, 6], composite [B, H, W, 3], boxes
     [B, N, 4] normalised ymin, xmin, ymax, xmax of the visible objects first, classes [B, N], num_objects
-    [B]}."""
+    [B], masks [B, N, H, W, 1] what is visible of each of those objects (its box is the tight box of
+    mask > 0.5)}."""
     n = self.max_objects
     signature = [tf.TensorSpec([None, n, *self.cutout_shape, FOREGROUND_CHANNELS], tf.float32, name="foreground"),
                  tf.TensorSpec([None, *self.image_shape], tf.float32, name="background"),
@@ -233,9 +237,10 @@ class PastedObjectDetection(Task):
         valid = classes >= 0
         params = self._place(raw_params, foreground, background)
         result = composite(foreground, background, params, valid)
-        labels = compact_labels(result.boxes, tf.maximum(classes, 0), result.box_valid)
+        labels = compact_labels(result.boxes, tf.maximum(classes, 0), result.box_valid,
+                                masks=result.visible_masks)
         return {"params": params, "composite": result.image, "boxes": labels["boxes"],
-                "classes": labels["classes"], "num_objects": labels["count"]}
+                "classes": labels["classes"], "num_objects": labels["count"], "masks": labels["masks"]}
       return serve
 
     return synthesizer.serving_endpoints(synthesizer_model, endpoint, signature)
