@@ -148,10 +148,6 @@ class Batch:
   hardness: np.ndarray | None   # [B]
 
 
-def _png(image: np.ndarray) -> bytes:
-  return tf.io.encode_png(tf.constant(np.clip(np.rint(image * 255), 0, 255).astype(np.uint8))).numpy()
-
-
 @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.float32)])
 def _pngs(images: tf.Tensor) -> tf.Tensor:
   """PNG bytes [B] of float images [B, H, W, C] in [0, 1]: one graph call per batch instead of one eager
@@ -305,7 +301,9 @@ class Generator:
                         f"composites; the target finds almost nothing hard below --hard_threshold="
                         f"{self.config.hard_threshold}. Raise the threshold or drop --hard_only.")
       inputs = upcoming.result()
-      upcoming = self.drawer.submit(draw)
+      # Without --hard_only every composite is kept, so the batch that fills the shard needs no successor.
+      if self.config.hard_only or kept + self.config.batch_size < needed:
+        upcoming = self.drawer.submit(draw)
       batch = self._batch(inputs)
       batches += 1
       rows = np.arange(self.config.batch_size)
@@ -435,9 +433,9 @@ class Generator:
     width = max(1, max(len(b) for b in boxes))
     padded = np.stack([np.pad(b, [[0, width - len(b)], [0, 0]]) for b in boxes]).astype(np.float32)
     drawn = tf.image.draw_bounding_boxes(grid_images, padded, tf.constant([[1.0, 0.0, 0.0]]))
-    grid = image_grid(drawn)[0]
+    png = _pngs(image_grid(drawn)).numpy()[0]
     path = os.path.join(self.config.out, PREVIEW)
-    files.atomic_write(path, lambda f: f.write(_png(grid.numpy())))
+    files.atomic_write(path, lambda f: f.write(png))
     return path
 
 
