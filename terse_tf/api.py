@@ -35,6 +35,7 @@ import keras
 import numpy as np
 
 from terse_tf import compositor, tasks, train_lib
+from terse_tf import trainer as trainer_lib
 from terse_tf.data import cutouts as cutouts_lib
 from terse_tf.data import photos
 from terse_tf.errors import ConfigError
@@ -47,7 +48,10 @@ from terse_tf.trainer import TrainConfig
 _SYNTHESIZER_OPTIONS = ("synth_width", "synth_dropout", "synth_noise_dim", "jit_compile")
 
 
-def _model_fn(model: keras.Model | Callable[[], keras.Model]) -> Callable[[], keras.Model]:
+def _model_fn(model: keras.Model | Callable[[], keras.Model], train_options: dict
+              ) -> Callable[[], keras.Model]:
+  if train_options.get("strategy") == "multi_worker":  # Before the first op: the probe below makes some.
+    trainer_lib.build_strategy("multi_worker")
   model_fn = model if callable(model) and not isinstance(model, keras.Model) else (lambda: model)
   probe = model_fn()
   if not isinstance(probe, keras.Model):
@@ -77,7 +81,7 @@ def train_classifier(model: keras.Model | Callable[[], keras.Model], cutouts: st
   """Runs TERSE against `model` (a Keras classifier, or a function that builds one: pass a function to
   train under a multi-device strategy, whose variables must be made inside its scope). Returns the run's
   results (results.json), with `test_accuracy_before` and `test_accuracy_after`."""
-  model_fn = _model_fn(model)
+  model_fn = _model_fn(model, train_options)
   probe = model_fn()
   config = _train_config(run_dir, tasks.CUSTOM, train_options)
   loaded = cutouts_lib.load_cutouts(cutouts, tuple(probe.input_shape[1:3]), flag="cutouts")
@@ -100,7 +104,7 @@ def train_detector(model: keras.Model | Callable[[], keras.Model], anchors: np.n
   `max_objects` cut-outs per scene, fitted to `cutout_size` pixels (0: a third of the image) and placed
   within `ranges` (None: tasks.custom.detection_ranges). Returns the run's results (results.json), with
   `test_ap50_before` and `test_ap50_after` (COCO AP@0.5 on `test`)."""
-  model_fn = _model_fn(model)
+  model_fn = _model_fn(model, train_options)
   height, width = model_fn().input_shape[1:3]
   config = _train_config(run_dir, tasks.CUSTOM_DETECTION, train_options)
   side = cutout_size or min(height, width) // 3

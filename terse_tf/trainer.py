@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -225,12 +227,23 @@ def build_strategy(name: str) -> tf.distribute.Strategy:
       raise ConfigError("--strategy=multi_worker needs the TF_CONFIG environment variable: the cluster "
                         '({"worker": ["host:port", ...]}) and this process\'s task ({"type": "worker", '
                         '"index": i}); see README "Several devices"')
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    return _multi_worker_strategy()
   gpus = tf.config.list_logical_devices("GPU")
   if name == "mirrored" or (name == "auto" and len(gpus) > 1):
     devices = gpus or tf.config.list_logical_devices("CPU")
     return tf.distribute.MirroredStrategy([device.name for device in devices])
   return tf.distribute.get_strategy()
+
+
+@functools.lru_cache(maxsize=1)
+def _multi_worker_strategy() -> tf.distribute.MultiWorkerMirroredStrategy:
+  """The process's one multi-worker strategy (it can be configured only once, before any other op)."""
+  try:
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  except RuntimeError as e:
+    raise ConfigError("--strategy=multi_worker must be chosen before the process runs any TensorFlow op "
+                      f"({e}): start the run (terse_tf.train, terse_tf.api) before making models or "
+                      "tensors") from e
 
 
 def worker_count(strategy: tf.distribute.Strategy) -> int:
@@ -855,7 +868,8 @@ class Trainer:
     except tf.errors.UnavailableError as e:
       if not self.multi_worker:
         raise
-      first_line = (e.message or str(e)).strip().splitlines()[0]
+      # The first line, without the name of the graph node that noticed.
+      first_line = re.sub(r"\{\{[^}]*\}\}\s*", "", (e.message or str(e)).strip()).splitlines()[0]
       raise WorkerLostError(
           f"another worker of this multi-worker run stopped or cannot be reached ({first_line}). Stop every "
           f"worker and relaunch them all with the same command: they resume from the chief's last checkpoint "

@@ -148,3 +148,21 @@ def test_two_workers_lose_one_resume_and_finish_with_only_the_chief_writing(tmp_
   assert event_files and writers <= chief_pids, (event_files, chief_pids)
   assert sorted(os.listdir(os.path.join(run_dir, "export", "synthesizer"))) == ["1"]
   assert not os.path.exists(scratch)
+
+
+def test_multi_worker_without_tf_config_or_after_other_ops_is_one_clear_error(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+  result = subprocess.run([sys.executable, "-m", "terse_tf.train", f"--flagfile={SMOKE_FLAGFILE}",
+                           f"--run_dir={tmp_path / 'run'}", "--strategy=multi_worker"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1 and "needs the TF_CONFIG environment variable" in result.stderr
+  assert not (tmp_path / "run").exists()
+  # The strategy configures the runtime's collective ops, which only a process that has run no op can do.
+  late = ("import tensorflow as tf; tf.constant(1.0) + 1; from terse_tf import trainer; "
+          "trainer.build_strategy('multi_worker')")
+  env["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{free_ports(1)[0]}"]},
+                                 "task": {"type": "worker", "index": 0}})
+  result = subprocess.run([sys.executable, "-c", late], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+  assert "ConfigError: --strategy=multi_worker must be chosen before the process runs any TensorFlow op" in (
+      result.stderr)
