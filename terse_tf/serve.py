@@ -34,6 +34,8 @@ flags.DEFINE_string("background", "", "Background image ('' black).")
 flags.DEFINE_integer("class_id", 0, "Detection synthesizers: the object's class.", lower_bound=0)
 flags.DEFINE_string("out", "composite.png", "Where to write the composite.")
 FLAGS = flags.FLAGS
+# Outputs that are per-pixel masks (classification's warped_mask, detection's masks).
+MASK_OUTPUTS = ("warped_mask", "masks")
 
 
 class LocalModel:
@@ -121,8 +123,9 @@ def main(argv: list[str]) -> None:
     composite = np.clip(np.rint(np.asarray(outputs.pop("composite"))[0] * 255), 0, 255).astype(np.uint8)
     with open(FLAGS.out, "wb") as f:
       f.write(tf.io.encode_png(composite).numpy())
+    # The masks are images (the composite shows them): the printed summary leaves them out.
     print(json.dumps({"composite": FLAGS.out, **{k: np.asarray(v)[0].tolist() for k, v in outputs.items()
-                                                 if k != "warped_mask"}}))
+                                                 if k not in MASK_OUTPUTS}}))
   except (TerseError, FileNotFoundError) as e:
     sys.exit(f"terse_tf.serve: error: {e}")
 

@@ -163,7 +163,7 @@ def test_detection_exports_serve_under_saved_model_cli(tmp_path):
                                str(tmp_path / "s"))
   expected = task.synthesizer_endpoints(trainer.synthesizer)[export.SERVING_DEFAULT][0](
       *(tf.constant(inputs[k]) for k in ("foreground", "background", "classes")))
-  assert set(served) == {"params", "composite", "boxes", "classes", "num_objects"}
+  assert set(served) == {"params", "composite", "boxes", "classes", "num_objects", "masks"}
   for key, value in expected.items():
     np.testing.assert_allclose(served[key], value.numpy(), atol=1e-5, err_msg=key)
 
