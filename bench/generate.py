@@ -6,8 +6,9 @@ Two synthesizers, exported untrained (the network's weights do not change its co
 digits) and photo_digits' at 300x300 (3 coloured digits per scene on photo crops, the compact backbone).
 For each, `terse_tf.generate`'s rate (composites written per second: S, the compositor, PNG encoding,
 serialisation and the TFRecord writes) is set against the rate at which the compositor alone pastes the
-same batches, as the served signature runs it (no XLA), timed before and after the generator in the same
-process. Goal: generation within 2x of the compositor (ratio = compositor rate / generator rate <= 2).
+same batches, as the served signature runs it and compiled by XLA (as the generator runs the signature),
+timed before and after the generator in the same process. Goal: generation within 2x of the faster of the
+two (ratio = compositor rate / generator rate <= 2).
 Also timed the same way: the synthesizer's signature alone (S and the compositor, what the generator cannot
 avoid), so that the generator's own overhead (drawing inputs, encoding, writing) shows as the ratio of the
 signature's rate to the generator's.
@@ -71,9 +72,10 @@ def write_inputs(root: str, coloured: bool) -> None:
     shutil.copy(path, f"{root}/photos")
 
 
-def compositor_rate(generator: generation.Generator, task, rounds: int = 10) -> float:
-  """Composites per second of the compositor alone (the served signature's non-XLA path) on the
-  generator's own inputs, with fixed parameters inside the task's ranges."""
+def compositor_rate(generator: generation.Generator, task, compiled: bool, rounds: int = 10) -> float:
+  """Composites per second of the compositor alone (the served signature's path, or with `compiled` that
+  path compiled by XLA, as the generator runs it) on the generator's own inputs, with fixed parameters
+  inside the task's ranges."""
   # pylint: disable-next=protected-access
   foreground, background, classes, _ = generator._inputs(FLAGS.batch, np.random.default_rng(0))
   ranges = task.compositor.ranges
@@ -88,6 +90,8 @@ def compositor_rate(generator: generation.Generator, task, rounds: int = 10) -> 
     composite = task._compositing(task.compositor, compiled=False)  # pylint: disable=protected-access
     paste = tf.function(lambda f, b, p, v: composite(f, b, p, v).image)
     arguments = (tf.constant(foreground), tf.constant(background), params, tf.constant(classes >= 0))
+  if compiled:
+    paste = tf.function(paste.python_function, jit_compile=True)
   paste(*arguments).numpy()
   times = []
   for _ in range(rounds):
@@ -122,21 +126,27 @@ def main(argv):
                                          backgrounds=f"{root}/photos" if coloured else "", out=f"{root}/out",
                                          num=FLAGS.num, shard_size=1000, batch_size=FLAGS.batch)
       generator = generation.Generator(config)
-      before, signature_before = compositor_rate(generator, task), signature_rate(generator)
+      def compositor_rates() -> tuple[float, float]:
+        return compositor_rate(generator, task, compiled=False), compositor_rate(generator, task, compiled=True)
+
+      (plain_before, xla_before), signature_before = compositor_rates(), signature_rate(generator)
       summary = generator.run()
-      after, signature_after = compositor_rate(generator, task), signature_rate(generator)
+      (plain_after, xla_after), signature_after = compositor_rates(), signature_rate(generator)
       rate = summary["composites_per_second"]
-      reference, signature = (before + after) / 2, (signature_before + signature_after) / 2
+      plain, xla = (plain_before + plain_after) / 2, (xla_before + xla_after) / 2
+      # The goal is set against the faster compositor: the generator runs the signature compiled by XLA.
+      reference, signature = max(plain, xla), (signature_before + signature_after) / 2
       case = {"generator_composites_per_second": rate, "compositor_composites_per_second": round(reference, 1),
-              "compositor_before_after": [round(before, 1), round(after, 1)],
+              "compositor_plain_before_after": [round(plain_before, 1), round(plain_after, 1)],
+              "compositor_xla_before_after": [round(xla_before, 1), round(xla_after, 1)],
               "ratio_compositor_over_generator": round(reference / rate, 2),
               "signature_composites_per_second": round(signature, 1),
               "signature_before_after": [round(signature_before, 1), round(signature_after, 1)],
               "ratio_signature_over_generator": round(signature / rate, 2),
               "bytes_written": sum(os.path.getsize(os.path.join(config.out, f)) for f in os.listdir(config.out))}
       report["cases"][name] = case
-      print(f"{name}: generator {rate:.1f}/s, compositor alone {reference:.1f}/s "
-            f"(before {before:.1f}, after {after:.1f}): ratio {case['ratio_compositor_over_generator']:.2f}x "
+      print(f"{name}: generator {rate:.1f}/s, compositor alone {reference:.1f}/s (plain {plain:.1f}, XLA "
+            f"{xla:.1f}): ratio {case['ratio_compositor_over_generator']:.2f}x "
             f"(goal <= {GOAL_RATIO}x); the signature alone (S + compositor) {signature:.1f}/s: the generator's "
             f"own overhead {case['ratio_signature_over_generator']:.2f}x")
   bench_report.write(report, FLAGS.out)

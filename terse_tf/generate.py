@@ -38,6 +38,9 @@ flags.DEFINE_integer("max_objects", 0, "Detection: objects per image drawn from 
                      "as the synthesizer has slots).", lower_bound=0)
 flags.DEFINE_bool("write_masks", False, "Also store masks: the pasted object's alpha (classification), or "
                   "each boxed object's visible mask as PNG instance masks and COCO RLE (detection).")
+flags.DEFINE_bool("jit_compile", True, "Run the synthesizer compiled by XLA (~2.8x faster at 300x300 on CPU). "
+                  "XLA draws other random numbers for a seed than the plain graph, so datasets made with and "
+                  "without it differ; each is deterministic.")
 FLAGS = flags.FLAGS
 
 
@@ -47,7 +50,7 @@ def config_from_flags() -> generation.GenerateConfig:
       synthesizer=f.synthesizer, foregrounds=f.foregrounds, backgrounds=f.backgrounds, num=f.num, out=f.out,
       shard_size=f.shard_size, batch_size=f.batch_size, seed=f.seed, signature=f.signature, target=f.target,
       hard_only=f.hard_only, hard_threshold=f.hard_threshold, max_objects=f.max_objects,
-      write_masks=f.write_masks)
+      write_masks=f.write_masks, jit_compile=f.jit_compile)
 
 
 def main(argv: list[str]) -> None:

@@ -66,6 +66,10 @@ class GenerateConfig:
   hard_threshold: float = 0.5
   max_objects: int = 0           # Detection: objects per image drawn from 1..max_objects (0: every slot).
   write_masks: bool = False
+  # Run the synthesizer's signature compiled by XLA: ~2.8x faster at 300x300 on CPU. XLA draws other random
+  # numbers for the same seed than the uncompiled graph does (both are deterministic), so a dataset made
+  # with it differs from one made without, and a resume keeps to the setting the shards were made with.
+  jit_compile: bool = True
   encode_threads: int = 2
 
   def __post_init__(self):
@@ -94,7 +98,7 @@ class GenerateConfig:
 class Synthesizer:
   """One signature of an exported synthesizer, and what its inputs say about the task."""
 
-  def __init__(self, path: str, signature: str):
+  def __init__(self, path: str, signature: str, jit_compile: bool = False):
     try:
       self.path = export.saved_model_path(path)
     except FileNotFoundError as e:
@@ -104,6 +108,8 @@ class Synthesizer:
       raise ConfigError(f"--signature={signature}: {self.path} has only {sorted(loaded.signatures)}")
     self._loaded, self.function = loaded, loaded.signatures[signature]
     self.inputs = self.function.structured_input_signature[1]
+    self._call = (tf.function(lambda **inputs: self.function(**inputs), jit_compile=True) if jit_compile
+                  else self.function)
     self.seeded = "seed" in self.inputs
     self.detection = "classes" in self.inputs
     self.foreground_shape = tuple(self.inputs["foreground"].shape[1:])  # ([N,] h, w, C + 1)
@@ -117,7 +123,7 @@ class Synthesizer:
       inputs["classes"] = tf.constant(classes)
     if self.seeded:
       inputs["seed"] = tf.constant(seed, tf.int32)
-    return {name: value.numpy() for name, value in self.function(**inputs).items()}
+    return {name: value.numpy() for name, value in self._call(**inputs).items()}
 
 
 class Target:
@@ -174,7 +180,7 @@ class Generator:
 
   def __init__(self, config: GenerateConfig):
     self.config = config
-    self.synthesizer = Synthesizer(config.synthesizer, config.signature)
+    self.synthesizer = Synthesizer(config.synthesizer, config.signature, config.jit_compile)
     if not self.synthesizer.seeded:
       logging.warning("--signature=%s takes no seed: its dropout or noise differs from run to run, so the "
                       "dataset is not reproducible and a resumed shard differs from the lost one",
@@ -346,7 +352,7 @@ class Generator:
   def recipe(self) -> dict:
     """What a shard's contents depend on: a resumed run may keep a finished shard only if these agree."""
     fields = ("foregrounds", "backgrounds", "shard_size", "batch_size", "seed", "signature", "target",
-              "hard_only", "hard_threshold", "max_objects", "write_masks")
+              "hard_only", "hard_threshold", "max_objects", "write_masks", "jit_compile")
     return {"synthesizer": self.synthesizer.path, **{k: getattr(self.config, k) for k in fields}}
 
   def finished(self, shard: int) -> dict | None:
