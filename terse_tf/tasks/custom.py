@@ -148,17 +148,13 @@ def detection_ranges(image_side: int) -> compositor_lib.AffineRanges:
 
 
 @dataclasses.dataclass(frozen=True)
-class CustomDetectionConfig:
+class CustomDetectionConfig(CustomTaskConfig):
+  """CustomTaskConfig's backgrounds and synthesizer settings, and where and how many objects S places."""
   ranges: compositor_lib.AffineRanges | None = None  # None: detection_ranges of the image's side.
   cutout_size: int = 0          # Side the cut-outs are fitted to (their size at scale 1); 0: a third of the image.
   max_objects: int = 3          # Cut-outs S places per scene (1..max_objects present).
   min_visible: float = 0.25     # An object with less of it in view gets no box.
   background_artifact_fraction: float = 0.3  # Backgrounds given a pasted background region (§3.1).
-  num_backgrounds: int = 500    # Random crops of the photos S pastes on.
-  synth_width: int = 32
-  synth_dropout: float = 0.3
-  synth_noise_dim: int = 0
-  jit_compile: bool = True
 
 
 class CustomDetectionTask(PastedObjectDetection):
