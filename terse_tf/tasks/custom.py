@@ -206,7 +206,7 @@ class CustomDetectionTask(PastedObjectDetection):
     test_images, test_boxes, test_classes = self._checked(test, "test")
     # Every label has as many rows as the busiest real image or S's scenes, whichever is more, so that
     # real and cached examples batch together.
-    self.label_slots = max(config.max_objects, max(len(b) for b in real_boxes))
+    self.label_slots = max(config.max_objects, max((len(b) for b in real_boxes), default=0))
     self.real_images, self.real_labels = real_images, self._padded(real_boxes, real_classes)
     self.test_images = test_images
     self.test_truth = [evaluation.ImageBoxes(boxes=b, classes=c) for b, c in zip(test_boxes, test_classes)]
