@@ -17,7 +17,9 @@ what is target-specific (loss, hardness, serving) behind targets.base.Target. Th
 
 Every phase is resumable: the checkpoint carries the phase, cycle, epoch and step it reached, and the number
 of cache shards it saw. Resume order: the latest checkpoint in the run directory -> --init_checkpoint
-(weights only) -> scratch.
+(weights only) -> scratch. With several worker processes (--strategy=multi_worker) every worker takes every
+step and holds the same cache (S's outputs are gathered from all of them), but only the chief writes the
+run directory; the others write to a scratch directory and read the chief's state when they resume.
 """
 
 from __future__ import annotations
