@@ -44,10 +44,6 @@ from terse_tf.tasks.custom import (DEFAULT_RANGES, BoxesPerImage, CustomClassifi
 from terse_tf.trainer import TrainConfig
 
 
-# TrainConfig fields that configure the synthesizer the task builds.
-_SYNTHESIZER_OPTIONS = ("synth_width", "synth_dropout", "synth_noise_dim", "jit_compile")
-
-
 def _model_fn(model: keras.Model | Callable[[], keras.Model], train_options: dict
               ) -> Callable[[], keras.Model]:
   if train_options.get("strategy") == "multi_worker":  # Before the first op: the probe below makes some.
@@ -70,10 +66,6 @@ def _train_config(run_dir: str, task: str, train_options: dict) -> TrainConfig:
   return TrainConfig(run_dir=run_dir, task=task, **train_options)
 
 
-def _synthesizer_options(train_options: dict) -> dict:
-  return {k: train_options[k] for k in _SYNTHESIZER_OPTIONS if k in train_options}
-
-
 def train_classifier(model: keras.Model | Callable[[], keras.Model], cutouts: str, backgrounds: str,
                      real: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], run_dir: str,
                      ranges: compositor.AffineRanges = DEFAULT_RANGES, num_backgrounds: int = 500,
@@ -89,7 +81,8 @@ def train_classifier(model: keras.Model | Callable[[], keras.Model], cutouts: st
                                    min_side=min(probe.input_shape[1:3]))
   task = CustomClassificationTask(
       model_fn, loaded, photos_list, real, test,
-      CustomTaskConfig(ranges=ranges, num_backgrounds=num_backgrounds, **_synthesizer_options(train_options)),
+      CustomTaskConfig(ranges=ranges, num_backgrounds=num_backgrounds,
+                       synthesizer=trainer_lib.synthesizer_settings(config)),
       seed=config.seed)
   return train_lib.run(config, task=task)
 
@@ -115,6 +108,6 @@ def train_detector(model: keras.Model | Callable[[], keras.Model], anchors: np.n
       model_fn, anchors, loaded, photos_list, real, test,
       CustomDetectionConfig(ranges=ranges, cutout_size=side, max_objects=max_objects, min_visible=min_visible,
                             background_artifact_fraction=background_artifact_fraction,
-                            num_backgrounds=num_backgrounds, **_synthesizer_options(train_options)),
+                            num_backgrounds=num_backgrounds, synthesizer=trainer_lib.synthesizer_settings(config)),
       seed=config.seed)
   return train_lib.run(config, task=task)

@@ -203,17 +203,21 @@ class SynthStepOutputs(NamedTuple):
   quota_class: tf.Tensor         # [B]
 
 
+def synthesizer_settings(config: TrainConfig) -> tasks.SynthesizerSettings:
+  """How the task is to build S and composite for it."""
+  return tasks.SynthesizerSettings(width=config.synth_width, dropout=config.synth_dropout,
+                                   noise_dim=config.synth_noise_dim, jit_compile=config.jit_compile)
+
+
 def task_config(config: TrainConfig) -> affnist_task.AffnistTaskConfig | photo_digits.PhotoDigitsTaskConfig:
   """The settings of the task `config` names, for tasks.build."""
   if config.task == "affnist":
     return affnist_task.AffnistTaskConfig(
         data=config.data, affnist=config.affnist, compositor=config.compositor, target=config.target,
-        synth_width=config.synth_width, synth_dropout=config.synth_dropout,
-        synth_noise_dim=config.synth_noise_dim, jit_compile=config.jit_compile)
+        synthesizer=synthesizer_settings(config))
   return photo_digits.PhotoDigitsTaskConfig(
       data=config.data, photo_digits=config.photo_digits, compositor=config.compositor, target=config.target,
-      synth_width=config.synth_width, synth_dropout=config.synth_dropout, synth_noise_dim=config.synth_noise_dim,
-      data_seed=config.data.seed, jit_compile=config.jit_compile)
+      synthesizer=synthesizer_settings(config), data_seed=config.data.seed)
 
 
 def build_strategy(name: str) -> tf.distribute.Strategy:

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from conftest import smoke_config
-from terse_tf import compositor, export, trainer as trainer_lib
+from terse_tf import compositor, export, tasks, trainer as trainer_lib
 from terse_tf.data import affnist, mnist
 from terse_tf.tasks import affnist as affnist_task
 
@@ -70,11 +70,17 @@ def test_saved_model_cli_serves_both_exports_and_matches_the_in_memory_networks(
   np.testing.assert_allclose(sampled["composite"], recomposited.image.numpy(), atol=1e-5)
 
 
-def test_a_synthesizer_with_noise_samples_new_in_frame_transforms_on_every_call(tmp_path):
-  task = affnist_task.AffnistTask(affnist_task.AffnistTaskConfig(
+def small_task_with_noise() -> affnist_task.AffnistTask:
+  """A tiny affNIST task whose S takes a noise vector."""
+  return affnist_task.AffnistTask(affnist_task.AffnistTaskConfig(
       data=mnist.DataConfig(num_val=10, num_heldout_test=10, num_train=10),
       affnist=affnist.AffnistConfig(num_test_digits=1, transforms_per_digit=1),
-      compositor=compositor.CompositorConfig(), synth_width=8, synth_noise_dim=4))
+      compositor=compositor.CompositorConfig(),
+      synthesizer=tasks.SynthesizerSettings(width=8, noise_dim=4)))
+
+
+def test_a_synthesizer_with_noise_samples_new_in_frame_transforms_on_every_call(tmp_path):
+  task = small_task_with_noise()
   paths = export.export_models(task, task.build_synthesizer(seed=0), task.build_target(), str(tmp_path))
   serve = tf.saved_model.load(paths[export.SYNTHESIZER_DIR]).signatures["serving_default"]
   foreground = np.zeros((4, 40, 40, 2), np.float32)
@@ -88,10 +94,7 @@ def test_a_synthesizer_with_noise_samples_new_in_frame_transforms_on_every_call(
 
 
 def test_generate_is_a_function_of_its_seed_in_any_process_and_hardness_is_the_cache_criterion(tmp_path):
-  task = affnist_task.AffnistTask(affnist_task.AffnistTaskConfig(
-      data=mnist.DataConfig(num_val=10, num_heldout_test=10, num_train=10),
-      affnist=affnist.AffnistConfig(num_test_digits=1, transforms_per_digit=1),
-      compositor=compositor.CompositorConfig(), synth_width=8, synth_noise_dim=4))
+  task = small_task_with_noise()
   synthesizer, target = task.build_synthesizer(seed=0), task.build_target()
   paths = export.export_models(task, synthesizer, target, str(tmp_path / "export"))
   foreground = affnist_task.foregrounds(tf.constant(task.splits.val_images[:8])).numpy()

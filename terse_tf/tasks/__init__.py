@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 from terse_tf.tasks import affnist, photo_digits
-from terse_tf.tasks.base import Composition, Task, image_grid
+from terse_tf.tasks.base import Composition, SynthesizerSettings, Task, image_grid
 
 TASKS = ("affnist", "photo_digits")
 # Tasks built in Python around the user's own classifier or detector and data (terse_tf.api), not named by
@@ -20,7 +20,7 @@ TARGETS = {"affnist": ("paper", "itn_swish"), "photo_digits": ("ssd_compact", "s
 RANDOM_SOURCES = {"affnist": "random_affine", "photo_digits": "cut_paste", CUSTOM: "random_placement",
                   CUSTOM_DETECTION: "cut_paste"}
 
-__all__ = ["Composition", "Task", "image_grid", "build", "TASKS", "CUSTOM", "CUSTOM_DETECTION", "CUSTOM_TASKS",
+__all__ = ["Composition", "SynthesizerSettings", "Task", "image_grid", "build", "TASKS", "CUSTOM", "CUSTOM_DETECTION", "CUSTOM_TASKS",
            "TARGETS", "RANDOM_SOURCES"]
 
 

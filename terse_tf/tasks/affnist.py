@@ -13,7 +13,7 @@ from terse_tf import compositor as compositor_lib
 from terse_tf.data import affnist, mnist
 from terse_tf.networks import classifier, synthesizer
 from terse_tf.targets.classification import ClassifierTarget
-from terse_tf.tasks.base import PastedObjectClassification
+from terse_tf.tasks.base import PastedObjectClassification, SynthesizerSettings
 
 IMAGE_SHAPE = (mnist.IMAGE_SIZE, mnist.IMAGE_SIZE, 1)
 # The shift that keeps MNIST's 20x20 digit box inside the 40x40 frame, (40 - 20) / 2: the translation clamp
@@ -40,10 +40,7 @@ class AffnistTaskConfig:
   affnist: affnist.AffnistConfig
   compositor: compositor_lib.CompositorConfig
   target: str = "paper"
-  synth_width: int = 32
-  synth_dropout: float = 0.3
-  synth_noise_dim: int = 0
-  jit_compile: bool = True
+  synthesizer: SynthesizerSettings = SynthesizerSettings()
 
 
 class AffnistTask(PastedObjectClassification):
@@ -65,7 +62,7 @@ class AffnistTask(PastedObjectClassification):
     self.affnist_test = (test_images, test_labels)
     # XLA pays for the compositor's gathers (about 15% of a synthesizer step on CPU) but not for the whole
     # step, whose convolutions it makes slower; bench/compositor.py has the compositor's own figures.
-    self._composite = tf.function(compositor_lib.composite, jit_compile=config.jit_compile)
+    self._composite = tf.function(compositor_lib.composite, jit_compile=config.synthesizer.jit_compile)
 
   def describe(self) -> str:
     return (f"{self.splits.source} digits {self.splits.sizes()}; affNIST test: {len(self.affnist_test[1])} "
@@ -81,8 +78,9 @@ class AffnistTask(PastedObjectClassification):
     return ClassifierTarget.build(self.config.target, IMAGE_SHAPE, mnist.NUM_CLASSES)
 
   def build_synthesizer(self, seed: int | None) -> keras.Model:
-    return synthesizer.build_synthesizer(IMAGE_SHAPE, self.config.synth_width, self.config.synth_dropout,
-                                         self.config.synth_noise_dim, seed=seed)
+    settings = self.config.synthesizer
+    return synthesizer.build_synthesizer(IMAGE_SHAPE, settings.width, settings.dropout, settings.noise_dim,
+                                         seed=seed)
 
   def real_examples(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return self.splits.train_images[..., None], {"label": self.splits.train_labels}

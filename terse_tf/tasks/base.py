@@ -6,6 +6,7 @@ and classes; the trainer runs the same three-player sleep cycles for all of them
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Callable, NamedTuple
 
 import keras
@@ -32,6 +33,15 @@ def image_grid(images: tf.Tensor, columns: int = 8) -> tf.Tensor:
   grid = tf.transpose(grid, [0, 2, 1, 3, 4])
   return tf.reshape(grid, [1, count // columns * height, columns * width, channels])
 
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthesizerSettings:
+  """How every task builds S and composites for it (the trainer's synth_* and jit_compile options)."""
+  width: int = 32
+  dropout: float = 0.3
+  noise_dim: int = 0      # Length of the noise vector S takes beside the images (0: none).
+  jit_compile: bool = True  # Compile the compositor with XLA.
 
 
 class Composition(NamedTuple):

@@ -28,7 +28,7 @@ from terse_tf.errors import ConfigError
 from terse_tf.networks import scene_synthesizer, synthesizer
 from terse_tf.targets.classification import ClassifierTarget
 from terse_tf.targets.ssd import SSDTarget
-from terse_tf.tasks.base import PastedObjectClassification
+from terse_tf.tasks.base import PastedObjectClassification, SynthesizerSettings
 from terse_tf.tasks.detection import PastedObjectDetection
 
 # Where S may put a cut-out fitted to the whole image: anywhere it stays in the frame (keep_in_frame), at
@@ -41,10 +41,7 @@ DEFAULT_RANGES = compositor_lib.AffineRanges(max_rotation_deg=30.0, max_translat
 class CustomTaskConfig:
   ranges: compositor_lib.AffineRanges = DEFAULT_RANGES
   num_backgrounds: int = 500    # Random crops of the photos S pastes on.
-  synth_width: int = 32
-  synth_dropout: float = 0.3
-  synth_noise_dim: int = 0
-  jit_compile: bool = True
+  synthesizer: SynthesizerSettings = SynthesizerSettings()
 
 
 class CustomClassificationTask(PastedObjectClassification):
@@ -77,7 +74,7 @@ class CustomClassificationTask(PastedObjectClassification):
     crops = tf.image.resize(crops, (height, width), antialias=True).numpy()
     self.backgrounds = crops if channels == 3 else photos_lib.luminance(crops)
     self.real, self.test = (self._checked(real, "real"), self._checked(test, "test"))
-    self._composite = tf.function(compositor_lib.composite, jit_compile=config.jit_compile)
+    self._composite = tf.function(compositor_lib.composite, jit_compile=config.synthesizer.jit_compile)
 
   def _checked(self, split: tuple[np.ndarray, np.ndarray], name: str) -> tuple[np.ndarray, np.ndarray]:
     images, labels = split
@@ -99,8 +96,9 @@ class CustomClassificationTask(PastedObjectClassification):
     return ClassifierTarget(self.model_fn())
 
   def build_synthesizer(self, seed: int | None) -> keras.Model:
-    return synthesizer.build_synthesizer(self.image_shape, self.config.synth_width, self.config.synth_dropout,
-                                         self.config.synth_noise_dim, seed=seed)
+    settings = self.config.synthesizer
+    return synthesizer.build_synthesizer(self.image_shape, settings.width, settings.dropout, settings.noise_dim,
+                                         seed=seed)
 
   def real_examples(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return self.real[0], {"label": self.real[1]}
@@ -194,7 +192,7 @@ class CustomDetectionTask(PastedObjectDetection):
     self.max_objects, self.min_visible = config.max_objects, config.min_visible
     self.background_artifact_fraction = config.background_artifact_fraction
     ranges = config.ranges or detection_ranges(min(height, width))
-    self._set_compositing(compositor_lib.CompositorConfig(ranges=ranges), config.jit_compile)
+    self._set_compositing(compositor_lib.CompositorConfig(ranges=ranges), config.synthesizer.jit_compile)
     self.cutouts = cutouts.images if cutouts.images.shape[1:3] == self.cutout_shape else np.stack(
         [fit(cutout, self.cutout_shape) for cutout in cutouts.images])
     self.cutout_classes = cutouts.classes.astype(np.int32)
@@ -251,9 +249,10 @@ class CustomDetectionTask(PastedObjectDetection):
     return SSDTarget(self.model_fn(), self.anchors)
 
   def build_synthesizer(self, seed: int | None) -> keras.Model:
+    settings = self.config.synthesizer
     return scene_synthesizer.build_scene_synthesizer(
-        (*self.cutout_shape, 3), self.image_shape, self.max_objects, "compact", self.config.synth_width,
-        self.config.synth_dropout, self.config.synth_noise_dim, seed=seed)
+        (*self.cutout_shape, 3), self.image_shape, self.max_objects, "compact", settings.width,
+        settings.dropout, settings.noise_dim, seed=seed)
 
   def real_examples(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return self.real_images, self.real_labels

@@ -25,6 +25,7 @@ from terse_tf.data import mnist, photos
 from terse_tf.errors import ConfigError
 from terse_tf.networks import scene_synthesizer, ssd
 from terse_tf.targets.ssd import SSDTarget
+from terse_tf.tasks.base import SynthesizerSettings
 from terse_tf.tasks.detection import PastedObjectDetection
 
 CUTOUT_SIZE = mnist.IMAGE_SIZE  # A digit padded to 40x40, so rotation and shear never crop it.
@@ -80,13 +81,10 @@ class PhotoDigitsTaskConfig:
   photo_digits: PhotoDigitsConfig
   compositor: compositor_lib.CompositorConfig
   target: str = "ssd_compact"
-  synth_width: int = 32
-  synth_dropout: float = 0.3
-  synth_noise_dim: int = 0
+  synthesizer: SynthesizerSettings = SynthesizerSettings()
   # Seeds the scenes (real and test sets, backgrounds): the data's seed, not the training seed, so every
   # training seed of an experiment is scored on the same test scenes.
   data_seed: int = 0
-  jit_compile: bool = True
 
 
 def cutouts(digits: np.ndarray, colours: np.ndarray) -> np.ndarray:
@@ -111,7 +109,7 @@ class PhotoDigitsTask(PastedObjectDetection):
     self.max_objects = self.label_slots = settings.max_objects
     self.min_visible = settings.min_visible
     self.background_artifact_fraction = settings.background_artifact_fraction
-    self._set_compositing(config.compositor.with_ranges(settings.ranges()), config.jit_compile)
+    self._set_compositing(config.compositor.with_ranges(settings.ranges()), config.synthesizer.jit_compile)
     self.splits = mnist.load_splits(config.data)
     rng = np.random.default_rng([config.data_seed, 17])
     train_photos = photos.load_photos("train", settings.photo_dir, min_side=size)
@@ -178,7 +176,7 @@ class PhotoDigitsTask(PastedObjectDetection):
   def build_synthesizer(self, seed: int | None) -> keras.Model:
     return scene_synthesizer.build_scene_synthesizer(
         (CUTOUT_SIZE, CUTOUT_SIZE, 3), self.image_shape, self.settings.max_objects, self.settings.synth_backbone,
-        self.config.synth_width, self.config.synth_dropout, self.config.synth_noise_dim,
+        self.config.synthesizer.width, self.config.synthesizer.dropout, self.config.synthesizer.noise_dim,
         weights=self._backbone_weights(), seed=seed)
 
   # ------------------------------------------------------------------------------------ compositing
