@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from terse_tf import files
+from terse_tf.data.photos import to_uint8  # The inverse of the 8-bit grid of `as_stored`.
 from terse_tf.errors import DataError
 
 SHARD_PATTERN = "shard-{:05d}.npz"
@@ -34,11 +35,6 @@ def as_stored(images: tf.Tensor) -> tf.Tensor:
   rounding is invisible to backpropagation, so S's gradient is that of the unrounded composite)."""
   stored = tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0) / 255.0
   return images + tf.stop_gradient(stored - images)
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-  """Float images in [0, 1] -> uint8, the inverse of the 8-bit grid of `as_stored`."""
-  return np.clip(np.rint(np.asarray(images) * 255), 0, 255).astype(np.uint8)
 
 
 class HardExampleCache(tf.Module):

@@ -204,15 +204,9 @@ class Generator:
 
   # ------------------------------------------------------------------------------------ inputs
   def _backgrounds(self, count: int, rng: np.random.Generator) -> np.ndarray:
-    height, width, channels = self.synthesizer.background_shape
     if self.photos is None:
-      return np.zeros([count, height, width, channels], np.float32)
-    crops = photos_lib.random_crops(self.photos, count, max(height, width), rng).astype(np.float32) / 255
-    if height != width:
-      crops = tf.image.resize(crops, [height, width], antialias=True).numpy()
-    if channels == 1:
-      crops = photos_lib.luminance(crops)
-    return crops
+      return np.zeros([count, *self.synthesizer.background_shape], np.float32)
+    return photos_lib.random_backgrounds(self.photos, count, self.synthesizer.background_shape, rng)
 
   def _inputs(self, count: int, rng: np.random.Generator):
     """(foreground, background, classes or None, labels) for `count` composites."""

@@ -120,7 +120,7 @@ def main(argv: list[str]) -> None:
     model = RestModel(FLAGS.server, FLAGS.signature) if FLAGS.server else LocalModel(FLAGS.model, FLAGS.signature)
     outputs = model.predict(request_inputs(model.input_shapes(), FLAGS.foreground, FLAGS.background,
                                            FLAGS.class_id))
-    composite = np.clip(np.rint(np.asarray(outputs.pop("composite"))[0] * 255), 0, 255).astype(np.uint8)
+    composite = photos.to_uint8(np.asarray(outputs.pop("composite"))[0])
     with open(FLAGS.out, "wb") as f:
       f.write(tf.io.encode_png(composite).numpy())
     # The masks are images (the composite shows them): the printed summary leaves them out.

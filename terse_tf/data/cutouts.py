@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from terse_tf.data.photos import IMAGE_EXTENSIONS, luminance
+from terse_tf.data.photos import IMAGE_EXTENSIONS, luminance, to_uint8
 from terse_tf.errors import DataError
 
 MASK_SUFFIX = ".mask.png"
@@ -114,6 +114,6 @@ def write_cutouts(images: np.ndarray, classes: np.ndarray, class_names: list[str
   for class_id, name in enumerate(class_names):
     os.makedirs(os.path.join(directory, name), exist_ok=True)
   for index, (image, class_id) in enumerate(zip(images, classes)):
-    encoded = tf.io.encode_png(np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)).numpy()
+    encoded = tf.io.encode_png(to_uint8(image)).numpy()
     with open(os.path.join(directory, class_names[class_id], f"{index:06d}.png"), "wb") as f:
       f.write(encoded)

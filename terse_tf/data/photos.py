@@ -44,6 +44,11 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
   return (rgb @ LUMA)[..., None]
 
 
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """Float images in [0, 1] -> uint8 (rounded to the nearest of the 256 levels)."""
+  return np.clip(np.rint(np.asarray(images) * 255), 0, 255).astype(np.uint8)
+
+
 def read_rgb(path: str) -> np.ndarray:
   """uint8 [H, W, 3] of an image file (grey replicated, alpha dropped); DataError naming a file that cannot
   be read or decoded."""
@@ -128,3 +133,14 @@ def random_crops(photos: list[np.ndarray], count: int, size: int, rng: np.random
     resized = tf.image.resize(doubled, [size, size], antialias=True)
     crops[chosen] = np.clip(np.rint(resized.numpy()), 0, 255).astype(np.uint8)
   return crops
+
+
+def random_backgrounds(photos: list[np.ndarray], count: int, shape: tuple[int, int, int],
+                       rng: np.random.Generator) -> np.ndarray:
+  """float32 [count, H, W, C] in [0, 1] for `shape` (H, W, C): random square crops of `photos`
+  (random_crops at the longer side) resized to H x W, grey when C is 1."""
+  height, width, channels = shape
+  crops = random_crops(photos, count, max(height, width), rng).astype(np.float32) / 255
+  if height != width:
+    crops = tf.image.resize(crops, [height, width], antialias=True).numpy()
+  return luminance(crops) if channels == 1 else crops

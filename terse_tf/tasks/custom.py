@@ -69,10 +69,8 @@ class CustomClassificationTask(PastedObjectClassification):
         [fit(cutout, (height, width)) for cutout in cutouts.images])
     self.cutouts = Cutouts(fitted, cutouts.classes, cutouts.class_names).with_channels(channels + 1)
     self.cutout_classes = cutouts.classes
-    crops = photos_lib.random_crops(backgrounds, config.num_backgrounds, max(height, width),
-                                    np.random.default_rng(seed)).astype(np.float32) / 255
-    crops = tf.image.resize(crops, (height, width), antialias=True).numpy()
-    self.backgrounds = crops if channels == 3 else photos_lib.luminance(crops)
+    self.backgrounds = photos_lib.random_backgrounds(backgrounds, config.num_backgrounds, self.image_shape,
+                                                     np.random.default_rng(seed))
     self.real, self.test = (self._checked(real, "real"), self._checked(test, "test"))
     self._composite = tf.function(compositor_lib.composite, jit_compile=config.synthesizer.jit_compile)
 
@@ -196,10 +194,8 @@ class CustomDetectionTask(PastedObjectDetection):
     self.cutouts = cutouts.images if cutouts.images.shape[1:3] == self.cutout_shape else np.stack(
         [fit(cutout, self.cutout_shape) for cutout in cutouts.images])
     self.cutout_classes = cutouts.classes.astype(np.int32)
-    crops = photos_lib.random_crops(backgrounds, config.num_backgrounds, max(height, width),
-                                    np.random.default_rng(seed))
-    self.backgrounds = np.clip(np.rint(tf.image.resize(crops, (height, width), antialias=True).numpy()),
-                               0, 255).astype(np.uint8)
+    self.backgrounds = photos_lib.to_uint8(photos_lib.random_backgrounds(
+        backgrounds, config.num_backgrounds, self.image_shape, np.random.default_rng(seed)))
     real_images, real_boxes, real_classes = self._checked(real, "real")
     test_images, test_boxes, test_classes = self._checked(test, "test")
     # Every label has as many rows as the busiest real image or S's scenes, whichever is more, so that

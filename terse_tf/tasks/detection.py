@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from terse_tf import compositor as compositor_lib
 from terse_tf import evaluation
+from terse_tf.data import photos
 from terse_tf.networks import synthesizer
 from terse_tf.targets.ssd import SSDTarget
 from terse_tf.tasks.base import Composition, RawParamsFn, Task, image_grid
@@ -123,7 +124,7 @@ class PastedObjectDetection(Task):
       image, labels = self._paste(self._composite_for_data, tf.constant(objects[part]),
                                   tf.constant(backgrounds[part], tf.float32) / 255.0, tf.constant(params[part]),
                                   classes[part], tf.constant(valid[part]))
-      images.append(np.clip(np.rint(image.numpy() * 255), 0, 255).astype(np.uint8))
+      images.append(photos.to_uint8(image.numpy()))
       parts.append({k: v.numpy() for k, v in labels.items()})
     return np.concatenate(images), {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
