@@ -34,6 +34,7 @@ import shutil
 import keras
 import tensorflow as tf
 
+from terse_tf.errors import DataError
 from terse_tf.targets.base import Target
 from terse_tf.tasks.base import Task
 
@@ -94,6 +95,15 @@ def saved_model_path(path: str) -> str:
     raise FileNotFoundError(f"{path}: neither a SavedModel (no saved_model.pb) nor a model directory with "
                             f"numbered versions (<version>/saved_model.pb)")
   return os.path.join(path, str(found[-1]))
+
+
+def load(path: str, flag: str):
+  """The SavedModel at `path` (a SavedModel or a TF Serving model directory), which `flag` named; a
+  DataError naming the flag when there is none."""
+  try:
+    return tf.saved_model.load(saved_model_path(path))
+  except FileNotFoundError as e:
+    raise DataError(f"{flag}={path}: {e}") from e
 
 
 def export_models(task: Task, synthesizer: keras.Model, target: Target, export_dir: str) -> dict[str, str]:

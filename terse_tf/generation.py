@@ -99,11 +99,8 @@ class Synthesizer:
   """One signature of an exported synthesizer, and what its inputs say about the task."""
 
   def __init__(self, path: str, signature: str, jit_compile: bool = False):
-    try:
-      self.path = export.saved_model_path(path)
-    except FileNotFoundError as e:
-      raise DataError(f"--synthesizer={path}: {e}") from e
-    loaded = tf.saved_model.load(self.path)
+    loaded = export.load(path, "--synthesizer")
+    self.path = export.saved_model_path(path)
     if signature not in loaded.signatures:
       raise ConfigError(f"--signature={signature}: {self.path} has only {sorted(loaded.signatures)}")
     self._loaded, self.function = loaded, loaded.signatures[signature]
@@ -130,10 +127,7 @@ class Target:
   """The `hardness` signature of an exported target."""
 
   def __init__(self, path: str):
-    try:
-      loaded = tf.saved_model.load(export.saved_model_path(path))
-    except FileNotFoundError as e:
-      raise DataError(f"--target={path}: {e}") from e
+    loaded = export.load(path, "--target")
     if export.HARDNESS not in loaded.signatures:
       raise DataError(f"--target={path}: no `{export.HARDNESS}` signature (exported before terse_tf had one?)")
     self._loaded, self.function = loaded, loaded.signatures[export.HARDNESS]

@@ -42,7 +42,7 @@ class LocalModel:
   """A signature of a SavedModel, loaded in this process."""
 
   def __init__(self, path: str, signature: str):
-    loaded = tf.saved_model.load(export.saved_model_path(path))
+    loaded = export.load(path, "--model")
     if signature not in loaded.signatures:
       raise ConfigError(f"--signature={signature}: {path} has only {sorted(loaded.signatures)}")
     self._loaded, self._function = loaded, loaded.signatures[signature]
@@ -126,7 +126,7 @@ def main(argv: list[str]) -> None:
     # The masks are images (the composite shows them): the printed summary leaves them out.
     print(json.dumps({"composite": FLAGS.out, **{k: np.asarray(v)[0].tolist() for k, v in outputs.items()
                                                  if k not in MASK_OUTPUTS}}))
-  except (TerseError, FileNotFoundError) as e:
+  except TerseError as e:
     sys.exit(f"terse_tf.serve: error: {e}")
 
 
