@@ -45,14 +45,15 @@ from terse_tf.trainer import TrainConfig
 
 
 def _model_fn(model: keras.Model | Callable[[], keras.Model], train_options: dict
-              ) -> Callable[[], keras.Model]:
+              ) -> tuple[Callable[[], keras.Model], keras.Model]:
+  """(a function that builds the user's model, one model it built, to read its shapes from)."""
   if train_options.get("strategy") == "multi_worker":  # Before the first op: the probe below makes some.
     trainer_lib.build_strategy("multi_worker")
   model_fn = model if callable(model) and not isinstance(model, keras.Model) else (lambda: model)
   probe = model_fn()
   if not isinstance(probe, keras.Model):
     raise ConfigError(f"model must be a keras.Model or a function returning one, got {type(probe).__name__}")
-  return model_fn
+  return model_fn, probe
 
 
 def _train_config(run_dir: str, task: str, train_options: dict) -> TrainConfig:
@@ -73,8 +74,7 @@ def train_classifier(model: keras.Model | Callable[[], keras.Model], cutouts: st
   """Runs TERSE against `model` (a Keras classifier, or a function that builds one: pass a function to
   train under a multi-device strategy, whose variables must be made inside its scope). Returns the run's
   results (results.json), with `test_accuracy_before` and `test_accuracy_after`."""
-  model_fn = _model_fn(model, train_options)
-  probe = model_fn()
+  model_fn, probe = _model_fn(model, train_options)
   config = _train_config(run_dir, tasks.CUSTOM, train_options)
   loaded = cutouts_lib.load_cutouts(cutouts, tuple(probe.input_shape[1:3]), flag="cutouts")
   photos_list = photos.read_photos(photos.image_paths(backgrounds), f"backgrounds={backgrounds}",
@@ -97,8 +97,8 @@ def train_detector(model: keras.Model | Callable[[], keras.Model], anchors: np.n
   `max_objects` cut-outs per scene, fitted to `cutout_size` pixels (0: a third of the image) and placed
   within `ranges` (None: tasks.custom.detection_ranges). Returns the run's results (results.json), with
   `test_ap50_before` and `test_ap50_after` (COCO AP@0.5 on `test`)."""
-  model_fn = _model_fn(model, train_options)
-  height, width = model_fn().input_shape[1:3]
+  model_fn, probe = _model_fn(model, train_options)
+  height, width = probe.input_shape[1:3]
   config = _train_config(run_dir, tasks.CUSTOM_DETECTION, train_options)
   side = cutout_size or min(height, width) // 3
   loaded = cutouts_lib.load_cutouts(cutouts, (side, side), flag="cutouts")

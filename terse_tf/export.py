@@ -20,7 +20,7 @@ Each task names its synthesizer's signatures (Task.synthesizer_endpoints), alway
       inputs and seed give the same composites in any process (the dataset generator's determinism).
 affNIST: (foreground [B,40,40,2] colour + straight alpha, background [B,40,40,1]) -> {params, composite,
 warped_mask}. Detection tasks: (foreground [B,N,h,w,4], background [B,H,W,3], classes [B,N]) -> {params,
-composite, boxes, classes, num_objects}. The target's serving_default is Target.serving_outputs:
+composite, boxes, classes, num_objects, masks}. The target's serving_default is Target.serving_outputs:
 {probabilities} for a classifier; {boxes, scores, classes, num_detections} for a detector. Its `hardness`
 signature, (images, *labels) -> {hardness [B]}, is the trainer's cache criterion (Target.judge): a composite
 is hard when its hardness is below --hard_threshold.
