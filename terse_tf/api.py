@@ -24,24 +24,54 @@ trainer's own: S against your T in lockstep, the hard-example cache, checkpoints
 TensorBoard under run_dir, and SavedModel exports of S (serve it, or generate a dataset with
 `python -m terse_tf.generate`) and of your fine-tuned T. Keyword arguments set TrainConfig's fields
 (cycles, hard_per_class, synth_max_steps, baseline_epochs, batch_size, ...; trainer.py documents them).
+Progress goes to the log as the command line's does (each phase's lines with their ETA, the results);
+`verbose=False` keeps to warnings and errors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import re
 from typing import Callable
 
 import keras
 import numpy as np
+from absl import logging
 
 from terse_tf import compositor, tasks, train_lib
 from terse_tf import trainer as trainer_lib
 from terse_tf.data import cutouts as cutouts_lib
 from terse_tf.data import photos
-from terse_tf.errors import ConfigError
+from terse_tf.errors import ConfigError, TerseError
 from terse_tf.tasks.custom import (DEFAULT_RANGES, BoxesPerImage, CustomClassificationTask,
                                    CustomDetectionConfig, CustomDetectionTask, CustomTaskConfig)
 from terse_tf.trainer import TrainConfig
+
+
+def _in_keyword_terms(error: TerseError) -> TerseError:
+  """The trainer's errors name flags (`--fresh`, `--run_dir=x`); from Python they are keyword arguments
+  (`fresh=True`, `run_dir=x`)."""
+  return type(error)(re.sub(r"--(\w+)", r"\1", str(error).replace("--fresh", "fresh=True")))
+
+
+def _api_run(function: Callable) -> Callable:
+  """The API's conventions around a run: progress in the log unless verbose=False (the command line's
+  lines: each phase's progress and ETA, the evaluations, the results), and errors in keyword terms."""
+  @functools.wraps(function)
+  def run(*args, verbose: bool = True, **kwargs) -> dict:
+    previous = logging.get_verbosity()
+    wanted = max(previous, logging.INFO) if verbose else min(previous, logging.WARNING)
+    with contextlib.ExitStack() as restore:
+      if wanted != previous:
+        logging.set_verbosity(wanted)
+        restore.callback(logging.set_verbosity, previous)
+      try:
+        return function(*args, **kwargs)
+      except TerseError as e:
+        raise _in_keyword_terms(e) from e
+  return run
 
 
 def _model_fn(model: keras.Model | Callable[[], keras.Model], train_options: dict
@@ -53,6 +83,11 @@ def _model_fn(model: keras.Model | Callable[[], keras.Model], train_options: dic
   probe = model_fn()
   if not isinstance(probe, keras.Model):
     raise ConfigError(f"model must be a keras.Model or a function returning one, got {type(probe).__name__}")
+  shape = probe.input_shape
+  if not isinstance(shape, tuple) or len(shape) != 4 or None in shape[1:]:
+    # Checked first: cut-outs and backgrounds are fitted to this size before the task is built.
+    raise ConfigError(f"model must take one batch of images of a fixed size [B, H, W, C], e.g. "
+                      f"keras.Input((64, 64, 3)); its input is {shape}")
   return model_fn, probe
 
 
@@ -67,6 +102,7 @@ def _train_config(run_dir: str, task: str, train_options: dict) -> TrainConfig:
   return TrainConfig(run_dir=run_dir, task=task, **train_options)
 
 
+@_api_run
 def train_classifier(model: keras.Model | Callable[[], keras.Model], cutouts: str, backgrounds: str,
                      real: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], run_dir: str,
                      ranges: compositor.AffineRanges = DEFAULT_RANGES, num_backgrounds: int = 500,
@@ -87,6 +123,7 @@ def train_classifier(model: keras.Model | Callable[[], keras.Model], cutouts: st
   return train_lib.run(config, task=task)
 
 
+@_api_run
 def train_detector(model: keras.Model | Callable[[], keras.Model], anchors: np.ndarray, cutouts: str,
                    backgrounds: str, real: BoxesPerImage, test: BoxesPerImage, run_dir: str,
                    ranges: compositor.AffineRanges | None = None, cutout_size: int = 0, max_objects: int = 3,

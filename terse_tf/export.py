@@ -9,6 +9,9 @@ everywhere. (Plain `tf.saved_model.save` of a Keras 3 model would also rename th
 
 Layout: TF Serving's, `<export_dir>/<model>/<version>/saved_model.pb`, each export a new version (one more
 than the highest there), so a running server picks it up and the previous one stays until you delete it.
+Beside the graph, in TF Serving's folder for extra files, `<version>/assets.extra/terse_tf.json` lists the
+task's class names (index = class id): what no signature says (how many classes a detector tells apart,
+which ids a detection synthesizer's `classes` input takes), read by the generator and the serving client.
 
 Each task names its synthesizer's signatures (Task.synthesizer_endpoints), always three:
   serving_default: S in inference mode (dropout off, BatchNorm moving averages). A synthesizer with a noise
@@ -28,6 +31,8 @@ is hard when its hardness is below --hard_threshold.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 
@@ -40,6 +45,7 @@ from terse_tf.tasks.base import Task
 
 SYNTHESIZER_DIR, TARGET_DIR = "synthesizer", "target"
 SERVING_DEFAULT, SAMPLE, GENERATE, HARDNESS = "serving_default", "sample", "generate", "hardness"
+METADATA_FILE = os.path.join("assets.extra", "terse_tf.json")
 
 
 def synthesizer_archive(synthesizer: keras.Model, task: Task) -> keras.export.ExportArchive:
@@ -75,13 +81,17 @@ def versions(model_dir: str) -> list[int]:
                 if name.isdigit() and os.path.exists(os.path.join(model_dir, name, "saved_model.pb")))
 
 
-def write(archive: keras.export.ExportArchive, model_dir: str) -> str:
-  """Writes the SavedModel as the next version under `model_dir` and returns its path. It is written aside
-  and renamed into place, so a server or a crash never sees a half-written version."""
+def write(archive: keras.export.ExportArchive, model_dir: str, class_names: list[str]) -> str:
+  """Writes the SavedModel, and its METADATA_FILE naming `class_names`, as the next version under
+  `model_dir` and returns its path. It is written aside and renamed into place, so a server or a crash never
+  sees a half-written version."""
   version_dir = os.path.join(model_dir, str((versions(model_dir) or [0])[-1] + 1))
   staging = version_dir + ".writing"
   shutil.rmtree(staging, ignore_errors=True)
   archive.write_out(staging, verbose=False)
+  os.makedirs(os.path.dirname(os.path.join(staging, METADATA_FILE)))
+  with open(os.path.join(staging, METADATA_FILE), "w") as f:
+    json.dump({"class_names": list(class_names)}, f)
   os.replace(staging, version_dir)
   return version_dir
 
@@ -97,6 +107,35 @@ def saved_model_path(path: str) -> str:
   return os.path.join(path, str(found[-1]))
 
 
+def class_names(saved_model: str) -> list[str] | None:
+  """The class names (index = class id) of the task a SavedModel was exported from; None for an export
+  made before terse_tf wrote them (or by something else)."""
+  try:
+    with open(os.path.join(saved_model, METADATA_FILE)) as f:
+      return list(json.load(f)["class_names"])
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise DataError(f"{os.path.join(saved_model, METADATA_FILE)}: unreadable ({e}); expected "
+                    '{"class_names": [...]} as the export writes it') from e
+
+
+def digest(saved_model: str) -> str:
+  """A hash of a SavedModel's content, its graph and its variables: a model retrained and exported to the
+  same path reads as another model, and one model under two spellings of its path as the same one."""
+  paths = [os.path.join(saved_model, "saved_model.pb")]
+  variables_dir = os.path.join(saved_model, "variables")
+  if os.path.isdir(variables_dir):
+    paths += [os.path.join(variables_dir, name) for name in sorted(os.listdir(variables_dir))]
+  hasher = hashlib.sha256()
+  for path in paths:
+    hasher.update(os.path.relpath(path, saved_model).encode() + b"\0")
+    with open(path, "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        hasher.update(block)
+  return hasher.hexdigest()
+
+
 def load(path: str, flag: str):
   """The SavedModel at `path` (a SavedModel or a TF Serving model directory), which `flag` named; a
   DataError naming the flag when there is none."""
@@ -109,6 +148,8 @@ def load(path: str, flag: str):
 def export_models(task: Task, synthesizer: keras.Model, target: Target, export_dir: str) -> dict[str, str]:
   """Writes both SavedModels as new versions under `export_dir`/{synthesizer,target}; returns their paths."""
   return {
-      SYNTHESIZER_DIR: write(synthesizer_archive(synthesizer, task), os.path.join(export_dir, SYNTHESIZER_DIR)),
-      TARGET_DIR: write(target_archive(target, task.image_shape), os.path.join(export_dir, TARGET_DIR)),
+      SYNTHESIZER_DIR: write(synthesizer_archive(synthesizer, task), os.path.join(export_dir, SYNTHESIZER_DIR),
+                             task.class_names),
+      TARGET_DIR: write(target_archive(target, task.image_shape), os.path.join(export_dir, TARGET_DIR),
+                        task.class_names),
   }

@@ -1,9 +1,12 @@
-"""Atomic file writes: a crash mid-write leaves the previous file (or none), never a truncated one."""
+"""Atomic file writes: a crash mid-write leaves the previous file (or none), never a truncated one. And
+directory locks: one process at a time writes a directory, and a killed one leaves no stale lock."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
 import tempfile
 from typing import IO, Callable
 
@@ -42,3 +45,56 @@ def write_json(path: str, payload: dict) -> None:
 
 def savez(path: str, compressed: bool = False, **arrays: np.ndarray) -> None:
   atomic_write(path, lambda f: (np.savez_compressed if compressed else np.savez)(f, **arrays))
+
+
+LOCK_NAME = ".terse_tf.lock"
+
+
+class DirectoryInUseError(OSError):
+  """Another process holds the directory's lock; the message names it (pid and host)."""
+
+
+class DirectoryLock:
+  """An exclusive lock on a directory, held from `acquire` to `release` or the process's end, however it
+  ends (the kernel drops a flock with the process, so a killed run never leaves the directory locked).
+
+  Per process, not per object: several objects of one process may lock the same directory (a test that
+  reopens a run in-process, an experiment that resumes one), each `acquire` matched by a `release`; another
+  process is refused while any of them holds it.
+  """
+
+  _held: dict[str, tuple[IO[str], int]] = {}  # realpath -> (the locked file, how many hold it)
+
+  def __init__(self, directory: str):
+    self.path = os.path.join(os.path.realpath(directory), LOCK_NAME)
+    self._holding = False
+
+  def acquire(self) -> None:
+    if self._holding:
+      return
+    handle, holders = self._held.get(self.path, (None, 0))
+    if handle is None:
+      handle = open(self.path, "a+")
+      try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise DirectoryInUseError(f"in use by another process ({holder})") from None
+      handle.seek(0)
+      handle.truncate()
+      handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+      handle.flush()
+    self._held[self.path] = (handle, holders + 1)
+    self._holding = True
+
+  def release(self) -> None:
+    if not self._holding:
+      return
+    self._holding = False
+    handle, holders = self._held.pop(self.path)
+    if holders > 1:
+      self._held[self.path] = (handle, holders - 1)
+    else:
+      handle.close()  # Closing the last descriptor drops the flock.

@@ -5,7 +5,10 @@ A shard is a pure function of (seed, shard index): its cut-outs, backgrounds and
 and noise (the SavedModel's `generate` signature takes the seed) are all drawn from that key. So a killed run
 resumes by redoing only the shards it had not finished, and the result equals an uninterrupted run's. Each
 shard is written aside and renamed into place, its sidecar (`.json`: counts, boxes, yield) first, its
-records last, so a shard is finished exactly when its `.tfrecord` exists.
+records last, so a shard is finished exactly when its `.tfrecord` exists. A resume keeps a finished shard
+only when its sidecar's recipe is this run's: the models and folders are compared by content (a synthesizer
+retrained into the same path is another one; `dir/` and `./dir` are the same folder), and an --out that holds
+a shard set of another size (another --num or --shard_size) is refused, since both sets would be globbed.
 
 While the synthesizer composites batch k + 1, worker threads encode batch k as PNGs and serialise its
 examples, so the generator's rate stays close to the compositor's (bench/generate.py).
@@ -27,9 +30,11 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import re
 import time
 from typing import Iterator
 
@@ -42,8 +47,13 @@ from terse_tf import evaluation, export, files
 from terse_tf.data import cutouts as cutouts_lib
 from terse_tf.data import photos as photos_lib
 from terse_tf.errors import ConfigError, DataError
+from terse_tf.targets.classification import ClassifierTarget
+from terse_tf.targets.ssd import SSDTarget
 
 RECORD_SUFFIX, SIDECAR_SUFFIX = ".tfrecord", ".json"
+SHARD_NAME = re.compile(r"composites-(\d+)-of-(\d+)" + re.escape(RECORD_SUFFIX) + "$")
+# --backgrounds value for the photos bundled with scikit-image and matplotlib (data/photos.py's train split).
+BUNDLED_PHOTOS = "bundled"
 ANNOTATIONS, SUMMARY, PREVIEW = "annotations.json", "generation.json", "preview.png"
 # A --hard_only shard gives up after this many batches per batch it needs: the target finds (almost) nothing
 # hard, and the run says so instead of spinning.
@@ -53,22 +63,26 @@ MAX_BATCHES_PER_NEEDED_BATCH = 50
 @dataclasses.dataclass(frozen=True)
 class GenerateConfig:
   synthesizer: str               # Exported synthesizer: a SavedModel, or a TF Serving model directory.
-  foregrounds: str               # Folder of cut-outs (data/cutouts.py's layout).
+  foregrounds: str               # Folder of cut-outs (data/cutouts.py's layout), or "bundled": MNIST digits.
   out: str
   num: int
-  backgrounds: str = ""          # Folder of photos to crop backgrounds from; "" black (as affNIST).
+  backgrounds: str = ""          # Folder of photos to crop backgrounds from; "bundled" the sample photos
+                                 # data/photos.py finds; "" black (as affNIST).
   shard_size: int = 1000
   batch_size: int = 64
   seed: int = 0
   signature: str = export.GENERATE
   target: str = ""               # Exported target; its `hardness` is recorded, and --hard_only filters on it.
   hard_only: bool = False
-  hard_threshold: float = 0.5
+  # Hard below this hardness; None: the target's own default, as the trainer's (0.0 on a classifier's
+  # p_gt - max_other in [-1, 1], 0.5 on a detector's confidence in [0, 1]).
+  hard_threshold: float | None = None
   max_objects: int = 0           # Detection: objects per image drawn from 1..max_objects (0: every slot).
   write_masks: bool = False
-  # Run the synthesizer's signature compiled by XLA: ~2.8x faster at 300x300 on CPU. XLA draws other random
-  # numbers for the same seed than the uncompiled graph does (both are deterministic), so a dataset made
-  # with it differs from one made without, and a resume keeps to the setting the shards were made with.
+  # Run the synthesizer's signature compiled by XLA: 1.8x the composites per second at 300x300 on CPU
+  # (BENCHMARKS.md, dataset generation: 45 a second against 25.6). XLA draws other random numbers for the
+  # same seed than the uncompiled graph does (both are deterministic), so a dataset made with it differs
+  # from one made without, and a resume keeps to the setting the shards were made with.
   jit_compile: bool = True
   encode_threads: int = 2
 
@@ -81,6 +95,8 @@ class GenerateConfig:
         raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
     if self.hard_only and not self.target:
       raise ConfigError("--hard_only needs --target: the exported target whose hardness picks the composites")
+    if self.hard_threshold is not None and not self.target:
+      raise ConfigError("--hard_threshold needs --target: the exported target whose hardness it compares")
     if self.max_objects < 0:
       raise ConfigError(f"--max_objects must be >= 0, got {self.max_objects}")
 
@@ -100,7 +116,7 @@ class Synthesizer:
 
   def __init__(self, path: str, signature: str, jit_compile: bool = False):
     loaded = export.load(path, "--synthesizer")
-    self.path = export.saved_model_path(path)
+    self.path = os.path.realpath(export.saved_model_path(path))
     if signature not in loaded.signatures:
       raise ConfigError(f"--signature={signature}: {self.path} has only {sorted(loaded.signatures)}")
     self._loaded, self.function = loaded, loaded.signatures[signature]
@@ -112,6 +128,7 @@ class Synthesizer:
     self.foreground_shape = tuple(self.inputs["foreground"].shape[1:])  # ([N,] h, w, C + 1)
     self.background_shape = tuple(self.inputs["background"].shape[1:])  # (H, W, C)
     self.slots = self.foreground_shape[0] if self.detection else 1
+    self.class_names = export.class_names(self.path)  # None: an export that does not list them.
 
   def __call__(self, foreground: np.ndarray, background: np.ndarray, classes: np.ndarray | None,
                seed: np.ndarray) -> dict[str, np.ndarray]:
@@ -124,13 +141,42 @@ class Synthesizer:
 
 
 class Target:
-  """The `hardness` signature of an exported target."""
+  """The `hardness` signature of an exported target, and what the export says about the target."""
 
   def __init__(self, path: str):
     loaded = export.load(path, "--target")
+    self.flag = f"--target={path}"
     if export.HARDNESS not in loaded.signatures:
-      raise DataError(f"--target={path}: no `{export.HARDNESS}` signature (exported before terse_tf had one?)")
+      raise DataError(f"{self.flag}: no `{export.HARDNESS}` signature (exported before terse_tf had one?)")
     self._loaded, self.function = loaded, loaded.signatures[export.HARDNESS]
+    self.path = os.path.realpath(export.saved_model_path(path))
+    inputs = self.function.structured_input_signature[1]
+    # The hardness signature's labels tell the kind: a detector's boxes, or a classifier's label.
+    self.detector = "boxes" in inputs
+    self.kind = SSDTarget if self.detector else ClassifierTarget
+    self.image_shape = tuple(inputs["images"].shape[1:])
+    names = export.class_names(self.path)
+    if names is not None:
+      self.num_classes: int | None = len(names)
+    elif self.detector:  # An export that does not list its classes: a detector's outputs do not tell.
+      self.num_classes = None
+    else:
+      self.num_classes = loaded.signatures[export.SERVING_DEFAULT].structured_outputs["probabilities"].shape[-1]
+
+  def describe(self) -> str:
+    return ("a detector (hardness: its confidence at the object)" if self.detector
+            else "a classifier (hardness: p_gt - max_other)")
+
+  def threshold(self, value: float | None) -> float:
+    """--hard_threshold for this target: its own default when unset; a ConfigError outside its hardness
+    range (also for NaN), where it would keep everything or nothing."""
+    if value is None:
+      return self.kind.default_hard_threshold
+    low, high = self.kind.hardness_range
+    if not low <= value <= high:
+      raise ConfigError(f"--hard_threshold={value}: {self.flag} is {self.describe()}, which lies in "
+                        f"[{low:g}, {high:g}]; its default is {self.kind.default_hard_threshold:g}")
+    return value
 
   def hardness(self, images: np.ndarray, labels: dict[str, np.ndarray]) -> np.ndarray:
     return self.function(images=tf.constant(images), **{k: tf.constant(v) for k, v in labels.items()}
@@ -174,27 +220,85 @@ class Generator:
 
   def __init__(self, config: GenerateConfig):
     self.config = config
+    self._check_out()  # Before loading anything: a refusal comes at once.
     self.synthesizer = Synthesizer(config.synthesizer, config.signature, config.jit_compile)
     if not self.synthesizer.seeded:
       logging.warning("--signature=%s takes no seed: its dropout or noise differs from run to run, so the "
                       "dataset is not reproducible and a resumed shard differs from the lost one",
                       config.signature)
     self.target = Target(config.target) if config.target else None
+    self.hard_threshold = self._check_target() if self.target else None
     cutout_shape = self.synthesizer.foreground_shape[-3:]
-    loaded = cutouts_lib.load_cutouts(config.foregrounds, cutout_shape[:2])
+    if config.foregrounds == cutouts_lib.BUNDLED:
+      # Without a list of the synthesizer's classes, the ten digits (as affNIST's).
+      names = self.synthesizer.class_names or [str(digit) for digit in range(10)]
+      loaded = cutouts_lib.bundled_digits(cutout_shape[:2], names, coloured=cutout_shape[-1] == 4)
+    else:
+      loaded = cutouts_lib.load_cutouts(config.foregrounds, cutout_shape[:2])
     self.cutouts, self.cutout_classes = loaded.with_channels(cutout_shape[-1]), loaded.classes
     self.class_names = loaded.class_names
+    if self.target and self.target.num_classes is not None and len(self.class_names) > self.target.num_classes:
+      raise ConfigError(f"--foregrounds={config.foregrounds} has {len(self.class_names)} classes "
+                        f"({self.class_names}); {self.target.flag} tells {self.target.num_classes} apart: give "
+                        "cut-outs of its classes, one sub-folder each in its class order")
     slots = self.synthesizer.slots
     if config.max_objects > slots:
       raise ConfigError(f"--max_objects={config.max_objects}: the synthesizer pastes at most {slots} objects")
     self.max_objects = config.max_objects or slots
     height, width, channels = self.synthesizer.background_shape
-    self.photos = (photos_lib.read_photos(photos_lib.image_paths(config.backgrounds),
-                                          f"--backgrounds={config.backgrounds}", min_side=min(height, width))
-                   if config.backgrounds else None)
+    if config.backgrounds == BUNDLED_PHOTOS:
+      self.photos = photos_lib.load_photos("train", min_side=min(height, width))
+    elif config.backgrounds:
+      self.photos = photos_lib.read_photos(photos_lib.image_paths(config.backgrounds),
+                                           f"--backgrounds={config.backgrounds}", min_side=min(height, width))
+    else:
+      self.photos = None
+    self._recipe = self._make_recipe()
     # Two batches in flight: enough to overlap with the synthesizer, which takes the cores' threads.
     self.encoder = concurrent.futures.ThreadPoolExecutor(config.encode_threads)
     self.drawer = concurrent.futures.ThreadPoolExecutor(1)
+
+  def _check_out(self) -> None:
+    """--out must be a folder, and hold no shards of a dataset of another size: their names differ from this
+    run's, so they would stay beside the new set (and be read with it) while annotations.json and
+    generation.json describe the new one only."""
+    out, config = self.config.out, self.config
+    if os.path.exists(out) and not os.path.isdir(out):
+      raise ConfigError(f"--out={out} is a file; give a folder (a new one, or one this command wrote to resume "
+                        "it)")
+    if not os.path.isdir(out):
+      return
+    other_sets: dict[int, str] = {}
+    for name in sorted(os.listdir(out)):
+      match = SHARD_NAME.match(name)
+      if match and int(match.group(2)) != config.num_shards:
+        other_sets.setdefault(int(match.group(2)), name)
+    if not other_sets:
+      return
+    total, name = next(iter(other_sets.items()))
+    try:  # Its sidecar names the --num and --shard_size that set was made with.
+      with open(os.path.join(out, name[:-len(RECORD_SUFFIX)] + SIDECAR_SUFFIX)) as f:
+        earlier = json.load(f)["recipe"]
+      made_with = f"--num={earlier['num']} --shard_size={earlier['shard_size']}"
+    except (OSError, ValueError, KeyError, TypeError):
+      made_with = "another --num or --shard_size"
+    raise ConfigError(
+        f"--out={out} holds a dataset of {total} shards (composites-*-of-{total:05d}{RECORD_SUFFIX}, made with "
+        f"{made_with}); --num={config.num} --shard_size={config.shard_size} make {config.num_shards}. Rerun with "
+        "the --num and --shard_size it was made with, or write to a new --out; nothing was changed")
+
+  def _check_target(self) -> float:
+    """That the target judges what the synthesizer makes; its --hard_threshold."""
+    target, synthesizer, config = self.target, self.synthesizer, self.config
+    if target.detector != synthesizer.detection:
+      makes = "detection scenes" if synthesizer.detection else "classification composites"
+      raise ConfigError(f"{target.flag} is {target.describe()}, but --synthesizer={config.synthesizer} makes "
+                        f"{makes}: give the target exported with this synthesizer (its run's export/target)")
+    if target.image_shape != synthesizer.background_shape:
+      raise ConfigError(f"{target.flag} takes {target.image_shape} images, but --synthesizer="
+                        f"{config.synthesizer} makes {synthesizer.background_shape} composites: give the target "
+                        "exported with this synthesizer (its run's export/target)")
+    return target.threshold(config.hard_threshold)
 
   # ------------------------------------------------------------------------------------ inputs
   def _backgrounds(self, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -298,7 +402,7 @@ class Generator:
       if batches >= limit:
         raise DataError(f"--hard_only: after {batches} batches shard {shard} holds {kept} of {needed} hard "
                         f"composites; the target finds almost nothing hard below --hard_threshold="
-                        f"{self.config.hard_threshold}. Raise the threshold or drop --hard_only.")
+                        f"{self.hard_threshold}. Raise the threshold or drop --hard_only.")
       inputs = upcoming.result()
       # Without --hard_only every composite is kept, so the batch that fills the shard needs no successor.
       if self.config.hard_only or kept + self.config.batch_size < needed:
@@ -307,7 +411,7 @@ class Generator:
       batches += 1
       rows = np.arange(self.config.batch_size)
       if self.config.hard_only:
-        rows = rows[batch.hardness < self.config.hard_threshold]
+        rows = rows[batch.hardness < self.hard_threshold]
       full = len(rows) >= needed - kept
       rows = rows[:needed - kept]
       kept += len(rows)
@@ -337,28 +441,54 @@ class Generator:
     os.replace(staging, path)
     return sidecar
 
+  def _make_recipe(self) -> dict:
+    """What a shard's contents depend on. The models and folders enter by their content, not their path."""
+    config = self.config
+    fields = ("num", "shard_size", "batch_size", "seed", "signature", "hard_only", "max_objects", "write_masks",
+              "jit_compile")
+    return {"synthesizer": export.digest(self.synthesizer.path),
+            "target": export.digest(self.target.path) if self.target else "",
+            "hard_threshold": self.hard_threshold,
+            "foregrounds": (cutouts_lib.BUNDLED if config.foregrounds == cutouts_lib.BUNDLED else
+                            _files_digest(config.foregrounds, _files_under(config.foregrounds))),
+            "backgrounds": (config.backgrounds if config.backgrounds in ("", BUNDLED_PHOTOS) else
+                            _files_digest(config.backgrounds, photos_lib.image_paths(config.backgrounds))),
+            **{k: getattr(config, k) for k in fields}}
+
   def recipe(self) -> dict:
     """What a shard's contents depend on: a resumed run may keep a finished shard only if these agree."""
-    fields = ("foregrounds", "backgrounds", "shard_size", "batch_size", "seed", "signature", "target",
-              "hard_only", "hard_threshold", "max_objects", "write_masks", "jit_compile")
-    return {"synthesizer": self.synthesizer.path, **{k: getattr(self.config, k) for k in fields}}
+    return self._recipe
 
   def finished(self, shard: int) -> dict | None:
     """The sidecar of a finished shard, None for one still to write; a DataError for a shard made with
-    other settings (mixing two recipes in one dataset would go unnoticed)."""
+    other settings (mixing two recipes in one dataset would go unnoticed) or whose sidecar is lost."""
     path = self.config.shard_path(shard)
     if not os.path.exists(path):
       return None
-    with open(path[:-len(RECORD_SUFFIX)] + SIDECAR_SUFFIX) as f:
-      sidecar = json.load(f)
-    if sidecar.get("recipe") != self.recipe():
+    sidecar_path = path[:-len(RECORD_SUFFIX)] + SIDECAR_SUFFIX
+    redo = f"delete {os.path.basename(path)} (and its sidecar) to have the shard written again"
+    try:
+      with open(sidecar_path) as f:
+        sidecar = json.load(f)
+    except FileNotFoundError:
+      raise DataError(f"{sidecar_path}: missing, so the finished shard {os.path.basename(path)} has no "
+                      f"annotations to resume with; {redo}") from None
+    except (OSError, ValueError) as e:
+      raise DataError(f"{sidecar_path}: unreadable ({e}); {redo}") from e
+    if not isinstance(sidecar, dict) or not {"records", "drawn", "annotations"} <= set(sidecar):
+      raise DataError(f"{sidecar_path}: not a shard's sidecar (records, drawn, annotations, recipe); {redo}")
+    differences = _differences(sidecar.get("recipe"), self.recipe())
+    if differences:
       raise DataError(f"--out={self.config.out}: {os.path.basename(path)} was written with other settings "
-                      f"({sidecar.get('recipe')}); resume with those, or write to a new --out")
+                      f"({'; '.join(differences)}); resume with those, or write to a new --out")
     return sidecar
 
   def run(self) -> dict:
     config = self.config
-    os.makedirs(config.out, exist_ok=True)
+    try:
+      os.makedirs(config.out, exist_ok=True)
+    except OSError as e:
+      raise DataError(f"--out={config.out}: cannot make this folder ({e})") from e
     sidecars, todo = {}, []
     for shard in range(config.num_shards):
       done = self.finished(shard)
@@ -370,8 +500,13 @@ class Generator:
       logging.info("resuming: %d of %d shards already written", len(sidecars), config.num_shards)
     progress = Progress(sum(config.shard_length(s) for s in todo))
     start = time.perf_counter()
-    for shard in todo:
-      sidecars[shard] = self._write_shard(shard, progress)
+    try:
+      for shard in todo:
+        sidecars[shard] = self._write_shard(shard, progress)
+    except (MemoryError, tf.errors.ResourceExhaustedError) as e:
+      # numpy's MemoryError drawing a batch's inputs, TensorFlow's ResourceExhaustedError running S on it.
+      raise ConfigError(f"--batch_size={config.batch_size}: out of memory compositing one batch "
+                        f"({type(e).__name__}); lower --batch_size. Finished shards are kept") from e
     seconds = time.perf_counter() - start
     records = sum(s["records"] for s in sidecars.values())
     drawn = sum(s["drawn"] for s in sidecars.values())
@@ -379,6 +514,7 @@ class Generator:
                "seconds_this_run": round(seconds, 2), "written_this_run": progress.kept,
                "composites_per_second": round(progress.kept / seconds, 2) if seconds else None,
                "synthesizer": self.synthesizer.path, "class_names": self.class_names,
+               "hard_threshold": self.hard_threshold,
                "detection": self.synthesizer.detection, "config": dataclasses.asdict(config)}
     if self.synthesizer.detection:
       summary["annotations"] = self._write_coco(sidecars)
@@ -436,6 +572,37 @@ class Generator:
     path = os.path.join(self.config.out, PREVIEW)
     files.atomic_write(path, lambda f: f.write(png))
     return path
+
+
+def _files_under(folder: str) -> list[str]:
+  """Every file under `folder`, in a fixed order."""
+  return [os.path.join(directory, name) for directory, _, names in sorted(os.walk(folder))
+          for name in sorted(names)]
+
+
+def _files_digest(folder: str, paths: list[str]) -> str:
+  """A hash of the files' names (relative to `folder`) and bytes: a folder's identity by content, whatever
+  spelling of its path names it."""
+  hasher = hashlib.sha256()
+  for path in paths:
+    hasher.update(os.path.relpath(path, folder).encode() + b"\0")
+    with open(path, "rb") as f:
+      hasher.update(f.read())
+  return hasher.hexdigest()
+
+
+def _differences(earlier: dict | None, now: dict) -> list[str]:
+  """The settings in which a shard's recipe differs from this run's, each named by its flag."""
+  earlier = earlier if isinstance(earlier, dict) else {}
+  differences = []
+  for key, value in now.items():
+    if earlier.get(key) == value:
+      continue
+    if key in ("synthesizer", "target", "foregrounds", "backgrounds"):  # Compared by content.
+      differences.append(f"--{key}: other contents than this run's (another model or other files)")
+    else:
+      differences.append(f"--{key}={earlier.get(key)}, this run {value}")
+  return differences
 
 
 class Progress:

@@ -10,9 +10,10 @@ import os
 import shlex
 import sys
 
+import tensorflow as tf
 from absl import app, flags, logging
 
-from terse_tf import compositor, tasks, train_lib, trainer
+from terse_tf import compositor, launch, tasks, train_lib, trainer
 from terse_tf.data import affnist, mnist
 from terse_tf.errors import ConfigError, TerseError
 from terse_tf.networks import scene_synthesizer
@@ -135,8 +136,10 @@ flags.DEFINE_float("diversity_weight", 0.0, "Weight of S's diversity penalty: en
 flags.DEFINE_bool("diversity_per_class", False, "Apply the diversity penalty to each class's transforms "
                   "(each against the whole range) instead of the pooled batch's, so that S cannot give each "
                   "class its own part of the range.")
-flags.DEFINE_float("hard_threshold", 0.0, "A composite is hard when p_gt - max_other < this.",
-                   lower_bound=-1, upper_bound=1)
+flags.DEFINE_float("hard_threshold", None, "A composite is hard (and cached) when T's hardness score is below "
+                   "this: a classifier's p_gt - max_other in [-1, 1] (default 0: misclassified), a detector's "
+                   "confidence for the object's class at its box in [0, 1] (default 0.5). Unset: the target's "
+                   "default.")
 flags.DEFINE_list("hard_per_class", ["500"], "Hard examples to cache per class per cycle: one value for "
                   "every cycle, or a comma-separated value per cycle.")
 flags.DEFINE_bool("reset_synthesizer_each_cycle", False, "Re-initialise S and its optimizer at the start "
@@ -226,8 +229,12 @@ def main(argv: list[str]) -> None:
   except TerseError as e:
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(f"terse_tf: error: {e}")
+  except tf.errors.ResourceExhaustedError as e:
+    logging.error("%s", e)
+    sys.exit("terse_tf: error: out of memory (" + e.message.strip().splitlines()[0][:200] + "). Lower "
+             "--batch_size, --synth_batch_size or --eval_batch_size, then rerun to resume")
   except KeyboardInterrupt:
-    sys.exit(interrupted_message(config))
+    launch.exit_interrupted(interrupted_message(config))
 
 
 def interrupted_message(config: trainer.TrainConfig | None) -> str:
@@ -239,8 +246,8 @@ def interrupted_message(config: trainer.TrainConfig | None) -> str:
 
 
 def run() -> None:
-  """Console-script entry point (terse-train)."""
-  app.run(main)
+  """Entry point of `python -m terse_tf.train` and the console script terse-train."""
+  launch.run(main, __name__)
 
 
 if __name__ == "__main__":

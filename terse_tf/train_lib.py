@@ -17,11 +17,18 @@ def run(config: TrainConfig, command_line: str = "", task: Task | None = None) -
   built in Python (terse_tf.api) instead of the one the config names."""
   trainer = Trainer(config, task)  # Creates the run directory only once the run can start.
   try:
-    # trainer.output_dir is the run directory, or for a worker other than the chief its scratch directory.
-    files.write_json(os.path.join(trainer.output_dir, "config.json"),
-                     {"command": command_line, "config": dataclasses.asdict(config)})
+    # A rerun of a finished, exported run has nothing to do (read on the chief's run directory, which every
+    # worker sees, so that all of them export or none).
+    finished = trainer.complete and os.path.isdir(os.path.join(config.run_dir, "export"))
+    if finished:
+      logging.info("%s holds a finished run: nothing left to train, and its exports are in %s/export. Add "
+                   "--fresh to start over", config.run_dir, config.run_dir)
+    else:
+      # trainer.output_dir is the run directory, or for a worker other than the chief its scratch directory.
+      files.write_json(os.path.join(trainer.output_dir, "config.json"),
+                       {"command": command_line, "config": dataclasses.asdict(config)})
     results = trainer.run()
-    if config.export:  # Every worker exports (saving may read variables through collectives).
+    if config.export and not finished:  # Every worker exports (saving may read variables via collectives).
       paths = export.export_models(trainer.task, trainer.synthesizer, trainer.target,
                                    os.path.join(trainer.output_dir, "export"))
       if trainer.is_chief:

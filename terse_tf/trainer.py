@@ -34,6 +34,7 @@ import re
 import shutil
 import tempfile
 import time
+import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -48,6 +49,7 @@ from terse_tf.data import affnist, mnist
 from terse_tf.errors import ConfigError, DataError, NonFiniteLossError, WorkerLostError
 from terse_tf.networks import discriminator as discriminator_lib
 from terse_tf.networks import synthesizer
+from terse_tf.targets.base import Target
 from terse_tf.tasks import affnist as affnist_task
 from terse_tf.tasks import photo_digits
 
@@ -63,6 +65,8 @@ PHASE_BASELINE, PHASE_SYNTHESIZE, PHASE_FINETUNE, PHASE_DONE = range(4)
 PHASE_NAMES = ("baseline", "synthesize", "finetune", "done")
 # What --fresh removes: only the paths a run writes, never the rest of the run directory.
 RUN_OUTPUTS = ("checkpoints", "cache", "tensorboard", "export", "results.json", "config.json")
+# Hard composites per cycle shown in TensorBoard's grid.
+PREVIEW_COUNT = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +123,9 @@ class TrainConfig:
   discriminator_lr: float = 2e-4
   discriminator_width: int = 32
   discriminator_scales: int = 2
-  hard_threshold: float = 0.0
+  # A composite is hard (and cached) when T's hardness score is below this; None: the target's own default
+  # (0 for a classifier's p_gt - max_other, 0.5 for a detector's confidence).
+  hard_threshold: float | None = None
   # Samples added per class in each cycle: one value for every cycle, or one value per cycle.
   hard_per_class: tuple[int, ...] = (500,)
   synth_max_steps: int = 400
@@ -144,6 +150,9 @@ class TrainConfig:
   export: bool = True
 
   def __post_init__(self):
+    for name, value in _float_settings(dataclasses.asdict(self)):
+      if not np.isfinite(value):  # Checked first: NaN passes every bound below (nan < 0 is False).
+        raise ConfigError(f"--{name} must be a finite number, got {value}")
     if self.task not in (*tasks.TASKS, *tasks.CUSTOM_TASKS):
       raise ConfigError(f"--task must be one of {tasks.TASKS}, got {self.task!r}")
     if not self.target:
@@ -180,13 +189,21 @@ class TrainConfig:
     for name in ("diversity_weight", "discriminator_weight"):
       if getattr(self, name) < 0:
         raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
-    if not -1 <= self.hard_threshold <= 1:
-      raise ConfigError(f"--hard_threshold compares T's hardness score (the classifier's p_gt - max_other, "
-                        f"the detector's confidence), which lies in [-1, 1]; got {self.hard_threshold}")
 
   def quota(self, cycle: int) -> int:
     """Samples to add per class in `cycle` (1-based)."""
     return self.hard_per_class[0] if len(self.hard_per_class) == 1 else self.hard_per_class[cycle - 1]
+
+
+def _float_settings(settings: dict | list | tuple, name: str = ""):
+  """(name, value) of every float in a config's asdict(), nested settings and tuples included; a nested
+  setting goes by its own field's name, which is its flag's."""
+  items = settings.items() if isinstance(settings, dict) else ((name, value) for value in settings)
+  for key, value in items:
+    if isinstance(value, float):
+      yield key, value
+    elif isinstance(value, (dict, list, tuple)):
+      yield from _float_settings(value, key)
 
 
 class SynthStepOutputs(NamedTuple):
@@ -218,6 +235,40 @@ def task_config(config: TrainConfig) -> affnist_task.AffnistTaskConfig | photo_d
   return photo_digits.PhotoDigitsTaskConfig(
       data=config.data, photo_digits=config.photo_digits, compositor=config.compositor, target=config.target,
       synthesizer=synthesizer_settings(config), data_seed=config.data.seed)
+
+
+def hard_threshold(config: TrainConfig, target: Target) -> float:
+  """The run's --hard_threshold: the config's, else the target's default; one inside the target's hardness
+  range (a threshold outside it makes every composite hard, or none)."""
+  if config.hard_threshold is None:
+    return target.default_hard_threshold
+  low, high = target.hardness_range
+  if not low <= config.hard_threshold <= high:
+    raise ConfigError(f"--hard_threshold={config.hard_threshold} lies outside the range of this target's "
+                      f"hardness score, [{low:g}, {high:g}] (a {type(target).__name__}); its default is "
+                      f"{target.default_hard_threshold:g}")
+  return config.hard_threshold
+
+
+def _flatten(settings: dict, prefix: str = "") -> dict:
+  """{"data": {"seed": 0}} -> {"data.seed": 0}: nested settings by their full names, to say which differ."""
+  flat = {}
+  for key, value in settings.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def remove_outputs(run_dir: str, names: list[str]) -> None:
+  """Removes these of a run directory's outputs (files or folders) where they exist."""
+  for name in names:
+    path = os.path.join(run_dir, name)
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path)
+    elif os.path.lexists(path):
+      os.remove(path)
 
 
 def build_strategy(name: str) -> tf.distribute.Strategy:
@@ -350,6 +401,7 @@ class Trainer:
     decoupled = config.weight_decay_mode == "decoupled"
     with self.strategy.scope():
       self.target = self.task.build_target()
+      self.hard_threshold = hard_threshold(config, self.target)
       self.synthesizer = self.task.build_synthesizer(seed=config.seed)
       self.target_optimizer = keras.optimizers.SGD(
           config.target_lr, momentum=config.target_momentum,
@@ -388,10 +440,13 @@ class Trainer:
         target_optimizer=self.target_optimizer, cache=self.cache, phase=self.phase, cycle=self.cycle,
         epoch_in_phase=self.epoch_in_phase, synth_step=self.synth_step,
         target_global_step=self.target_global_step, synth_global_step=self.synth_global_step,
-        elapsed_s=self.elapsed_s, history_json=self.history_json, run_identity=self.run_identity, **players)
+        elapsed_s=self.elapsed_s, history_json=self.history_json, run_identity=self.run_identity,
+        dropout_seeds=self._dropout_seed_states(), **players)
     checkpoint_dir = os.path.join(config.run_dir, "checkpoints")
     self.history: list[dict] = []
-    self._restore(None if config.fresh else tf.train.latest_checkpoint(checkpoint_dir))
+    # The checkpoint this run resumes (None: it starts afresh).
+    self.resumed_from = None if config.fresh else tf.train.latest_checkpoint(checkpoint_dir)
+    self._restore(self.resumed_from)
 
     self._prepare_run_dir()
     self.cache.sync()  # Drops cache shards written after the restored checkpoint (a kill between the two).
@@ -409,17 +464,32 @@ class Trainer:
     self._judge = tf.function(
         lambda images, labels: self.target.judge(self.target.model(images, training=False), labels))
 
+  def _dropout_seed_states(self) -> list:
+    """Where the players' dropout layers are in their random streams (Keras seed generators, which a
+    model's checkpoint leaves out): kept in ours, so that a resumed run draws the masks an uninterrupted
+    one would."""
+    models = [self.synthesizer, self.target.model] + ([self.discriminator] if self.discriminator else [])
+    return [variable for model in models for variable in model.variables
+            if getattr(variable, "path", "").endswith("seed_generator_state")]
+
+  @property
+  def complete(self) -> bool:
+    """Whether every phase is done (a rerun has nothing to train)."""
+    return int(self.phase.numpy()) == PHASE_DONE
+
   # ----------------------------------------------------------------------------------------- state
   def _restore(self, latest: str | None) -> None:
     """Resume order: the run directory's `latest` checkpoint -> --init_checkpoint (S and T only) -> scratch."""
     if latest:
       reader = tf.train.load_checkpoint(latest)
       key = "run_identity/.ATTRIBUTES/VARIABLE_VALUE"
-      saved_identity = reader.get_tensor(key).decode() if reader.has_tensor(key) else "unknown"
+      saved_identity = reader.get_tensor(key).decode() if reader.has_tensor(key) else "{}"
       if saved_identity != self._identity():
+        saved, asked = _flatten(json.loads(saved_identity)), _flatten(json.loads(self._identity()))
+        differences = "; ".join(f"{name}: {saved.get(name, 'unset')} there, {asked.get(name, 'unset')} now"
+                                for name in sorted(set(saved) | set(asked)) if saved.get(name) != asked.get(name))
         raise ConfigError(f"--run_dir={self.config.run_dir} holds a run on other data or another target "
-                          f"({saved_identity}); now asked for {self._identity()}. Use another --run_dir, "
-                          "or --fresh to replace it")
+                          f"({differences}). Use another --run_dir, or --fresh to replace it")
       try:
         self.checkpoint.restore(latest).assert_existing_objects_matched()
       except (AssertionError, ValueError, tf.errors.OpError) as e:
@@ -474,13 +544,24 @@ class Trainer:
         shutil.rmtree(run_dir, ignore_errors=True)
       raise ConfigError(f"--run_dir={run_dir} cannot be written ({e.strerror or e}); expected a writable "
                         "directory") from e
+    # One process writes a run directory at a time (two would interleave checkpoints, event files and export
+    # versions); taken before --fresh removes anything.
+    self._lock = files.DirectoryLock(run_dir)
+    try:
+      self._lock.acquire()
+    except files.DirectoryInUseError as e:
+      raise ConfigError(f"--run_dir={run_dir} is {e}, a run still going: wait for it to end (or stop it), "
+                        "or use another --run_dir") from None
+    weakref.finalize(self, self._lock.release)
     if self.config.fresh:
-      for name in RUN_OUTPUTS:
-        path = os.path.join(run_dir, name)
-        if os.path.isdir(path):
-          shutil.rmtree(path)
-        elif os.path.exists(path):
-          os.remove(path)
+      removed = [name for name in RUN_OUTPUTS if os.path.lexists(os.path.join(run_dir, name))]
+      if removed:
+        logging.info("--fresh: removing the previous run's %s from %s", ", ".join(removed), run_dir)
+      remove_outputs(run_dir, removed)
+    elif self.resumed_from is None:
+      # A start with no checkpoint to resume: TensorBoard events left by an earlier start killed before its
+      # first checkpoint describe steps this run takes again.
+      remove_outputs(run_dir, ["tensorboard"])
 
   def _scratch_dir(self) -> str:
     """A worker's scratch directory: one per run directory and task, so a relaunch finds (and clears) the
@@ -495,6 +576,8 @@ class Trainer:
     self.writer.flush()
     if not self.is_chief:
       shutil.rmtree(self.output_dir, ignore_errors=True)
+    elif hasattr(self, "_lock"):
+      self._lock.release()
 
   def _identity(self) -> str:
     """The settings a checkpoint must share to be resumed: task, data, test set and target architecture."""
@@ -553,16 +636,20 @@ class Trainer:
 
     return self.strategy.distribute_datasets_from_function(dataset_fn)
 
-  def _synth_dataset(self, seed: int) -> tf.distribute.DistributedDataset:
-    """Endless batches for S; with D, (S's batch, real images for D's step) pairs."""
+  def _synth_dataset(self, seed: int, skip_steps: int = 0) -> tf.distribute.DistributedDataset:
+    """Endless batches for S; with D, (S's batch, real images for D's step) pairs. `skip_steps`: the global
+    steps a resumed cycle had taken, whose batches it skips, so that it goes on with the batches an
+    uninterrupted run would take (the stream is a function of the seed)."""
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
       batch = context.get_per_replica_batch_size(self.config.synth_batch_size)
       ds = self.task.synth_dataset(batch, seed, context)
-      if self.discriminator is None:
-        return ds
-      real = self._real_dataset(context, seed + 1).repeat().batch(batch, drop_remainder=True)
-      real = real.map(lambda x, _: tf.image.convert_image_dtype(x, tf.float32))
-      return tf.data.Dataset.zip((ds, real)).prefetch(2)
+      if self.discriminator is not None:
+        real = self._real_dataset(context, seed + 1).repeat().batch(batch, drop_remainder=True)
+        real = real.map(lambda x, _: tf.image.convert_image_dtype(x, tf.float32))
+        ds = tf.data.Dataset.zip((ds, real))
+      # Each global step takes one batch from this pipeline per replica it feeds.
+      ds = ds.skip(skip_steps * (self.strategy.num_replicas_in_sync // context.num_input_pipelines))
+      return ds.prefetch(2)
 
     return self.strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -587,8 +674,8 @@ class Trainer:
     per_replica = self.strategy.run(replica_step, args=batch)
     return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-  def _diversity(self, composition: tasks.Composition) -> tf.Tensor:
-    uniform = tf.random.uniform(tf.shape(composition.normalized), -1.0, 1.0)
+  def _diversity(self, composition: tasks.Composition, seed: tf.Tensor) -> tf.Tensor:
+    uniform = tf.random.stateless_uniform(tf.shape(composition.normalized), seed, -1.0, 1.0)
     if self.config.diversity_per_class:
       return losses.class_conditional_energy_distance(composition.normalized, uniform,
                                                       composition.object_classes, self.task.num_classes)
@@ -617,18 +704,22 @@ class Trainer:
     config = self.config
     replicas = self.strategy.num_replicas_in_sync
 
-    def replica_step(synth_batch):
+    def replica_step(synth_batch, step_seed):
       variables = self.synthesizer.trainable_variables
+      replica_seed = tf.random.experimental.stateless_fold_in(
+          step_seed, tf.distribute.get_replica_context().replica_id_in_sync_group)
+      noise_seed, diversity_seed = tf.unstack(tf.random.split(replica_seed, 2))
       with tf.GradientTape() as tape:
         composition = self.task.compose(
             lambda foreground, background: synthesizer.raw_params(self.synthesizer, foreground, background,
-                                                                  training=True), synth_batch)
+                                                                  training=True, noise_seed=noise_seed),
+            synth_batch)
         # T judges the composite the cache would store (8-bit), so what is cached as hard is hard.
         images = as_stored(composition.images)
         target_outputs = self.target.model(images, training=False)  # T frozen: inference mode, no update.
         target_loss = self.target.replica_loss(target_outputs, composition.labels)
         # Each replica's batch-level penalty counts 1/replicas, so the sum over replicas is their mean.
-        diversity = self._diversity(composition) / replicas
+        diversity = self._diversity(composition, diversity_seed) / replicas
         adversarial = tf.constant(0.0)
         if self.discriminator is not None:  # D frozen: called in inference mode, its variables not updated.
           adversarial = tf.nn.compute_average_loss(
@@ -641,7 +732,11 @@ class Trainer:
       return ((loss, target_loss, diversity, adversarial),
               (composition.params, pasted, images, composition.labels, judgement.hardness, judgement.quota_class))
 
-    scalars, per_example = self.strategy.run(replica_step, args=(batch,))
+    # The step's random draws (S's noise, the diversity penalty's uniform sample) are a function of the seed
+    # and the step's number, which the checkpoint keeps: a resumed run draws what an uninterrupted one would.
+    step_seed = tf.stack([tf.constant(config.seed, tf.int64), self.synth_global_step.read_value()])
+    scalars, per_example = self.strategy.run(replica_step, args=(batch, step_seed))
+    self.synth_global_step.assign_add(1)
     summed = [self.strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None) for x in scalars]
     gathered = tf.nest.map_structure(lambda x: self.strategy.gather(x, axis=0), per_example)
     return SynthStepOutputs(*summed, *gathered), per_example[2]
@@ -719,8 +814,9 @@ class Trainer:
     start_step = int(self.synth_step.numpy())
     if config.reset_synthesizer_each_cycle and int(self.synth_step.numpy()) == 0:
       self._reset_synthesizer(cycle)
-    iterator = iter(self._synth_dataset(config.seed * 1000 + cycle * 100 + int(self.synth_step.numpy())))
+    iterator = iter(self._synth_dataset(config.seed * 1000 + cycle * 100, skip_steps=start_step))
     warmup = config.synth_warmup_steps if cycle == 1 or config.reset_synthesizer_each_cycle else 0
+    # The cycle's first PREVIEW_COUNT hard composites with their labels, for TensorBoard's grid.
     hardness_seen, params_seen, examples = [], [], []
     while (int(self.synth_step.numpy()) < warmup + config.synth_max_steps and
            self.cache.class_counts(cycle).min() < quota):
@@ -735,19 +831,18 @@ class Trainer:
       loss = float(outputs.loss.numpy())
       self._check_finite(loss, "synthesizer")
       hardness = outputs.hardness.numpy()
-      hard = losses.is_hard(hardness, config.hard_threshold)
+      hard = losses.is_hard(hardness, self.hard_threshold)
       hard &= int(self.synth_step.numpy()) >= warmup
       hard_composites = outputs.composites.numpy()[hard]
       labels = {key: value.numpy()[hard] for key, value in outputs.labels.items()}
       added = self.cache.add(hard_composites, labels, outputs.quota_class.numpy()[hard], hardness[hard], cycle,
                              quota)
-      kept_for_summary = sum(len(e) for e in examples)
-      if kept_for_summary < 64:  # The first 64 hard composites of the cycle, for TensorBoard.
-        examples.append(hard_composites[:64 - kept_for_summary])
+      room = PREVIEW_COUNT - sum(len(composites) for composites, _ in examples)
+      if room > 0 and len(hard_composites):
+        examples.append((hard_composites[:room], {key: value[:room] for key, value in labels.items()}))
       hardness_seen.append(hardness)
       params_seen.append(outputs.params.numpy()[hard][outputs.pasted.numpy()[hard] > 0])  # Objects, not slots.
-      self.synth_step.assign_add(1)
-      self.synth_global_step.assign_add(1)
+      self.synth_step.assign_add(1)  # (The step counted itself in synth_global_step.)
       self._summarize_synth_step(outputs, discriminator, hard, added)
       in_cycle = int(self.synth_step.numpy())
       if in_cycle % config.checkpoint_every_steps == 0:
@@ -762,14 +857,21 @@ class Trainer:
         self._save()
 
     counts = self.cache.class_counts(cycle)
-    if counts.min() < quota:
+    if not counts.sum():
+      # A normal event (T already gets every composite S can make right, or a strict --hard_threshold):
+      # the cycle adds nothing and T fine-tunes on what it had.
+      logging.warning("cycle %d: S found no composite T finds hard (hardness below %g) in %d steps; the cycle "
+                      "adds nothing to the cache", cycle, self.hard_threshold, int(self.synth_step.numpy()))
+    elif counts.min() < quota:
       logging.warning("cycle %d: step cap --synth_max_steps=%d reached with %d/%d hard examples (fewest in a "
                       "class: %d)", cycle, config.synth_max_steps, counts.sum(), quota_total, counts.min())
     with self.writer.as_default(step=cycle):
       tf.summary.scalar("synth/steps_to_fill_cache", int(self.synth_step.numpy()))
       if examples:
-        tf.summary.image("composites/hard_examples_by_cycle",
-                         tasks.image_grid(tf.constant(np.concatenate(examples)[:64])))
+        composites = np.concatenate([composites for composites, _ in examples])
+        labels = {key: np.concatenate([example_labels[key] for _, example_labels in examples])
+                  for key in examples[0][1]}
+        tf.summary.image("composites/hard_examples_by_cycle", self.task.preview(composites, labels))
       if hardness_seen:
         self._summarize_hardness("terse", np.concatenate(hardness_seen))
         # One mode per cycle (every digit sent to the same corner) shows up as a narrow histogram here.
@@ -796,7 +898,7 @@ class Trainer:
     self.cache.add(images, labels, judgement.quota_class, judgement.hardness, cycle, quota)
     logging.info("%s: added %d %s samples (%.0f%% of them hard for T); %s", self._where(), len(images),
                  self.config.sample_source,
-                 100 * float(np.mean(judgement.hardness < self.config.hard_threshold)), self._progress(1.0))
+                 100 * float(np.mean(judgement.hardness < self.hard_threshold)), self._progress(1.0))
     with self.writer.as_default(step=cycle):
       tf.summary.scalar("cache/size", len(self.cache))
       self._summarize_hardness(self.config.sample_source, judgement.hardness)

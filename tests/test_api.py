@@ -74,13 +74,18 @@ def user_data(tmp_path_factory):
   return root, real, test
 
 
-def test_terse_trains_a_users_own_classifier_from_python_and_exports_its_synthesizer(user_data, tmp_path):
+def test_terse_trains_a_users_own_classifier_from_python_and_exports_its_synthesizer(user_data, tmp_path,
+                                                                                    caplog):
   root, real, test = user_data
   options = dict(cycles=1, baseline_epochs=2, batch_size=32, synth_batch_size=32, hard_per_class=24,
                  synth_max_steps=15, finetune_steps=30, checkpoint_every_steps=5, eval_batch_size=100,
                  hard_threshold=0.5)
   results = api.train_classifier(users_classifier, str(root / "cutouts"), str(root / "photos"), real, test,
                                  str(tmp_path / "run"), **options)
+  # The API reports progress as the command line does, with no logging set-up by the user.
+  log = caplog.text
+  assert "eval after baseline" in log and "phase ETA" in log and "test_accuracy:" in log
+  caplog.clear()
   assert results["headline"] == "test_accuracy" and results["cycles_completed"] == 1
   assert 0 <= results["test_accuracy_before"] <= 1 and 0 <= results["test_accuracy_after"] <= 1
   assert results["hard_examples"] > 0
@@ -94,8 +99,14 @@ def test_terse_trains_a_users_own_classifier_from_python_and_exports_its_synthes
   assert inputs["foreground"].shape.as_list() == [None, SIZE, SIZE, 4]
   # Called again, it resumes the finished run instead of training anew.
   again = api.train_classifier(users_classifier, str(root / "cutouts"), str(root / "photos"), real, test,
-                               str(tmp_path / "run"), **options)
+                               str(tmp_path / "run"), verbose=False, **options)
   assert again["test_accuracy_after"] == results["test_accuracy_after"]
+  assert "eval after" not in caplog.text  # verbose=False: warnings and errors only.
+  # Errors speak of keyword arguments, not of flags.
+  with pytest.raises(ConfigError, match=r"holds a run on other data .*test: 200 there, 100 now.*fresh=True") as e:
+    api.train_classifier(users_classifier, str(root / "cutouts"), str(root / "photos"), real,
+                         (test[0][:100], test[1][:100]), str(tmp_path / "run"), **options)
+  assert "--" not in str(e.value)
   with open(tmp_path / "run" / "results.json") as f:
     assert json.load(f)["task"] == "custom"
 
@@ -110,6 +121,21 @@ def test_a_classifier_whose_classes_disagree_with_the_cutouts_is_refused(user_da
   with pytest.raises(ConfigError, match="unknown training options.*'cycels'"):
     api.train_classifier(users_classifier, str(root / "cutouts"), str(root / "photos"), real, test,
                          str(tmp_path / "run"), cycels=2)
+
+
+def test_labels_outside_the_classes_and_a_model_of_variable_input_size_are_refused(user_data, tmp_path):
+  root, real, test = user_data
+  for labels, split in ((real[1] + 1, "real"), (-test[1], "test")):
+    bad_real = (real[0], labels) if split == "real" else real
+    bad_test = (test[0], labels) if split == "test" else test
+    with pytest.raises(ConfigError, match=rf"{split} labels must lie in \[0, 2\), the cut-out classes"):
+      api.train_classifier(users_classifier, str(root / "cutouts"), str(root / "photos"), bad_real, bad_test,
+                           str(tmp_path / "run"))
+  any_size = lambda: keras.Sequential([keras.Input((None, None, 3)), keras.layers.GlobalAveragePooling2D(),
+                                       keras.layers.Dense(2)])
+  with pytest.raises(ConfigError, match=r"fixed size \[B, H, W, C\].*\(None, None, None, 3\)"):
+    api.train_classifier(any_size, str(root / "cutouts"), str(root / "photos"), real, test, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")
 
 
 def test_cutouts_of_another_size_are_fitted_to_the_classifier_without_fringes(user_data):

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -123,6 +124,39 @@ def test_fresh_with_a_missing_mnist_dir_keeps_the_previous_run(tmp_path):
   result = run_cli(*base, "--fresh", "--mnist_dir=/nonexistent/mnist", check=False)
   assert result.returncode != 0 and "--mnist_dir=/nonexistent/mnist" in result.stderr
   assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == kept
+  result = run_cli(*base, "--fresh", "--target_lr=nan", check=False)  # A NaN passes every bound...
+  assert result.returncode != 0 and "--target_lr must be a finite number, got nan" in result.stderr
+  assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == kept  # ...but not this check.
+  # Rerun, the finished run says so and exports nothing new; --fresh says what it removes.
+  result = run_cli(*base)
+  assert "holds a finished run: nothing left to train" in result.stderr
+  assert os.listdir(run_dir / "export" / "target") == ["1"]
+  result = run_cli(*base, "--fresh")
+  assert re.search(r"--fresh: removing the previous run's checkpoints, .*export, results.json, config.json",
+                   result.stderr)
+  assert os.listdir(run_dir / "export" / "target") == ["1"]
+
+
+def test_a_run_directory_in_use_is_refused_and_a_killed_holder_leaves_no_lock(tmp_path):
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  holder = subprocess.Popen(  # Another process holding the run directory, as a run in progress does.
+      [sys.executable, "-c", "import sys, time; from terse_tf import files; "
+       "files.DirectoryLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(300)", str(run_dir)],
+      cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    args = [f"--flagfile={SMOKE_FLAGFILE}", f"--run_dir={run_dir}", "--cycles=0", "--baseline_epochs=1"]
+    result = run_cli(*args, check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"terse_tf: error: --run_dir={run_dir} is in use by another process (pid {holder.pid} on "
+        f"{socket.gethostname()}), a run still going: wait for it to end (or stop it), or use another --run_dir")
+    assert not os.path.exists(run_dir / "tensorboard")
+  finally:
+    holder.kill()
+    holder.wait()
+  run_cli(*args)  # Killed, the holder left no lock behind.
 
 
 def test_ctrl_c_ends_with_one_line_that_says_the_run_can_be_resumed(tmp_path):
@@ -141,10 +175,20 @@ def test_ctrl_c_ends_with_one_line_that_says_the_run_can_be_resumed(tmp_path):
     time.sleep(0.1)  # Until the run checkpoints mid-synthesis.
   process.send_signal(signal.SIGINT)
   _, stderr = process.communicate(timeout=120)
-  assert process.returncode != 0
+  assert process.returncode == 130  # A shell's status for a command Ctrl-C ended.
   assert "Traceback" not in stderr
   assert stderr.strip().splitlines()[-1] == (
       f"terse_tf: interrupted. Rerun the same command to resume {run_dir} from its last checkpoint "
       "(without --fresh, which would start over).")
   result = run_cli(*args, "--synth_max_steps=3")  # ...and it does resume.
   assert "resumed from" in result.stderr
+
+
+@pytest.mark.parametrize("module,flag", [("train", "--run_dir"), ("generate", "--synthesizer"),
+                                         ("serve", "--foreground")])
+def test_console_scripts_list_their_flags_in_help(module, flag):
+  """A console script's sys.argv[0] is its wrapper (terse-train), not the module that defines the flags."""
+  script = f"import sys; sys.argv[0] = 'terse-{module}'; from terse_tf.{module} import run; run()"
+  result = subprocess.run([sys.executable, "-c", script, "--help"], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert flag in result.stdout, result.stdout[-2000:]

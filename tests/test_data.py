@@ -1,4 +1,4 @@
-"""MNIST sources, splits, and the affNIST loader and generator, on fixtures the tests write."""
+"""MNIST sources, splits, the affNIST loader and generator, and cut-outs, on fixtures the tests write."""
 
 import gzip
 import os
@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import scipy.io
 
-from terse_tf.data import affnist, mnist
+import tensorflow as tf
+
+from terse_tf.data import affnist, cutouts, mnist
 from terse_tf.errors import ConfigError, DataError
 
 SHARED_MNIST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
@@ -255,3 +257,41 @@ def test_malformed_affnist_files_get_one_clear_error(tmp_path):
   garbage.write_bytes(b"not a mat file at all" * 10)
   with pytest.raises(DataError, match="c.mat: expected an affNIST .mat file"):
     affnist.load_real(str(garbage))
+
+
+def test_a_fully_transparent_cutout_is_skipped_by_name_and_counted(tmp_path, caplog):
+  folder = tmp_path / "cutouts" / "thing"
+  folder.mkdir(parents=True)
+  rgba = np.zeros((30, 20, 4), np.uint8)
+  rgba[5:25, 5:15] = 255
+  (folder / "good.png").write_bytes(tf.io.encode_png(rgba).numpy())
+  (folder / "invisible.png").write_bytes(tf.io.encode_png(rgba * np.array([1, 1, 1, 0], np.uint8)).numpy())
+  (folder / "blank_mask.jpg").write_bytes(tf.io.encode_jpeg(rgba[..., :3]).numpy())
+  (folder / "blank_mask.mask.png").write_bytes(tf.io.encode_png(np.zeros((30, 20, 1), np.uint8)).numpy())
+  loaded = cutouts.load_cutouts(str(tmp_path / "cutouts"), (40, 40))
+  assert len(loaded.images) == 1
+  warnings = "\n".join(r.getMessage() for r in caplog.records)
+  for expected in ("invisible.png: fully transparent", "blank_mask.mask.png: fully transparent",
+                   "2 of 3 cut-outs"):
+    assert expected in warnings
+
+
+@pytest.mark.parametrize("class_names", [[str(d) for d in range(10)], ["digit"]])
+def test_bundled_digit_cutouts_take_the_synthesizers_classes(class_names):
+  white = cutouts.bundled_digits((40, 40), class_names, coloured=False, count=50)
+  assert white.images.shape == (50, 40, 40, 4) and white.class_names == class_names
+  assert np.all(white.images[..., 3].max(axis=(1, 2)) > 0.9) and np.all(white.images[..., :3] == 1)
+  if len(class_names) == 1:
+    assert np.all(white.classes == 0)
+  else:  # Each cut-out's class is its digit's label: find the digit whose ink is its alpha.
+    images, labels = mnist.load_bundled()
+    padded = mnist.pad_to(images).reshape(len(images), -1)
+    for alpha, label in zip(np.rint(white.images[..., 3] * 255).astype(np.uint8), white.classes):
+      assert label in labels[np.all(padded == alpha.reshape(-1), axis=1)]
+  coloured = cutouts.bundled_digits((24, 24), class_names, coloured=True, count=50)
+  assert coloured.images.shape == (50, 24, 24, 4) and coloured.images[..., :3].std() > 0.1
+
+
+def test_bundled_digit_cutouts_refuse_a_synthesizer_of_other_classes():
+  with pytest.raises(ConfigError, match="--foregrounds=bundled: the bundled digits make 10 classes or one"):
+    cutouts.bundled_digits((40, 40), ["cat", "dog"], coloured=True)

@@ -1,6 +1,7 @@
 """Detection: the photo_digits task, the SSD target's hardness, the three players' steps, the detection
 exports under saved_model_cli, photos on disk, and a smoke run killed and resumed."""
 
+import glob
 import json
 import os
 import signal
@@ -200,6 +201,11 @@ def test_an_unreadable_image_names_its_file(tmp_path):
     photos.read_rgb(str(path))
 
 
+def cached_images(run_dir) -> np.ndarray:
+  """Every composite of a run's on-disk cache, in shard order."""
+  return np.concatenate([np.load(path)["image"] for path in sorted(glob.glob(str(run_dir / "cache" / "*.npz")))])
+
+
 @pytest.mark.slow
 def test_detection_smoke_run_killed_mid_run_resumes_to_the_end(tmp_path):
   run_dir = tmp_path / "run"
@@ -224,6 +230,15 @@ def test_detection_smoke_run_killed_mid_run_resumes_to_the_end(tmp_path):
   with open(run_dir / "results.json") as f:
     results = json.load(f)
   assert results["cycles_completed"] == 2 and results["test_ap50_after"] is not None
+  # ...and ends where an uninterrupted run ends: the same cache and the same figures after every phase
+  # (the input streams, S's noise and the dropout masks go on from where the checkpoint left them).
+  uninterrupted = tmp_path / "uninterrupted"
+  run_cli(*args, f"--run_dir={uninterrupted}", timeout=600)
+  with open(uninterrupted / "results.json") as f:
+    expected = json.load(f)
+  for resumed_cycle, expected_cycle in zip(results["history"], expected["history"], strict=True):
+    assert resumed_cycle == pytest.approx(expected_cycle, rel=1e-6), (resumed_cycle, expected_cycle)
+  np.testing.assert_array_equal(cached_images(run_dir), cached_images(uninterrupted))
   # The cache holds what the checkpoint counts, within each cycle's quota.
   resumed = trainer_lib.Trainer(detection_config(run_dir))
   assert len(os.listdir(run_dir / "cache")) == int(resumed.cache.committed_shards.numpy())

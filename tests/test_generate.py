@@ -1,5 +1,5 @@
 """The dataset generator: records and COCO JSON read back, determinism, resume after SIGKILL, --hard_only,
-bad cut-outs."""
+bad cut-outs, resumes that tell models and folders by content, and bad inputs as one clear error."""
 
 import dataclasses
 import json
@@ -18,7 +18,7 @@ from pycocotools.coco import COCO
 from conftest import DETECTION_SMOKE_FLAGFILE, REPO_ROOT, smoke_config
 from terse_tf import export, generation, trainer as trainer_lib
 from terse_tf.data import cutouts, mnist, photos
-from terse_tf.errors import DataError
+from terse_tf.errors import ConfigError, DataError
 
 DIGIT_NAMES = [str(d) for d in range(10)]
 
@@ -33,14 +33,19 @@ def digit_cutouts(count: int, seed: int, coloured: bool) -> tuple[np.ndarray, np
   return np.concatenate([np.broadcast_to(colour, alpha.shape[:-1] + (3,)), alpha], -1), labels[pick]
 
 
+RETRAINED = "retrained synthesizer"
+
+
 @pytest.fixture(scope="module")
 def affnist_export(tmp_path_factory):
-  """An affNIST run's exports (baseline T trained, so some composites are hard and some not) and a
-  --foregrounds folder of digits."""
+  """An affNIST run's exports (baseline T trained, so some composites are hard and some not), another
+  synthesizer of that task (paths[RETRAINED]: what a retrain exports) and a --foregrounds folder of digits."""
   root = tmp_path_factory.mktemp("affnist")
   trainer = trainer_lib.Trainer(smoke_config(str(root / "run"), cycles=0, export=False))
   trainer.run()
   paths = export.export_models(trainer.task, trainer.synthesizer, trainer.target, str(root / "export"))
+  retrained = export.synthesizer_archive(trainer.task.build_synthesizer(seed=1), trainer.task)
+  paths[RETRAINED] = export.write(retrained, str(root / "retrained"), trainer.task.class_names)
   images, labels = digit_cutouts(200, seed=0, coloured=False)
   cutouts.write_cutouts(images, labels, DIGIT_NAMES, str(root / "digits"))
   return root, paths
@@ -202,3 +207,144 @@ def test_unusable_cutouts_are_skipped_by_name_and_an_empty_folder_is_an_error(tm
   empty.mkdir(parents=True)
   with pytest.raises(DataError, match="--foregrounds=.*empty.*no usable cut-out"):
     cutouts.load_cutouts(str(tmp_path / "empty"), (40, 40))
+
+
+def small_config(root, paths, out, **overrides) -> generation.GenerateConfig:
+  """Two shards of 20 affNIST composites."""
+  return generation.GenerateConfig(**{
+      "synthesizer": paths[export.SYNTHESIZER_DIR], "foregrounds": str(root / "digits"), "out": str(out),
+      "num": 40, "shard_size": 20, "batch_size": 20, **overrides})
+
+
+def folder_bytes(folder) -> dict[str, bytes]:
+  return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
+
+
+def test_a_resume_tells_models_and_folders_by_content_not_by_how_their_path_is_spelled(
+    affnist_export, tmp_path, monkeypatch):
+  root, paths = affnist_export
+  model_dir = tmp_path / "export" / "synthesizer"
+  shutil.copytree(paths[export.SYNTHESIZER_DIR], model_dir / "1")
+  config = small_config(root, paths, tmp_path / "out", synthesizer=str(model_dir), foregrounds=f"{root}/digits/",
+                        target=paths[export.TARGET_DIR])
+  generation.Generator(config).run()
+  (tmp_path / "out" / "composites-00001-of-00002.tfrecord").unlink()  # The run was killed before shard 1.
+  # The same model, cut-outs and target under other spellings (the version directory, paths relative to
+  # another working directory, no trailing slash): the same recipe, so the run resumes.
+  monkeypatch.chdir(tmp_path)
+  respelled = dataclasses.replace(config, synthesizer=os.path.join("export", "synthesizer", "1"),
+                                  foregrounds=os.path.relpath(root / "digits"), out="out/",
+                                  target=os.path.relpath(paths[export.TARGET_DIR]))
+  summary = generation.Generator(respelled).run()
+  assert summary["written_this_run"] == 20 and summary["num"] == 40
+  # A synthesizer retrained and exported into the same path (train --fresh rewrites export/synthesizer/1)
+  # is another model: resuming would mix two synthesizers' composites in one dataset.
+  (tmp_path / "out" / "composites-00001-of-00002.tfrecord").unlink()
+  shutil.rmtree(model_dir / "1")
+  shutil.copytree(paths[RETRAINED], model_dir / "1")
+  with pytest.raises(DataError, match="written with other settings \\(--synthesizer: other contents"):
+    generation.Generator(config).run()
+
+
+def test_another_num_or_shard_size_into_a_dataset_is_refused_and_leaves_it_as_it_was(affnist_export, tmp_path):
+  root, paths = affnist_export
+  config = small_config(root, paths, tmp_path / "out")
+  generation.Generator(config).run()
+  before = folder_bytes(tmp_path / "out")
+  # More or fewer shards: their names differ, so the earlier set would stay beside the new one.
+  for changed in ({"num": 60}, {"shard_size": 10}):
+    with pytest.raises(ConfigError, match="holds a dataset of 2 shards .*made with --num=40 --shard_size=20"):
+      generation.Generator(dataclasses.replace(config, **changed))
+  # As many shards, the last one shorter: the finished shard of the earlier set does not fit.
+  with pytest.raises(DataError, match="--num=40, this run 30"):
+    generation.Generator(dataclasses.replace(config, num=30)).run()
+  assert folder_bytes(tmp_path / "out") == before
+
+
+def test_bad_inputs_are_one_error_naming_the_flag_or_file(affnist_export, detection_export, tmp_path):
+  root, paths = affnist_export
+  detection_root, detection_paths = detection_export
+  config = small_config(root, paths, tmp_path / "out")
+  # A target of the other kind (and image size) than the synthesizer's.
+  with pytest.raises(ConfigError, match="--target=.* is a detector .* --synthesizer=.* makes classification"):
+    generation.Generator(dataclasses.replace(config, target=detection_paths[export.TARGET_DIR]))
+  # More cut-out classes than the target tells apart: the one-class detector and the ten digits; the
+  # classifier, exported without its list of classes, and eleven.
+  with pytest.raises(ConfigError, match="--foregrounds=.* has 10 classes .* --target=.* tells 1 apart"):
+    generation.Generator(generation.GenerateConfig(
+        synthesizer=detection_paths[export.SYNTHESIZER_DIR], target=detection_paths[export.TARGET_DIR],
+        foregrounds=str(root / "digits"), out=str(tmp_path / "out"), num=4))
+  unlisted = tmp_path / "target"
+  shutil.copytree(paths[export.TARGET_DIR], unlisted, ignore=shutil.ignore_patterns("assets.extra"))
+  images, labels = digit_cutouts(22, seed=2, coloured=False)
+  cutouts.write_cutouts(images, np.arange(22) % 11, [f"c{k:02d}" for k in range(11)], str(tmp_path / "eleven"))
+  with pytest.raises(ConfigError, match="has 11 classes .* tells 10 apart"):
+    generation.Generator(dataclasses.replace(config, target=str(unlisted), foregrounds=str(tmp_path / "eleven")))
+  # --hard_threshold outside the target's hardness range (NaN included), or without a target.
+  detection = generation.GenerateConfig(
+      synthesizer=detection_paths[export.SYNTHESIZER_DIR], foregrounds=str(detection_root / "digits"),
+      out=str(tmp_path / "out"), num=4)
+  for base, target, threshold in ((config, paths, 1.5), (config, paths, float("nan")),
+                                  (detection, detection_paths, -0.5)):
+    with pytest.raises(ConfigError, match="--hard_threshold=.* lies in \\["):
+      generation.Generator(dataclasses.replace(base, target=target[export.TARGET_DIR], hard_threshold=threshold))
+  with pytest.raises(ConfigError, match="--hard_threshold needs --target"):
+    dataclasses.replace(config, hard_threshold=0.5)
+  # --out is a file.
+  (tmp_path / "a_file").write_text("")
+  with pytest.raises(ConfigError, match="--out=.*a_file is a file"):
+    generation.Generator(dataclasses.replace(config, out=str(tmp_path / "a_file")))
+  # A batch that cannot fit in memory (800 GB of cut-out picks alone: refused at once, nothing touched).
+  with pytest.raises(ConfigError, match="--batch_size=100000000000: out of memory .*lower --batch_size"):
+    generation.Generator(dataclasses.replace(config, out=str(tmp_path / "huge"), batch_size=10 ** 11)).run()
+  # A finished shard whose sidecar is lost or corrupt cannot be resumed.
+  generation.Generator(config).run()
+  sidecar = tmp_path / "out" / "composites-00001-of-00002.json"
+  for damage in (sidecar.unlink, lambda: sidecar.write_text('{"records": 2')):
+    damage()
+    with pytest.raises(DataError, match=f"{sidecar}: (missing|unreadable).* delete composites-00001-of-00002"):
+      generation.Generator(config).run()
+
+
+def test_hard_threshold_defaults_to_the_targets_own(affnist_export, detection_export, tmp_path):
+  root, paths = affnist_export
+  detection_root, detection_paths = detection_export
+  classifier = generation.Generator(small_config(root, paths, tmp_path / "c", target=paths[export.TARGET_DIR]))
+  assert classifier.recipe()["hard_threshold"] == 0.0  # The trainer's: T misclassifies it.
+  detector = generation.Generator(generation.GenerateConfig(
+      synthesizer=detection_paths[export.SYNTHESIZER_DIR], target=detection_paths[export.TARGET_DIR],
+      foregrounds=str(detection_root / "digits"), out=str(tmp_path / "d"), num=4))
+  assert detector.recipe()["hard_threshold"] == 0.5
+
+
+def test_bundled_cutouts_and_photos_make_a_dataset_in_the_synthesizers_classes(detection_export, tmp_path):
+  _, paths = detection_export
+  config = generation.GenerateConfig(
+      synthesizer=os.path.dirname(paths[export.SYNTHESIZER_DIR]), foregrounds="bundled", backgrounds="bundled",
+      target=os.path.dirname(paths[export.TARGET_DIR]), hard_only=True, out=str(tmp_path / "out"), num=8,
+      batch_size=8)
+  summary = generation.Generator(config).run()
+  records = read_records(tmp_path / "out")
+  assert len(records) == 8 and summary["class_names"] == ["digit"]  # The photo_digits task's one class.
+  for record in records:
+    assert set(feature(record, "image/object/class/text")) == {b"digit"}
+    assert feature(record, "target/hardness")[0] < 0.5
+  # Backgrounds are photos, not black.
+  image = tf.io.decode_png(feature(records[0], "image/encoded")[0]).numpy()
+  assert image.std() > 10
+
+
+@pytest.mark.slow
+def test_the_launcher_prints_bad_inputs_as_one_line(affnist_export, detection_export, tmp_path):
+  root, paths = affnist_export
+  _, detection_paths = detection_export
+  (tmp_path / "a_file").write_text("")
+  common = [f"--synthesizer={paths[export.SYNTHESIZER_DIR]}", f"--foregrounds={root / 'digits'}", "--num=4"]
+  for args, expected in (([f"--target={detection_paths[export.TARGET_DIR]}", f"--out={tmp_path / 'out'}"],
+                          "--target="),
+                         ([f"--out={tmp_path / 'a_file'}"], "--out=")):
+    process = generate_cli(*common, *args)
+    _, stderr = process.communicate(timeout=300)
+    lines = [line for line in stderr.splitlines() if line.startswith("terse_tf.generate: error: ")]
+    assert process.returncode != 0 and "Traceback" not in stderr, stderr[-3000:]
+    assert len(lines) == 1 and expected in lines[0], stderr[-3000:]

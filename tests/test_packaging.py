@@ -9,6 +9,7 @@ import sys
 import tomllib
 
 import pytest
+from packaging.requirements import Requirement
 
 from conftest import REPO_ROOT
 
@@ -28,12 +29,16 @@ def test_the_lock_pyproject_and_requirements_in_pin_the_same_versions():
   direct = pins(os.path.join(REPO_ROOT, "requirements.in"))
   locked = pins(os.path.join(REPO_ROOT, "requirements.txt"))
   with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:
-    project = tomllib.load(f)["project"]
+    pyproject = tomllib.load(f)
+  project = pyproject["project"]
   declared = {}
   for requirement in project["dependencies"] + project["optional-dependencies"]["test"]:
     name, version = requirement.split("==")
     declared[re.sub(r"[-_.]+", "-", name).lower()] = version
-  assert declared == direct
+  # requirements.in also pins what `pip install .` builds with, a version pyproject.toml's build-system admits.
+  (build_requirement,) = map(Requirement, pyproject["build-system"]["requires"])
+  assert build_requirement.specifier.contains(direct[build_requirement.name])
+  assert declared == {name: version for name, version in direct.items() if name != build_requirement.name}
   assert {name: locked.get(name) for name in direct} == direct
   assert len(locked) > 3 * len(direct)  # The lock holds the whole resolved set, not only the direct pins.
 
@@ -41,14 +46,21 @@ def test_the_lock_pyproject_and_requirements_in_pin_the_same_versions():
 @pytest.mark.slow
 def test_pip_install_outside_the_repository_gives_working_console_scripts(tmp_path):
   venv = tmp_path / "venv"
-  # The venv sees this interpreter's packages (TensorFlow and the rest), so the install needs no network.
-  subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+  # The venv sees this interpreter's packages (TensorFlow, pip, the lock's setuptools and the rest) through a
+  # .pth file, so the install needs no network and builds with what requirements.txt installed.
+  # (--system-site-packages would show it the base interpreter's packages instead, when this one is itself a
+  # venv, and the setuptools that `venv` puts in every Python 3.11 venv would shadow the lock's.)
+  subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
   python, scripts = venv / "bin" / "python", venv / "bin"
-  # From a copy: setuptools leaves build/ and *.egg-info in the tree it builds.
+  site_packages = [path for path in sys.path if os.path.basename(path) in ("site-packages", "dist-packages")]
+  (venv_site_packages,) = venv.glob("lib/python*/site-packages")
+  (venv_site_packages / "outer_environment.pth").write_text("\n".join(site_packages) + "\n")
+  # From a copy: setuptools leaves build/ and *.egg-info in the tree it builds. (.venv: the README's install.)
   source = tmp_path / "source"
-  shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(".git", "runs", "__pycache__", "bench"))
+  shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "__pycache__", "bench"))
   installed = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                              str(source)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                              "--check-build-dependencies", str(source)],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
   assert installed.returncode == 0, installed.stderr[-3000:]
   elsewhere = tmp_path / "elsewhere"
   elsewhere.mkdir()

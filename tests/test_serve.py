@@ -1,8 +1,9 @@
 """The serving client writes the composite the exported synthesizer makes, from a SavedModel and over TF
-Serving's REST API."""
+Serving's REST API; bad inputs are one error naming the flag, found before the model runs."""
 
 import http.server
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -11,9 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, smoke_config
-from terse_tf import export, trainer as trainer_lib
+from conftest import DETECTION_SMOKE_FLAGFILE, REPO_ROOT, smoke_config
+from terse_tf import export, serve, trainer as trainer_lib
 from terse_tf.data import mnist
+from terse_tf.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +65,11 @@ class StandInServer(http.server.BaseHTTPRequestHandler):
     pass
 
 
-def serve_cli(*args):
+def serve_cli(*args, check=True):
   result = subprocess.run([sys.executable, "-m", "terse_tf.serve", *args], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=300)
+  if not check:
+    return result
   assert result.returncode == 0, result.stderr[-3000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -95,3 +99,45 @@ def test_the_client_writes_the_synthesizers_composite_locally_and_over_rest(synt
     server.shutdown()
   assert (tmp_path / "rest.png").read_bytes() == (tmp_path / "local.png").read_bytes()
   np.testing.assert_allclose(remote["params"], local["params"], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def detection_synthesizer(tmp_path_factory):
+  """The photo_digits smoke task's synthesizer export: one class, "digit"."""
+  root = tmp_path_factory.mktemp("serve_detection")
+  trainer = trainer_lib.Trainer(smoke_config(str(root / "run"), DETECTION_SMOKE_FLAGFILE, cycles=0,
+                                             baseline_epochs=0, export=False))
+  return export.write(export.synthesizer_archive(trainer.synthesizer, trainer.task),
+                      str(root / "export" / export.SYNTHESIZER_DIR), trainer.task.class_names)
+
+
+def test_bad_requests_are_one_error_naming_the_flag(synthesizer_and_digit, detection_synthesizer, tmp_path):
+  model_dir, digit = synthesizer_and_digit
+  out = str(tmp_path / "composite.png")
+  # A class the one-class synthesizer does not have; its one class is pasted.
+  detection = serve.LocalModel(detection_synthesizer, export.SERVING_DEFAULT)
+  with pytest.raises(ConfigError, match=r"--class_id=7: the synthesizer's task has 1 class\(es\) \['digit'\]; "
+                                        r"give 0..0"):
+    serve.composite(detection, str(digit), "", 7, out)
+  assert "boxes" in serve.composite(detection, str(digit), "", 0, out) and os.path.getsize(out) > 0
+  # The target's export instead of the synthesizer's.
+  target = serve.LocalModel(str(model_dir.parent / export.TARGET_DIR), export.SERVING_DEFAULT)
+  with pytest.raises(ConfigError, match="--model=.*target: this signature takes \\['images'\\], not a "
+                                        "synthesizer's"):
+    serve.composite(target, str(digit), "", 0, out)
+  # An --out that cannot be written: a folder, or in a folder that does not exist.
+  synthesizer = serve.LocalModel(str(model_dir), export.SERVING_DEFAULT)
+  for bad, message in ((tmp_path, "is a folder"), (tmp_path / "missing" / "c.png", "does not exist")):
+    with pytest.raises(ConfigError, match=f"--out={bad}.*{message}"):
+      serve.composite(synthesizer, str(digit), "", 0, str(bad))
+
+
+@pytest.mark.slow
+def test_the_client_prints_bad_inputs_as_one_line(synthesizer_and_digit, tmp_path):
+  model_dir, digit = synthesizer_and_digit
+  for args, expected in (([f"--model={model_dir.parent / export.TARGET_DIR}", f"--out={tmp_path / 'c.png'}"],
+                          "--model="),
+                         ([f"--model={model_dir}", f"--out={tmp_path / 'missing' / 'c.png'}"], "--out=")):
+    result = serve_cli(*args, f"--foreground={digit}", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"terse_tf.serve: error: {expected}")

@@ -143,7 +143,7 @@ def test_cached_margins_are_the_targets_margins_on_the_stored_images(tmp_path):
   logits = affnist_task.logits_in_batches(trainer.target, images, batch_size=1000)
   remeasured = losses.hardness_margin(labels["label"], logits).numpy()
   np.testing.assert_allclose(remeasured, margins, atol=1e-5)
-  assert np.all(remeasured < trainer.config.hard_threshold)
+  assert np.all(remeasured < trainer.hard_threshold)
 
 
 MIRRORED_SCRIPT = textwrap.dedent("""

@@ -6,9 +6,11 @@ Layout, one sub-folder per class (sorted names are the class ids 0, 1, ...):
     <dir>/<class>/<name>.<png|jpg|...>  an image without one, beside
     <dir>/<class>/<name>.mask.png       its mask (the object where the mask is bright).
 Each cut-out is scaled to fit the synthesizer's cut-out size (aspect kept, centred, transparent padding).
-A file that cannot be read, a mask whose size differs from its image, or an image with neither alpha nor
-mask is skipped with a warning naming it, and the count is logged; a folder with no usable cut-out is an
-error naming it.
+A file that cannot be read, a mask whose size differs from its image, an image with neither alpha nor
+mask, or one with nothing visible (alpha or mask 0 everywhere) is skipped with a warning naming it, and the
+count is logged; a folder with no usable cut-out is an error naming it.
+
+`bundled_digits` makes cut-outs of the MNIST digits that ship with terse_tf, for `--foregrounds=bundled`.
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from terse_tf.data import mnist
 from terse_tf.data.photos import IMAGE_EXTENSIONS, luminance, to_uint8
-from terse_tf.errors import DataError
+from terse_tf.errors import ConfigError, DataError
 
 MASK_SUFFIX = ".mask.png"
+BUNDLED = "bundled"  # --foregrounds value for bundled_digits.
+# Digits --foregrounds=bundled pastes: variety enough for any dataset size, 25 MB of float cut-outs at 40x40.
+BUNDLED_DIGITS = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,18 +62,24 @@ def read_cutout(path: str) -> np.ndarray:
     raise DataError(f"{path}: cannot read this image ({type(e).__name__})") from e
   colour = np.repeat(image[..., :1], 3, axis=-1) if image.shape[-1] in (1, 2) else image[..., :3]
   if image.shape[-1] in (2, 4):
-    return np.concatenate([colour, image[..., -1:]], axis=-1)
-  mask_path = os.path.splitext(path)[0] + MASK_SUFFIX
-  if not os.path.exists(mask_path):
-    raise DataError(f"{path}: no alpha channel and no mask {os.path.basename(mask_path)} beside it")
-  try:
-    mask = _decode(mask_path)
-  except (OSError, tf.errors.OpError) as e:
-    raise DataError(f"{mask_path}: cannot read this mask ({type(e).__name__})") from e
-  if mask.shape[:2] != image.shape[:2]:
-    raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} pixels, its image "
-                    f"{os.path.basename(path)} is {image.shape[1]}x{image.shape[0]}")
-  return np.concatenate([colour, mask[..., :1]], axis=-1)
+    alpha, alpha_source = image[..., -1:], path
+  else:
+    alpha_source = os.path.splitext(path)[0] + MASK_SUFFIX
+    if not os.path.exists(alpha_source):
+      raise DataError(f"{path}: no alpha channel and no mask {os.path.basename(alpha_source)} beside it")
+    try:
+      mask = _decode(alpha_source)
+    except (OSError, tf.errors.OpError) as e:
+      raise DataError(f"{alpha_source}: cannot read this mask ({type(e).__name__})") from e
+    if mask.shape[:2] != image.shape[:2]:
+      raise DataError(f"{alpha_source}: mask is {mask.shape[1]}x{mask.shape[0]} pixels, its image "
+                      f"{os.path.basename(path)} is {image.shape[1]}x{image.shape[0]}")
+    alpha = mask[..., :1]
+  # Pasted, it would leave the background as it was while its label claims an object.
+  if not np.any(alpha > 0):
+    raise DataError(f"{alpha_source}: fully transparent ({'alpha' if alpha_source == path else 'mask'} 0 "
+                    "everywhere): nothing to paste")
+  return np.concatenate([colour, alpha], axis=-1)
 
 
 def fit(cutout: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -117,3 +129,25 @@ def write_cutouts(images: np.ndarray, classes: np.ndarray, class_names: list[str
     encoded = tf.io.encode_png(to_uint8(image)).numpy()
     with open(os.path.join(directory, class_names[class_id], f"{index:06d}.png"), "wb") as f:
       f.write(encoded)
+
+
+def bundled_digits(size: tuple[int, int], class_names: list[str], coloured: bool, count: int = BUNDLED_DIGITS,
+                   seed: int = 0) -> Cutouts:
+  """`count` of the MNIST digits bundled with terse_tf (data/mnist10k.npz), fitted to `size`, as the cut-outs
+  of `--foregrounds=bundled`: the ink is the alpha, white (what the affNIST task pastes) or, `coloured`, one
+  random colour per digit (as the photo_digits task paints them). `class_names` are the synthesizer's: ten
+  (digit d is class d) or one (every digit is that class, photo_digits' "digit")."""
+  if len(class_names) not in (1, mnist.NUM_CLASSES):
+    raise ConfigError(f"--foregrounds={BUNDLED}: the bundled digits make {mnist.NUM_CLASSES} classes or one, "
+                      f"the synthesizer's task has {len(class_names)} ({class_names}); give a folder of your "
+                      "own cut-outs")
+  images, labels = mnist.load_bundled()
+  rng = np.random.default_rng(seed)
+  pick = np.sort(rng.choice(len(images), count, replace=False))
+  alpha = mnist.pad_to(images[pick]).astype(np.float32)[..., None] / 255
+  colour = rng.uniform(size=(count, 1, 1, 3)) if coloured else np.ones((count, 1, 1, 3))
+  digits = np.concatenate([np.broadcast_to(colour, (*alpha.shape[:-1], 3)), alpha], axis=-1).astype(np.float32)
+  if digits.shape[1:3] != tuple(size):
+    digits = fit(digits, size)  # fit works on a batch as on one cut-out.
+  classes = labels[pick] if len(class_names) == mnist.NUM_CLASSES else np.zeros(count, np.int32)
+  return Cutouts(digits, classes.astype(np.int32), list(class_names))

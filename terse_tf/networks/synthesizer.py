@@ -93,19 +93,23 @@ def noise_dim(model: keras.Model) -> int:
   return model.inputs[2].shape[-1] if len(model.inputs) > 2 else 0
 
 
-def _inputs(model: keras.Model, foreground: tf.Tensor, background: tf.Tensor) -> list[tf.Tensor]:
-  """S's inputs for a batch: the images, and a fresh standard-normal draw if S takes noise (one vector per
-  example, or per object for a scene synthesizer)."""
+def _inputs(model: keras.Model, foreground: tf.Tensor, background: tf.Tensor,
+            noise_seed: tf.Tensor | None = None) -> list[tf.Tensor]:
+  """S's inputs for a batch: the images, and a standard-normal draw if S takes noise (one vector per
+  example, or per object for a scene synthesizer): fresh each call, or a function of `noise_seed`."""
   inputs = [foreground, background]
   if noise_dim(model):
-    inputs.append(tf.random.normal([tf.shape(foreground)[0], *model.inputs[2].shape[1:]]))
+    shape = [tf.shape(foreground)[0], *model.inputs[2].shape[1:]]
+    inputs.append(tf.random.normal(shape) if noise_seed is None else tf.random.stateless_normal(shape, noise_seed))
   return inputs
 
 
-def raw_params(model: keras.Model, foreground: tf.Tensor, background: tf.Tensor,
-               training: bool) -> tf.Tensor:
-  """S's raw parameters [B, 6] for premultiplied foregrounds and backgrounds [B, H, W, C]."""
-  return model(_inputs(model, foreground, background), training=training)
+def raw_params(model: keras.Model, foreground: tf.Tensor, background: tf.Tensor, training: bool,
+               noise_seed: tf.Tensor | None = None) -> tf.Tensor:
+  """S's raw parameters [B, 6] for premultiplied foregrounds and backgrounds [B, H, W, C]; S's noise, if it
+  takes any, drawn afresh or from `noise_seed` ([2] ints: the trainer's steps, so that a resumed run draws
+  what an uninterrupted one would)."""
+  return model(_inputs(model, foreground, background, noise_seed), training=training)
 
 
 def sampler(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:

@@ -28,8 +28,10 @@ class Target(abc.ABC):
   take the model's outputs, so that S's step runs T once for both."""
 
   model: keras.Model
-  # Where Judgement.hardness lies, for its histograms.
+  # Where Judgement.hardness lies, for its histograms and to check --hard_threshold against.
   hardness_range: tuple[float, float]
+  # The --hard_threshold a run gets when it sets none: below it, a composite is hard.
+  default_hard_threshold: float
 
   @abc.abstractmethod
   def replica_loss(self, outputs, labels: Labels) -> tf.Tensor:

@@ -14,6 +14,7 @@ class ClassifierTarget(Target):
   """Labels: {"label": [B] int}."""
 
   hardness_range = (-1.0, 1.0)  # p_gt - max_other
+  default_hard_threshold = 0.0  # T misclassifies it (A.1).
 
   @classmethod
   def build(cls, architecture: str, image_shape: tuple[int, int, int], num_classes: int) -> ClassifierTarget:

@@ -79,7 +79,14 @@ class CustomClassificationTask(PastedObjectClassification):
     if images.shape[1:] != self.image_shape or images.dtype != np.uint8 or len(images) != len(labels):
       raise ConfigError(f"{name} images must be uint8 [N, {', '.join(map(str, self.image_shape))}] with N "
                         f"labels; got {images.dtype} {images.shape} and {len(labels)} labels")
-    return images, np.asarray(labels, np.int32)
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+      raise ConfigError(f"{name} labels must be integers [N]; got {labels.dtype} {labels.shape}")
+    outside = labels[(labels < 0) | (labels >= self.num_classes)]
+    if len(outside):  # T would train towards classes it has no output for.
+      raise ConfigError(f"{name} labels must lie in [0, {self.num_classes}), the cut-out classes "
+                        f"{self.class_names} in sorted order; got {len(outside)} outside it, e.g. {outside[0]}")
+    return images, labels.astype(np.int32)
 
   def describe(self) -> str:
     return (f"your classifier on {self.image_shape}: {len(self.cutouts)} cut-outs of {self.num_classes} "

@@ -222,7 +222,8 @@ class PastedObjectDetection(Task):
   def synthesizer_endpoints(self, synthesizer_model) -> dict[str, tuple[Callable, list]]:
     """N = max_objects. (foreground [B, N, h, w, 4] colour + straight alpha, background [B, H, W, 3],
     classes [B, N] int32, -1 for an empty slot) -> {params [B, N, 6], composite [B, H, W, 3], boxes
-    [B, N, 4] normalised ymin, xmin, ymax, xmax of the visible objects first, classes [B, N], num_objects
+    [B, N, 4] normalised ymin, xmin, ymax, xmax of the visible objects first, classes [B, N] (-1 past
+    num_objects), num_objects
     [B], masks [B, N, H, W, 1] what is visible of each of those objects (its box is the tight box of
     mask > 0.5)}."""
     n = self.max_objects
@@ -240,8 +241,11 @@ class PastedObjectDetection(Task):
         result = composite(foreground, background, params, valid)
         labels = compact_labels(result.boxes, tf.maximum(classes, 0), result.box_valid,
                                 masks=result.visible_masks)
+        # Rows past num_objects are padding: class -1, as in the input, since 0 is a real class.
+        padding = tf.range(n)[None, :] >= labels["count"][:, None]
         return {"params": params, "composite": result.image, "boxes": labels["boxes"],
-                "classes": labels["classes"], "num_objects": labels["count"], "masks": labels["masks"]}
+                "classes": tf.where(padding, -1, labels["classes"]), "num_objects": labels["count"],
+                "masks": labels["masks"]}
       return serve
 
     return synthesizer.serving_endpoints(synthesizer_model, endpoint, signature)
