@@ -53,7 +53,8 @@ from terse_tf.trainer import TrainConfig
 def _in_keyword_terms(error: TerseError) -> TerseError:
   """The trainer's errors name flags (`--fresh`, `--run_dir=x`); from Python they are keyword arguments
   (`fresh=True`, `run_dir=x`)."""
-  return type(error)(re.sub(r"--(\w+)", r"\1", str(error).replace("--fresh", "fresh=True")))
+  message = str(error).replace("--fresh", "fresh=True")
+  return type(error)(re.sub(r"(?<![\w/.-])--(\w+)", r"\1", message))  # A flag, not a "--" in a path.
 
 
 def _api_run(function: Callable) -> Callable:
@@ -83,7 +84,7 @@ def _model_fn(model: keras.Model | Callable[[], keras.Model], train_options: dic
   probe = model_fn()
   if not isinstance(probe, keras.Model):
     raise ConfigError(f"model must be a keras.Model or a function returning one, got {type(probe).__name__}")
-  shape = probe.input_shape
+  shape = getattr(probe, "input_shape", None)  # A subclassed model that was never built has none.
   if not isinstance(shape, tuple) or len(shape) != 4 or None in shape[1:]:
     # Checked first: cut-outs and backgrounds are fitted to this size before the task is built.
     raise ConfigError(f"model must take one batch of images of a fixed size [B, H, W, C], e.g. "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import os
+import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -73,9 +74,13 @@ class HardExampleCache(tf.Module):
       if not os.path.exists(path):
         raise DataError(f"{path}: the checkpoint counts {len(committed)} cache shards but this one is missing; "
                         "the run directory was changed by hand. Rerun with --fresh to start over")
-      with np.load(path) as shard:
-        for key, values in metadata.items():
-          values.append(shard[key])
+      try:
+        with np.load(path) as shard:
+          for key, values in metadata.items():
+            values.append(shard[key])
+      except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: damaged cache shard ({type(e).__name__}: {e}); the run cannot resume with it. "
+                        "Rerun with --fresh to start over") from e
     self._quota_classes, self._margins, self._cycles = (
         np.concatenate(metadata[k]) if metadata[k] else np.zeros([0], dtype)
         for k, dtype in (("quota_class", np.int64), ("margin", np.float32), ("cycle", np.int64)))

@@ -11,6 +11,7 @@ import tempfile
 from typing import IO, Callable
 
 import numpy as np
+from absl import logging
 
 
 def _umask() -> int:
@@ -82,6 +83,11 @@ class DirectoryLock:
         holder = handle.read().strip() or "unknown"
         handle.close()
         raise DirectoryInUseError(f"in use by another process ({holder})") from None
+      except OSError as e:  # A file system without flock (some FUSE and NFS mounts): go on without the lock.
+        handle.close()
+        logging.warning("%s: cannot be locked on this file system (%s); nothing stops a second process from "
+                        "using it at the same time", os.path.dirname(self.path), e.strerror or e)
+        return
       handle.seek(0)
       handle.truncate()
       handle.write(f"pid {os.getpid()} on {socket.gethostname()}")

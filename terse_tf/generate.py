@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from terse_tf import export, generation, launch
 from terse_tf.errors import TerseError
@@ -66,7 +66,6 @@ def main(argv: list[str]) -> None:
   try:
     generation.Generator(config_from_flags()).run()
   except TerseError as e:
-    logging.error("%s: %s", type(e).__name__, e)
     sys.exit(f"terse_tf.generate: error: {e}")
   except KeyboardInterrupt:
     launch.exit_interrupted("terse_tf.generate: interrupted. Rerun the same command to resume: finished shards "

@@ -117,6 +117,9 @@ class Synthesizer:
   def __init__(self, path: str, signature: str, jit_compile: bool = False):
     loaded = export.load(path, "--synthesizer")
     self.path = os.path.realpath(export.saved_model_path(path))
+    if export.HARDNESS in loaded.signatures:  # What a run's export/target holds, not export/synthesizer.
+      raise ConfigError(f"--synthesizer={path}: this is an exported target (it has a `hardness` signature); "
+                        "expected a run's export/synthesizer (give a target as --target)")
     if signature not in loaded.signatures:
       raise ConfigError(f"--signature={signature}: {self.path} has only {sorted(loaded.signatures)}")
     self._loaded, self.function = loaded, loaded.signatures[signature]
@@ -475,8 +478,11 @@ class Generator:
                       f"annotations to resume with; {redo}") from None
     except (OSError, ValueError) as e:
       raise DataError(f"{sidecar_path}: unreadable ({e}); {redo}") from e
-    if not isinstance(sidecar, dict) or not {"records", "drawn", "annotations"} <= set(sidecar):
-      raise DataError(f"{sidecar_path}: not a shard's sidecar (records, drawn, annotations, recipe); {redo}")
+    if (not isinstance(sidecar, dict) or not {"records", "drawn", "annotations", "recipe"} <= set(sidecar) or
+        not isinstance(sidecar["recipe"], dict) or set(sidecar["recipe"]) != set(self.recipe())):
+      # A damaged or foreign file, not one with other settings (those are compared next).
+      raise DataError(f"{sidecar_path}: not a shard's sidecar (records, drawn, annotations and a recipe of "
+                      f"{', '.join(sorted(self.recipe()))}); {redo}")
     differences = _differences(sidecar.get("recipe"), self.recipe())
     if differences:
       raise DataError(f"--out={self.config.out}: {os.path.basename(path)} was written with other settings "
@@ -489,6 +495,22 @@ class Generator:
       os.makedirs(config.out, exist_ok=True)
     except OSError as e:
       raise DataError(f"--out={config.out}: cannot make this folder ({e})") from e
+    # One generator writes a dataset at a time: two would write the same shards' staging files.
+    lock = files.DirectoryLock(config.out)
+    try:
+      lock.acquire()
+    except files.DirectoryInUseError as e:
+      raise ConfigError(f"--out={config.out} is {e}, a generation still going: wait for it to end (or stop "
+                        "it), or use another --out") from None
+    try:
+      return self._run()
+    finally:
+      self.encoder.shutdown()
+      self.drawer.shutdown()
+      lock.release()
+
+  def _run(self) -> dict:
+    config = self.config
     sidecars, todo = {}, []
     for shard in range(config.num_shards):
       done = self.finished(shard)
@@ -496,6 +518,11 @@ class Generator:
         todo.append(shard)
       else:
         sidecars[shard] = done
+    summary_path = os.path.join(config.out, SUMMARY)
+    if not todo and os.path.exists(summary_path):
+      logging.info("%s holds the whole dataset (%d shards): nothing to do", config.out, config.num_shards)
+      with open(summary_path) as f:
+        return json.load(f)
     if sidecars:
       logging.info("resuming: %d of %d shards already written", len(sidecars), config.num_shards)
     progress = Progress(sum(config.shard_length(s) for s in todo))
@@ -519,13 +546,11 @@ class Generator:
     if self.synthesizer.detection:
       summary["annotations"] = self._write_coco(sidecars)
     summary["preview"] = self._write_preview()
-    files.write_json(os.path.join(config.out, SUMMARY), summary)
+    files.write_json(summary_path, summary)
     if config.hard_only:
       logging.info("--hard_only: %d of %d composites were hard (yield %.1f%%)", records, drawn,
                    100 * summary["yield"])
     logging.info("%d composites in %d shards under %s", records, config.num_shards, config.out)
-    self.encoder.shutdown()
-    self.drawer.shutdown()
     return summary
 
   def _write_coco(self, sidecars: dict[int, dict]) -> str:

@@ -11,7 +11,7 @@ import shlex
 import sys
 
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import app, flags
 
 from terse_tf import compositor, launch, tasks, train_lib, trainer
 from terse_tf.data import affnist, mnist
@@ -226,13 +226,12 @@ def main(argv: list[str]) -> None:
   try:
     config = config_from_flags()
     train_lib.run(config, command_line=shlex.join(sys.argv))
-  except TerseError as e:
-    logging.error("%s: %s", type(e).__name__, e)
+  except TerseError as e:  # One line on stderr, no traceback: each names the flag or file at fault.
     sys.exit(f"terse_tf: error: {e}")
   except tf.errors.ResourceExhaustedError as e:
-    logging.error("%s", e)
-    sys.exit("terse_tf: error: out of memory (" + e.message.strip().splitlines()[0][:200] + "). Lower "
-             "--batch_size, --synth_batch_size or --eval_batch_size, then rerun to resume")
+    first_line = ((e.message or "").strip().splitlines() or ["no detail"])[0][:200]
+    sys.exit(f"terse_tf: error: out of memory ({first_line}). Lower --batch_size, --synth_batch_size or "
+             "--eval_batch_size, then rerun to resume")
   except KeyboardInterrupt:
     launch.exit_interrupted(interrupted_message(config))
 

@@ -17,16 +17,20 @@ def run(config: TrainConfig, command_line: str = "", task: Task | None = None) -
   built in Python (terse_tf.api) instead of the one the config names."""
   trainer = Trainer(config, task)  # Creates the run directory only once the run can start.
   try:
-    # A rerun of a finished, exported run has nothing to do (read on the chief's run directory, which every
-    # worker sees, so that all of them export or none).
-    finished = trainer.complete and os.path.isdir(os.path.join(config.run_dir, "export"))
+    # A rerun of a finished run with both exports written has nothing to do. Read on the chief's run
+    # directory, which every worker sees, and by every worker before any exports, so that all of them export
+    # (a collective) or none.
+    finished = trainer.complete and all(export.versions(os.path.join(config.run_dir, "export", name))
+                                        for name in (export.SYNTHESIZER_DIR, export.TARGET_DIR))
+    trainer.sync_workers()
     if finished:
       logging.info("%s holds a finished run: nothing left to train, and its exports are in %s/export. Add "
                    "--fresh to start over", config.run_dir, config.run_dir)
     else:
       # trainer.output_dir is the run directory, or for a worker other than the chief its scratch directory.
+      resolved = dataclasses.replace(config, hard_threshold=trainer.hard_threshold)  # The target's default.
       files.write_json(os.path.join(trainer.output_dir, "config.json"),
-                       {"command": command_line, "config": dataclasses.asdict(config)})
+                       {"command": command_line, "config": dataclasses.asdict(resolved)})
     results = trainer.run()
     if config.export and not finished:  # Every worker exports (saving may read variables via collectives).
       paths = export.export_models(trainer.task, trainer.synthesizer, trainer.target,
@@ -38,7 +42,7 @@ def run(config: TrainConfig, command_line: str = "", task: Task | None = None) -
     trainer.close()
   headline = results["headline"]
   before, after = results.get(f"{headline}_before"), results.get(f"{headline}_after")
-  logging.info("%s: %s before TERSE, %s after %d cycles; results in %s", headline,
+  logging.info("%s: %s before TERSE, %s after %d cycle(s); results in %s", headline,
                "n/a" if before is None else f"{before:.4f}", "n/a" if after is None else f"{after:.4f}",
                results["cycles_completed"], os.path.join(config.run_dir, "results.json"))
   return results

@@ -245,7 +245,7 @@ def hard_threshold(config: TrainConfig, target: Target) -> float:
   low, high = target.hardness_range
   if not low <= config.hard_threshold <= high:
     raise ConfigError(f"--hard_threshold={config.hard_threshold} lies outside the range of this target's "
-                      f"hardness score, [{low:g}, {high:g}] (a {type(target).__name__}); its default is "
+                      f"hardness score, [{low:g}, {high:g}] (target {type(target).__name__}); its default is "
                       f"{target.default_hard_threshold:g}")
   return config.hard_threshold
 
@@ -435,13 +435,16 @@ class Trainer:
     players = {}
     if self.discriminator is not None:
       players = {"discriminator": self.discriminator, "discriminator_optimizer": self.discriminator_optimizer}
-    self.checkpoint = tf.train.Checkpoint(
+    state = dict(
         synthesizer=self.synthesizer, target=self.target.model, synth_optimizer=self.synth_optimizer,
         target_optimizer=self.target_optimizer, cache=self.cache, phase=self.phase, cycle=self.cycle,
         epoch_in_phase=self.epoch_in_phase, synth_step=self.synth_step,
         target_global_step=self.target_global_step, synth_global_step=self.synth_global_step,
-        elapsed_s=self.elapsed_s, history_json=self.history_json, run_identity=self.run_identity,
-        dropout_seeds=self._dropout_seed_states(), **players)
+        elapsed_s=self.elapsed_s, history_json=self.history_json, run_identity=self.run_identity, **players)
+    self.dropout_seeds = self._dropout_seed_states()
+    self.checkpoint = tf.train.Checkpoint(dropout_seeds=self.dropout_seeds, **state)
+    # What checkpoints written before they kept the dropout seeds hold: those runs resume too.
+    self._checkpoint_without_dropout_seeds = tf.train.Checkpoint(**state)
     checkpoint_dir = os.path.join(config.run_dir, "checkpoints")
     self.history: list[dict] = []
     # The checkpoint this run resumes (None: it starts afresh).
@@ -481,17 +484,26 @@ class Trainer:
   def _restore(self, latest: str | None) -> None:
     """Resume order: the run directory's `latest` checkpoint -> --init_checkpoint (S and T only) -> scratch."""
     if latest:
-      reader = tf.train.load_checkpoint(latest)
       key = "run_identity/.ATTRIBUTES/VARIABLE_VALUE"
-      saved_identity = reader.get_tensor(key).decode() if reader.has_tensor(key) else "{}"
+      try:
+        reader = tf.train.load_checkpoint(latest)
+        saved_identity = reader.get_tensor(key).decode() if reader.has_tensor(key) else "{}"
+      except (tf.errors.OpError, ValueError, IndexError, OSError) as e:  # A truncated or garbled file.
+        raise DataError(f"{latest}: damaged checkpoint ({type(e).__name__}: {e}); the run cannot resume from "
+                        "it. Rerun with --fresh to start over") from e
       if saved_identity != self._identity():
         saved, asked = _flatten(json.loads(saved_identity)), _flatten(json.loads(self._identity()))
         differences = "; ".join(f"{name}: {saved.get(name, 'unset')} there, {asked.get(name, 'unset')} now"
                                 for name in sorted(set(saved) | set(asked)) if saved.get(name) != asked.get(name))
         raise ConfigError(f"--run_dir={self.config.run_dir} holds a run on other data or another target "
                           f"({differences}). Use another --run_dir, or --fresh to replace it")
+      checkpoint = self.checkpoint
+      if self.dropout_seeds and not reader.has_tensor("dropout_seeds/0/.ATTRIBUTES/VARIABLE_VALUE"):
+        logging.warning("%s predates checkpoints that keep the dropout layers' random streams: the run resumes, "
+                        "but its dropout masks from here on are not those an uninterrupted run would draw", latest)
+        checkpoint = self._checkpoint_without_dropout_seeds
       try:
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
+        checkpoint.restore(latest).assert_existing_objects_matched()
       except (AssertionError, ValueError, tf.errors.OpError) as e:
         raise ConfigError(f"--run_dir={self.config.run_dir} holds a checkpoint ({latest}) from a different "
                           "configuration (networks or players differ); rerun with the flags that made "
@@ -517,7 +529,10 @@ class Trainer:
                         "create one at)")
 
   def _prepare_run_dir(self) -> None:
-    """Creates the run directory and proves it writable, then (--fresh) removes the previous run's outputs.
+    """Creates the run directory, proves it writable and locks it (a second process is refused; with several
+    workers, the others wait at their first collective until the chief's refusal ends the run), then (--fresh)
+    removes the previous run's outputs, or the TensorBoard events of a start killed before its first
+    checkpoint.
 
     A directory this call created is removed again if it cannot be used, so a failed start leaves none.
     A worker other than the chief makes its scratch directory instead, with a copy of the cache shards the
@@ -558,9 +573,11 @@ class Trainer:
       if removed:
         logging.info("--fresh: removing the previous run's %s from %s", ", ".join(removed), run_dir)
       remove_outputs(run_dir, removed)
-    elif self.resumed_from is None:
-      # A start with no checkpoint to resume: TensorBoard events left by an earlier start killed before its
-      # first checkpoint describe steps this run takes again.
+    elif self.resumed_from is None and os.path.exists(os.path.join(run_dir, "config.json")):
+      # A terse_tf start (it wrote config.json) killed before its first checkpoint: its TensorBoard events
+      # describe steps this run takes again.
+      logging.info("no checkpoint to resume in %s: removing the TensorBoard events of a start that ended "
+                   "before its first checkpoint", run_dir)
       remove_outputs(run_dir, ["tensorboard"])
 
   def _scratch_dir(self) -> str:
@@ -904,7 +921,7 @@ class Trainer:
       self._summarize_hardness(self.config.sample_source, judgement.hardness)
       if len(images):
         tf.summary.image("composites/added_by_cycle", self.task.preview(
-            tf.constant(images[:64], tf.float32), {k: v[:64] for k, v in labels.items()}))
+            tf.constant(images[:PREVIEW_COUNT], tf.float32), {k: v[:PREVIEW_COUNT] for k, v in labels.items()}))
 
   def _judge_in_batches(self, images: np.ndarray, labels: dict[str, np.ndarray]):
     """T's judgement of float images [N, H, W, C] with their labels, --eval_batch_size at a time (numpy)."""
@@ -962,8 +979,9 @@ class Trainer:
       return self._run_phases()
 
   def sync_workers(self) -> None:
-    """Waits until every worker gets here (a collective; nothing with a single worker), so that none exits
-    while another still works: the survivors would take the exit for a crash."""
+    """Waits until every worker gets here (a collective; nothing with a single worker): so that none exits
+    while another still works (the survivors would take the exit for a crash), and so that all of them have
+    decided before one of them starts something collective."""
     if self.multi_worker:
       with self._lost_workers_reported():
         self._barrier()

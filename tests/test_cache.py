@@ -92,3 +92,13 @@ def test_a_missing_shard_is_an_error_naming_it(tmp_path):
   os.remove(tmp_path / "cache" / "shard-00000.npz")
   with pytest.raises(DataError, match="shard-00000.npz.*--fresh"):
     cache.sync()
+
+
+def test_a_damaged_shard_is_an_error_naming_it(tmp_path):
+  cache = new_cache(tmp_path)
+  cache.add(*candidates([0]), cycle=1, per_class_quota=1)
+  cache.commit()
+  path = tmp_path / "cache" / "shard-00000.npz"
+  path.write_bytes(path.read_bytes()[:100])  # Truncated, as by a full disk.
+  with pytest.raises(DataError, match="shard-00000.npz: damaged cache shard.*--fresh"):
+    cache.sync()

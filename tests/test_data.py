@@ -268,12 +268,28 @@ def test_a_fully_transparent_cutout_is_skipped_by_name_and_counted(tmp_path, cap
   (folder / "invisible.png").write_bytes(tf.io.encode_png(rgba * np.array([1, 1, 1, 0], np.uint8)).numpy())
   (folder / "blank_mask.jpg").write_bytes(tf.io.encode_jpeg(rgba[..., :3]).numpy())
   (folder / "blank_mask.mask.png").write_bytes(tf.io.encode_png(np.zeros((30, 20, 1), np.uint8)).numpy())
+  (tmp_path / "cutouts" / "nothing").mkdir()  # A class with no cut-out of its own.
   loaded = cutouts.load_cutouts(str(tmp_path / "cutouts"), (40, 40))
   assert len(loaded.images) == 1
   warnings = "\n".join(r.getMessage() for r in caplog.records)
   for expected in ("invisible.png: fully transparent", "blank_mask.mask.png: fully transparent",
-                   "2 of 3 cut-outs"):
+                   "2 of 3 cut-outs", "no usable cut-out of class nothing"):
     assert expected in warnings
+
+
+def test_written_cutouts_load_back_in_their_class_order(tmp_path):
+  """Class ids follow classes.txt, not the folders' sorted names ("one" < "two" < "zero"; "10" < "2")."""
+  names = ["zero", "one", "two"] + [str(n) for n in range(3, 12)]
+  images = np.zeros((len(names), 8, 8, 4), np.float32)
+  images[:, 2:6, 2:6] = 1.0
+  images[:, 3, 3, 0] = np.arange(len(names)) / 20  # Tells the cut-outs apart.
+  cutouts.write_cutouts(images, np.arange(len(names)), names, str(tmp_path / "cutouts"))
+  loaded = cutouts.load_cutouts(str(tmp_path / "cutouts"), (8, 8))
+  assert loaded.class_names == names
+  np.testing.assert_allclose(loaded.images[:, 3, 3, 0], images[loaded.classes, 3, 3, 0], atol=1 / 255)
+  (tmp_path / "cutouts" / "classes.txt").write_text("zero\none\n")  # Names too few of the folders.
+  with pytest.raises(DataError, match="classes.txt lists .* but the class folders are"):
+    cutouts.load_cutouts(str(tmp_path / "cutouts"), (8, 8))
 
 
 @pytest.mark.parametrize("class_names", [[str(d) for d in range(10)], ["digit"]])

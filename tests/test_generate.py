@@ -16,7 +16,7 @@ import tensorflow as tf
 from pycocotools.coco import COCO
 
 from conftest import DETECTION_SMOKE_FLAGFILE, REPO_ROOT, smoke_config
-from terse_tf import export, generation, trainer as trainer_lib
+from terse_tf import export, files, generation, trainer as trainer_lib
 from terse_tf.data import cutouts, mnist, photos
 from terse_tf.errors import ConfigError, DataError
 
@@ -265,6 +265,9 @@ def test_bad_inputs_are_one_error_naming_the_flag_or_file(affnist_export, detect
   root, paths = affnist_export
   detection_root, detection_paths = detection_export
   config = small_config(root, paths, tmp_path / "out")
+  # A target export where the synthesizer's belongs.
+  with pytest.raises(ConfigError, match="--synthesizer=.*: this is an exported target"):
+    generation.Generator(dataclasses.replace(config, synthesizer=paths[export.TARGET_DIR]))
   # A target of the other kind (and image size) than the synthesizer's.
   with pytest.raises(ConfigError, match="--target=.* is a detector .* --synthesizer=.* makes classification"):
     generation.Generator(dataclasses.replace(config, target=detection_paths[export.TARGET_DIR]))
@@ -300,9 +303,11 @@ def test_bad_inputs_are_one_error_naming_the_flag_or_file(affnist_export, detect
   # A finished shard whose sidecar is lost or corrupt cannot be resumed.
   generation.Generator(config).run()
   sidecar = tmp_path / "out" / "composites-00001-of-00002.json"
-  for damage in (sidecar.unlink, lambda: sidecar.write_text('{"records": 2')):
+  emptied = '{"records": 2, "drawn": 2, "annotations": [], "recipe": {}}'  # Damaged, not other settings.
+  for damage in (sidecar.unlink, lambda: sidecar.write_text('{"records": 2'), lambda: sidecar.write_text(emptied)):
     damage()
-    with pytest.raises(DataError, match=f"{sidecar}: (missing|unreadable).* delete composites-00001-of-00002"):
+    with pytest.raises(DataError, match=f"{sidecar}: (missing|unreadable|not a shard's sidecar).* delete "
+                                        "composites-00001-of-00002"):
       generation.Generator(config).run()
 
 
@@ -348,3 +353,21 @@ def test_the_launcher_prints_bad_inputs_as_one_line(affnist_export, detection_ex
     lines = [line for line in stderr.splitlines() if line.startswith("terse_tf.generate: error: ")]
     assert process.returncode != 0 and "Traceback" not in stderr, stderr[-3000:]
     assert len(lines) == 1 and expected in lines[0], stderr[-3000:]
+
+
+def test_a_second_generation_into_an_out_in_use_is_refused(affnist_export, tmp_path):
+  out = tmp_path / "out"
+  out.mkdir()
+  holder = subprocess.Popen(  # Another process holding --out, as a generation still going does.
+      [sys.executable, "-c", "import sys, time; from terse_tf import files; "
+       "files.DirectoryLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(300)", str(out)],
+      cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(ConfigError, match=f"--out={out} is in use by another process \\(pid {holder.pid} "):
+      generation.Generator(small_config(*affnist_export, out)).run()
+    assert os.listdir(out) == [files.LOCK_NAME]
+  finally:
+    holder.kill()
+    holder.wait()
+  generation.Generator(small_config(*affnist_export, out)).run()  # The killed holder left no lock behind.

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import DETECTION_SMOKE_FLAGFILE, SMOKE_FLAGFILE, smoke_config
-from terse_tf import losses, train_lib, trainer as trainer_lib
+from terse_tf import files, losses, train_lib, trainer as trainer_lib
 from terse_tf.networks import synthesizer
 from terse_tf.errors import ConfigError, DataError, NonFiniteLossError, TerseError
 
@@ -242,10 +242,45 @@ def test_the_hard_examples_grid_draws_what_the_labels_show(tmp_path):
   assert red.sum() > 50  # The boxes' red outlines (a photo is seldom pure red).
 
 
+def test_a_finished_run_whose_export_was_cut_short_exports_again(tmp_path):
+  config = smoke_config(str(tmp_path), cycles=0, baseline_epochs=1)
+  train_lib.run(config)
+  export_dir = os.path.join(config.run_dir, "export")
+  versions = lambda name: sorted(os.listdir(os.path.join(export_dir, name)))
+  os.rename(os.path.join(export_dir, "synthesizer", "1"), os.path.join(export_dir, "synthesizer", "1.writing"))
+  train_lib.run(config)  # Killed mid-export, the finished run exports again...
+  assert versions("synthesizer") == ["1"] and versions("target") == ["1", "2"]
+  train_lib.run(config)  # ...and once both exports are whole, a rerun adds none.
+  assert versions("synthesizer") == ["1"] and versions("target") == ["1", "2"]
+
+
+def test_a_checkpoint_written_before_dropout_seeds_were_kept_still_resumes(tmp_path, caplog):
+  config = smoke_config(str(tmp_path), cycles=1, export=False)
+  earlier = trainer_lib.Trainer(config)  # A checkpoint in the format runs wrote before.
+  tf.train.CheckpointManager(earlier._checkpoint_without_dropout_seeds,
+                             os.path.join(config.run_dir, "checkpoints"), max_to_keep=3).save()
+  with caplog.at_level("WARNING"):
+    resumed = trainer_lib.Trainer(config)
+  assert resumed.resumed_from and "predates checkpoints that keep the dropout" in caplog.text
+  assert resumed.run()["cycles_completed"] == 1
+
+
+def test_a_damaged_checkpoint_is_an_error_naming_it(tmp_path):
+  config = smoke_config(str(tmp_path), cycles=0, export=False)
+  train_lib.run(config)
+  latest = tf.train.latest_checkpoint(os.path.join(config.run_dir, "checkpoints"))
+  (data,) = glob.glob(latest + ".data-*")
+  with open(data, "r+b") as f:
+    f.truncate(16)
+  with pytest.raises(DataError, match=f"{latest}: damaged checkpoint .*--fresh"):
+    trainer_lib.Trainer(config)
+
+
 def test_a_start_killed_before_its_first_checkpoint_leaves_no_stale_event_file(tmp_path):
   config = smoke_config(str(tmp_path), export=False)
   events = lambda: glob.glob(os.path.join(config.run_dir, "tensorboard", "events.out.tfevents.*"))
-  trainer_lib.Trainer(config).writer.flush()  # A start that ended before it saved anything.
+  trainer_lib.Trainer(config).writer.flush()  # A start that ended before it saved anything...
+  files.write_json(os.path.join(config.run_dir, "config.json"), {})  # ...after train_lib wrote its config.
   assert len(events()) == 1
   trainer_lib.Trainer(config).writer.flush()  # The next start has no checkpoint to resume: it starts over.
   assert len(events()) == 1

@@ -1,14 +1,18 @@
 """Foreground cut-outs from a folder: what a user brings to paste (the dataset generator, bring-your-own
 targets).
 
-Layout, one sub-folder per class (sorted names are the class ids 0, 1, ...):
+Layout, one sub-folder per class:
     <dir>/<class>/<name>.png            an image with an alpha channel (RGBA, or grey + alpha), or
     <dir>/<class>/<name>.<png|jpg|...>  an image without one, beside
-    <dir>/<class>/<name>.mask.png       its mask (the object where the mask is bright).
+    <dir>/<class>/<name>.mask.png       its mask (the object where the mask is bright);
+    <dir>/classes.txt                   optional: the class folders' names, one a line, in class-id order.
+Without classes.txt the sorted folder names are the class ids 0, 1, ... (so "10" comes before "2"; write
+the file when that order is not yours: `write_cutouts` always does).
 Each cut-out is scaled to fit the synthesizer's cut-out size (aspect kept, centred, transparent padding).
 A file that cannot be read, a mask whose size differs from its image, an image with neither alpha nor
 mask, or one with nothing visible (alpha or mask 0 everywhere) is skipped with a warning naming it, and the
-count is logged; a folder with no usable cut-out is an error naming it.
+count is logged; a folder with no usable cut-out is an error naming it, and a class sub-folder with none a
+warning.
 
 `bundled_digits` makes cut-outs of the MNIST digits that ship with terse_tf, for `--foregrounds=bundled`.
 """
@@ -22,11 +26,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from terse_tf import files
 from terse_tf.data import mnist
 from terse_tf.data.photos import IMAGE_EXTENSIONS, luminance, to_uint8
 from terse_tf.errors import ConfigError, DataError
 
 MASK_SUFFIX = ".mask.png"
+CLASSES_FILE = "classes.txt"
 BUNDLED = "bundled"  # --foregrounds value for bundled_digits.
 # Digits --foregrounds=bundled pastes: variety enough for any dataset size, 25 MB of float cut-outs at 40x40.
 BUNDLED_DIGITS = 1000
@@ -97,7 +103,7 @@ def load_cutouts(directory: str, size: tuple[int, int], flag: str = "--foregroun
   """Every cut-out under `directory` (the module's layout), fitted to `size`."""
   if not os.path.isdir(directory):
     raise DataError(f"{flag}={directory}: not a directory; expected one sub-folder of cut-outs per class")
-  class_names = sorted(name for name in os.listdir(directory) if os.path.isdir(os.path.join(directory, name)))
+  class_names = class_order(directory, flag)
   images, classes, skipped, seen = [], [], 0, 0
   for class_id, name in enumerate(class_names):
     folder = os.path.join(directory, name)
@@ -117,14 +123,35 @@ def load_cutouts(directory: str, size: tuple[int, int], flag: str = "--foregroun
   if not images:
     raise DataError(f"{flag}={directory}: no usable cut-out; expected <class>/<name>.png with an alpha channel, "
                     f"or an image with a <name>{MASK_SUFFIX} beside it")
+  empty = [name for class_id, name in enumerate(class_names) if class_id not in classes]
+  if empty:  # Still a class (ids follow the folders), but nothing of it will be pasted.
+    logging.warning("%s=%s: no usable cut-out of class %s", flag, directory, ", ".join(empty))
   return Cutouts(np.stack(images), np.array(classes, np.int32), class_names)
+
+
+def class_order(directory: str, flag: str = "--foregrounds") -> list[str]:
+  """The class folders of a cut-out directory in class-id order: as its CLASSES_FILE lists them, else
+  sorted by name."""
+  folders = sorted(name for name in os.listdir(directory) if os.path.isdir(os.path.join(directory, name)))
+  listing = os.path.join(directory, CLASSES_FILE)
+  if not os.path.exists(listing):
+    return folders
+  with open(listing) as f:
+    names = [line.strip() for line in f if line.strip()]
+  if sorted(names) != folders:
+    raise DataError(f"{flag}={directory}: {CLASSES_FILE} lists {names}, but the class folders are {folders}; "
+                    "expected each folder named once, in class-id order")
+  return names
 
 
 def write_cutouts(images: np.ndarray, classes: np.ndarray, class_names: list[str], directory: str) -> None:
   """Writes cut-outs [N, h, w, 4] (straight RGB + alpha in [0, 1]) of `classes` [N] as RGBA PNGs in the
-  module's layout: how to turn your own (or the bundled) objects into a --foregrounds folder."""
+  module's layout, with CLASSES_FILE keeping `class_names`' order: how to turn your own (or the bundled)
+  objects into a --foregrounds folder."""
   for class_id, name in enumerate(class_names):
     os.makedirs(os.path.join(directory, name), exist_ok=True)
+  files.atomic_write(os.path.join(directory, CLASSES_FILE),
+                     lambda f: f.write("".join(f"{name}\n" for name in class_names).encode()))
   for index, (image, class_id) in enumerate(zip(images, classes)):
     encoded = tf.io.encode_png(to_uint8(image)).numpy()
     with open(os.path.join(directory, class_names[class_id], f"{index:06d}.png"), "wb") as f:

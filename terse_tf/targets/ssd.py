@@ -30,7 +30,8 @@ class SSDTarget(Target):
   (boxes.encode) from the A `anchors` [A, 4] in centre form (cy, cx, h, w), normalised}."""
 
   hardness_range = (0.0, 1.0)  # a probability
-  # T gives the object's class under even odds at its box (A.2 names a threshold, not its value).
+  # T gives the object's class under even odds at its box. A.2 picks composites below a probability whose
+  # value our copy of the paper lost; 0.5 is our choice.
   default_hard_threshold = 0.5
 
   def __init__(self, model: keras.Model, anchors: tf.Tensor, max_detections: int = 100):
