@@ -678,13 +678,22 @@ class Trainer:
       return tf.constant(0.0)
     return losses.l2_penalty(variables, weight) / self.strategy.num_replicas_in_sync
 
+  def _model_penalties(self, model: keras.Model) -> tf.Tensor:
+    """This replica's share of the penalties a model's own layers add (Keras `losses`: a user's
+    kernel_regularizer, say), read after the model's call: 1/replicas of them, as for the coupled decay."""
+    if not model.losses:
+      return tf.constant(0.0)
+    return tf.add_n(model.losses) / self.strategy.num_replicas_in_sync
+
   def _target_step_fn(self, batch) -> tf.Tensor:
-    """One SGD step of T on a global batch; returns T's mean loss on it (without the decay term)."""
+    """One SGD step of T on a global batch; returns T's mean loss on it (without the decay term and the
+    model's own penalties)."""
     def replica_step(images, labels):
       variables = self.target.model.trainable_variables
       with tf.GradientTape() as tape:
         loss = self.target.replica_loss(self.target.model(images, training=True), labels)
-        regularized = loss + self._coupled_decay(variables, self.config.target_weight_decay)
+        regularized = (loss + self._coupled_decay(variables, self.config.target_weight_decay) +
+                       self._model_penalties(self.target.model))
       self.target_optimizer.apply_gradients(zip(tape.gradient(regularized, variables), variables))
       return loss
 
@@ -742,7 +751,8 @@ class Trainer:
           adversarial = tf.nn.compute_average_loss(
               losses.synthesizer_adversarial_loss(self.discriminator(images, training=False)))
         loss = -target_loss + config.diversity_weight * diversity + config.discriminator_weight * adversarial
-        regularized = loss + self._coupled_decay(variables, config.synth_weight_decay)
+        regularized = (loss + self._coupled_decay(variables, config.synth_weight_decay) +
+                       self._model_penalties(self.synthesizer))
       self.synth_optimizer.apply_gradients(zip(tape.gradient(regularized, variables), variables))
       judgement = self.target.judge(target_outputs, composition.labels)
       pasted = tf.cast(composition.pasted, tf.int32)  # strategy.gather takes no bool.

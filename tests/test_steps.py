@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -198,3 +199,19 @@ def test_one_step_under_mirrored_strategy_equals_the_single_device_step(tmp_path
     np.testing.assert_allclose(*report[key], rtol=1e-5, err_msg=key)
   for key in ("params", "margins", "target", "synthesizer"):
     assert report[key] < 1e-5, (key, report)
+
+
+def test_the_targets_own_regularizers_join_its_loss(tmp_path):
+  """A kernel_regularizer of the model (a user's, say) counts in T's step, once per global batch."""
+  trainer = deterministic_trainer(tmp_path, target_weight_decay=0.0)
+  kernel = trainer.target.model.layers[-1].kernel
+  kernel.regularizer = keras.regularizers.L2(0.5)  # Penalty 0.5 * sum(w^2): gradient w.
+  assert trainer.target.model.losses  # Keras reports it...
+  images, labels = digit_batch(trainer)
+  variables = trainer.target.model.trainable_variables
+  w0, g = values(variables), target_gradients(trainer, images, labels)
+  trainer._target_step((images, labels))
+  lr = trainer.config.target_lr
+  for variable, before, gradient, after in zip(variables, w0, g, values(variables)):
+    penalty_gradient = before if variable is kernel else 0.0  # ...and the step follows it.
+    np.testing.assert_allclose(after, before - lr * (gradient + penalty_gradient), atol=1e-6)
