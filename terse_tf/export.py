@@ -31,7 +31,6 @@ is hard when its hardness is below --hard_threshold.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -39,6 +38,7 @@ import shutil
 import keras
 import tensorflow as tf
 
+from terse_tf import files
 from terse_tf.errors import DataError
 from terse_tf.targets.base import Target
 from terse_tf.tasks.base import Task
@@ -127,13 +127,7 @@ def digest(saved_model: str) -> str:
   variables_dir = os.path.join(saved_model, "variables")
   if os.path.isdir(variables_dir):
     paths += [os.path.join(variables_dir, name) for name in sorted(os.listdir(variables_dir))]
-  hasher = hashlib.sha256()
-  for path in paths:
-    hasher.update(os.path.relpath(path, saved_model).encode() + b"\0")
-    with open(path, "rb") as f:
-      for block in iter(lambda: f.read(1 << 20), b""):
-        hasher.update(block)
-  return hasher.hexdigest()
+  return files.content_digest(saved_model, paths)
 
 
 def load(path: str, flag: str):

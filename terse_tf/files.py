@@ -4,6 +4,7 @@ directory locks: one process at a time writes a directory, and a killed one leav
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -46,6 +47,19 @@ def write_json(path: str, payload: dict) -> None:
 
 def savez(path: str, compressed: bool = False, **arrays: np.ndarray) -> None:
   atomic_write(path, lambda f: (np.savez_compressed if compressed else np.savez)(f, **arrays))
+
+
+def content_digest(root: str, paths: list[str]) -> str:
+  """A sha256 of files' names (relative to `root`) and bytes: what they hold, whatever spelling of the path
+  names them (a model retrained into the same folder digests otherwise, one folder under two spellings
+  alike)."""
+  hasher = hashlib.sha256()
+  for path in paths:
+    hasher.update(os.path.relpath(path, root).encode() + b"\0")
+    with open(path, "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        hasher.update(block)
+  return hasher.hexdigest()
 
 
 LOCK_NAME = ".terse_tf.lock"

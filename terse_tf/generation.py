@@ -30,7 +30,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -170,17 +169,6 @@ class Target:
     return ("a detector (hardness: its confidence at the object)" if self.detector
             else "a classifier (hardness: p_gt - max_other)")
 
-  def threshold(self, value: float | None) -> float:
-    """--hard_threshold for this target: its own default when unset; a ConfigError outside its hardness
-    range (also for NaN), where it would keep everything or nothing."""
-    if value is None:
-      return self.kind.default_hard_threshold
-    low, high = self.kind.hardness_range
-    if not low <= value <= high:
-      raise ConfigError(f"--hard_threshold={value}: {self.flag} is {self.describe()}, which lies in "
-                        f"[{low:g}, {high:g}]; its default is {self.kind.default_hard_threshold:g}")
-    return value
-
   def hardness(self, images: np.ndarray, labels: dict[str, np.ndarray]) -> np.ndarray:
     return self.function(images=tf.constant(images), **{k: tf.constant(v) for k, v in labels.items()}
                          )["hardness"].numpy()
@@ -301,7 +289,7 @@ class Generator:
       raise ConfigError(f"{target.flag} takes {target.image_shape} images, but --synthesizer="
                         f"{config.synthesizer} makes {synthesizer.background_shape} composites: give the target "
                         "exported with this synthesizer (its run's export/target)")
-    return target.threshold(config.hard_threshold)
+    return target.kind.resolve_hard_threshold(config.hard_threshold, f"{target.flag}, {target.describe()}")
 
   # ------------------------------------------------------------------------------------ inputs
   def _backgrounds(self, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -453,9 +441,9 @@ class Generator:
             "target": export.digest(self.target.path) if self.target else "",
             "hard_threshold": self.hard_threshold,
             "foregrounds": (cutouts_lib.BUNDLED if config.foregrounds == cutouts_lib.BUNDLED else
-                            _files_digest(config.foregrounds, _files_under(config.foregrounds))),
+                            files.content_digest(config.foregrounds, _files_under(config.foregrounds))),
             "backgrounds": (config.backgrounds if config.backgrounds in ("", BUNDLED_PHOTOS) else
-                            _files_digest(config.backgrounds, photos_lib.image_paths(config.backgrounds))),
+                            files.content_digest(config.backgrounds, photos_lib.image_paths(config.backgrounds))),
             **{k: getattr(config, k) for k in fields}}
 
   def recipe(self) -> dict:
@@ -603,17 +591,6 @@ def _files_under(folder: str) -> list[str]:
   """Every file under `folder`, in a fixed order."""
   return [os.path.join(directory, name) for directory, _, names in sorted(os.walk(folder))
           for name in sorted(names)]
-
-
-def _files_digest(folder: str, paths: list[str]) -> str:
-  """A hash of the files' names (relative to `folder`) and bytes: a folder's identity by content, whatever
-  spelling of its path names it."""
-  hasher = hashlib.sha256()
-  for path in paths:
-    hasher.update(os.path.relpath(path, folder).encode() + b"\0")
-    with open(path, "rb") as f:
-      hasher.update(f.read())
-  return hasher.hexdigest()
 
 
 def _differences(earlier: dict | None, now: dict) -> list[str]:

@@ -49,7 +49,6 @@ from terse_tf.data import affnist, mnist
 from terse_tf.errors import ConfigError, DataError, NonFiniteLossError, WorkerLostError
 from terse_tf.networks import discriminator as discriminator_lib
 from terse_tf.networks import synthesizer
-from terse_tf.targets.base import Target
 from terse_tf.tasks import affnist as affnist_task
 from terse_tf.tasks import photo_digits
 
@@ -237,19 +236,6 @@ def task_config(config: TrainConfig) -> affnist_task.AffnistTaskConfig | photo_d
       synthesizer=synthesizer_settings(config), data_seed=config.data.seed)
 
 
-def hard_threshold(config: TrainConfig, target: Target) -> float:
-  """The run's --hard_threshold: the config's, else the target's default; one inside the target's hardness
-  range (a threshold outside it makes every composite hard, or none)."""
-  if config.hard_threshold is None:
-    return target.default_hard_threshold
-  low, high = target.hardness_range
-  if not low <= config.hard_threshold <= high:
-    raise ConfigError(f"--hard_threshold={config.hard_threshold} lies outside the range of this target's "
-                      f"hardness score, [{low:g}, {high:g}] (target {type(target).__name__}); its default is "
-                      f"{target.default_hard_threshold:g}")
-  return config.hard_threshold
-
-
 def _flatten(settings: dict, prefix: str = "") -> dict:
   """{"data": {"seed": 0}} -> {"data.seed": 0}: nested settings by their full names, to say which differ."""
   flat = {}
@@ -401,7 +387,8 @@ class Trainer:
     decoupled = config.weight_decay_mode == "decoupled"
     with self.strategy.scope():
       self.target = self.task.build_target()
-      self.hard_threshold = hard_threshold(config, self.target)
+      self.hard_threshold = self.target.resolve_hard_threshold(config.hard_threshold,
+                                                               f"target {type(self.target).__name__}")
       self.synthesizer = self.task.build_synthesizer(seed=config.seed)
       self.target_optimizer = keras.optimizers.SGD(
           config.target_lr, momentum=config.target_momentum,

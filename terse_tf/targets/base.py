@@ -14,6 +14,8 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
+from terse_tf.errors import ConfigError
+
 Labels = dict[str, tf.Tensor]
 
 
@@ -32,6 +34,19 @@ class Target(abc.ABC):
   hardness_range: tuple[float, float]
   # The --hard_threshold a run gets when it sets none: below it, a composite is hard.
   default_hard_threshold: float
+
+  @classmethod
+  def resolve_hard_threshold(cls, value: float | None, which: str) -> float:
+    """--hard_threshold for this kind of target (`which` names it in the error): `value`, or the default when
+    it is None; a ConfigError outside hardness_range, NaN included, where it would make every composite
+    hard, or none."""
+    if value is None:
+      return cls.default_hard_threshold
+    low, high = cls.hardness_range
+    if not low <= value <= high:
+      raise ConfigError(f"--hard_threshold={value} lies outside the range of the hardness score, which lies in "
+                        f"[{low:g}, {high:g}] for {which}; its default is {cls.default_hard_threshold:g}")
+    return value
 
   @abc.abstractmethod
   def replica_loss(self, outputs, labels: Labels) -> tf.Tensor:
