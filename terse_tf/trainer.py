@@ -44,6 +44,9 @@ from absl import logging
 
 from terse_tf import compositor as compositor_lib
 from terse_tf import files, losses, tasks
+from terse_tf import progress as progress_lib
+from terse_tf.progress import (PHASE_BASELINE, PHASE_DONE, PHASE_FINETUNE, PHASE_NAMES, PHASE_SYNTHESIZE,
+                               Progress)
 from terse_tf.cache import HardExampleCache, as_stored
 from terse_tf.data import affnist, mnist
 from terse_tf.errors import ConfigError, DataError, NonFiniteLossError, WorkerLostError
@@ -60,8 +63,6 @@ SAMPLE_SOURCES = ("terse", "random_affine", "cut_paste", "none")
 # Weight decay as the paper's PyTorch optimizers apply it (an L2 term whose gradient joins the loss's before
 # momentum or Adam's moments), or Keras 3's own decoupled decay (w -= lr * decay * w after the update).
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")
-PHASE_BASELINE, PHASE_SYNTHESIZE, PHASE_FINETUNE, PHASE_DONE = range(4)
-PHASE_NAMES = ("baseline", "synthesize", "finetune", "done")
 # What --fresh removes: only the paths a run writes, never the rest of the run directory.
 RUN_OUTPUTS = ("checkpoints", "cache", "tensorboard", "export", "results.json", "config.json")
 # Hard composites per cycle shown in TensorBoard's grid.
@@ -306,54 +307,6 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return True
   return (resolver.task_type == "worker" and resolver.task_id == 0 and
           "chief" not in resolver.cluster_spec().as_dict())
-
-
-def format_duration(seconds: float) -> str:
-  """4h02m, 12m07s or 37s."""
-  seconds = int(round(seconds))
-  if seconds >= 3600:
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-  if seconds >= 60:
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-  return f"{seconds}s"
-
-
-class Progress:
-  """Where a run is and how long is left, for its log lines.
-
-  A phase's ETA extrapolates the time it has taken so far over the share of it done. The run's ETA
-  extrapolates the rate at which this process has gone through cycles (a cycle's synthesis and its
-  fine-tuning count as a half each), so it exists once some cycle work has been timed.
-  """
-
-  def __init__(self, cycles: int, elapsed_before: float):
-    self.cycles = cycles
-    self._started, self._elapsed_before = time.monotonic(), elapsed_before
-    self._phase_started = self._started
-    self._first_mark: tuple[float, float] | None = None  # (time, cycles done) when cycle work was first seen.
-
-  def elapsed(self) -> float:
-    """Seconds the run has trained, across resumes."""
-    return self._elapsed_before + time.monotonic() - self._started
-
-  def start_phase(self) -> None:
-    self._phase_started = time.monotonic()
-
-  def describe(self, phase_done: float, cycles_done: float | None = None) -> str:
-    """`phase_done` in [0, 1] of the current phase; `cycles_done` (fractional), None before cycle 1."""
-    now = time.monotonic()
-    phase_elapsed = now - self._phase_started
-    parts = [f"elapsed {format_duration(self.elapsed())}"]
-    if phase_done > 0:
-      parts.append(f"phase ETA {format_duration(phase_elapsed * (1 - phase_done) / phase_done)}")
-    if cycles_done is not None:
-      if self._first_mark is None:
-        self._first_mark = (now, cycles_done)
-      mark_time, mark_cycles = self._first_mark
-      if cycles_done > mark_cycles:
-        rate = (now - mark_time) / (cycles_done - mark_cycles)
-        parts.append(f"run ETA {format_duration(rate * (self.cycles - cycles_done))}")
-    return ", ".join(parts)
 
 
 class Trainer:
@@ -757,22 +710,11 @@ class Trainer:
 
   # ----------------------------------------------------------------------------------------- phases
   def _where(self) -> str:
-    """"baseline" or "cycle 3/8 synthesize": the part of the schedule the run is in."""
-    phase = PHASE_NAMES[int(self.phase.numpy())]
-    if int(self.phase.numpy()) == PHASE_BASELINE:
-      return phase
-    return f"cycle {int(self.cycle.numpy())}/{self.config.cycles} {phase}"
-
-  def _cycles_done(self, phase_done: float) -> float | None:
-    """Cycles completed, fractionally (synthesis and fine-tuning a half each); None during the baseline."""
-    phase = int(self.phase.numpy())
-    if phase == PHASE_BASELINE:
-      return None
-    half = 0.0 if phase == PHASE_SYNTHESIZE else 0.5
-    return int(self.cycle.numpy()) - 1 + half + 0.5 * phase_done
+    return progress_lib.where(int(self.phase.numpy()), int(self.cycle.numpy()), self.config.cycles)
 
   def _progress(self, phase_done: float) -> str:
-    return self.progress.describe(phase_done, self._cycles_done(phase_done))
+    return self.progress.describe(phase_done, progress_lib.cycles_done(
+        int(self.phase.numpy()), int(self.cycle.numpy()), phase_done))
 
   def _train_target_epochs(self, epochs: int, seed_base: int, steps_per_epoch: int = 0) -> None:
     """`epochs` passes over real + cache (or of `steps_per_epoch` batches each), checkpointed after each."""

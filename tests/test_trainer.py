@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from conftest import DETECTION_SMOKE_FLAGFILE, SMOKE_FLAGFILE, smoke_config
 from terse_tf import files, losses, train_lib, trainer as trainer_lib
+from terse_tf import progress as progress_lib
 from terse_tf.networks import synthesizer
 from terse_tf.errors import ConfigError, DataError, NonFiniteLossError, TerseError
 
@@ -59,7 +60,7 @@ def test_smoke_run_reports_the_accuracy_of_the_target_it_ends_with(smoke_run):
 def test_smoke_run_fills_the_cache_per_class_and_cycle(smoke_run):
   config, _ = smoke_run
   trainer = trainer_lib.Trainer(config)  # Resumes the finished run: nothing left to train.
-  assert int(trainer.phase.numpy()) == trainer_lib.PHASE_DONE
+  assert int(trainer.phase.numpy()) == progress_lib.PHASE_DONE
   images, labels = trainer.cache.contents()
   assert len(labels["label"]) == len(images) > 0 and images.shape[1:] == (40, 40, 1)
   for cycle in (1, 2):
@@ -96,7 +97,7 @@ def test_fresh_starts_over(tmp_path):
   assert os.listdir(tmp_path / "checkpoints")
   (tmp_path / "notes.txt").write_text("not ours")
   trainer = trainer_lib.Trainer(smoke_config(str(tmp_path), fresh=True, cycles=0, export=False))
-  assert int(trainer.phase.numpy()) == trainer_lib.PHASE_BASELINE
+  assert int(trainer.phase.numpy()) == progress_lib.PHASE_BASELINE
   assert int(trainer.target_global_step.numpy()) == 0
   assert (tmp_path / "notes.txt").exists()  # --fresh removes only what a run writes
 
@@ -169,7 +170,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   last_good = trainer.checkpoint_manager.latest_checkpoint
   for variable in trainer.target.model.trainable_variables:
     variable.assign(variable * np.nan)
-  trainer.phase.assign(trainer_lib.PHASE_FINETUNE)
+  trainer.phase.assign(progress_lib.PHASE_FINETUNE)
   trainer.epoch_in_phase.assign(0)
   with pytest.raises(NonFiniteLossError, match="target loss became nan.*last good checkpoint"):
     trainer.run()
@@ -467,11 +468,11 @@ def test_diversity_penalty_keeps_the_synthesizers_transforms_spread(tmp_path, co
 
 @pytest.mark.parametrize("seconds,text", [(0.4, "0s"), (37, "37s"), (727, "12m07s"), (14520, "4h02m")])
 def test_durations_read_at_a_glance(seconds, text):
-  assert trainer_lib.format_duration(seconds) == text
+  assert progress_lib.format_duration(seconds) == text
 
 
 def test_run_eta_extrapolates_the_rate_through_the_cycles():
-  progress = trainer_lib.Progress(cycles=8, elapsed_before=100.0)
+  progress = progress_lib.Progress(cycles=8, elapsed_before=100.0)
   assert "run ETA" not in progress.describe(0.0, cycles_done=2.0)  # Nothing timed yet.
   progress._first_mark = (progress._first_mark[0] - 60.0, 2.0)  # One cycle took a minute...
   assert progress.describe(0.5, cycles_done=3.0).endswith("run ETA 5m00s")  # ...five remain.
