@@ -23,7 +23,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import report as bench_report  # pylint: disable=wrong-import-position
-from terse_tf import train, trainer as trainer_lib  # pylint: disable=wrong-import-position
+from terse_tf import pipelines, train, trainer as trainer_lib  # pylint: disable=wrong-import-position
 
 flags.DEFINE_integer("repeats", 20, "Timed rounds (after warm-up).", lower_bound=3)
 flags.DEFINE_string("out", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
@@ -42,7 +42,8 @@ def main(argv):
     FLAGS.run_dir = run_dir
     config = train.config_from_flags()
     trainer = trainer_lib.Trainer(config)
-    batch = next(iter(trainer._synth_dataset(seed=0)))  # pylint: disable=protected-access
+    batch = next(iter(pipelines.synth_dataset(trainer.task, trainer.strategy, trainer.config.synth_batch_size, 0,
+                                              with_real=trainer.discriminator is not None)))
     synth_batch, real = batch if trainer.discriminator is not None else (batch, None)
     images, labels = trainer.task.real_examples()
     size = config.synth_batch_size

@@ -40,14 +40,13 @@ import keras
 import numpy as np
 from absl import logging
 
-from terse_tf import compositor, tasks, train_lib
-from terse_tf import trainer as trainer_lib
+from terse_tf import compositor, distribute, train_lib
+from terse_tf.config import TrainConfig, common_settings
 from terse_tf.data import cutouts as cutouts_lib
 from terse_tf.data import photos
 from terse_tf.errors import ConfigError, TerseError
 from terse_tf.tasks.custom import (DEFAULT_RANGES, BoxesPerImage, CustomClassificationTask,
                                    CustomDetectionConfig, CustomDetectionTask, CustomTaskConfig)
-from terse_tf.trainer import TrainConfig
 
 
 def _in_keyword_terms(error: TerseError) -> TerseError:
@@ -79,7 +78,7 @@ def _model_fn(model: keras.Model | Callable[[], keras.Model], train_options: dic
               ) -> tuple[Callable[[], keras.Model], keras.Model]:
   """(a function that builds the user's model, one model it built, to read its shapes from)."""
   if train_options.get("strategy") == "multi_worker":  # Before the first op: the probe below makes some.
-    trainer_lib.build_strategy("multi_worker")
+    distribute.build_strategy("multi_worker")
   model_fn = model if callable(model) and not isinstance(model, keras.Model) else (lambda: model)
   probe = model_fn()
   if not isinstance(probe, keras.Model):
@@ -92,15 +91,15 @@ def _model_fn(model: keras.Model | Callable[[], keras.Model], train_options: dic
   return model_fn, probe
 
 
-def _train_config(run_dir: str, task: str, train_options: dict) -> TrainConfig:
-  fields = {field.name for field in dataclasses.fields(TrainConfig)}
+def _train_config(run_dir: str, task: str, settings: CustomTaskConfig, train_options: dict) -> TrainConfig:
+  fields = {field.name for field in dataclasses.fields(TrainConfig)} - {"task", "task_settings"}
   unknown = sorted(set(train_options) - fields)
   if unknown:
     raise ConfigError(f"unknown training options {unknown}; TrainConfig has {sorted(fields)}")
   for name in ("hard_per_class", "eval_after_cycles"):  # One number for every cycle, as the flags take it.
     if isinstance(train_options.get(name), int):
       train_options[name] = (train_options[name],)
-  return TrainConfig(run_dir=run_dir, task=task, **train_options)
+  return TrainConfig(run_dir=run_dir, task=task, task_settings=settings, **train_options)
 
 
 @_api_run
@@ -112,15 +111,13 @@ def train_classifier(model: keras.Model | Callable[[], keras.Model], cutouts: st
   train under a multi-device strategy, whose variables must be made inside its scope). Returns the run's
   results (results.json), with `test_accuracy_before` and `test_accuracy_after`."""
   model_fn, probe = _model_fn(model, train_options)
-  config = _train_config(run_dir, tasks.CUSTOM, train_options)
+  config = _train_config(run_dir, CustomClassificationTask.name,
+                         CustomTaskConfig(ranges=ranges, num_backgrounds=num_backgrounds), train_options)
   loaded = cutouts_lib.load_cutouts(cutouts, tuple(probe.input_shape[1:3]), flag="cutouts")
   photos_list = photos.read_photos(photos.image_paths(backgrounds), f"backgrounds={backgrounds}",
                                    min_side=min(probe.input_shape[1:3]))
-  task = CustomClassificationTask(
-      model_fn, loaded, photos_list, real, test,
-      CustomTaskConfig(ranges=ranges, num_backgrounds=num_backgrounds,
-                       synthesizer=trainer_lib.synthesizer_settings(config)),
-      seed=config.seed)
+  task = CustomClassificationTask(config.task_settings, common_settings(config), model_fn=model_fn,
+                                  cutouts=loaded, backgrounds=photos_list, real=real, test=test, seed=config.seed)
   return train_lib.run(config, task=task)
 
 
@@ -137,15 +134,13 @@ def train_detector(model: keras.Model | Callable[[], keras.Model], anchors: np.n
   `test_ap50_before` and `test_ap50_after` (COCO AP@0.5 on `test`)."""
   model_fn, probe = _model_fn(model, train_options)
   height, width = probe.input_shape[1:3]
-  config = _train_config(run_dir, tasks.CUSTOM_DETECTION, train_options)
   side = cutout_size or min(height, width) // 3
+  config = _train_config(run_dir, CustomDetectionTask.name, CustomDetectionConfig(
+      ranges=ranges, cutout_size=side, max_objects=max_objects, min_visible=min_visible,
+      background_artifact_fraction=background_artifact_fraction, num_backgrounds=num_backgrounds), train_options)
   loaded = cutouts_lib.load_cutouts(cutouts, (side, side), flag="cutouts")
   photos_list = photos.read_photos(photos.image_paths(backgrounds), f"backgrounds={backgrounds}",
                                    min_side=min(height, width))
-  task = CustomDetectionTask(
-      model_fn, anchors, loaded, photos_list, real, test,
-      CustomDetectionConfig(ranges=ranges, cutout_size=side, max_objects=max_objects, min_visible=min_visible,
-                            background_artifact_fraction=background_artifact_fraction,
-                            num_backgrounds=num_backgrounds, synthesizer=trainer_lib.synthesizer_settings(config)),
-      seed=config.seed)
+  task = CustomDetectionTask(config.task_settings, common_settings(config), model_fn=model_fn, anchors=anchors,
+                             cutouts=loaded, backgrounds=photos_list, real=real, test=test, seed=config.seed)
   return train_lib.run(config, task=task)

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 from absl import logging
 
-from terse_tf import export, files
+from terse_tf import export
+from terse_tf.config import TrainConfig
 from terse_tf.tasks import Task
-from terse_tf.trainer import Trainer, TrainConfig
+from terse_tf.trainer import Trainer
 
 
 def run(config: TrainConfig, command_line: str = "", task: Task | None = None) -> dict:
-  """Writes the resolved config, runs every remaining phase, exports; returns the results. `task`: one
-  built in Python (terse_tf.api) instead of the one the config names."""
-  trainer = Trainer(config, task)  # Creates the run directory only once the run can start.
+  """Runs every remaining phase, exports; returns the results. `task`: one built in Python (terse_tf.api)
+  instead of the one the config names; `command_line`: what the run's config.json records."""
+  trainer = Trainer(config, task, command_line)  # Creates the run directory only once the run can start.
   try:
     # A rerun of a finished run with both exports written has nothing to do. Read on the chief's run
     # directory, which every worker sees, and by every worker before any exports, so that all of them export
@@ -26,13 +26,9 @@ def run(config: TrainConfig, command_line: str = "", task: Task | None = None) -
     if finished:
       logging.info("%s holds a finished run: nothing left to train, and its exports are in %s/export. Add "
                    "--fresh to start over", config.run_dir, config.run_dir)
-    else:
-      # trainer.output_dir is the run directory, or for a worker other than the chief its scratch directory.
-      resolved = dataclasses.replace(config, hard_threshold=trainer.hard_threshold)  # The target's default.
-      files.write_json(os.path.join(trainer.output_dir, "config.json"),
-                       {"command": command_line, "config": dataclasses.asdict(resolved)})
     results = trainer.run()
     if config.export and not finished:  # Every worker exports (saving may read variables via collectives).
+      # trainer.output_dir is the run directory, or for a worker other than the chief its scratch directory.
       paths = export.export_models(trainer.task, trainer.synthesizer, trainer.target,
                                    os.path.join(trainer.output_dir, "export"))
       if trainer.is_chief:

@@ -24,21 +24,25 @@ DETECTION_SMOKE_FLAGFILE = os.path.join(REPO_ROOT, "configs", "photo_digits_smok
 
 def smoke_config(run_dir, flagfile=SMOKE_FLAGFILE, **overrides):
   """The TrainConfig of a smoke flagfile (configs/affnist_smoke.flags unless given), parsed by the real
-  launcher, with overrides ("section__field" for a nested config's field)."""
+  launcher, with overrides: a TrainConfig field by its name, a nested setting by its path with "__" between
+  the names ("task_settings__data__num_train")."""
   from terse_tf import train
 
   flag_values = copy.deepcopy(train.FLAGS)  # A private copy: the global FLAGS stay unparsed.
   flag_values(["test", f"--flagfile={flagfile}", f"--run_dir={run_dir}", "--affnist_cache_dir="])
   config = train.config_from_flags(flag_values)
-  nested = {"data": config.data, "affnist": config.affnist, "compositor": config.compositor,
-            "photo_digits": config.photo_digits}
+  config = dataclasses.replace(config, **{key: value for key, value in overrides.items() if "__" not in key})
   for key, value in overrides.items():
-    section, _, field = key.partition("__")
-    if field:
-      nested[section] = dataclasses.replace(nested[section], **{field: value})
-    else:
-      config = dataclasses.replace(config, **{key: value})
-  return dataclasses.replace(config, **nested)
+    if "__" in key:
+      config = _replace_nested(config, key.split("__"), value)
+  return config
+
+
+def _replace_nested(settings, path, value):
+  """`settings` (a frozen dataclass) with the field at `path` (names, outermost first) set to `value`."""
+  head, *rest = path
+  return dataclasses.replace(settings, **{head: _replace_nested(getattr(settings, head), rest, value) if rest
+                                          else value})
 
 
 def run_cli(*args, timeout=300, check=True):
@@ -48,3 +52,11 @@ def run_cli(*args, timeout=300, check=True):
   if check and result.returncode != 0:
     raise AssertionError(f"exit {result.returncode}\n{result.stderr[-4000:]}")
   return result
+
+
+def synth_batches(trainer, seed):
+  """S's input stream of a trainer (with D: paired with real images), as its synthesis phase takes it."""
+  from terse_tf import pipelines
+
+  return pipelines.synth_dataset(trainer.task, trainer.strategy, trainer.config.synth_batch_size, seed,
+                                 with_real=trainer.discriminator is not None)

@@ -13,6 +13,7 @@ import tensorflow as tf
 from terse_tf import api, export
 from terse_tf.data import cutouts, photos
 from terse_tf.errors import ConfigError
+from terse_tf.tasks import CommonSettings
 from terse_tf.tasks.custom import CustomClassificationTask, CustomTaskConfig
 
 SIZE = 32
@@ -144,8 +145,9 @@ def test_cutouts_of_another_size_are_fitted_to_the_classifier_without_fringes(us
   objects, labels = shapes(4, rng)
   small = cutouts.Cutouts(np.stack([tf.image.resize(o, (20, 30)).numpy() for o in objects]), labels,
                           ["disc", "cross"])
-  task = CustomClassificationTask(users_classifier, small, photos.load_photos("train")[:2], real, test,
-                                  CustomTaskConfig(num_backgrounds=4))
+  task = CustomClassificationTask(CustomTaskConfig(num_backgrounds=4), CommonSettings(target="yours"),
+                                  model_fn=users_classifier, cutouts=small,
+                                  backgrounds=photos.load_photos("train")[:2], real=real, test=test)
   assert task.cutouts.shape == (4, SIZE, SIZE, 4)
   # Each object keeps its one colour wherever it is visible (premultiplied resampling: no dark edge).
   for fitted, original in zip(task.cutouts, objects):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import DETECTION_SMOKE_FLAGFILE, REPO_ROOT, run_cli, smoke_config
+from conftest import DETECTION_SMOKE_FLAGFILE, REPO_ROOT, run_cli, smoke_config, synth_batches
 from terse_tf import boxes, compositor, export, trainer as trainer_lib
 from terse_tf.data import photos
 from terse_tf.errors import DataError
@@ -102,7 +102,7 @@ def test_each_players_step_moves_only_its_own_variables_and_s_learns_from_t_and_
   non-zero part from T's loss and from D's verdict, each through the compositor."""
   players = {"synthesizer": trainer.synthesizer, "target": trainer.target.model,
              "discriminator": trainer.discriminator}
-  synth_batch, real = next(iter(trainer._synth_dataset(seed=0)))
+  synth_batch, real = next(iter(synth_batches(trainer, 0)))
 
   def step_moves(step):
     before = {name: values(model.variables) for name, model in players.items()}
@@ -137,7 +137,7 @@ def test_each_players_step_moves_only_its_own_variables_and_s_learns_from_t_and_
 
 def test_synthesized_boxes_follow_the_pasted_objects(trainer):
   """Every box S's composite reports is the tight box of what that object shows in the image."""
-  batch = next(iter(trainer._synth_dataset(seed=1)))[0]
+  batch = next(iter(synth_batches(trainer, 1)))[0]
   params = trainer.task._place(
       lambda fg, bg: synthesizer.raw_params(trainer.synthesizer, fg, bg, training=False),
       batch["foreground"], batch["background"])
@@ -156,7 +156,7 @@ def test_detection_exports_serve_under_saved_model_cli(tmp_path):
   trainer = trainer_lib.Trainer(detection_config(tmp_path / "run", synth_noise_dim=0, export=False))
   task = trainer.task
   paths = export.export_models(task, trainer.synthesizer, trainer.target, str(tmp_path / "export"))
-  batch = next(iter(trainer._synth_dataset(seed=2)))[0]
+  batch = next(iter(synth_batches(trainer, 2)))[0]
   classes = np.where(batch["valid"].numpy(), batch["classes"].numpy(), -1).astype(np.int32)
   inputs = {"foreground": batch["foreground"].numpy(), "background": batch["background"].numpy(),
             "classes": classes}

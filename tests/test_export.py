@@ -72,11 +72,10 @@ def test_saved_model_cli_serves_both_exports_and_matches_the_in_memory_networks(
 
 def small_task_with_noise() -> affnist_task.AffnistTask:
   """A tiny affNIST task whose S takes a noise vector."""
-  return affnist_task.AffnistTask(affnist_task.AffnistTaskConfig(
-      data=mnist.DataConfig(num_val=10, num_heldout_test=10, num_train=10),
-      affnist=affnist.AffnistConfig(num_test_digits=1, transforms_per_digit=1),
-      compositor=compositor.CompositorConfig(),
-      synthesizer=tasks.SynthesizerSettings(width=8, noise_dim=4)))
+  return affnist_task.AffnistTask(
+      affnist_task.AffnistSettings(data=mnist.DataConfig(num_val=10, num_heldout_test=10, num_train=10),
+                                   affnist=affnist.AffnistConfig(num_test_digits=1, transforms_per_digit=1)),
+      tasks.CommonSettings(target="paper", synthesizer=tasks.SynthesizerSettings(width=8, noise_dim=4)))
 
 
 def test_a_synthesizer_with_noise_samples_new_in_frame_transforms_on_every_call(tmp_path):

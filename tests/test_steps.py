@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, smoke_config
-from terse_tf import losses, trainer as trainer_lib
+from conftest import REPO_ROOT, smoke_config, synth_batches
+from terse_tf import config as config_lib, losses, trainer as trainer_lib
 from terse_tf.networks import synthesizer
 from terse_tf.tasks import affnist as affnist_task
 
@@ -43,7 +43,7 @@ def target_gradients(trainer, images, labels):
   return [g.numpy() for g in tape.gradient(loss, variables)]
 
 
-@pytest.mark.parametrize("mode", trainer_lib.WEIGHT_DECAY_MODES)
+@pytest.mark.parametrize("mode", config_lib.WEIGHT_DECAY_MODES)
 def test_target_sgd_decays_as_the_mode_says_over_two_steps(tmp_path, mode):
   """Coupled (PyTorch's, the paper's): the decay joins the gradient, so it enters the momentum.
   Decoupled (Keras 3's): w -= lr * decay * w before each momentum update."""
@@ -81,7 +81,7 @@ def test_synthesizer_adam_adds_coupled_decay_to_the_gradient(tmp_path):
   trainer = deterministic_trainer(tmp_path, synth_weight_decay=decay, synth_lr=lr)
   variables = trainer.synthesizer.trainable_variables
   before = values(variables)
-  trainer._synth_step(next(iter(trainer._synth_dataset(seed=0))))
+  trainer._synth_step(next(iter(synth_batches(trainer, 0))))
   for variable, w0 in zip(variables, before):
     if variable.path.endswith("kernel"):
       large = np.abs(w0) > 1e-3  # Where decay * w dwarfs the loss's gradient.
@@ -91,7 +91,7 @@ def test_synthesizer_adam_adds_coupled_decay_to_the_gradient(tmp_path):
 def test_a_synthesizer_step_moves_no_target_variable_and_a_target_step_no_synthesizer_variable(tmp_path):
   trainer = deterministic_trainer(tmp_path)
   target_before, synth_before = values(trainer.target.model.variables), values(trainer.synthesizer.variables)
-  batches = iter(trainer._synth_dataset(seed=0))
+  batches = iter(synth_batches(trainer, 0))
   for _ in range(3):
     trainer._synth_step(next(batches))
   # Every T variable, BatchNorm's moving statistics included, is where it was.
@@ -122,7 +122,7 @@ def test_synthesizer_steps_raise_the_targets_loss_on_its_composites(tmp_path):
   trainer = deterministic_trainer(tmp_path, target="paper", synth_lr=1e-2, cycles=0, baseline_epochs=8,
                                   target_lr=0.05)
   trainer.run()  # The baseline T, which S then attacks.
-  batches = iter(trainer._synth_dataset(seed=0))
+  batches = iter(synth_batches(trainer, 0))
   fixed = next(batches)
   before = composite_loss(trainer, fixed)
   for _ in range(30):
@@ -154,6 +154,8 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     sys.path.insert(0, "tests")
+    from conftest import synth_batches
+    from terse_tf import pipelines
     from test_steps import deterministic_trainer, digit_batch, values
 
     # Large decays: a coupled L2 term counted once per replica would show.
@@ -172,7 +174,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     report = {"replicas": mirrored.strategy.num_replicas_in_sync}
     batch = digit_batch(single)
     report["target_loss"] = [float(single._target_step(batch)), float(mirrored._target_step(distributed(batch)))]
-    synth_batch = tf.nest.map_structure(lambda t: t.numpy(), next(iter(single._synth_dataset(seed=0))))
+    synth_batch = tf.nest.map_structure(lambda t: t.numpy(), next(iter(synth_batches(single, 0))))
     one, _ = single._synth_step(tf.nest.map_structure(tf.constant, synth_batch))
     two, _ = mirrored._synth_step(distributed(synth_batch))
     report["synth_loss"] = [float(one.loss), float(two.loss)]
@@ -181,7 +183,8 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     for network, model in networks.items():
       pairs = zip(values(model(single).variables), values(model(mirrored).variables))
       report[network] = max(float(np.abs(a - b).max()) for a, b in pairs)
-    report["finetune_batches"] = sum(1 for _ in mirrored._target_dataset(0, steps=5))
+    report["finetune_batches"] = sum(1 for _ in pipelines.target_dataset(
+        mirrored.task, mirrored.cache, mirrored.strategy, mirrored.config.batch_size, 0, steps=5))
     print(json.dumps(report))
 """)
 

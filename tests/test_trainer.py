@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import DETECTION_SMOKE_FLAGFILE, SMOKE_FLAGFILE, smoke_config
-from terse_tf import files, losses, train_lib, trainer as trainer_lib
+from conftest import DETECTION_SMOKE_FLAGFILE, SMOKE_FLAGFILE, smoke_config, synth_batches
+from terse_tf import files, losses, pipelines, train_lib, trainer as trainer_lib
 from terse_tf import progress as progress_lib
 from terse_tf.networks import synthesizer
 from terse_tf.errors import ConfigError, DataError, NonFiniteLossError, TerseError
@@ -114,7 +114,7 @@ def run_outputs(run_dir):
 
 
 @pytest.mark.parametrize("bad_input", [
-    {"data__source": "idx", "data__mnist_dir": "/nonexistent/mnist"},
+    {"task_settings__data__source": "idx", "task_settings__data__mnist_dir": "/nonexistent/mnist"},
     {"init_checkpoint": "/nonexistent/ckpt-1"},
 ])
 def test_fresh_with_bad_input_fails_before_it_deletes_anything(tmp_path, bad_input):
@@ -127,7 +127,7 @@ def test_fresh_with_bad_input_fails_before_it_deletes_anything(tmp_path, bad_inp
 
 
 @pytest.mark.parametrize("bad_input", [
-    {"data__source": "idx", "data__mnist_dir": "/nonexistent/mnist"},
+    {"task_settings__data__source": "idx", "task_settings__data__mnist_dir": "/nonexistent/mnist"},
     {"init_checkpoint": "/nonexistent/ckpt-1"},
 ])
 def test_a_failed_start_leaves_no_run_directory_behind(tmp_path, bad_input):
@@ -189,9 +189,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     ({"target": "ssd_compact"}, "--target must be one of .* for --task=affnist"),
     ({"sample_source": "cut_paste"}, "--sample_source must be one of .* for --task=affnist"),
     ({"discriminator_weight": -1.0}, "--discriminator_weight must be >= 0"),
-    ({"task": "photo_digits"}, "--target must be one of .*ssd_compact.* for --task=photo_digits"),
-    ({"photo_digits__image_size": 50}, "--photo_image_size must be >= 80"),
-    ({"photo_digits__min_visible": 1.5}, "--min_visible must be in"),
+    ({"task": "photo_digits", "task_settings": None}, "--target must be one of .*ssd_compact.* for --task=photo_digits"),
+    ({"task": "photo_digits"}, "task .photo_digits. takes settings of type PhotoDigitsSettings, got AffnistSettings"),
     ({"synth_dropout": 1.0}, "--synth_dropout must be in"),
     ({"batch_size": 0}, "--batch_size must be >= 1"),
     ({"diversity_weight": -1.0}, "--diversity_weight must be >= 0"),
@@ -202,6 +201,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_bad_training_configs_get_one_clear_error(tmp_path, override, message):
   with pytest.raises(ConfigError, match=message):
     smoke_config(str(tmp_path), **override)
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"task_settings__photo_digits__image_size": 50}, "--photo_image_size must be >= 80"),
+    ({"task_settings__photo_digits__min_visible": 1.5}, "--min_visible must be in"),
+])
+def test_bad_task_settings_get_one_clear_error(tmp_path, override, message):
+  with pytest.raises(ConfigError, match=message):
+    smoke_config(str(tmp_path), flagfile=DETECTION_SMOKE_FLAGFILE, **override)
 
 
 @pytest.mark.parametrize("flagfile,threshold,expected", [
@@ -296,13 +304,17 @@ def test_fine_tuning_batches_mix_real_digits_and_cache_at_the_configured_share(t
                     per_class_quota=4)
   trainer.cache.commit()
   real = len(trainer.task.splits.train_labels)
-  batches = [images.numpy() for images, _ in trainer._target_dataset(epoch_seed=3, steps=60)]
+  def epoch(steps=0):
+    return pipelines.target_dataset(trainer.task, trainer.cache, trainer.strategy, 64, epoch_seed=3, steps=steps,
+                                    cache_fraction=cache_fraction)
+
+  batches = [images.numpy() for images, _ in epoch(steps=60)]
   assert len(batches) == 60
   cached_share = np.mean([(image == 1.0).all() for batch in batches for image in batch])
   expected = cache_fraction or 40 / (real + 40)
   assert abs(cached_share - expected) < 4 * np.sqrt(expected * (1 - expected) / (60 * 64))
   # An epoch is as many batches as one pass over real digits + cache, whichever way they are mixed.
-  assert sum(1 for _ in trainer._target_dataset(epoch_seed=3)) == (real + 40) // 64
+  assert sum(1 for _ in epoch()) == (real + 40) // 64
 
 
 def test_warm_up_keeps_a_fresh_synthesizers_first_composites_out_of_the_cache(tmp_path):
@@ -355,7 +367,17 @@ def test_bad_sample_schedules_get_one_clear_error(tmp_path, override, message):
 
 @pytest.mark.parametrize("change", [{"synth_width": 16}, {"discriminator": True}])
 def test_checkpoint_from_another_configuration_asks_for_fresh(tmp_path, change):
+  """Other networks are refused by the recorded settings, and where a run recorded none (a terse_tf before
+  they were kept) by the checkpoint's structure."""
   train_lib.run(smoke_config(str(tmp_path), cycles=1, export=False))
+  flag = next(iter(change))
+  with pytest.raises(ConfigError, match=f"other settings \\(--{flag}: .* there, .* now\\).*--fresh"):
+    trainer_lib.Trainer(smoke_config(str(tmp_path), cycles=1, export=False, **change))
+  config_path = os.path.join(tmp_path, "config.json")
+  with open(config_path) as f:
+    recorded = json.load(f)
+  del recorded["results_depend_on"]
+  files.write_json(config_path, recorded)
   with pytest.raises(ConfigError, match="from a different configuration.*--fresh"):
     trainer_lib.Trainer(smoke_config(str(tmp_path), cycles=1, export=False, **change))
 
@@ -378,13 +400,13 @@ def test_init_checkpoint_initialises_the_target(tmp_path):
 def test_synthesizer_reset_each_cycle_restarts_weights_and_moments_but_keeps_the_rate(tmp_path):
   trainer = trainer_lib.Trainer(smoke_config(str(tmp_path), reset_synthesizer_each_cycle=True, export=False))
   trainer.run()
-  learning_rate = float(trainer.synth_optimizer.learning_rate.numpy())
+  learning_rate = float(trainer.players.synth_optimizer.learning_rate.numpy())
   trained = [v.numpy().copy() for v in trainer.synthesizer.trainable_variables]
   trainer._reset_synthesizer(cycle=3)
   fresh = [v.numpy() for v in trainer.synthesizer.trainable_variables]
   assert any(not np.array_equal(a, b) for a, b in zip(trained, fresh))
-  assert int(trainer.synth_optimizer.iterations.numpy()) == 0
-  assert float(trainer.synth_optimizer.learning_rate.numpy()) == learning_rate > 0
+  assert int(trainer.players.synth_optimizer.iterations.numpy()) == 0
+  assert float(trainer.players.synth_optimizer.learning_rate.numpy()) == learning_rate > 0
   kernel = trainer.synthesizer.get_layer("regression_fc1").kernel.numpy()
   fan_in, fan_out = kernel.shape
   assert np.abs(kernel).max() <= 0.4 * np.sqrt(6.0 / (fan_in + fan_out))  # Xavier gain 0.4 again
@@ -393,12 +415,12 @@ def test_synthesizer_reset_each_cycle_restarts_weights_and_moments_but_keeps_the
 def test_resuming_a_run_on_other_data_is_refused(tmp_path):
   train_lib.run(smoke_config(str(tmp_path), cycles=0, export=False))
   with pytest.raises(ConfigError, match="holds a run on other data or another target"):
-    trainer_lib.Trainer(smoke_config(str(tmp_path), cycles=0, export=False, data__num_train=256))
+    trainer_lib.Trainer(smoke_config(str(tmp_path), cycles=0, export=False, task_settings__data__num_train=256))
   with pytest.raises(ConfigError, match="holds a run on other data or another target"):
     trainer_lib.Trainer(smoke_config(str(tmp_path), cycles=0, export=False, target="itn_swish"))
   # Where the generated test set is cached is not part of a run's identity.
   trainer_lib.Trainer(smoke_config(str(tmp_path), cycles=0, export=False,
-                                   affnist__cache_dir=str(tmp_path / "cache")))
+                                   task_settings__affnist__cache_dir=str(tmp_path / "cache")))
 
 
 def transform_spread(trainer, batches, per_class, samples=1024):
@@ -441,7 +463,7 @@ def trained_spread(run_dir, weight, per_class, seed=0):
                         diversity_per_class=per_class, synth_lr=DIVERSITY_LR, synth_batch_size=DIVERSITY_BATCH,
                         export=False)
   trainer = trainer_lib.Trainer(config)
-  batches = iter(trainer._synth_dataset(seed=seed))
+  batches = iter(synth_batches(trainer, seed))
   before = {measure: transform_spread(trainer, batches, measure) for measure in (False, True)}
   for _ in range(DIVERSITY_STEPS):
     trainer._synth_step(next(batches))

@@ -33,7 +33,8 @@ TRANSFORMS_PER_DIGIT = 32
 @dataclasses.dataclass(frozen=True)
 class AffnistConfig:
   affnist_dir: str = ""      # Real affNIST: a test .mat file or a folder of them.
-  cache_dir: str = ""        # Where generated sets are kept; "" for no cache.
+  # Where generated sets are kept; "" for no cache. (config.SAME_RESULTS: a resume may change it.)
+  cache_dir: str = dataclasses.field(default="", metadata={"changes_results": False})
   num_test_digits: int = 1000  # Test digits transformed when generating (0: all of them).
   transforms_per_digit: int = TRANSFORMS_PER_DIGIT
   seed: int = 0

@@ -34,10 +34,11 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from terse_tf import train  # Declares the shared flags; config_from_flags reads them.
+from terse_tf.config import TrainConfig
 from terse_tf.data import mnist
 from terse_tf.errors import ConfigError
 from terse_tf.experiments import common
-from terse_tf.trainer import TrainConfig, Trainer
+from terse_tf.trainer import Trainer
 
 # The sample sources affNIST offers (trainer.SAMPLE_SOURCES less the detection tasks' cut_paste).
 ARMS = ("random_affine", "terse", "none")
@@ -230,7 +231,7 @@ def write_outputs(experiment: ExperimentConfig, rows: list[dict], summary: dict,
            # Runs resume across processes, so the cores they had are not known here: BENCHMARKS.md says.
            f"Training time: {training_s / 60:.1f} min (sum of the runs' own times); "
            f"seeds {list(experiment.seeds)}; target `{experiment.base.target}`; data "
-           f"`{mnist.resolve_source(experiment.base.data)}`.", "",
+           f"`{mnist.resolve_source(experiment.base.task_settings.data)}`.", "",
            "affNIST-test accuracy, mean +- std over seeds (error rate = 1 - accuracy). k is the sample total "
            "the schedule aims at; TERSE can add fewer when a cycle hits its step cap (last column); the "
            "no-sample control fine-tunes on the same schedule.", "",
@@ -301,7 +302,7 @@ def run(experiment: ExperimentConfig, command: str = "") -> dict:
 
 def experiment_from_flags(flag_values: flags.FlagValues = FLAGS) -> ExperimentConfig:
   base = train.config_from_flags(flag_values)
-  source = mnist.resolve_source(base.data)
+  source = mnist.resolve_source(base.task_settings.data)
   label = flag_values.label or f"affnist_efficiency_{source}"
   return ExperimentConfig(base=base, seeds=train.integers_flag("seeds", flag_values.seeds),
                           k_grid=train.integers_flag("k_grid", flag_values.k_grid), arms=tuple(flag_values.arms),

@@ -11,8 +11,8 @@ from typing import Any, Callable
 from absl import app, logging
 
 from terse_tf import train
+from terse_tf.config import TrainConfig
 from terse_tf.errors import TerseError
-from terse_tf.trainer import TrainConfig
 
 
 def seeded(config: TrainConfig, seed: int, run_dir: str, **changes) -> TrainConfig:

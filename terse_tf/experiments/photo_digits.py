@@ -28,9 +28,10 @@ import numpy as np
 from absl import app, flags, logging
 
 from terse_tf import train  # Declares the shared flags; config_from_flags reads them.
+from terse_tf.config import TrainConfig
 from terse_tf.errors import ConfigError
 from terse_tf.experiments import common
-from terse_tf.trainer import TrainConfig, Trainer
+from terse_tf.trainer import Trainer
 
 # Arm -> (sample source, discriminator on).
 ARMS = {"real_only": ("none", False), "cut_paste": ("cut_paste", False), "terse": ("terse", True),

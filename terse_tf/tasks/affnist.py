@@ -4,16 +4,20 @@ tested on affNIST (real .mat files, or a set generated from held-out digits with
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import flags
 
 from terse_tf import compositor as compositor_lib
 from terse_tf.data import affnist, mnist
+from terse_tf.errors import ConfigError
 from terse_tf.networks import classifier, synthesizer
 from terse_tf.targets.classification import ClassifierTarget
-from terse_tf.tasks.base import PastedObjectClassification, SynthesizerSettings
+from terse_tf.tasks import mnist_flags, registry
+from terse_tf.tasks.base import CommonSettings, PastedObjectClassification
 
 IMAGE_SHAPE = (mnist.IMAGE_SIZE, mnist.IMAGE_SIZE, 1)
 # The shift that keeps MNIST's 20x20 digit box inside the 40x40 frame, (40 - 20) / 2: the translation clamp
@@ -35,50 +39,82 @@ def foregrounds(digits: tf.Tensor) -> tf.Tensor:
 
 
 @dataclasses.dataclass(frozen=True)
-class AffnistTaskConfig:
-  data: mnist.DataConfig
-  affnist: affnist.AffnistConfig
-  compositor: compositor_lib.CompositorConfig
-  target: str = "paper"
-  synthesizer: SynthesizerSettings = SynthesizerSettings()
+class AffnistSettings:
+  """The affnist task's own settings: the MNIST split, the affNIST test set, and the translation clamp S
+  works under with --nokeep_in_frame."""
+  data: mnist.DataConfig = mnist.DataConfig()
+  affnist: affnist.AffnistConfig = affnist.AffnistConfig()
+  max_translation_px: float = MAX_TRANSLATION_PX
 
 
+def define_flags(flag_values: flags.FlagValues) -> None:
+  mnist_flags.define_flags(flag_values)
+  flags.DEFINE_string("affnist_dir", "", "Real affNIST test .mat file or folder; else one is generated.",
+                      flag_values=flag_values)
+  # The user's cache directory (XDG's rule: $XDG_CACHE_HOME, else ~/.cache), read when the flag is defined.
+  default_cache_dir = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "terse_tf")
+  flags.DEFINE_string("affnist_cache_dir", default_cache_dir, "Where generated affNIST test sets are kept ('' "
+                      "for none).", flag_values=flag_values)
+  flags.DEFINE_integer("affnist_test_digits", 1000, "Test digits transformed into the generated affNIST test "
+                       "set (0: all).", lower_bound=0, flag_values=flag_values)
+  flags.DEFINE_integer("affnist_transforms_per_digit", affnist.TRANSFORMS_PER_DIGIT,
+                       "Random transforms per test digit (affNIST: 32).", lower_bound=1, flag_values=flag_values)
+  flags.DEFINE_float("max_translation_px", MAX_TRANSLATION_PX,
+                     "affnist: translation clamp in pixels, used only with --nokeep_in_frame: under "
+                     "--keep_in_frame (the default) each foreground's own in-frame shifts bound its translation "
+                     "instead, and this value has no effect.", lower_bound=0, flag_values=flag_values)
+
+
+def settings_from_flags(f: flags.FlagValues) -> AffnistSettings:
+  return AffnistSettings(
+      data=mnist_flags.data_config(f),
+      affnist=affnist.AffnistConfig(affnist_dir=f.affnist_dir, cache_dir=os.path.expanduser(f.affnist_cache_dir),
+                                    num_test_digits=f.affnist_test_digits,
+                                    transforms_per_digit=f.affnist_transforms_per_digit, seed=f.seed),
+      max_translation_px=f.max_translation_px)
+
+
+@registry.register("affnist", settings=AffnistSettings, define_flags=define_flags,
+                   settings_from_flags=settings_from_flags,
+                   summary="digit classification on affNIST (§4.1)")
 class AffnistTask(PastedObjectClassification):
+  targets = classifier.ARCHITECTURES
   random_source = "random_affine"
   headline = "affnist_test_accuracy"
   image_shape = IMAGE_SHAPE
   num_classes = mnist.NUM_CLASSES
   class_names = [str(digit) for digit in range(mnist.NUM_CLASSES)]
 
-  def __init__(self, config: AffnistTaskConfig):
-    if config.target not in classifier.ARCHITECTURES:
-      raise ValueError(f"the affnist task's target is a classifier, one of {classifier.ARCHITECTURES}; "
-                       f"got {config.target!r}")
-    self.config = config
-    self.compositor = config.compositor if config.compositor.ranges else config.compositor.with_ranges(ranges())
-    self.splits = mnist.load_splits(config.data)
+  def __init__(self, settings: AffnistSettings, common: CommonSettings):
+    if common.target not in self.targets:
+      raise ConfigError(f"--target must be one of {self.targets} for --task=affnist (a classifier), got "
+                        f"{common.target!r}")
+    self.settings, self.common = settings, common
+    self.compositor = common.compositor.with_ranges(ranges(settings.max_translation_px))
+    self.splits = mnist.load_splits(settings.data)
     test_images, test_labels, self.test_description = affnist.load_test_set(
-        self.splits.test_images, self.splits.test_labels, config.affnist)
+        self.splits.test_images, self.splits.test_labels, settings.affnist)
     self.affnist_test = (test_images, test_labels)
     # XLA pays for the compositor's gathers (about 15% of a synthesizer step on CPU) but not for the whole
     # step, whose convolutions it makes slower; bench/compositor.py has the compositor's own figures.
-    self._composite = tf.function(compositor_lib.composite, jit_compile=config.synthesizer.jit_compile)
+    self._composite = tf.function(compositor_lib.composite, jit_compile=common.synthesizer.jit_compile)
 
   def describe(self) -> str:
     return (f"{self.splits.source} digits {self.splits.sizes()}; affNIST test: {len(self.affnist_test[1])} "
             f"images, {self.test_description}")
 
   def identity(self) -> dict:
-    affnist_settings = dataclasses.asdict(self.config.affnist)
+    # Without the task's name: affNIST runs predate tasks, and their checkpoints' identity stays as it was.
+    affnist_settings = dataclasses.asdict(self.settings.affnist)
     del affnist_settings["cache_dir"]  # Where a generated set is cached does not change it.
-    return {"data": dataclasses.asdict(self.config.data), "affnist": affnist_settings,
-            "target": self.config.target}
+    return {"data": dataclasses.asdict(self.settings.data), "affnist": affnist_settings,
+            "target": self.common.target}
 
   def build_target(self) -> ClassifierTarget:
-    return ClassifierTarget.build(self.config.target, IMAGE_SHAPE, mnist.NUM_CLASSES)
+    return ClassifierTarget.build(self.common.target, IMAGE_SHAPE, mnist.NUM_CLASSES)
 
   def build_synthesizer(self, seed: int | None) -> keras.Model:
-    settings = self.config.synthesizer
+    settings = self.common.synthesizer
     return synthesizer.build_synthesizer(IMAGE_SHAPE, settings.width, settings.dropout, settings.noise_dim,
                                          seed=seed)
 

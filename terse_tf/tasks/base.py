@@ -44,6 +44,15 @@ class SynthesizerSettings:
   jit_compile: bool = True  # Compile the compositor with XLA.
 
 
+@dataclasses.dataclass(frozen=True)
+class CommonSettings:
+  """What every task is built with besides its own settings: the trainer's choice of T, its compositor
+  options (each task sets the placement ranges) and how to build S."""
+  target: str
+  compositor: compositor_lib.CompositorConfig = compositor_lib.CompositorConfig()
+  synthesizer: SynthesizerSettings = SynthesizerSettings()
+
+
 class Composition(NamedTuple):
   """What S's parameters become: composites with their labels, and the parameters themselves."""
   images: tf.Tensor      # [B, H, W, C] composites in [0, 1].
@@ -57,11 +66,15 @@ class Composition(NamedTuple):
 class Task(abc.ABC):
   """Data, networks and evaluation of one TERSE problem."""
 
+  # The name it is registered under (tasks.registry.register sets it).
+  name: str
+  # T's architectures it accepts (--target), its default first.
+  targets: tuple[str, ...]
+  # The name of this task's random-placement baseline source (the trainer's --sample_source).
+  random_source: str
   image_shape: tuple[int, int, int]
   num_classes: int
   class_names: list[str]
-  # The name of this task's random-placement baseline source (the trainer's --sample_source).
-  random_source: str
   # The evaluation key the launcher reports before and after TERSE.
   headline: str
   compositor: compositor_lib.CompositorConfig
@@ -72,7 +85,7 @@ class Task(abc.ABC):
 
   @abc.abstractmethod
   def identity(self) -> dict:
-    """The settings a checkpoint must share to be resumed (data, test set, target)."""
+    """The settings a checkpoint must share to be resumed (the task, its data and test set, the target)."""
 
   @abc.abstractmethod
   def build_target(self) -> Target:

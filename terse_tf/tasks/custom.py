@@ -28,7 +28,8 @@ from terse_tf.errors import ConfigError
 from terse_tf.networks import scene_synthesizer, synthesizer
 from terse_tf.targets.classification import ClassifierTarget
 from terse_tf.targets.ssd import SSDTarget
-from terse_tf.tasks.base import PastedObjectClassification, SynthesizerSettings
+from terse_tf.tasks import registry
+from terse_tf.tasks.base import CommonSettings, PastedObjectClassification
 from terse_tf.tasks.detection import PastedObjectDetection
 
 # Where S may put a cut-out fitted to the whole image: anywhere it stays in the frame (keep_in_frame), at
@@ -39,20 +40,24 @@ DEFAULT_RANGES = compositor_lib.AffineRanges(max_rotation_deg=30.0, max_translat
 
 @dataclasses.dataclass(frozen=True)
 class CustomTaskConfig:
+  """The settings of a task around your classifier (TrainConfig.task_settings): where S may place a cut-out
+  and how many backgrounds it pastes on."""
   ranges: compositor_lib.AffineRanges = DEFAULT_RANGES
   num_backgrounds: int = 500    # Random crops of the photos S pastes on.
-  synthesizer: SynthesizerSettings = SynthesizerSettings()
 
 
+# Built in Python around the user's model and arrays (terse_tf.api), so registered without flags.
+@registry.register("custom", settings=CustomTaskConfig, summary="your classifier (terse_tf.api)")
 class CustomClassificationTask(PastedObjectClassification):
   """Classification with the user's own classifier, cut-outs, backgrounds and real images."""
 
+  targets = ("yours",)
   random_source = "random_placement"
   headline = "test_accuracy"
 
-  def __init__(self, model_fn: Callable[[], keras.Model], cutouts: Cutouts, backgrounds: list[np.ndarray],
-               real: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-               config: CustomTaskConfig = CustomTaskConfig(), seed: int = 0):
+  def __init__(self, config: CustomTaskConfig, common: CommonSettings, *, model_fn: Callable[[], keras.Model],
+               cutouts: Cutouts, backgrounds: list[np.ndarray], real: tuple[np.ndarray, np.ndarray],
+               test: tuple[np.ndarray, np.ndarray], seed: int = 0):
     probe = model_fn()
     self.image_shape = tuple(probe.input_shape[1:])
     if len(self.image_shape) != 3 or None in self.image_shape:
@@ -62,8 +67,8 @@ class CustomClassificationTask(PastedObjectClassification):
     if len(self.class_names) != self.num_classes:
       raise ConfigError(f"the cut-outs have {len(self.class_names)} classes ({self.class_names}); the target "
                         f"has {self.num_classes} outputs")
-    self.model_fn, self.config = model_fn, config
-    self.compositor = compositor_lib.CompositorConfig(ranges=config.ranges)
+    self.model_fn, self.config, self.common = model_fn, config, common
+    self.compositor = common.compositor.with_ranges(config.ranges)
     height, width, channels = self.image_shape
     fitted = cutouts.images if cutouts.images.shape[1:3] == (height, width) else np.stack(
         [fit(cutout, (height, width)) for cutout in cutouts.images])
@@ -72,7 +77,7 @@ class CustomClassificationTask(PastedObjectClassification):
     self.backgrounds = photos_lib.random_backgrounds(backgrounds, config.num_backgrounds, self.image_shape,
                                                      np.random.default_rng(seed))
     self.real, self.test = (self._checked(real, "real"), self._checked(test, "test"))
-    self._composite = tf.function(compositor_lib.composite, jit_compile=config.synthesizer.jit_compile)
+    self._composite = tf.function(compositor_lib.composite, jit_compile=common.synthesizer.jit_compile)
 
   def _checked(self, split: tuple[np.ndarray, np.ndarray], name: str) -> tuple[np.ndarray, np.ndarray]:
     images, labels = split
@@ -94,14 +99,14 @@ class CustomClassificationTask(PastedObjectClassification):
             "test images")
 
   def identity(self) -> dict:
-    return {"image_shape": list(self.image_shape), "class_names": self.class_names,
+    return {"task": self.name, "image_shape": list(self.image_shape), "class_names": self.class_names,
             "cutouts": len(self.cutouts), "real": len(self.real[1]), "test": len(self.test[1])}
 
   def build_target(self) -> ClassifierTarget:
     return ClassifierTarget(self.model_fn())
 
   def build_synthesizer(self, seed: int | None) -> keras.Model:
-    settings = self.config.synthesizer
+    settings = self.common.synthesizer
     return synthesizer.build_synthesizer(self.image_shape, settings.width, settings.dropout, settings.noise_dim,
                                          seed=seed)
 
@@ -152,7 +157,8 @@ def detection_ranges(image_side: int) -> compositor_lib.AffineRanges:
 
 @dataclasses.dataclass(frozen=True)
 class CustomDetectionConfig(CustomTaskConfig):
-  """CustomTaskConfig's backgrounds and synthesizer settings, and where and how many objects S places."""
+  """The settings of a task around your detector: CustomTaskConfig's, and how many objects S places, at what
+  size."""
   ranges: compositor_lib.AffineRanges | None = None  # None: detection_ranges of the image's side.
   cutout_size: int = 0          # Side the cut-outs are fitted to (their size at scale 1); 0: a third of the image.
   max_objects: int = 3          # Cut-outs S places per scene (1..max_objects present).
@@ -160,12 +166,16 @@ class CustomDetectionConfig(CustomTaskConfig):
   background_artifact_fraction: float = 0.3  # Backgrounds given a pasted background region (§3.1).
 
 
+@registry.register("custom_detection", settings=CustomDetectionConfig,
+                   summary="your single-shot detector (terse_tf.api)")
 class CustomDetectionTask(PastedObjectDetection):
   """Detection with the user's own single-shot detector, cut-outs, backgrounds and real and test scenes."""
 
-  def __init__(self, model_fn: Callable[[], keras.Model], anchors: np.ndarray, cutouts: Cutouts,
-               backgrounds: list[np.ndarray], real: BoxesPerImage, test: BoxesPerImage,
-               config: CustomDetectionConfig = CustomDetectionConfig(), seed: int = 0):
+  targets = ("yours",)
+
+  def __init__(self, config: CustomDetectionConfig, common: CommonSettings, *,
+               model_fn: Callable[[], keras.Model], anchors: np.ndarray, cutouts: Cutouts,
+               backgrounds: list[np.ndarray], real: BoxesPerImage, test: BoxesPerImage, seed: int = 0):
     probe = model_fn()
     self.image_shape = tuple(probe.input_shape[1:])
     if len(self.image_shape) != 3 or None in self.image_shape or self.image_shape[-1] != 3:
@@ -187,7 +197,7 @@ class CustomDetectionTask(PastedObjectDetection):
     if len(self.class_names) != self.num_classes:
       raise ConfigError(f"the cut-outs have {len(self.class_names)} classes ({self.class_names}); the detector "
                         f"scores {self.num_classes} (class_logits has {self.num_classes + 1} with the background)")
-    self.model_fn, self.config = model_fn, config
+    self.model_fn, self.config, self.common = model_fn, config, common
     height, width, _ = self.image_shape
     side = config.cutout_size or min(height, width) // 3
     if not 8 <= side <= min(height, width) // 2:
@@ -197,7 +207,7 @@ class CustomDetectionTask(PastedObjectDetection):
     self.max_objects, self.min_visible = config.max_objects, config.min_visible
     self.background_artifact_fraction = config.background_artifact_fraction
     ranges = config.ranges or detection_ranges(min(height, width))
-    self._set_compositing(compositor_lib.CompositorConfig(ranges=ranges), config.synthesizer.jit_compile)
+    self._set_compositing(common.compositor.with_ranges(ranges), common.synthesizer.jit_compile)
     self.cutouts = cutouts.images if cutouts.images.shape[1:3] == self.cutout_shape else np.stack(
         [fit(cutout, self.cutout_shape) for cutout in cutouts.images])
     self.cutout_classes = cutouts.classes.astype(np.int32)
@@ -244,15 +254,16 @@ class CustomDetectionTask(PastedObjectDetection):
             f"backgrounds, {len(self.real_images)} real and {len(self.test_images)} test images")
 
   def identity(self) -> dict:
-    return {"image_shape": list(self.image_shape), "class_names": self.class_names, "anchors": len(self.anchors),
-            "cutouts": len(self.cutouts), "real": len(self.real_images), "test": len(self.test_images),
+    return {"task": self.name, "image_shape": list(self.image_shape), "class_names": self.class_names,
+            "anchors": len(self.anchors), "cutouts": len(self.cutouts), "real": len(self.real_images),
+            "test": len(self.test_images),
             "max_objects": self.max_objects, "cutout_size": self.cutout_shape[0]}
 
   def build_target(self) -> SSDTarget:
     return SSDTarget(self.model_fn(), self.anchors)
 
   def build_synthesizer(self, seed: int | None) -> keras.Model:
-    settings = self.config.synthesizer
+    settings = self.common.synthesizer
     return scene_synthesizer.build_scene_synthesizer(
         (*self.cutout_shape, 3), self.image_shape, self.max_objects, "compact", settings.width,
         settings.dropout, settings.noise_dim, seed=seed)

@@ -17,6 +17,7 @@ import dataclasses
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import flags
 
 from terse_tf import boxes as boxes_lib
 from terse_tf import compositor as compositor_lib
@@ -25,7 +26,8 @@ from terse_tf.data import mnist, photos
 from terse_tf.errors import ConfigError
 from terse_tf.networks import scene_synthesizer, ssd
 from terse_tf.targets.ssd import SSDTarget
-from terse_tf.tasks.base import SynthesizerSettings
+from terse_tf.tasks import mnist_flags, registry
+from terse_tf.tasks.base import CommonSettings
 from terse_tf.tasks.detection import PastedObjectDetection
 
 CUTOUT_SIZE = mnist.IMAGE_SIZE  # A digit padded to 40x40, so rotation and shear never crop it.
@@ -76,15 +78,54 @@ class PhotoDigitsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class PhotoDigitsTaskConfig:
-  data: mnist.DataConfig
-  photo_digits: PhotoDigitsConfig
-  compositor: compositor_lib.CompositorConfig
-  target: str = "ssd_compact"
-  synthesizer: SynthesizerSettings = SynthesizerSettings()
-  # Seeds the scenes (real and test sets, backgrounds): the data's seed, not the training seed, so every
-  # training seed of an experiment is scored on the same test scenes.
-  data_seed: int = 0
+class PhotoDigitsSettings:
+  """The photo_digits task's own settings: the MNIST split its digits come from (whose seed also seeds the
+  scenes: the data's seed, not the training seed, so every training seed of an experiment is scored on the
+  same test scenes), and the scenes'."""
+  data: mnist.DataConfig = mnist.DataConfig()
+  photo_digits: PhotoDigitsConfig = PhotoDigitsConfig()
+
+
+_DEFAULT = PhotoDigitsConfig()
+
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+  mnist_flags.define_flags(flag_values)
+  for define, name, default, text, bound in (
+      (flags.DEFINE_integer, "photo_image_size", _DEFAULT.image_size, "Scene size in pixels (SSD300: 300).", 1),
+      (flags.DEFINE_integer, "photo_num_real", _DEFAULT.num_real, "Real training scenes (1 to "
+       "--photo_max_objects upright digits of the canonical size each).", 1),
+      (flags.DEFINE_integer, "photo_num_test", _DEFAULT.num_test, "Test scenes (held-out digits on held-out "
+       "photos, wide range).", 1),
+      (flags.DEFINE_integer, "photo_max_objects", _DEFAULT.max_objects, "Most digits per real scene and per "
+       "composite.", 1),
+      (flags.DEFINE_integer, "photo_test_max_objects", _DEFAULT.test_max_objects, "Most digits per test scene.",
+       1),
+      (flags.DEFINE_integer, "photo_num_backgrounds", _DEFAULT.num_backgrounds, "Random crops of the train "
+       "photos S and the baselines paste on.", 1),
+      (flags.DEFINE_float, "background_artifact_fraction", _DEFAULT.background_artifact_fraction, "Share of S's "
+       "backgrounds given a pasted background region (§3.1), so blending edges mark no object.", None),
+      (flags.DEFINE_float, "min_visible", _DEFAULT.min_visible, "An object with less than this share of it in "
+       "view (covered by later objects or cropped by the frame) gets no box.", None)):
+    define(name, default, text, lower_bound=bound, flag_values=flag_values)
+  flags.DEFINE_bool("photo_ten_classes", _DEFAULT.ten_classes, "Detect the digits' ten classes instead of the "
+                    "one class 'digit'.", flag_values=flag_values)
+  flags.DEFINE_string("photo_dir", _DEFAULT.photo_dir, "Folder with train/ and test/ subfolders of photos for "
+                      "backgrounds ('' for the photos bundled with scikit-image and matplotlib).",
+                      flag_values=flag_values)
+  flags.DEFINE_enum("synth_backbone", _DEFAULT.synth_backbone, scene_synthesizer.BACKBONES, "photo_digits S's "
+                    "backbone: compact (CPU) or vgg16 (A.2).", flag_values=flag_values)
+  flags.DEFINE_string("backbone_weights", _DEFAULT.backbone_weights, "VGG16 weights for S and SSD300: '' none "
+                      "(offline), 'imagenet' (downloads), or a local weights file.", flag_values=flag_values)
+
+
+def settings_from_flags(f: flags.FlagValues) -> PhotoDigitsSettings:
+  return PhotoDigitsSettings(data=mnist_flags.data_config(f), photo_digits=PhotoDigitsConfig(
+      image_size=f.photo_image_size, num_real=f.photo_num_real, num_test=f.photo_num_test,
+      max_objects=f.photo_max_objects, test_max_objects=f.photo_test_max_objects, ten_classes=f.photo_ten_classes,
+      photo_dir=f.photo_dir, num_backgrounds=f.photo_num_backgrounds,
+      background_artifact_fraction=f.background_artifact_fraction, min_visible=f.min_visible,
+      synth_backbone=f.synth_backbone, backbone_weights=f.backbone_weights))
 
 
 def cutouts(digits: np.ndarray, colours: np.ndarray) -> np.ndarray:
@@ -94,12 +135,20 @@ def cutouts(digits: np.ndarray, colours: np.ndarray) -> np.ndarray:
   return np.concatenate([colour, alpha], axis=-1)
 
 
+@registry.register("photo_digits", settings=PhotoDigitsSettings, define_flags=define_flags,
+                   settings_from_flags=settings_from_flags,
+                   summary="digit detection on photographs with an SSD (the offline stand-in for §4.2)")
 class PhotoDigitsTask(PastedObjectDetection):
-  def __init__(self, config: PhotoDigitsTaskConfig):
-    settings = config.photo_digits
-    self.config, self.settings = config, settings
+  targets = ("ssd_compact", "ssd_vgg16")
+
+  def __init__(self, task_settings: PhotoDigitsSettings, common: CommonSettings):
+    if common.target not in self.targets:
+      raise ConfigError(f"--target must be one of {self.targets} for --task=photo_digits (an SSD), got "
+                        f"{common.target!r}")
+    settings = task_settings.photo_digits
+    self.task_settings, self.settings, self.common = task_settings, settings, common
     size = settings.image_size
-    if config.target == "ssd_vgg16" and size != SSD_VGG16_SIZE:
+    if common.target == "ssd_vgg16" and size != SSD_VGG16_SIZE:
       raise ConfigError(f"--target=ssd_vgg16 is SSD300: it needs --photo_image_size={SSD_VGG16_SIZE}, "
                         f"got {size}")
     self.image_shape = (size, size, 3)
@@ -109,9 +158,9 @@ class PhotoDigitsTask(PastedObjectDetection):
     self.max_objects = self.label_slots = settings.max_objects
     self.min_visible = settings.min_visible
     self.background_artifact_fraction = settings.background_artifact_fraction
-    self._set_compositing(config.compositor.with_ranges(settings.ranges()), config.synthesizer.jit_compile)
-    self.splits = mnist.load_splits(config.data)
-    rng = np.random.default_rng([config.data_seed, 17])
+    self._set_compositing(common.compositor.with_ranges(settings.ranges()), common.synthesizer.jit_compile)
+    self.splits = mnist.load_splits(task_settings.data)
+    rng = np.random.default_rng([task_settings.data.seed, 17])
     train_photos = photos.load_photos("train", settings.photo_dir, min_side=size)
     test_photos = photos.load_photos("test", settings.photo_dir, min_side=size)
     self.backgrounds = photos.random_crops(train_photos, settings.num_backgrounds, size, rng)
@@ -156,7 +205,8 @@ class PhotoDigitsTask(PastedObjectDetection):
 
   def identity(self) -> dict:
     settings = dataclasses.asdict(self.settings)
-    return {"data": dataclasses.asdict(self.config.data), "photo_digits": settings, "target": self.config.target}
+    return {"task": self.name, "data": dataclasses.asdict(self.task_settings.data), "photo_digits": settings,
+            "target": self.common.target}
 
   def real_examples(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return self.real_images, self.real_labels
@@ -167,7 +217,7 @@ class PhotoDigitsTask(PastedObjectDetection):
 
   def build_target(self) -> SSDTarget:
     size = self.settings.image_size
-    backbone = self.config.target.removeprefix("ssd_")
+    backbone = self.common.target.removeprefix("ssd_")
     sizes = ssd.feature_sizes(backbone, size)
     spec = boxes_lib.DefaultBoxSpec(feature_sizes=sizes, min_scale=0.1,
                                     max_scale=0.6 if backbone == "compact" else 0.9)
@@ -176,7 +226,7 @@ class PhotoDigitsTask(PastedObjectDetection):
   def build_synthesizer(self, seed: int | None) -> keras.Model:
     return scene_synthesizer.build_scene_synthesizer(
         (CUTOUT_SIZE, CUTOUT_SIZE, 3), self.image_shape, self.settings.max_objects, self.settings.synth_backbone,
-        self.config.synthesizer.width, self.config.synthesizer.dropout, self.config.synthesizer.noise_dim,
+        self.common.synthesizer.width, self.common.synthesizer.dropout, self.common.synthesizer.noise_dim,
         weights=self._backbone_weights(), seed=seed)
 
   # ------------------------------------------------------------------------------------ compositing
