@@ -76,8 +76,8 @@ def compositor_rate(generator: generation.Generator, task, compiled: bool, round
   """Composites per second of the compositor alone (the served signature's path, or with `compiled` that
   path compiled by XLA, as the generator runs it) on the generator's own inputs, with fixed parameters
   inside the task's ranges."""
-  # pylint: disable-next=protected-access
-  foreground, background, classes, _ = generator._inputs(FLAGS.batch, np.random.default_rng(0))
+  draw = generator.inputs.draw(FLAGS.batch, np.random.default_rng(0))
+  foreground, background, classes = draw.foreground, draw.background, draw.classes
   ranges = task.compositor.ranges
   low, high = ranges.bounds()
   rng = np.random.default_rng(1)
@@ -104,12 +104,13 @@ def compositor_rate(generator: generation.Generator, task, compiled: bool, round
 def signature_rate(generator: generation.Generator, rounds: int = 10) -> float:
   """Composites per second of the synthesizer's signature alone (S + the compositor) on the generator's
   own inputs."""
-  draw = generator._draw(FLAGS.batch, np.random.default_rng(0))  # pylint: disable=protected-access
-  generator.synthesizer(*draw[:3], draw[4])
+  draw = generator.inputs.draw(FLAGS.batch, np.random.default_rng(0))
+  arguments = (draw.foreground, draw.background, draw.classes, draw.seed)
+  generator.synthesizer(*arguments)
   times = []
   for _ in range(rounds):
     start = time.perf_counter()
-    generator.synthesizer(*draw[:3], draw[4])
+    generator.synthesizer(*arguments)
     times.append(time.perf_counter() - start)
   return FLAGS.batch / float(np.median(times))
 

@@ -6,8 +6,8 @@ r"""Launcher: write a synthetic dataset with an exported synthesizer.
 
 (`--foregrounds=bundled --backgrounds=bundled`: the MNIST digits and sample photos that ship with terse_tf.)
 
-Rerunning the same command resumes: finished shards are kept, the rest are written. generation.py has the
-record format; the README has a walk-through.
+Rerunning the same command resumes: finished shards are kept, the rest are written. generation/records.py
+has the record format; the README has a walk-through.
 """
 
 from __future__ import annotations

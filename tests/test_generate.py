@@ -1,5 +1,6 @@
-"""The dataset generator: records and COCO JSON read back, determinism, resume after SIGKILL, --hard_only,
-bad cut-outs, resumes that tell models and folders by content, and bad inputs as one clear error."""
+"""The dataset generator end to end on exported models: records and COCO JSON read back, determinism, resume
+after SIGKILL, --hard_only, the signatures run on one draw, bad cut-outs, resumes that tell models and
+folders by content, and bad inputs as one clear error. Its parts without a model: test_generation_parts.py."""
 
 import dataclasses
 import json
@@ -19,6 +20,7 @@ from conftest import DETECTION_SMOKE_FLAGFILE, REPO_ROOT, smoke_config
 from terse_tf import export, files, generation, trainer as trainer_lib
 from terse_tf.data import cutouts, mnist, photos
 from terse_tf.errors import ConfigError, DataError
+from terse_tf.generation import inputs, records as records_lib, signatures
 
 DIGIT_NAMES = [str(d) for d in range(10)]
 
@@ -66,7 +68,7 @@ def detection_export(tmp_path_factory):
 
 
 def read_records(out_dir) -> list[tf.train.Example]:
-  shards = sorted(tf.io.gfile.glob(os.path.join(str(out_dir), "*" + generation.RECORD_SUFFIX)))
+  shards = sorted(tf.io.gfile.glob(os.path.join(str(out_dir), "*" + records_lib.RECORD_SUFFIX)))
   return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(shards)]
 
 
@@ -90,14 +92,14 @@ def test_a_killed_generation_resumes_to_exactly_the_uninterrupted_dataset(affnis
   deadline = time.time() + 240
   while time.time() < deadline:
     done = [n for n in os.listdir(tmp_path / "killed")] if os.path.isdir(tmp_path / "killed") else []
-    if sum(n.endswith(generation.RECORD_SUFFIX) for n in done) >= 2:
+    if sum(n.endswith(records_lib.RECORD_SUFFIX) for n in done) >= 2:
       break
     time.sleep(0.05)
   interrupted.send_signal(signal.SIGKILL)
   interrupted.wait()
-  finished_before = sorted(n for n in os.listdir(tmp_path / "killed") if n.endswith(generation.RECORD_SUFFIX))
+  finished_before = sorted(n for n in os.listdir(tmp_path / "killed") if n.endswith(records_lib.RECORD_SUFFIX))
   assert 2 <= len(finished_before) < 12, finished_before
-  assert not os.path.exists(tmp_path / "killed" / generation.SUMMARY)
+  assert not os.path.exists(tmp_path / "killed" / records_lib.SUMMARY)
   resumed = generate_cli(*common, f"--out={tmp_path / 'killed'}")
   for process in (reference, resumed):
     _, stderr = process.communicate(timeout=300)
@@ -109,7 +111,7 @@ def test_a_killed_generation_resumes_to_exactly_the_uninterrupted_dataset(affnis
   assert len({feature(r, "image/source_id")[0] for r in records}) == 1200
   # The same seed gives the same dataset, byte for byte, however often the run was interrupted.
   for name in sorted(os.listdir(tmp_path / "whole")):
-    if name.endswith(generation.RECORD_SUFFIX):
+    if name.endswith(records_lib.RECORD_SUFFIX):
       assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes(), name
 
   example = records[0]
@@ -118,7 +120,7 @@ def test_a_killed_generation_resumes_to_exactly_the_uninterrupted_dataset(affnis
   assert image.shape == mask.shape == (40, 40, 1) and mask.max() > 200
   assert feature(example, "image/class/text")[0].decode() == DIGIT_NAMES[feature(example, "image/class/label")[0]]
   assert len(feature(example, "synthesizer/params")) == 6
-  summary = json.loads((tmp_path / "killed" / generation.SUMMARY).read_text())
+  summary = json.loads((tmp_path / "killed" / records_lib.SUMMARY).read_text())
   assert summary["num"] == 1200 and os.path.exists(summary["preview"])
   # Resuming into it with another seed would mix two datasets: refused, naming --out.
   other_seed = [a for a in common if not a.startswith("--seed")] + ["--seed=8", f"--out={tmp_path / 'killed'}"]
@@ -145,8 +147,37 @@ def test_hard_only_keeps_what_the_target_finds_hard_and_reports_the_yield(affnis
   # The recorded hardness is the exported target's verdict on the decoded image.
   images = np.stack([tf.io.decode_png(feature(r, "image/encoded")[0]).numpy() for r in records[:16]]) / 255
   labels = np.array([feature(r, "image/class/label")[0] for r in records[:16]], np.int32)
-  served = generation.Target(paths[export.TARGET_DIR]).hardness(images.astype(np.float32), {"label": labels})
+  served = signatures.Target(paths[export.TARGET_DIR]).hardness(images.astype(np.float32), {"label": labels})
   np.testing.assert_allclose(served, hardness[:16], atol=0.02)  # PNG rounding of the image.
+
+
+def test_the_exported_signatures_composite_a_draw_and_judge_it(affnist_export, detection_export):
+  """signatures.composite on its own: a batch is a function of the draw (its seed included) and holds what
+  the records need (a detector's labels from the synthesizer) and the target's verdict on each composite."""
+  for root, paths in (affnist_export, detection_export):
+    synthesizer = signatures.Synthesizer(paths[export.SYNTHESIZER_DIR], export.GENERATE)
+    target = signatures.Target(paths[export.TARGET_DIR])
+    cutout_shape = synthesizer.foreground_shape[-3:]
+    loaded = inputs.load_cutouts(str(root / "digits"), cutout_shape, synthesizer.class_names)
+    drawer = inputs.Inputs(loaded.with_channels(cutout_shape[-1]), loaded.classes, None,
+                           synthesizer.background_shape, synthesizer.detection, synthesizer.slots, synthesizer.slots)
+    draw = drawer.draw(4, inputs.shard_rng(0, 0))
+    batch = signatures.composite(synthesizer, target, draw, masks=True)
+    np.testing.assert_array_equal(signatures.composite(synthesizer, target, draw, masks=True).images, batch.images)
+    reseeded = signatures.composite(synthesizer, None, dataclasses.replace(draw, seed=draw.seed + 1), masks=False)
+    assert not np.array_equal(reseeded.params, batch.params)  # The seed drives S's dropout and noise.
+    assert reseeded.hardness is None and reseeded.masks is None
+    height, width, _ = synthesizer.background_shape
+    assert batch.images.shape == (4, *synthesizer.background_shape)
+    np.testing.assert_array_equal(batch.hardness, target.hardness(batch.images, batch.labels))
+    if synthesizer.detection:
+      slots = synthesizer.slots
+      assert batch.params.shape == (4, slots, 6) and batch.masks.shape == (4, slots, height, width, 1)
+      assert set(batch.labels) == {"boxes", "classes", "count"}
+      assert np.all(batch.labels["count"] <= np.sum(draw.classes >= 0, axis=1))  # Covered objects lose boxes.
+    else:
+      assert batch.labels is draw.labels
+      assert batch.params.shape == (4, 6) and batch.masks.shape == (4, height, width, 1)
 
 
 def test_detection_records_masks_and_coco_json_read_back_and_agree(detection_export, tmp_path):
@@ -157,7 +188,7 @@ def test_detection_records_masks_and_coco_json_read_back_and_agree(detection_exp
       write_masks=True)
   generation.Generator(config).run()
   records = read_records(tmp_path / "out")
-  coco = COCO(str(tmp_path / "out" / generation.ANNOTATIONS))
+  coco = COCO(str(tmp_path / "out" / records_lib.ANNOTATIONS))
   assert len(records) == len(coco.getImgIds()) == 70
   assert coco.loadCats(coco.getCatIds())[0]["name"] == "digit"
   objects = 0
