@@ -23,7 +23,7 @@ The class sub-folders, sorted by name, are the target's classes 0, 1, ... Everyt
 trainer's own: S against your T in lockstep, the hard-example cache, checkpoints (call again to resume),
 TensorBoard under run_dir, and SavedModel exports of S (serve it, or generate a dataset with
 `python -m terse_tf.generate`) and of your fine-tuned T. Keyword arguments set TrainConfig's fields
-(cycles, hard_per_class, synth_max_steps, baseline_epochs, batch_size, ...; trainer.py documents them).
+(cycles, hard_per_class, synth_max_steps, baseline_epochs, batch_size, ...; config.py documents them).
 Progress goes to the log as the command line's does (each phase's lines with their ETA, the results);
 `verbose=False` keeps to warnings and errors.
 """

@@ -44,8 +44,8 @@ def target_dataset(task: Task, cache: HardExampleCache, strategy: tf.distribute.
     if cached is not None:
       cached = cached.shard(context.num_input_pipelines, context.input_pipeline_id)
       cached = cached.shuffle(min(num_cached, cache_shuffle_buffer), seed=epoch_seed + 1)
-      ds = tf.data.Dataset.sample_from_datasets([ds.repeat(), cached.repeat()], weights=[1.0 - fraction, fraction],
-                                                seed=epoch_seed)
+      ds = tf.data.Dataset.sample_from_datasets([ds.repeat(), cached.repeat()],
+                                                weights=[1.0 - fraction, fraction], seed=epoch_seed)
     elif steps:
       ds = ds.repeat()
     ds = ds.batch(batch, drop_remainder=True).take(batches)

@@ -97,7 +97,8 @@ class RunDirectory:
                         "Use another --run_dir, or --fresh to replace it")
     recorded = self._recorded_settings()
     if recorded is not None and recorded != settings:
-      raise ConfigError(f"--run_dir={self.path} holds a run with other settings ({_differences(recorded, settings, _flag_name)}): "
+      differences = _differences(recorded, settings, _flag_name)
+      raise ConfigError(f"--run_dir={self.path} holds a run with other settings ({differences}): "
                         f"resuming would mix two runs. Rerun with its settings (its command is in "
                         f"{os.path.join(self.path, CONFIG_FILE)}), use another --run_dir, or add --fresh to "
                         "start over")

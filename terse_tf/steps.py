@@ -160,7 +160,8 @@ def diversity(composition: Composition, seed: tf.Tensor, settings: StepSettings)
 
 
 def synth_step(players: Players, strategy: tf.distribute.Strategy, settings: StepSettings,
-               compose: Callable[..., Composition], batch, step_seed: tf.Tensor) -> tuple[SynthStepOutputs, object]:
+               compose: Callable[..., Composition], batch, step_seed: tf.Tensor
+               ) -> tuple[SynthStepOutputs, object]:
   """One Adam step of S against T and D (eq. 3), T and D frozen: S maximises T's loss on its composites
   while D calls them real (and the diversity penalty spreads its transforms). `compose` is the task's;
   `step_seed` [2] int64 seeds the step's random draws (S's noise, the penalty's uniform sample). Returns the

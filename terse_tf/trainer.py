@@ -279,9 +279,11 @@ class Trainer:
       self._check_finite(loss, "synthesizer")
       hardness = outputs.hardness.numpy()
       hard = losses.is_hard(hardness, self.hard_threshold) & (int(self.synth_step.numpy()) >= warmup)
-      composites, labels = outputs.composites.numpy()[hard], {k: v.numpy()[hard] for k, v in outputs.labels.items()}
+      composites = outputs.composites.numpy()[hard]
+      labels = {key: value.numpy()[hard] for key, value in outputs.labels.items()}
       added = self.cache.add(composites, labels, outputs.quota_class.numpy()[hard], hardness[hard], cycle, quota)
-      hard_examples.add(composites, labels, hardness, outputs.params.numpy()[hard][outputs.pasted.numpy()[hard] > 0])
+      objects = outputs.pasted.numpy()[hard] > 0  # The parameter rows of objects, not of empty slots.
+      hard_examples.add(composites, labels, hardness, outputs.params.numpy()[hard][objects])
       self.synth_step.assign_add(1)
       step = int(self.synth_global_step.numpy())
       summaries.synth_step(self.writer, step, outputs, discriminator, hard, added, len(self.cache),

@@ -240,7 +240,7 @@ def test_detection_smoke_run_killed_mid_run_resumes_to_the_end(tmp_path):
     assert resumed_cycle == pytest.approx(expected_cycle, rel=1e-6), (resumed_cycle, expected_cycle)
   np.testing.assert_array_equal(cached_images(run_dir), cached_images(uninterrupted))
   # The cache holds what the checkpoint counts, within each cycle's quota.
-  resumed = trainer_lib.Trainer(detection_config(run_dir))
+  resumed = trainer_lib.Trainer(detection_config(run_dir, hard_per_class=(40,), synth_max_steps=12))
   assert len(os.listdir(run_dir / "cache")) == int(resumed.cache.committed_shards.numpy())
   for cycle in (1, 2):
     assert resumed.cache.class_counts(cycle).max() <= 40

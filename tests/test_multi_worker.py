@@ -158,8 +158,8 @@ def test_multi_worker_without_tf_config_or_after_other_ops_is_one_clear_error(tm
   assert result.returncode == 1 and "needs the TF_CONFIG environment variable" in result.stderr
   assert not (tmp_path / "run").exists()
   # The strategy configures the runtime's collective ops, which only a process that has run no op can do.
-  late = ("import tensorflow as tf; tf.constant(1.0) + 1; from terse_tf import trainer; "
-          "trainer.build_strategy('multi_worker')")
+  late = ("import tensorflow as tf; tf.constant(1.0) + 1; from terse_tf import distribute; "
+          "distribute.build_strategy('multi_worker')")
   env["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{free_ports(1)[0]}"]},
                                  "task": {"type": "worker", "index": 0}})
   result = subprocess.run([sys.executable, "-c", late], cwd=REPO_ROOT, env=env, capture_output=True, text=True,

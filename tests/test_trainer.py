@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import DETECTION_SMOKE_FLAGFILE, SMOKE_FLAGFILE, smoke_config, synth_batches
-from terse_tf import files, losses, pipelines, train_lib, trainer as trainer_lib
+from terse_tf import files, losses, train_lib, trainer as trainer_lib
 from terse_tf import progress as progress_lib
 from terse_tf.networks import synthesizer
 from terse_tf.errors import ConfigError, DataError, NonFiniteLossError, TerseError
@@ -189,8 +189,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     ({"target": "ssd_compact"}, "--target must be one of .* for --task=affnist"),
     ({"sample_source": "cut_paste"}, "--sample_source must be one of .* for --task=affnist"),
     ({"discriminator_weight": -1.0}, "--discriminator_weight must be >= 0"),
-    ({"task": "photo_digits", "task_settings": None}, "--target must be one of .*ssd_compact.* for --task=photo_digits"),
-    ({"task": "photo_digits"}, "task .photo_digits. takes settings of type PhotoDigitsSettings, got AffnistSettings"),
+    ({"task": "photo_digits", "task_settings": None},
+     "--target must be one of .*ssd_compact.* for --task=photo_digits"),
+    ({"task": "photo_digits"},
+     "task .photo_digits. takes settings of type PhotoDigitsSettings, got AffnistSettings"),
     ({"synth_dropout": 1.0}, "--synth_dropout must be in"),
     ({"batch_size": 0}, "--batch_size must be >= 1"),
     ({"diversity_weight": -1.0}, "--diversity_weight must be >= 0"),
@@ -293,28 +295,6 @@ def test_a_start_killed_before_its_first_checkpoint_leaves_no_stale_event_file(t
   assert len(events()) == 1
   trainer_lib.Trainer(config).writer.flush()  # The next start has no checkpoint to resume: it starts over.
   assert len(events()) == 1
-
-
-@pytest.mark.parametrize("cache_fraction", [0.0, 0.5])
-def test_fine_tuning_batches_mix_real_digits_and_cache_at_the_configured_share(tmp_path, cache_fraction):
-  trainer = trainer_lib.Trainer(smoke_config(str(tmp_path), cache_fraction=cache_fraction, export=False))
-  white = np.ones((40, *trainer.task.image_shape), np.float32)  # Unlike any real digit: easy to count.
-  classes = np.arange(40) % 10
-  trainer.cache.add(white, {"label": classes.astype(np.int32)}, classes, np.zeros(40), cycle=1,
-                    per_class_quota=4)
-  trainer.cache.commit()
-  real = len(trainer.task.splits.train_labels)
-  def epoch(steps=0):
-    return pipelines.target_dataset(trainer.task, trainer.cache, trainer.strategy, 64, epoch_seed=3, steps=steps,
-                                    cache_fraction=cache_fraction)
-
-  batches = [images.numpy() for images, _ in epoch(steps=60)]
-  assert len(batches) == 60
-  cached_share = np.mean([(image == 1.0).all() for batch in batches for image in batch])
-  expected = cache_fraction or 40 / (real + 40)
-  assert abs(cached_share - expected) < 4 * np.sqrt(expected * (1 - expected) / (60 * 64))
-  # An epoch is as many batches as one pass over real digits + cache, whichever way they are mixed.
-  assert sum(1 for _ in epoch()) == (real + 40) // 64
 
 
 def test_warm_up_keeps_a_fresh_synthesizers_first_composites_out_of_the_cache(tmp_path):
@@ -486,16 +466,3 @@ def test_diversity_penalty_keeps_the_synthesizers_transforms_spread(tmp_path, co
   assert collapsed > collapsed_before + 0.5  # The paper's loss alone collapses...
   _, penalised = trained_spread(tmp_path, weight, per_class)
   assert penalised[per_class] < 0.5 * collapsed  # ...and the penalty holds S at under half that distance.
-
-
-@pytest.mark.parametrize("seconds,text", [(0.4, "0s"), (37, "37s"), (727, "12m07s"), (14520, "4h02m")])
-def test_durations_read_at_a_glance(seconds, text):
-  assert progress_lib.format_duration(seconds) == text
-
-
-def test_run_eta_extrapolates_the_rate_through_the_cycles():
-  progress = progress_lib.Progress(cycles=8, elapsed_before=100.0)
-  assert "run ETA" not in progress.describe(0.0, cycles_done=2.0)  # Nothing timed yet.
-  progress._first_mark = (progress._first_mark[0] - 60.0, 2.0)  # One cycle took a minute...
-  assert progress.describe(0.5, cycles_done=3.0).endswith("run ETA 5m00s")  # ...five remain.
-  assert progress.describe(0.5).startswith("elapsed 1m4")  # Time before a resume counts.

@@ -1,0 +1,116 @@
+"""The run directory on its own: what a start refuses before it touches anything, the lock, what --fresh
+removes, and the resume rules (the checkpoint's identity, the settings config.json recorded)."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from conftest import REPO_ROOT
+from terse_tf import config as config_lib
+from terse_tf.cache import HardExampleCache
+from terse_tf.errors import ConfigError, DataError
+from terse_tf.run_dir import RUN_OUTPUTS, RunDirectory
+
+STRATEGY = tf.distribute.get_strategy()
+# Another process holding a run directory's lock until it is killed.
+HOLD_LOCK = ("import sys, time; from terse_tf import files; files.DirectoryLock(sys.argv[1]).acquire(); "
+             "print('locked', flush=True); time.sleep(300)")
+IDENTITY = json.dumps({"data": {"seed": 0}, "target": "paper"}, sort_keys=True)
+
+
+def opened(path, fresh=False, resuming=False) -> RunDirectory:
+  run_dir = RunDirectory(str(path), fresh, STRATEGY, is_chief=True)
+  run_dir.open(HardExampleCache(os.path.join(path, "cache"), 2), resuming)
+  return run_dir
+
+
+def saved_run(path, identity=IDENTITY, settings=None) -> str:
+  """A run directory with one checkpoint of this identity and a config.json with these settings."""
+  run_dir = opened(path)
+  checkpoint = tf.train.Checkpoint(run_identity=tf.Variable(identity), step=tf.Variable(3))
+  latest = run_dir.checkpoint_manager(checkpoint).save()
+  run_dir.write_config({"seed": 0}, settings or {"synth_lr": 0.001, "task_settings.data.seed": 0}, "train ...")
+  run_dir.close()
+  return latest
+
+
+def test_a_file_in_the_way_is_refused_before_anything_is_made(tmp_path):
+  (tmp_path / "run").write_text("")
+  with pytest.raises(ConfigError, match="--run_dir=.*run is an existing file"):
+    RunDirectory(str(tmp_path / "run"), False, STRATEGY, is_chief=True)
+
+
+def test_one_process_at_a_time(tmp_path):
+  holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(ConfigError, match=f"is in use by another process \\(pid {holder.pid} .*a run still going"):
+      opened(tmp_path)
+  finally:
+    holder.kill()
+    holder.wait()
+  opened(tmp_path).close()  # The killed holder left no lock behind.
+
+
+def test_fresh_removes_the_runs_outputs_only(tmp_path):
+  for name in RUN_OUTPUTS:
+    (tmp_path / name).mkdir() if "." not in name else (tmp_path / name).write_text("{}")
+  (tmp_path / "notes.txt").write_text("mine")
+  opened(tmp_path, fresh=True).close()
+  assert sorted(os.listdir(tmp_path)) == [".terse_tf.lock", "notes.txt"]
+
+
+def test_a_start_killed_before_its_first_checkpoint_leaves_no_stale_events(tmp_path):
+  (tmp_path / "tensorboard").mkdir()
+  (tmp_path / "config.json").write_text("{}")
+  opened(tmp_path, resuming=False).close()
+  assert not (tmp_path / "tensorboard").exists()
+  (tmp_path / "tensorboard").mkdir()
+  opened(tmp_path, resuming=True).close()  # A resumed run keeps its events.
+  assert (tmp_path / "tensorboard").exists()
+
+
+def test_resume_needs_the_same_identity_and_the_same_result_settings(tmp_path):
+  latest = saved_run(tmp_path)
+  run_dir = RunDirectory(str(tmp_path), False, STRATEGY, is_chief=True)
+  assert run_dir.latest_checkpoint() == latest
+  run_dir.check_resumable(latest, IDENTITY, {"synth_lr": 0.001, "task_settings.data.seed": 0})
+  other = json.dumps({"data": {"seed": 1}, "target": "paper"}, sort_keys=True)
+  with pytest.raises(ConfigError, match=r"other data or another target \(data.seed: 0 there, 1 now\)"):
+    run_dir.check_resumable(latest, other, {"synth_lr": 0.001, "task_settings.data.seed": 0})
+  with pytest.raises(ConfigError, match=r"other settings \(--synth_lr: 0.001 there, 0.002 now; "
+                                        r"task_settings.data.seed: 0 there, 1 now\).*--fresh"):
+    run_dir.check_resumable(latest, IDENTITY, {"synth_lr": 0.002, "task_settings.data.seed": 1})
+  assert RunDirectory(str(tmp_path), True, STRATEGY, is_chief=True).latest_checkpoint() is None  # --fresh
+
+
+def test_a_damaged_checkpoint_or_config_is_named(tmp_path):
+  latest = saved_run(tmp_path)
+  run_dir = RunDirectory(str(tmp_path), False, STRATEGY, is_chief=True)
+  (tmp_path / "config.json").write_text("{not json")
+  with pytest.raises(DataError, match="config.json: damaged"):
+    run_dir.check_resumable(latest, IDENTITY, {})
+  with open(latest + ".index", "r+b") as f:
+    f.truncate(10)
+  with pytest.raises(DataError, match="damaged checkpoint.*--fresh"):
+    run_dir.check_resumable(latest, IDENTITY, {})
+
+
+def test_result_settings_leave_out_what_a_resume_may_change():
+  config = config_lib.TrainConfig(run_dir="a")
+  settings = config_lib.result_settings(config)
+  assert settings["synth_lr"] == config.synth_lr and settings["hard_per_class"] == [500]
+  assert settings["task_settings.data.num_val"] == config.task_settings.data.num_val  # Nested, by full name.
+  elsewhere = dataclasses.replace(config.task_settings.affnist, cache_dir="/elsewhere")
+  changed = dataclasses.replace(
+      config, run_dir="b", checkpoint_every_steps=7, eval_batch_size=3, strategy="mirrored", jit_compile=False,
+      fresh=True, export=False, init_checkpoint="x",
+      task_settings=dataclasses.replace(config.task_settings, affnist=elsewhere))
+  assert config_lib.result_settings(changed) == settings
+  assert config_lib.result_settings(dataclasses.replace(config, cycles=9)) != settings
