@@ -1,4 +1,4 @@
-"""Detection: the photo_digits task, the SSD target's hardness, the three players' steps, the detection
+"""Detection: the photo_digits task, the SSD target's hardness, which player each step moves, the detection
 exports under saved_model_cli, photos on disk, and a smoke run killed and resumed."""
 
 import glob
@@ -97,9 +97,9 @@ def test_cut_paste_blend_modes_soften_the_edge_and_keep_the_alpha_mass():
     assert blended[mode, ..., 3].sum() == pytest.approx(200.0, rel=1e-5)     # ...no ink lost.
 
 
-def test_each_players_step_moves_only_its_own_variables_and_s_learns_from_t_and_d(trainer):
-  """S's step leaves T and D alone, D's leaves S and T, T's leaves S and D; and S's gradient has a
-  non-zero part from T's loss and from D's verdict, each through the compositor."""
+def test_each_players_step_moves_only_its_own_variables(trainer):
+  """S's step leaves T and D alone, D's leaves S and T, T's leaves S and D. (What S's step learns from T's
+  loss and D's verdict: test_steps.py, against one tape.)"""
   players = {"synthesizer": trainer.synthesizer, "target": trainer.target.model,
              "discriminator": trainer.discriminator}
   synth_batch, real = next(iter(synth_batches(trainer, 0)))
@@ -122,17 +122,6 @@ def test_each_players_step_moves_only_its_own_variables_and_s_learns_from_t_and_
   batch = (tf.constant(images[:16], tf.float32) / 255.0, {k: tf.constant(v[:16]) for k, v in labels.items()})
   moved, _ = step_moves(lambda: trainer._target_step(batch))
   assert moved == {"target"}
-
-  variables = trainer.synthesizer.trainable_variables
-  with tf.GradientTape(persistent=True) as tape:
-    composition = trainer.task.compose(
-        lambda fg, bg: synthesizer.raw_params(trainer.synthesizer, fg, bg, training=True), synth_batch)
-    target_term = -trainer.target.replica_loss(trainer.target.model(composition.images, training=False),
-                                               composition.labels)
-    realism = tf.reduce_mean(trainer.discriminator(composition.images, training=False)[0])
-  for term in (target_term, realism):
-    gradients = tape.gradient(term, variables)
-    assert max(float(tf.reduce_max(tf.abs(g))) for g in gradients if g is not None) > 0
 
 
 def test_synthesized_boxes_follow_the_pasted_objects(trainer):

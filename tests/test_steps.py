@@ -1,18 +1,23 @@
-"""The trainer's single steps against hand computations: weight decay, which player each step moves, what
-S's steps do to T's loss, what the cache stores, and MirroredStrategy against one device."""
+"""The trainer's single steps against hand computations: weight decay, which player each step moves, S's
+gradient from T's loss and D's verdict, what S's steps do to T's loss, what the cache stores, and
+MirroredStrategy against one device."""
 
+import contextlib
+import dataclasses
 import json
 import subprocess
 import sys
 import textwrap
+from typing import NamedTuple
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, smoke_config, synth_batches
-from terse_tf import config as config_lib, losses, trainer as trainer_lib
+from conftest import DETECTION_SMOKE_FLAGFILE, REPO_ROOT, smoke_config, synth_batches
+from terse_tf import config as config_lib, losses, steps, trainer as trainer_lib
+from terse_tf.cache import as_stored
 from terse_tf.networks import synthesizer
 from terse_tf.tasks import affnist as affnist_task
 
@@ -218,3 +223,165 @@ def test_the_targets_own_regularizers_join_its_loss(tmp_path):
   for variable, before, gradient, after in zip(variables, w0, g, values(variables)):
     penalty_gradient = before if variable is kernel else 0.0  # ...and the step follows it.
     np.testing.assert_allclose(after, before - lr * (gradient + penalty_gradient), atol=1e-6)
+
+
+# ------------------------------------------------------------------ S's step against one tape, with T and D
+@pytest.fixture(scope="module")
+def detection_trainer(tmp_path_factory):
+  """A photo_digits smoke trainer (S, SSD T, D), nothing trained, whose S step draws no randomness: S
+  without dropout or noise, no diversity penalty. Tests leave its weights and optimizers as they found them."""
+  config = smoke_config(str(tmp_path_factory.mktemp("detection")), flagfile=DETECTION_SMOKE_FLAGFILE,
+                        synth_dropout=0.0, synth_noise_dim=0, diversity_weight=0.0, export=False)
+  return trainer_lib.Trainer(config)
+
+
+@contextlib.contextmanager
+def restored(variables):
+  """Puts `variables` back as they were on leaving."""
+  saved = values(variables)
+  try:
+    yield
+  finally:
+    for variable, value in zip(variables, saved):
+      variable.assign(value)
+
+
+class HandSynthStep(NamedTuple):
+  """S's loss terms on one batch at S's present weights, and the gradient of each with respect to S's
+  trainable variables (numpy, in their order)."""
+  images: tf.Tensor         # The composites on the cache's 8-bit grid, which T and D judge.
+  labels: dict
+  target_loss: float
+  adversarial: float
+  target_gradient: list     # Of T's loss (S descends its negative).
+  adversarial_gradient: list
+  decay_gradient: list      # Of the coupled L2 term, decay * w.
+
+
+def hand_synth_step(trainer, batch) -> HandSynthStep:
+  """One tape, here, over what eq. 3 says S's step is: S (training mode, as in its step) places the
+  objects, T and D (frozen: inference mode) judge the 8-bit composites; T's loss is its SSD loss, D's term
+  the mean cross-entropy of D calling them real."""
+  players = trainer.players
+  variables = players.synthesizer.trainable_variables
+  with restored(players.synthesizer.variables):  # S's BatchNorm statistics move in training mode.
+    with tf.GradientTape(persistent=True) as tape:
+      composition = trainer.task.compose(
+          lambda foreground, background: synthesizer.raw_params(players.synthesizer, foreground, background,
+                                                                training=True), batch)
+      images = as_stored(composition.images)
+      target_outputs = players.target.model(images, training=False)
+      target_loss = players.target.replica_loss(target_outputs, composition.labels)
+      adversarial = tf.reduce_mean(losses.synthesizer_adversarial_loss(
+          players.discriminator(images, training=False)))
+    target_gradient, adversarial_gradient = (
+        [g.numpy() for g in tape.gradient(term, variables)] for term in (target_loss, adversarial))
+  decay = trainer.config.synth_weight_decay if trainer.config.weight_decay_mode == "coupled" else 0.0
+  return HandSynthStep(images, composition.labels, float(target_loss), float(adversarial), target_gradient,
+                       adversarial_gradient, [decay * v.numpy() for v in variables])
+
+
+def sgd_synth_gradient(trainer, settings, batch, lr=1e3):
+  """S's gradient in its step: steps.synth_step with the trainer's players, strategy and compose, but with
+  `settings` and a plain SGD optimizer in place of S's Adam (in a copy of the players), so that S moves by
+  exactly -lr * its gradient; S is put back after. A large lr keeps the update far above float32's spacing
+  at S's weights. Run eagerly (a trace costs seconds; the trainer's compiled step is checked below).
+  Returns (outputs, the gradient per trainable variable)."""
+  variables = trainer.synthesizer.trainable_variables
+  optimizer = keras.optimizers.SGD(lr)
+  optimizer.build(variables)
+  players = trainer.players._replace(synth_optimizer=optimizer)
+  step_seed = tf.stack([tf.constant(trainer.config.seed, tf.int64), trainer.synth_global_step.read_value()])
+  with restored(trainer.synthesizer.variables):
+    before = values(variables)
+    outputs, _ = steps.synth_step(players, trainer.strategy, settings, trainer.task.compose, batch, step_seed)
+    return outputs, [(b - a) / lr for b, a in zip(before, values(variables))]
+
+
+def scaled_error(actual, expected):
+  """max |actual - expected| over a variable, relative to the largest |expected| in it (its gradient's
+  scale: float32 convolutions summed in another order move the small entries by that scale's ulps)."""
+  return np.abs(actual - expected).max() / np.abs(expected).max()
+
+
+def test_synthesizer_step_descends_the_hand_gradient_of_ts_loss_and_ds_verdict(detection_trainer):
+  """S's real step against one tape here: S descends -T's loss + discriminator_weight * D's realism term
+  (+ the coupled decay), and with discriminator_weight 0 its gradient lacks exactly the weighted gradient of
+  D's term. A step that stopped D's gradient, dropped its term or showed D anything but the composites
+  fails here: D's part of every variable's gradient is well above the tolerance."""
+  trainer = detection_trainer
+  batch = next(iter(synth_batches(trainer, 0)))[0]
+  settings = steps.StepSettings.of(trainer.config, trainer.task.num_classes)
+  weight = settings.discriminator_weight
+  assert weight > 0 and trainer.discriminator is not None
+  hand = hand_synth_step(trainer, batch)
+  outputs, gradient = sgd_synth_gradient(trainer, settings, batch)
+  _, without_d = sgd_synth_gradient(trainer, dataclasses.replace(settings, discriminator_weight=0.0), batch)
+
+  paths = [v.path for v in trainer.synthesizer.trainable_variables]
+  for path, actual, actual_without_d, t, d, decay in zip(paths, gradient, without_d, hand.target_gradient,
+                                                        hand.adversarial_gradient, hand.decay_gradient):
+    expected = -t + weight * d + decay
+    error = scaled_error(actual, expected)
+    assert error < 1e-3, (path, error)
+    error = scaled_error(actual_without_d, expected - weight * d)
+    assert error < 1e-3, ("without D's term", path, error)
+    assert np.abs(weight * d).max() > 1e-2 * np.abs(expected).max(), path  # D's part counts.
+  np.testing.assert_allclose(float(outputs.adversarial), hand.adversarial, rtol=1e-4)
+  np.testing.assert_allclose(float(outputs.loss), -hand.target_loss + weight * hand.adversarial, rtol=1e-4)
+
+
+def adam_first_moments(optimizer, variables):
+  """Adam's first moment of each variable (Keras 3 names it after the variable's path)."""
+  by_name = {v.name: v for v in optimizer.variables}
+  return [by_name[variable.path.replace("/", "_") + "_momentum"].numpy() for variable in variables]
+
+
+def test_a_detection_synthesizer_step_reports_ts_ssd_loss_and_judgement_and_takes_adams_step(
+    detection_trainer):
+  """The trainer's own S step (its tf.function, settings and Adam) on a photo_digits batch, SSD T and D
+  playing, against one tape here: T judged the composites and labels the tape makes, its reported loss is
+  T's SSD loss on them and the hardness and quota class T's judgement of them; and S took Adam's first step
+  of the hand gradient of -T's loss + discriminator_weight * D's term (+ the coupled decay). After a first
+  step from zero, Adam's first moment is (1 - beta_1) * the gradient, and S moved by lr * g / (|g| + eps /
+  sqrt(1 - beta_2)) per weight."""
+  trainer = detection_trainer
+  target, optimizer = trainer.target, trainer.players.synth_optimizer
+  assert int(optimizer.iterations.numpy()) == 0
+  batch = next(iter(synth_batches(trainer, 1)))[0]
+  hand = hand_synth_step(trainer, batch)
+  variables = trainer.synthesizer.trainable_variables
+  with restored(trainer.synthesizer.variables + optimizer.variables):
+    before = values(variables)
+    outputs, composites = trainer._synth_step(batch)
+    moved = [b - a for b, a in zip(before, values(variables))]
+    gradient = [m / (1.0 - optimizer.beta_1) for m in adam_first_moments(optimizer, variables)]
+
+  # The composites are the tape's (a pixel may round to the next 8-bit level), with its labels...
+  difference = np.abs(outputs.composites.numpy() - hand.images.numpy())
+  assert difference.max() <= 1.0 / 255.0 + 1e-6 and np.mean(difference > 1e-6) < 1e-3
+  np.testing.assert_array_equal(composites.numpy(), outputs.composites.numpy())  # What D's step takes.
+  for key in ("classes", "count"):
+    np.testing.assert_array_equal(outputs.labels[key].numpy(), hand.labels[key].numpy(), err_msg=key)
+  np.testing.assert_allclose(outputs.labels["boxes"].numpy(), hand.labels["boxes"].numpy(), atol=1e-5)
+  # ...T's loss the SSD loss on them (summed over replicas: one here)...
+  target_outputs = target.model(outputs.composites, training=False)
+  recomputed = float(target.replica_loss(target_outputs, outputs.labels))
+  np.testing.assert_allclose(float(outputs.target_loss), recomputed, rtol=1e-4)
+  np.testing.assert_allclose(float(outputs.target_loss), hand.target_loss, rtol=1e-4)
+  np.testing.assert_allclose(float(outputs.adversarial), hand.adversarial, rtol=1e-4)
+  weight = trainer.config.discriminator_weight
+  np.testing.assert_allclose(float(outputs.loss), -hand.target_loss + weight * hand.adversarial, rtol=1e-4)
+  # ...T's judgement of them the step's hardness and quota class...
+  judgement = target.judge(target_outputs, outputs.labels)
+  np.testing.assert_allclose(outputs.hardness.numpy(), judgement.hardness.numpy(), atol=1e-5)
+  np.testing.assert_array_equal(outputs.quota_class.numpy(), judgement.quota_class.numpy())
+  assert outputs.hardness.numpy().min() < 1.0  # Some scene has an object for T to judge.
+  # ...and S's gradient the tape's, of which Adam took its first step.
+  lr, epsilon = trainer.config.synth_lr, optimizer.epsilon / np.sqrt(1.0 - optimizer.beta_2)
+  for variable, g, step, t, d, decay in zip(variables, gradient, moved, hand.target_gradient,
+                                            hand.adversarial_gradient, hand.decay_gradient):
+    error = scaled_error(g, -t + weight * d + decay)
+    assert error < 1e-3, (variable.path, error)
+    np.testing.assert_allclose(step, lr * g / (np.abs(g) + epsilon), rtol=1e-4, atol=1e-3 * lr,
+                               err_msg=variable.path)
