@@ -1,6 +1,8 @@
 """Bring your own target: terse_tf.api runs TERSE against a small Keras classifier defined here, on cut-outs
 and photos from folders, with no flagfile."""
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -9,6 +11,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from terse_tf import api, export
 from terse_tf.data import cutouts, photos
@@ -88,12 +92,15 @@ def test_terse_trains_a_users_own_classifier_from_python_and_exports_its_synthes
   assert "eval after baseline" in log and "phase ETA" in log and "test_accuracy:" in log
   caplog.clear()
   assert results["headline"] == "test_accuracy" and results["cycles_completed"] == 1
-  assert 0 <= results["test_accuracy_before"] <= 1 and 0 <= results["test_accuracy_after"] <= 1
   assert results["hard_examples"] > 0
-  # The user's network is the one that was trained: its layers are in T's export.
+  # The user's network is the one that was trained: T's export classifies the user's images, and the
+  # accuracy reported after the last cycle is its accuracy on the test images (within one image).
   served = tf.saved_model.load(export.saved_model_path(str(tmp_path / "run" / "export" / export.TARGET_DIR)))
-  probabilities = served.signatures[export.SERVING_DEFAULT](images=tf.constant(test[0][:4] / 255, tf.float32))
-  assert probabilities["probabilities"].shape == (4, 2)
+  probabilities = served.signatures[export.SERVING_DEFAULT](images=tf.constant(test[0] / 255, tf.float32))
+  assert probabilities["probabilities"].shape == (len(test[0]), 2)
+  accuracy = np.mean(np.argmax(probabilities["probabilities"], axis=1) == test[1])
+  assert results["test_accuracy_after"] == pytest.approx(accuracy, abs=1.01 / len(test[0]))
+  assert results["test_accuracy_before"] == results["history"][0]["test_accuracy"]
   synthesizer = tf.saved_model.load(export.saved_model_path(str(tmp_path / "run" / "export" /
                                                                  export.SYNTHESIZER_DIR)))
   inputs = synthesizer.signatures[export.GENERATE].structured_input_signature[1]
@@ -214,6 +221,38 @@ def detection_data(user_data):
   return root, real, test
 
 
+def coco_stats(truth_boxes, truth_classes, detections, image_hw, num_classes):
+  """pycocotools' 12 summary figures (AP@[.5:.95], AP@0.5, AP@0.75, ...) of served detections ({"boxes",
+  "scores", "classes", "num_detections"}, normalised ymin, xmin, ymax, xmax, 0-based classes) against the
+  truth (per image: boxes [n, 4] in the same form, classes [n])."""
+  height, width = image_hw
+
+  def xywh(box):
+    ymin, xmin, ymax, xmax = (float(v) for v in box)
+    return [xmin * width, ymin * height, (xmax - xmin) * width, (ymax - ymin) * height]
+
+  annotations, found = [], []
+  for image_id, (image_boxes, image_classes) in enumerate(zip(truth_boxes, truth_classes), start=1):
+    for box, label in zip(image_boxes, image_classes):
+      x, y, w, h = xywh(box)
+      annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label) + 1,
+                          "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+  for image_id, n in enumerate(detections["num_detections"], start=1):
+    for box, label, score in zip(*(detections[k][image_id - 1, :n] for k in ("boxes", "classes", "scores"))):
+      found.append({"image_id": image_id, "category_id": int(label) + 1, "bbox": xywh(box),
+                    "score": float(score)})
+  truth = COCO()
+  truth.dataset = {"images": [{"id": i + 1, "height": height, "width": width} for i in range(len(truth_boxes))],
+                   "categories": [{"id": k + 1} for k in range(num_classes)], "annotations": annotations}
+  with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress.
+    truth.createIndex()
+    evaluator = COCOeval(truth, truth.loadRes(found), iouType="bbox")
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+  return evaluator.stats
+
+
 def test_terse_trains_a_users_own_detector_from_python(detection_data, tmp_path):
   root, real, test = detection_data
   options = dict(cycles=1, baseline_epochs=3, batch_size=16, synth_batch_size=8, hard_per_class=6,
@@ -223,15 +262,21 @@ def test_terse_trains_a_users_own_detector_from_python(detection_data, tmp_path)
   results = api.train_detector(users_detector, users_anchors(), str(root / "cutouts"), str(root / "photos"),
                                real, test, run_dir, max_objects=2, **options)
   assert results["headline"] == "test_ap50" and results["cycles_completed"] == 1
-  assert 0 <= results["test_ap50_before"] <= 1 and 0 <= results["test_ap50_after"] <= 1
   assert results["hard_examples"] > 0
   with open(os.path.join(run_dir, "results.json")) as f:
     assert json.load(f)["task"] == "custom_detection"
-  # The user's network is T: its export detects on the user's images; S's export places 2 cut-outs of a
-  # third of the scene (21 px) each.
+  # The user's network is T: its export detects on the user's images, and the AP figures reported after the
+  # last cycle are pycocotools' for those detections of the test scenes.
   served = tf.saved_model.load(export.saved_model_path(os.path.join(run_dir, "export", export.TARGET_DIR)))
-  detections = served.signatures[export.SERVING_DEFAULT](images=tf.constant(test[0][:3] / 255, tf.float32))
-  assert detections["boxes"].shape[0] == 3 and detections["num_detections"].shape == (3,)
+  detections = served.signatures[export.SERVING_DEFAULT](images=tf.constant(test[0] / 255, tf.float32))
+  assert detections["boxes"].shape[0] == len(test[0]) and detections["num_detections"].shape == (len(test[0]),)
+  stats = coco_stats(test[1], test[2], {k: v.numpy() for k, v in detections.items()}, (SCENE, SCENE), 2)
+  assert results["test_ap_after"] == pytest.approx(stats[0], abs=2e-3)
+  assert results["test_ap50_after"] == pytest.approx(stats[1], abs=2e-3)
+  assert results["test_ap75_after"] == pytest.approx(stats[2], abs=2e-3)
+  assert [(h["after"], h["cycle"]) for h in results["history"]] == [("baseline", 0), ("cycle 1", 1)]
+  assert results["test_ap50_before"] == results["history"][0]["test_ap50"]
+  # S's export places 2 cut-outs of a third of the scene (21 px) each.
   synthesizer = tf.saved_model.load(export.saved_model_path(os.path.join(run_dir, "export",
                                                                          export.SYNTHESIZER_DIR)))
   inputs = synthesizer.signatures[export.GENERATE].structured_input_signature[1]

@@ -1,11 +1,17 @@
-"""The SSD target: shapes, one training step of SSD300-VGG16, decoding + NMS, and the compact SSD learning a
-tiny fixture well enough to detect it."""
+"""The SSD target: shapes, one training step of SSD300-VGG16, decoding + NMS, the compact SSD learning a
+tiny fixture well enough to detect it, and its loss under MirroredStrategy."""
+
+import json
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import keras
 
+from conftest import REPO_ROOT
 from terse_tf import boxes, evaluation, losses
 from terse_tf.networks import ssd
 
@@ -116,3 +122,70 @@ def test_the_compact_ssd_learns_to_detect_a_tiny_fixture():
       found.boxes.numpy(), found.classes.numpy(), found.scores.numpy(), found.num_detections.numpy())]
   metrics = evaluation.evaluate_detections(groundtruth, detections, (128, 128), ["wide", "tall"])
   assert metrics["ap50"] > 0.9, metrics
+
+
+MIRRORED_LOSS_SCRIPT = textwrap.dedent("""
+    import json
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from terse_tf import boxes, losses
+    from terse_tf.targets.ssd import SSDTarget
+
+    # The loss takes the model's outputs: no model is needed.
+    target = SSDTarget(model=None, anchors=boxes.default_boxes(boxes.DefaultBoxSpec(feature_sizes=(8, 4, 2))))
+    rng = np.random.default_rng(0)
+    anchors = target.anchors.shape[0]
+    outputs = {"class_logits": tf.constant(rng.normal(size=(8, anchors, 3)), tf.float32),
+               "box_regression": tf.constant(rng.normal(0, 0.5, size=(8, anchors, 4)), tf.float32)}
+    # Replica 0's half: four large objects per image (many matched default boxes); replica 1's: one small
+    # object or none.
+    count = np.array([4, 4, 4, 4, 1, 0, 1, 0], np.int32)
+    centres = rng.uniform(0.3, 0.7, size=(8, 4, 2))
+    sides = np.where(np.arange(8)[:, None, None] < 4, rng.uniform(0.3, 0.5, (8, 4, 1)), 0.15)
+    object_boxes = np.concatenate([centres - sides / 2, centres + sides / 2], -1)
+    object_boxes *= (np.arange(4)[None, :] < count[:, None])[..., None]
+    labels = {"boxes": tf.constant(object_boxes, tf.float32),
+              "classes": tf.constant(rng.integers(0, 2, (8, 4)), tf.int32), "count": tf.constant(count)}
+    half = lambda tree, r: {k: v[4 * r:4 * r + 4] for k, v in tree.items()}
+
+    report = {"single": float(target.replica_loss(outputs, labels))}
+    # By hand: each half's summed per-image loss, and its positive default boxes.
+    matches = [boxes.match(b, c, n, target.anchors, 0.5) for b, c, n in zip(
+        labels["boxes"], labels["classes"], labels["count"])]
+    multibox = losses.ssd_multibox_loss(outputs["class_logits"], outputs["box_regression"],
+                                        tf.stack([m.classes for m in matches]),
+                                        tf.stack([m.boxes for m in matches]))
+    report["half_sums"] = [float(tf.reduce_sum(multibox.per_image[4 * r:4 * r + 4])) for r in (0, 1)]
+    report["half_positives"] = [float(tf.reduce_sum(multibox.positives[4 * r:4 * r + 4])) for r in (0, 1)]
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    inputs = strategy.experimental_distribute_values_from_function(
+        lambda context: (half(outputs, context.replica_id_in_sync_group),
+                         half(labels, context.replica_id_in_sync_group)))
+    shares = strategy.run(tf.function(target.replica_loss), args=inputs)
+    report["replicas"] = strategy.num_replicas_in_sync
+    report["shares"] = [float(x) for x in strategy.experimental_local_results(shares)]
+    report["mirrored"] = float(strategy.reduce(tf.distribute.ReduceOp.SUM, shares, axis=None))
+    print(json.dumps(report))
+""")
+
+
+def test_the_ssd_loss_under_mirrored_strategy_equals_the_single_device_loss():
+  """Two logical CPUs, a global batch split unevenly (one replica's images have 17 times the other's positive
+  default boxes): each replica's share is its images' loss over the positives of the whole batch (summed
+  across replicas), so the shares add up to the single-device loss. Normalising by each replica's own
+  positives would give a very different sum."""
+  result = subprocess.run([sys.executable, "-c", MIRRORED_LOSS_SCRIPT], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["replicas"] == 2
+  sums, positives = np.array(report["half_sums"]), np.array(report["half_positives"])
+  assert positives[0] > 10 * positives[1] > 0  # Uneven enough for a per-replica normalisation to show...
+  per_replica_normalised = (sums / positives).sum()
+  assert abs(per_replica_normalised - report["single"]) > 0.5 * report["single"]  # ...by far.
+  np.testing.assert_allclose(report["single"], sums.sum() / positives.sum(), rtol=1e-5)
+  np.testing.assert_allclose(report["shares"], sums / positives.sum(), rtol=1e-5)
+  np.testing.assert_allclose(report["mirrored"], report["single"], rtol=1e-5)
