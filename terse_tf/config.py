@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 
 from terse_tf import compositor as compositor_lib
+from terse_tf.distribute import STRATEGIES
 from terse_tf.errors import ConfigError
 from terse_tf.tasks import CommonSettings, SynthesizerSettings, registry
 
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 # Where each cycle's added samples come from: TERSE's synthesizer (hard composites against the current T),
 # the task's random-placement baseline (its `random_source`: affNIST's random affine recipe, Cut-Paste-Learn's
 # random placement and blending for detection), or nothing (a control that fine-tunes on the real set alone).
@@ -22,8 +22,9 @@ TERSE, NO_SAMPLES = "terse", "none"
 # Weight decay as the paper's PyTorch optimizers apply it (an L2 term whose gradient joins the loss's before
 # momentum or Adam's moments), or Keras 3's own decoupled decay (w -= lr * decay * w after the update).
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")
-# The metadata of a setting (of TrainConfig or of a task's settings) that does not change what a run computes,
-# so that a resume may change it: where and how often it writes, how it is distributed and compiled.
+# The metadata of a setting (of TrainConfig or of a task's settings) that a resume may change: where and how
+# often the run writes, and how it is distributed and compiled (another strategy splits batches and per-replica
+# draws otherwise, and XLA rounds otherwise: the same method, other floats).
 SAME_RESULTS = {"changes_results": False}
 
 
@@ -103,11 +104,14 @@ class TrainConfig:
   image_summary_every_steps: int = dataclasses.field(default=100, metadata=SAME_RESULTS)
   eval_batch_size: int = dataclasses.field(default=1000, metadata=SAME_RESULTS)
   jit_compile: bool = dataclasses.field(default=True, metadata=SAME_RESULTS)
-  init_checkpoint: str = dataclasses.field(default="", metadata=SAME_RESULTS)
+  # Where S and T start when the run directory has no checkpoint of its own (it changes results).
+  init_checkpoint: str = ""
   fresh: bool = dataclasses.field(default=False, metadata=SAME_RESULTS)
   export: bool = dataclasses.field(default=True, metadata=SAME_RESULTS)
 
   def __post_init__(self):
+    if self.compositor.ranges is not None:
+      raise ConfigError("compositor.ranges is set by the task (each task's placement ranges); leave it None")
     registration = registry.get(self.task)
     if self.task_settings is None:
       object.__setattr__(self, "task_settings", registration.settings_cls())

@@ -11,8 +11,9 @@ from typing import Iterator
 
 import tensorflow as tf
 
-from terse_tf.config import STRATEGIES
 from terse_tf.errors import ConfigError, WorkerLostError
+
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 
 
 def build_strategy(name: str) -> tf.distribute.Strategy:

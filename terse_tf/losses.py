@@ -1,6 +1,6 @@
 """Losses and the hardness criterion, as pure functions of tensors, named by player (paper §3.2-3.4, A.1).
 
-Each returns a per-example tensor; the trainer averages over the global batch in one place.
+Each returns a per-example tensor; the players' steps (steps.py) average over the global batch in one place.
 """
 
 from __future__ import annotations

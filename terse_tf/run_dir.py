@@ -25,6 +25,7 @@ from absl import logging
 from terse_tf import files
 from terse_tf.cache import HardExampleCache
 from terse_tf.errors import ConfigError, DataError
+from terse_tf.tasks import Task
 
 # What --fresh removes: only the paths a run writes, never the rest of the run directory.
 RUN_OUTPUTS = ("checkpoints", "cache", "tensorboard", "export", "results.json", "config.json")
@@ -96,8 +97,11 @@ class RunDirectory:
       raise ConfigError(f"--run_dir={self.path} holds a run on other data or another target ({differences}). "
                         "Use another --run_dir, or --fresh to replace it")
     recorded = self._recorded_settings()
-    if recorded is not None and recorded != settings:
-      differences = _differences(recorded, settings, _flag_name)
+    # Settings one side does not know (added to terse_tf since the run started, or removed) are not compared:
+    # a new setting would otherwise refuse every run started before it.
+    shared = set(recorded or {}) & set(settings)
+    if recorded is not None and any(recorded[name] != settings[name] for name in shared):
+      differences = _differences({k: recorded[k] for k in shared}, {k: settings[k] for k in shared}, _flag_name)
       raise ConfigError(f"--run_dir={self.path} holds a run with other settings ({differences}): "
                         f"resuming would mix two runs. Rerun with its settings (its command is in "
                         f"{os.path.join(self.path, CONFIG_FILE)}), use another --run_dir, or add --fresh to "
@@ -135,7 +139,7 @@ class RunDirectory:
                         f"start over ({type(e).__name__})") from e
 
   @staticmethod
-  def initialize(init_checkpoint: str, **objects) -> None:
+  def load_init_checkpoint(init_checkpoint: str, **objects) -> None:
     """Restores `objects` (S and T) from --init_checkpoint, a terse_tf checkpoint's prefix."""
     try:
       tf.train.Checkpoint(**objects).restore(init_checkpoint).expect_partial().assert_existing_objects_matched()
@@ -211,8 +215,22 @@ class RunDirectory:
     files.write_json(os.path.join(self.output_dir, CONFIG_FILE),
                      {"command": command_line, "config": config, "results_depend_on": settings})
 
-  def write_results(self, results: dict) -> None:
+  def write_results(self, task_name: str, task: Task, history: list[dict], hard_examples: int,
+                    wall_time_s: float) -> dict:
+    """results.json: each of the task's figures before TERSE (after the baseline) and after the last cycle,
+    and the evaluation history; returned as a reader of the file gets it."""
+    before = next((h for h in history if h["after"] == "baseline"), None)
+    final = history[-1] if history and history[-1]["after"] != "baseline" else None
+    figures = {}
+    for name in (key for key in (before or final or {}) if key not in ("after", "cycle", "cache_size")):
+      figures[f"{name}_before"] = before and before[name]
+      figures[f"{name}_after"] = final and final[name]
+    results = {"task": task_name, "headline": task.headline, **figures,
+               "cycles_completed": sum(1 for h in history if h["after"] != "baseline"),
+               "hard_examples": hard_examples, "data": task.describe(), "wall_time_s": round(wall_time_s, 1),
+               "history": history}
     files.write_json(os.path.join(self.output_dir, RESULTS_FILE), results)
+    return json.loads(json.dumps(results))
 
   def close(self) -> None:
     """Ends the run's use of the disk: a worker other than the chief removes its scratch directory; the

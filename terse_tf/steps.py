@@ -46,14 +46,13 @@ class StepSettings:
   diversity_per_class: bool
   discriminator_weight: float
   num_classes: int
-  seed: int
 
   @classmethod
   def of(cls, config: TrainConfig, num_classes: int) -> StepSettings:
-    return cls(coupled_decay=config.weight_decay_mode == "coupled", target_weight_decay=config.target_weight_decay,
-               synth_weight_decay=config.synth_weight_decay, diversity_weight=config.diversity_weight,
-               diversity_per_class=config.diversity_per_class, discriminator_weight=config.discriminator_weight,
-               num_classes=num_classes, seed=config.seed)
+    return cls(coupled_decay=config.weight_decay_mode == "coupled",
+               target_weight_decay=config.target_weight_decay, synth_weight_decay=config.synth_weight_decay,
+               diversity_weight=config.diversity_weight, diversity_per_class=config.diversity_per_class,
+               discriminator_weight=config.discriminator_weight, num_classes=num_classes)
 
 
 def build_players(task: Task, config: TrainConfig) -> Players:
@@ -80,6 +79,25 @@ def build_players(task: Task, config: TrainConfig) -> Players:
   return Players(synthesizer, target, discriminator, synth_optimizer, target_optimizer, discriminator_optimizer)
 
 
+def dropout_seed_states(players: Players) -> list[tf.Variable]:
+  """Where the players' dropout layers are in their random streams (Keras seed generators, which a model's
+  checkpoint leaves out): the trainer keeps them in its checkpoint, so that a resumed run draws the masks an
+  uninterrupted one would."""
+  models = [players.synthesizer, players.target.model, players.discriminator]
+  return [variable for model in models if model is not None for variable in model.variables
+          if getattr(variable, "path", "").endswith("seed_generator_state")]
+
+
+def reset_synthesizer(players: Players, fresh: keras.Model) -> None:
+  """S takes a fresh S's weights, and its optimizer starts over: the step count and Adam's moments, not the
+  learning rate."""
+  for variable, value in zip(players.synthesizer.variables, fresh.variables):
+    variable.assign(value)
+  for variable in players.synth_optimizer.variables:
+    if variable.name != "learning_rate":
+      variable.assign(tf.zeros_like(variable))
+
+
 class SynthStepOutputs(NamedTuple):
   """What one synthesizer step produces, gathered over replicas."""
   loss: tf.Tensor                # scalar, S's loss (without decay).
@@ -94,36 +112,33 @@ class SynthStepOutputs(NamedTuple):
   quota_class: tf.Tensor         # [B]
 
 
-def _replicas() -> int:
-  return tf.distribute.get_strategy().num_replicas_in_sync
-
-
-def coupled_decay(variables: list[tf.Variable], weight: float, settings: StepSettings) -> tf.Tensor:
+def decay_term(variables: list[tf.Variable], weight: float, settings: StepSettings, replicas: int) -> tf.Tensor:
   """This replica's share of the coupled L2 term (0 under decoupled decay)."""
   if not settings.coupled_decay or not weight:
     return tf.constant(0.0)
-  return losses.l2_penalty(variables, weight) / _replicas()
+  return losses.l2_penalty(variables, weight) / replicas
 
 
-def model_penalties(model: keras.Model) -> tf.Tensor:
+def model_penalties(model: keras.Model, replicas: int) -> tf.Tensor:
   """This replica's share of the penalties a model's own layers add (Keras `losses`: a user's
   kernel_regularizer, say), read after the model's call."""
   if not model.losses:
     return tf.constant(0.0)
-  return tf.add_n(model.losses) / _replicas()
+  return tf.add_n(model.losses) / replicas
 
 
 def target_step(players: Players, strategy: tf.distribute.Strategy, settings: StepSettings, batch) -> tf.Tensor:
   """One SGD step of T (eq. 1) on a global batch (images, labels); returns T's mean loss on it (without the
   decay term and the model's own penalties)."""
   target, optimizer = players.target, players.target_optimizer
+  replicas = strategy.num_replicas_in_sync
 
   def replica_step(images, labels):
     variables = target.model.trainable_variables
     with tf.GradientTape() as tape:
       loss = target.replica_loss(target.model(images, training=True), labels)
-      regularized = (loss + coupled_decay(variables, settings.target_weight_decay, settings) +
-                     model_penalties(target.model))
+      regularized = (loss + decay_term(variables, settings.target_weight_decay, settings, replicas) +
+                     model_penalties(target.model, replicas))
     optimizer.apply_gradients(zip(tape.gradient(regularized, variables), variables))
     return loss
 
@@ -135,6 +150,7 @@ def discriminator_step(players: Players, strategy: tf.distribute.Strategy, real,
   """One Adam step of D (eq. 2) on real images against S's composites, S and T frozen; returns D's mean loss
   and the share of its patches it got right."""
   discriminator, optimizer = players.discriminator, players.discriminator_optimizer
+  replicas = strategy.num_replicas_in_sync
 
   def replica_step(real_images, composite_images):
     variables = discriminator.trainable_variables
@@ -143,7 +159,7 @@ def discriminator_step(players: Players, strategy: tf.distribute.Strategy, real,
       composite_logits = discriminator(composite_images, training=True)
       loss = tf.nn.compute_average_loss(losses.discriminator_loss(real_logits, composite_logits))
     optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-    return loss, losses.discriminator_accuracy(real_logits, composite_logits) / _replicas()
+    return loss, losses.discriminator_accuracy(real_logits, composite_logits) / replicas
 
   per_replica = strategy.run(replica_step, args=(real, composites))
   return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None) for x in per_replica)
@@ -190,8 +206,8 @@ def synth_step(players: Players, strategy: tf.distribute.Strategy, settings: Ste
         adversarial = tf.nn.compute_average_loss(
             losses.synthesizer_adversarial_loss(discriminator(images, training=False)))
       loss = -target_loss + settings.diversity_weight * spread + settings.discriminator_weight * adversarial
-      regularized = (loss + coupled_decay(variables, settings.synth_weight_decay, settings) +
-                     model_penalties(synthesizer))
+      regularized = (loss + decay_term(variables, settings.synth_weight_decay, settings, replicas) +
+                     model_penalties(synthesizer, replicas))
     players.synth_optimizer.apply_gradients(zip(tape.gradient(regularized, variables), variables))
     judgement = target.judge(target_outputs, composition.labels)
     pasted = tf.cast(composition.pasted, tf.int32)  # strategy.gather takes no bool.

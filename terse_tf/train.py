@@ -12,11 +12,11 @@ import sys
 import tensorflow as tf
 from absl import app, flags
 
-from terse_tf import compositor, config as config_lib, launch, train_lib
+from terse_tf import compositor, config as config_lib, distribute, launch, train_lib
 from terse_tf.errors import ConfigError, TerseError
 from terse_tf.tasks import registry
 
-# Run. Each task's own flags (its data, its scenes) are defined by its module when the registry loads it.
+# Run. Each task's own flags (its data, its scenes) are defined by its module (registry.define_flags below).
 flags.DEFINE_string("task", registry.DEFAULT_TASK, "The registered task to train: " + "; ".join(
     f"{name}: {registry.get(name).summary}" for name in registry.names()) + ".")
 flags.DEFINE_string("run_dir", "", "Directory for checkpoints, TensorBoard, results, exports ('': runs/<task>).")
@@ -24,7 +24,7 @@ flags.DEFINE_bool("fresh", False, "Delete this run's checkpoints, logs and expor
 flags.DEFINE_string("init_checkpoint", "", "Checkpoint prefix to initialise S and T from when the run "
                     "directory has no checkpoint of its own.")
 flags.DEFINE_integer("seed", 0, "Seed for splits, initialisation and shuffling.")
-flags.DEFINE_enum("strategy", "auto", config_lib.STRATEGIES, "auto: MirroredStrategy when several GPUs are "
+flags.DEFINE_enum("strategy", "auto", distribute.STRATEGIES, "auto: MirroredStrategy when several GPUs are "
                   "visible, else the default single-device strategy; mirrored: always MirroredStrategy; "
                   "multi_worker: MultiWorkerMirroredStrategy over the workers TF_CONFIG lists (README).")
 flags.DEFINE_bool("export", True, "Write SavedModels of S and T at the end of the run.")
@@ -106,6 +106,7 @@ flags.DEFINE_integer("synth_warmup_steps", 0, "S steps whose composites are not 
                      "diversity penalty to spread a new S's near-identity transforms.", lower_bound=0)
 
 FLAGS = flags.FLAGS
+registry.define_flags(FLAGS)  # The built-in tasks' and any registered before this module was imported.
 
 
 def integers_flag(name: str, values: list[str]) -> tuple[int, ...]:
@@ -178,7 +179,8 @@ def interrupted_message(config: config_lib.TrainConfig | None) -> str:
 
 def run() -> None:
   """Entry point of `python -m terse_tf.train` and the console script terse-train."""
-  launch.run(main, __name__)
+  # Tasks registered after this module's import (a launcher of your own) get their flags here.
+  launch.run(main, __name__, other_flags=registry.define_flags(FLAGS))  # --help lists the tasks' flags too.
 
 
 if __name__ == "__main__":

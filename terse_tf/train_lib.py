@@ -22,7 +22,7 @@ def run(config: TrainConfig, command_line: str = "", task: Task | None = None) -
     # (a collective) or none.
     finished = trainer.complete and all(export.versions(os.path.join(config.run_dir, "export", name))
                                         for name in (export.SYNTHESIZER_DIR, export.TARGET_DIR))
-    trainer.sync_workers()
+    trainer.workers.sync()
     if finished:
       logging.info("%s holds a finished run: nothing left to train, and its exports are in %s/export. Add "
                    "--fresh to start over", config.run_dir, config.run_dir)
@@ -33,7 +33,7 @@ def run(config: TrainConfig, command_line: str = "", task: Task | None = None) -
                                    os.path.join(trainer.output_dir, "export"))
       if trainer.is_chief:
         logging.info("exported SavedModels: %s", paths)
-    trainer.sync_workers()
+    trainer.workers.sync()
   finally:
     trainer.close()
   headline = results["headline"]

@@ -71,7 +71,7 @@ class Trainer:
                                                              f"target {type(self.target).__name__}")
     self.cache = HardExampleCache(os.path.join(config.run_dir, "cache"), self.task.num_classes)
     self._build_checkpoint()
-    self._restore(command_line)
+    self._resume_or_start(command_line)
 
     self.checkpoint_manager = self.run_dir.checkpoint_manager(self.checkpoint)
     self.writer = (tf.summary.create_file_writer(os.path.join(config.run_dir, "tensorboard"))
@@ -81,31 +81,35 @@ class Trainer:
     self._target_step = tf.function(functools.partial(steps.target_step, self.players, self.strategy, settings))
     self._discriminator_step = tf.function(functools.partial(steps.discriminator_step, self.players,
                                                              self.strategy))
-    # The step's random draws are a function of the seed and the step's number, which the checkpoint keeps:
-    # a resumed run draws what an uninterrupted one would.
-    self._synth_step = tf.function(lambda batch: steps.synth_step(
-        self.players, self.strategy, settings, self.task.compose, batch,
-        tf.stack([tf.constant(config.seed, tf.int64), self.synth_global_step.read_value()])))
+
+    def synth_step(batch):
+      # The step's random draws are a function of the seed and the step's number, which the checkpoint
+      # keeps: a resumed run draws what an uninterrupted one would. The step counts itself.
+      step_seed = tf.stack([tf.constant(config.seed, tf.int64), self.synth_global_step.read_value()])
+      outputs = steps.synth_step(self.players, self.strategy, settings, self.task.compose, batch, step_seed)
+      self.synth_global_step.assign_add(1)
+      return outputs
+
+    self._synth_step = tf.function(synth_step)
     self._judge = tf.function(
         lambda images, labels: self.target.judge(self.target.model(images, training=False), labels))
 
   # ----------------------------------------------------------------------------------------- state
   def _build_checkpoint(self) -> None:
     """The schedule's counters and everything a resume needs, in one checkpoint."""
-    def counter(name: str, value=0, dtype=tf.int64) -> tf.Variable:
+    def state_variable(name: str, value=0, dtype=tf.int64) -> tf.Variable:
       return tf.Variable(value, dtype=dtype, trainable=False, name=name)
 
-    self.phase, self.cycle, self.epoch_in_phase = counter("phase", PHASE_BASELINE), counter("cycle"), counter(
-        "epoch_in_phase")
-    self.synth_step = counter("synth_step_in_cycle")
-    self.target_global_step, self.synth_global_step = counter("target_global_step"), counter("synth_global_step")
-    self.elapsed_s = counter("elapsed_s", 0.0, tf.float64)
+    self.phase, self.cycle = state_variable("phase", PHASE_BASELINE), state_variable("cycle")
+    self.epoch_in_phase, self.synth_step = state_variable("epoch_in_phase"), state_variable("synth_step_in_cycle")
+    self.target_global_step, self.synth_global_step = state_variable("target_global_step"), state_variable("synth_global_step")
+    self.elapsed_s = state_variable("elapsed_s", 0.0, tf.float64)
     # The evaluation history rides in the checkpoint, so results always agree with the restored state.
     self.history: list[dict] = []
-    self.history_json = counter("history_json", "[]", tf.string)
+    self.history_json = state_variable("history_json", "[]", tf.string)
     # What the run trains on and for: resuming it with other data or another target would mix two runs.
     self.identity = json.dumps(self.task.identity(), sort_keys=True)
-    self.run_identity = counter("run_identity", self.identity, tf.string)
+    self.run_identity = state_variable("run_identity", self.identity, tf.string)
     p = self.players
     state = dict(
         synthesizer=p.synthesizer, target=p.target.model, synth_optimizer=p.synth_optimizer,
@@ -115,16 +119,12 @@ class Trainer:
         run_identity=self.run_identity)
     if p.discriminator is not None:
       state.update(discriminator=p.discriminator, discriminator_optimizer=p.discriminator_optimizer)
-    # Where the players' dropout layers are in their random streams (Keras seed generators, which a model's
-    # checkpoint leaves out): kept in ours, so that a resumed run draws the masks an uninterrupted one would.
-    models = [p.synthesizer, p.target.model] + ([p.discriminator] if p.discriminator else [])
-    self.dropout_seeds = [variable for model in models for variable in model.variables
-                          if getattr(variable, "path", "").endswith("seed_generator_state")]
+    self.dropout_seeds = steps.dropout_seed_states(p)
     self.checkpoint = tf.train.Checkpoint(dropout_seeds=self.dropout_seeds, **state)
     # What checkpoints written before they kept the dropout seeds hold: those runs resume too.
     self._checkpoint_without_dropout_seeds = tf.train.Checkpoint(**state) if self.dropout_seeds else None
 
-  def _restore(self, command_line: str) -> None:
+  def _resume_or_start(self, command_line: str) -> None:
     """Resume order: the run directory's latest checkpoint -> --init_checkpoint (S and T only) -> scratch;
     then the run directory is opened and its config.json written."""
     config = self.config
@@ -139,10 +139,12 @@ class Trainer:
                    PHASE_NAMES[int(self.phase.numpy())], int(self.cycle.numpy()),
                    int(self.cache.committed_shards.numpy()))
     elif config.init_checkpoint:
-      RunDirectory.initialize(config.init_checkpoint, synthesizer=self.synthesizer, target=self.target.model)
+      RunDirectory.load_init_checkpoint(config.init_checkpoint, synthesizer=self.synthesizer,
+                                        target=self.target.model)
     self.run_dir.open(self.cache, resuming=self.resumed_from is not None)
     self.cache.sync()  # Drops cache shards written after the restored checkpoint (a kill between the two).
-    self.run_dir.write_config(dataclasses.asdict(resolved), settings, command_line)
+    if not self.complete:  # A finished run's config.json stays the record of the command that made it.
+      self.run_dir.write_config(dataclasses.asdict(resolved), settings, command_line)
 
   @property
   def output_dir(self) -> str:
@@ -209,9 +211,6 @@ class Trainer:
     self.writer.flush()
     return self._write_results()
 
-  def sync_workers(self) -> None:
-    self.workers.sync()
-
   def _advance(self, phase: int, next_cycle: int) -> None:
     self.phase.assign(phase)
     self.cycle.assign(next_cycle)
@@ -258,7 +257,7 @@ class Trainer:
     self.progress.start_phase()
     start_step = int(self.synth_step.numpy())
     if config.reset_synthesizer_each_cycle and start_step == 0:
-      self._reset_synthesizer(cycle)
+      steps.reset_synthesizer(self.players, self.task.build_synthesizer(seed=config.seed * 1000 + cycle))
     batches = iter(pipelines.synth_dataset(self.task, self.strategy, config.synth_batch_size,
                                            config.seed * 1000 + cycle * 100, self.discriminator is not None,
                                            skip_steps=start_step))
@@ -274,7 +273,6 @@ class Trainer:
         synth_batch, real = batch
         outputs, composites = self._synth_step(synth_batch)
         discriminator = self._discriminator_step(real, composites)
-      self.synth_global_step.assign_add(1)
       loss = float(outputs.loss.numpy())
       self._check_finite(loss, "synthesizer")
       hardness = outputs.hardness.numpy()
@@ -284,7 +282,7 @@ class Trainer:
       added = self.cache.add(composites, labels, outputs.quota_class.numpy()[hard], hardness[hard], cycle, quota)
       objects = outputs.pasted.numpy()[hard] > 0  # The parameter rows of objects, not of empty slots.
       hard_examples.add(composites, labels, hardness, outputs.params.numpy()[hard][objects])
-      self.synth_step.assign_add(1)
+      self.synth_step.assign_add(1)  # (The step counted itself in synth_global_step.)
       step = int(self.synth_global_step.numpy())
       summaries.synth_step(self.writer, step, outputs, discriminator, hard, added, len(self.cache),
                            self.task.preview if step % config.image_summary_every_steps == 0 else None)
@@ -311,14 +309,6 @@ class Trainer:
                       counts.min())
     hard_examples.write(self.writer, cycle, int(self.synth_step.numpy()), self.task.preview,
                         self.target.hardness_range)
-
-  def _reset_synthesizer(self, cycle: int) -> None:
-    fresh = self.task.build_synthesizer(seed=self.config.seed * 1000 + cycle)
-    for variable, value in zip(self.synthesizer.variables, fresh.variables):
-      variable.assign(value)
-    for variable in self.players.synth_optimizer.variables:
-      if variable.name != "learning_rate":  # The step count and Adam's moments start over; the rate stays.
-        variable.assign(tf.zeros_like(variable))
 
   def _add_random(self, cycle: int) -> None:
     """The random-placement baseline: `quota` samples per class from the task's random source, every one
@@ -352,24 +342,5 @@ class Trainer:
     return record
 
   def _write_results(self) -> dict:
-    """results.json: each metric before TERSE (after the baseline) and after the last cycle, and the whole
-    history; returned."""
-    before = next((h for h in self.history if h["after"] == "baseline"), None)
-    final = self.history[-1] if self.history and self.history[-1]["after"] != "baseline" else None
-    metric_names = [key for key in (before or final or {}) if key not in ("after", "cycle", "cache_size")]
-    figures = {}
-    for name in metric_names:
-      figures[f"{name}_before"] = before and before[name]
-      figures[f"{name}_after"] = final and final[name]
-    results = {
-        "task": self.config.task,
-        "headline": self.task.headline,
-        **figures,
-        "cycles_completed": sum(1 for h in self.history if h["after"] != "baseline"),
-        "hard_examples": len(self.cache),
-        "data": self.task.describe(),
-        "wall_time_s": round(self.progress.elapsed(), 1),
-        "history": self.history,
-    }
-    self.run_dir.write_results(results)
-    return json.loads(json.dumps(results))  # As a reader of results.json gets it.
+    return self.run_dir.write_results(self.config.task, self.task, self.history, len(self.cache),
+                                      self.progress.elapsed())

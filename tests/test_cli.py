@@ -190,11 +190,31 @@ def test_ctrl_c_ends_with_one_line_that_says_the_run_can_be_resumed(tmp_path):
     resumed.wait()
 
 
-@pytest.mark.parametrize("module,flag", [("train", "--run_dir"), ("generate", "--synthesizer"),
-                                         ("serve", "--foreground")])
+@pytest.mark.parametrize("module,flag", [("train", "--run_dir"), ("train", "--photo_num_real"),
+                                         ("generate", "--synthesizer"), ("serve", "--foreground")])
 def test_console_scripts_list_their_flags_in_help(module, flag):
-  """A console script's sys.argv[0] is its wrapper (terse-train), not the module that defines the flags."""
+  """A console script's sys.argv[0] is its wrapper (terse-train), not the module that defines the flags; the
+  tasks' flags (defined by their modules) are listed with the launcher's."""
   script = f"import sys; sys.argv[0] = 'terse-{module}'; from terse_tf.{module} import run; run()"
   result = subprocess.run([sys.executable, "-c", script, "--help"], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=120)
   assert flag in result.stdout, result.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_a_rerun_with_other_settings_is_refused_and_the_finished_run_stays_as_it_was(tmp_path):
+  run_dir = tmp_path / "run"
+  args = [f"--flagfile={SMOKE_FLAGFILE}", f"--run_dir={run_dir}", "--cycles=1"]
+  run_cli(*args)
+  finished = {name: (run_dir / name).read_bytes() for name in ("results.json", "config.json")}
+  result = run_cli(*args, "--synth_lr=0.002", "--hard_threshold=-0.2", check=False)
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"terse_tf: error: --run_dir={run_dir} holds a run with other settings (--hard_threshold: 0.0 there, -0.2 "
+      "now; --synth_lr: 0.001 there, 0.002 now): resuming would mix two runs. Rerun with its settings (its "
+      f"command is in {run_dir}/config.json), use another --run_dir, or add --fresh to start over")
+  assert {name: (run_dir / name).read_bytes() for name in finished} == finished
+  # Where and how often a run writes changes nothing it computes: the finished run says it is finished.
+  result = run_cli(*args, "--checkpoint_every_steps=7", "--eval_batch_size=100")
+  assert "holds a finished run" in result.stderr
+  assert (run_dir / "config.json").read_bytes() == finished["config.json"]  # Still the command that made it.

@@ -95,7 +95,7 @@ def test_bad_experiment_flags_get_one_clear_error(tmp_path, args, message):
 
 def test_grid_increments_split_into_small_cycles():
   from terse_tf.experiments import affnist_efficiency as experiment
-  from terse_tf.trainer import TrainConfig
+  from terse_tf.config import TrainConfig
 
   config = experiment.ExperimentConfig(base=TrainConfig(run_dir="unused"), seeds=(0,),
                                        k_grid=(1000, 2000, 4000, 8500), arms=("terse",), results_dir="",

@@ -1,7 +1,6 @@
 """The run directory on its own: what a start refuses before it touches anything, the lock, what --fresh
 removes, and the resume rules (the checkpoint's identity, the settings config.json recorded)."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -11,7 +10,6 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO_ROOT
-from terse_tf import config as config_lib
 from terse_tf.cache import HardExampleCache
 from terse_tf.errors import ConfigError, DataError
 from terse_tf.run_dir import RUN_OUTPUTS, RunDirectory
@@ -100,17 +98,3 @@ def test_a_damaged_checkpoint_or_config_is_named(tmp_path):
     f.truncate(10)
   with pytest.raises(DataError, match="damaged checkpoint.*--fresh"):
     run_dir.check_resumable(latest, IDENTITY, {})
-
-
-def test_result_settings_leave_out_what_a_resume_may_change():
-  config = config_lib.TrainConfig(run_dir="a")
-  settings = config_lib.result_settings(config)
-  assert settings["synth_lr"] == config.synth_lr and settings["hard_per_class"] == [500]
-  assert settings["task_settings.data.num_val"] == config.task_settings.data.num_val  # Nested, by full name.
-  elsewhere = dataclasses.replace(config.task_settings.affnist, cache_dir="/elsewhere")
-  changed = dataclasses.replace(
-      config, run_dir="b", checkpoint_every_steps=7, eval_batch_size=3, strategy="mirrored", jit_compile=False,
-      fresh=True, export=False, init_checkpoint="x",
-      task_settings=dataclasses.replace(config.task_settings, affnist=elsewhere))
-  assert config_lib.result_settings(changed) == settings
-  assert config_lib.result_settings(dataclasses.replace(config, cycles=9)) != settings

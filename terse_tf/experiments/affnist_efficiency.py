@@ -40,7 +40,7 @@ from terse_tf.errors import ConfigError
 from terse_tf.experiments import common
 from terse_tf.trainer import Trainer
 
-# The sample sources affNIST offers (trainer.SAMPLE_SOURCES less the detection tasks' cut_paste).
+# The sample sources affNIST offers: its random baseline, TERSE's synthesizer, and none (the control).
 ARMS = ("random_affine", "terse", "none")
 
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; each trains its own baseline and runs every arm.")
@@ -96,7 +96,7 @@ class ExperimentConfig:
     return tuple(quotas), tuple(grid_cycles)
 
 
-def run_seed(experiment: ExperimentConfig, seed: int) -> tuple[list[dict], float]:
+def run_seed(experiment: ExperimentConfig, seed: int, command: str = "") -> tuple[list[dict], float]:
   """Baseline, then every arm from the baseline's checkpoint.
 
   Returns one row per (arm, k) with this seed, and the runs' own training time in seconds (resumed runs
@@ -105,7 +105,7 @@ def run_seed(experiment: ExperimentConfig, seed: int) -> tuple[list[dict], float
   base = experiment.base
   seed_dir = os.path.join(base.run_dir, experiment.label, f"seed{seed}")
   baseline = Trainer(common.seeded(base, seed, os.path.join(seed_dir, "baseline"), cycles=0,
-                                   hard_per_class=(1,)))
+                                   hard_per_class=(1,)), command_line=command)
   training_s = baseline.run()["wall_time_s"]
   checkpoint = baseline.checkpoint_manager.latest_checkpoint
   quotas, grid_cycles = experiment.cycle_schedule()
@@ -119,7 +119,7 @@ def run_seed(experiment: ExperimentConfig, seed: int) -> tuple[list[dict], float
                            eval_after_cycles=grid_cycles, sample_source=arm, synth_max_steps=step_cap,
                            # Checkpoints (and cache shards) at phase ends, not every few steps.
                            checkpoint_every_steps=max(base.checkpoint_every_steps, step_cap))
-    results = Trainer(config).run()
+    results = Trainer(config, command_line=command).run()
     training_s += results["wall_time_s"]
     history = results["history"]
     rows.append({"arm": arm, "k": 0, "k_added": 0, "seed": seed,
@@ -286,7 +286,7 @@ def log_curves(experiment: ExperimentConfig, rows: list[dict], summary: dict) ->
 
 
 def run(experiment: ExperimentConfig, command: str = "") -> dict:
-  rows, training_s = common.run_seeds(experiment.seeds, lambda seed: run_seed(experiment, seed))
+  rows, training_s = common.run_seeds(experiment.seeds, lambda seed: run_seed(experiment, seed, command))
   summary = summarise(rows, experiment.k_grid)
   log_curves(experiment, rows, summary)
   paths = write_outputs(experiment, rows, summary, training_s, command)

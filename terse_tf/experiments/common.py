@@ -17,8 +17,8 @@ from terse_tf.errors import TerseError
 
 def seeded(config: TrainConfig, seed: int, run_dir: str, **changes) -> TrainConfig:
   """The training seed varies (initialisation, shuffling, synthesis); the data split and test set do not,
-  so every seed is scored on the same test images."""
-  return dataclasses.replace(config, run_dir=run_dir, seed=seed, export=False, fresh=False, **changes)
+  so every seed is scored on the same test images. With --fresh every run of the experiment starts over."""
+  return dataclasses.replace(config, run_dir=run_dir, seed=seed, export=False, **changes)
 
 
 def run_seeds(seeds: tuple[int, ...], run_seed: Callable[[int], tuple[list[dict], float]]

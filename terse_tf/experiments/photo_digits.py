@@ -67,13 +67,13 @@ class ExperimentConfig:
       raise ConfigError("--cycles must be >= 1: the arms differ only in what their cycles add")
 
 
-def run_seed(experiment: ExperimentConfig, seed: int) -> tuple[list[dict], float]:
+def run_seed(experiment: ExperimentConfig, seed: int, command: str = "") -> tuple[list[dict], float]:
   """Baseline, then every arm from the baseline's checkpoint: one row per (arm, cycle) and the runs' own
   training time in seconds."""
   base = experiment.base
   seed_dir = os.path.join(base.run_dir, experiment.label, f"seed{seed}")
   baseline = Trainer(common.seeded(base, seed, os.path.join(seed_dir, "baseline"), cycles=0,
-                                   discriminator=False, sample_source="none"))
+                                   discriminator=False, sample_source="none"), command_line=command)
   training_s = baseline.run()["wall_time_s"]
   checkpoint = baseline.checkpoint_manager.latest_checkpoint
   rows = []
@@ -81,7 +81,7 @@ def run_seed(experiment: ExperimentConfig, seed: int) -> tuple[list[dict], float
     source, discriminator = ARMS[arm]
     config = common.seeded(base, seed, os.path.join(seed_dir, arm), baseline_epochs=0,
                            init_checkpoint=checkpoint, sample_source=source, discriminator=discriminator)
-    results = Trainer(config).run()
+    results = Trainer(config, command_line=command).run()
     training_s += results["wall_time_s"]
     for record in results["history"]:
       rows.append({"arm": arm, "seed": seed, "cycle": record["cycle"] if record["after"] != "baseline" else 0,
@@ -164,7 +164,7 @@ def write_outputs(experiment: ExperimentConfig, rows: list[dict], summary: dict,
 
 def run(experiment: ExperimentConfig, command: str = "") -> dict:
   started = time.monotonic()
-  rows, training_s = common.run_seeds(experiment.seeds, lambda seed: run_seed(experiment, seed))
+  rows, training_s = common.run_seeds(experiment.seeds, lambda seed: run_seed(experiment, seed, command))
   summary = summarise(rows, experiment.arms)
   paths = write_outputs(experiment, rows, summary, training_s, time.monotonic() - started, command)
   for arm, figures in summary["final"].items():

@@ -3,16 +3,17 @@ here and names none of them (Model Garden's task_factory pattern).
 
 A task module decorates its Task class with `register(name, settings=..., ...)`:
 
-    @registry.register("mine", settings=MySettings, define_flags=define_flags,
+    @registry.register("mine", settings=MySettings, summary="my objects", define_flags=define_flags,
                        settings_from_flags=settings_from_flags)
     class MyTask(tasks.base.Task):
       targets = ("my_net",)              # T's architectures it accepts, its default first
       random_source = "random_placement" # its random-placement baseline, a --sample_source value
       def __init__(self, settings: MySettings, common: CommonSettings): ...
 
-and is then trained with `--task=mine` (its flags join the launcher's once its module is imported: the
-built-in tasks' modules are listed below; a task of your own is imported by your launcher before it calls
-terse_tf.train.run(), README "Adding a task"). A task registered without `settings_from_flags` is built in
+and is then trained with `--task=mine`: the launcher (terse_tf.train) defines every registered task's flags
+(the built-in tasks' modules are listed below; a task of your own is imported by your launcher before it calls
+terse_tf.train.run(), README "Adding a task"). Registering defines no flag, so that a program of your own
+that builds a TrainConfig keeps its flags to itself. A task registered without `settings_from_flags` is built in
 Python and handed to the trainer (terse_tf.api's tasks around your own model).
 """
 
@@ -42,6 +43,7 @@ class Registration:
   settings_cls: type              # The task's own settings (TrainConfig.task_settings), a frozen dataclass.
   settings_from_flags: Callable[[flags.FlagValues], Any] | None  # None: built in Python, not from flags.
   summary: str                    # One line for --task's help.
+  define_flags: Callable[[flags.FlagValues], None] | None
 
   @property
   def targets(self) -> tuple[str, ...]:
@@ -58,24 +60,37 @@ class Registration:
 
 
 _REGISTRY: dict[str, Registration] = {}
+# The flags each task's define_flags added to absl's FLAGS, by task (define_flags below).
+_DEFINED_FLAGS: dict[str, tuple[str, ...]] = {}
 
 
 def register(name: str, *, settings: type, summary: str,
              define_flags: Callable[[flags.FlagValues], None] | None = None,
              settings_from_flags: Callable[[flags.FlagValues], Any] | None = None) -> Callable[[type], type]:
-  """A class decorator: registers a Task class under `name`, with its settings class, and defines its flags
-  (`define_flags(flags.FLAGS)`, once) so that the launcher parses them."""
+  """A class decorator: registers a Task class under `name`, with its settings class and how its flags are
+  defined (the launcher defines them: registering defines none) and read."""
   def decorate(task_cls: type[Task]) -> type[Task]:
     earlier = _REGISTRY.get(name)
-    if earlier is not None and earlier.task_cls.__qualname__ != task_cls.__qualname__:
-      raise ValueError(f"task {name!r} is registered twice: {earlier.task_cls.__qualname__} and "
-                       f"{task_cls.__qualname__}")
-    if earlier is None and define_flags is not None:  # (A module imported twice defines its flags once.)
-      define_flags(flags.FLAGS)
+    qualified = lambda cls: f"{cls.__module__}.{cls.__qualname__}"
+    if earlier is not None and qualified(earlier.task_cls) != qualified(task_cls):
+      raise ValueError(f"task {name!r} is registered twice: {qualified(earlier.task_cls)} and "
+                       f"{qualified(task_cls)}")
     task_cls.name = name
-    _REGISTRY[name] = Registration(name, task_cls, settings, settings_from_flags, summary)
+    _REGISTRY[name] = Registration(name, task_cls, settings, settings_from_flags, summary, define_flags)
     return task_cls
   return decorate
+
+
+def define_flags(flag_values: flags.FlagValues) -> tuple[str, ...]:
+  """Defines in `flag_values` (the launcher's absl FLAGS) the flags of every registered task not yet defined
+  there; returns every task's flags (for the launcher's --help)."""
+  _load_builtin_tasks()
+  for name, entry in _REGISTRY.items():
+    if entry.define_flags is not None and name not in _DEFINED_FLAGS:
+      defined_before = set(flag_values)
+      entry.define_flags(flag_values)
+      _DEFINED_FLAGS[name] = tuple(sorted(set(flag_values) - defined_before))
+  return tuple(flag for names in _DEFINED_FLAGS.values() for flag in names)
 
 
 @functools.cache
