@@ -1,4 +1,4 @@
-r"""Launcher: `python -m terse_tf.train --flagfile=configs/affnist.flags`.
+r"""Launcher: `python -m terse_tf.train --flagfile=configs/<experiment>.flags` (configs/ has one per experiment).
 
 Declares the flags, reads them once into a frozen TrainConfig and hands it to train_lib. Rerunning the same
 command resumes from the run directory's latest checkpoint; --fresh starts over.

@@ -335,6 +335,7 @@ def test_synthesized_boxes_are_the_boxes_of_what_each_object_shows(trainer):
     assert boxed >= 20 and hidden >= 4, (boxed, hidden)
 
 
+@pytest.mark.slow
 def test_detection_exports_serve_under_saved_model_cli(tmp_path):
   # S without noise, so that the served parameters can equal the in-memory S's.
   trainer = trainer_lib.Trainer(detection_config(tmp_path / "run", synth_noise_dim=0, export=False))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from conftest import smoke_config
@@ -33,6 +34,7 @@ def saved_model_cli_run(model_dir, signature, inputs, out_dir):
           if name.endswith(".npy") and not name.startswith("input_")}
 
 
+@pytest.mark.slow
 def test_saved_model_cli_serves_both_exports_and_matches_the_in_memory_networks(tmp_path):
   trainer = trainer_lib.Trainer(smoke_config(str(tmp_path / "run"), cycles=1, export=False))
   trainer.run()
@@ -92,6 +94,7 @@ def test_a_synthesizer_with_noise_samples_new_in_frame_transforms_on_every_call(
   np.testing.assert_allclose(first["warped_mask"].numpy().sum(axis=(1, 2, 3)), 160 * area, rtol=0.02)
 
 
+@pytest.mark.slow
 def test_generate_is_a_function_of_its_seed_in_any_process_and_hardness_is_the_cache_criterion(tmp_path):
   task = small_task_with_noise()
   synthesizer, target = task.build_synthesizer(seed=0), task.build_target()

@@ -82,6 +82,7 @@ def generate_cli(*args):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_a_killed_generation_resumes_to_exactly_the_uninterrupted_dataset(affnist_export, tmp_path):
   root, paths = affnist_export
   common = [f"--synthesizer={os.path.dirname(paths[export.SYNTHESIZER_DIR])}", f"--foregrounds={root / 'digits'}",

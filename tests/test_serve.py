@@ -74,6 +74,7 @@ def serve_cli(*args, check=True):
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_the_client_writes_the_synthesizers_composite_locally_and_over_rest(synthesizer_and_digit, tmp_path):
   model_dir, digit = synthesizer_and_digit
   local = serve_cli(f"--model={model_dir}", f"--foreground={digit}", f"--out={tmp_path / 'local.png'}")

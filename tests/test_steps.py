@@ -194,6 +194,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_one_step_under_mirrored_strategy_equals_the_single_device_step(tmp_path):
   """Two logical CPUs, the same global batch, the same weights: T's and S's steps agree with one device's
   to 1e-5, float32 sums taken in another order (losses scaled by the global batch, BatchNorm statistics
