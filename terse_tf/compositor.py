@@ -241,7 +241,7 @@ def clean_mask(mask: tf.Tensor, threshold: float, blur_sigma: float) -> tf.Tenso
 class CompositorConfig:
   # None until a task fills in its ranges (the flags set how to blend; the task, where objects may go).
   ranges: AffineRanges | None = None
-  clamp_mode: str = "tanh"
+  clamp_mode: str = dataclasses.field(default="tanh", metadata={"flag": "param_clamp"})
   # Translations follow affNIST's rule (keep_in_frame) instead of the fixed +-max_translation_px clamp.
   keep_in_frame: bool = True
   mask_cleanup: bool = False

@@ -24,7 +24,8 @@ TERSE, NO_SAMPLES = "terse", "none"
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")
 # The metadata of a setting (of TrainConfig or of a task's settings) that a resume may change: where and how
 # often the run writes, and how it is distributed and compiled (another strategy splits batches and per-replica
-# draws otherwise, and XLA rounds otherwise: the same method, other floats).
+# draws otherwise, and XLA rounds otherwise: the same method, other floats). A setting whose flag is not its
+# field's name says which it is the same way: metadata={"flag": "data_source"}.
 SAME_RESULTS = {"changes_results": False}
 
 
@@ -187,13 +188,24 @@ def common_settings(config: TrainConfig) -> CommonSettings:
 def result_settings(config: Any, prefix: str = "") -> dict[str, Any]:
   """Every setting that changes what a run computes, by its full name ("synth_lr",
   "task_settings.data.num_train"), its value as JSON has it: what a resume must keep."""
+  return {name: json.loads(json.dumps(value))  # Tuples as lists, as stored.
+          for name, (value, _) in _leaf_settings(config, prefix).items()}
+
+
+def setting_flags(config: Any) -> dict[str, str]:
+  """The flag of each setting result_settings names: a field's `flag` metadata, else its own name."""
+  return {name: flag for name, (_, flag) in _leaf_settings(config).items()}
+
+
+def _leaf_settings(config: Any, prefix: str = "") -> dict[str, tuple[Any, str]]:
+  """{full name: (value, flag)} of the settings that change results (SAME_RESULTS fields left out)."""
   settings = {}
   for field in dataclasses.fields(config):
     if not field.metadata.get("changes_results", True):
       continue
     value = getattr(config, field.name)
     if dataclasses.is_dataclass(value):
-      settings.update(result_settings(value, f"{prefix}{field.name}."))
+      settings.update(_leaf_settings(value, f"{prefix}{field.name}."))
     else:
-      settings[f"{prefix}{field.name}"] = json.loads(json.dumps(value))  # Tuples as lists, as stored.
+      settings[f"{prefix}{field.name}"] = (value, field.metadata.get("flag", field.name))
   return settings

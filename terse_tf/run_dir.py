@@ -55,15 +55,10 @@ def _flatten(settings: dict, prefix: str = "") -> dict:
   return flat
 
 
-def _differences(there: dict, now: dict, name=lambda key: key) -> str:
+def _differences(there: dict, now: dict) -> str:
   """"a: 1 there, 2 now; ..." for the keys whose values differ."""
-  return "; ".join(f"{name(key)}: {there.get(key, 'unset')} there, {now.get(key, 'unset')} now"
+  return "; ".join(f"{key}: {there.get(key, 'unset')} there, {now.get(key, 'unset')} now"
                    for key in sorted(set(there) | set(now)) if there.get(key) != now.get(key))
-
-
-def _flag_name(setting: str) -> str:
-  """A TrainConfig field's flag (--synth_lr); a nested setting by its full name (task_settings.data.seed)."""
-  return setting if "." in setting else f"--{setting}"
 
 
 class RunDirectory:
@@ -82,46 +77,64 @@ class RunDirectory:
     """The checkpoint a run resumes (None: it starts afresh)."""
     return None if self.fresh else tf.train.latest_checkpoint(os.path.join(self.path, "checkpoints"))
 
-  def check_resumable(self, latest: str, identity: str, settings: dict) -> None:
-    """Refuses to resume `latest` for a run on other data or another target (`identity`, the task's, against
-    the checkpoint's) or with other settings where they change results (`settings`, config.result_settings,
-    against those config.json recorded)."""
+  def check_task(self, task: str) -> None:
+    """Refuses, before any data is loaded, a run directory that holds a run of another task (as its
+    config.json records it)."""
+    recorded = self._recorded().get("config", {}).get("task")
+    if not self.fresh and recorded not in (None, task) and self.latest_checkpoint():
+      raise ConfigError(f"--run_dir={self.path} holds a run of --task={recorded}, not --task={task} (a task of your "
+                        "own: import its module in your launcher before terse_tf.train.run()). Use another --run_dir, "
+                        "or --fresh to replace it")
+
+  def check_resumable(self, latest: str, identity: str, settings: dict, flags: dict[str, str]) -> None:
+    """Refuses to resume `latest` with other settings where they change results (`settings`,
+    config.result_settings, against those config.json recorded; each named by its flag, `flags`), or for a
+    run on other data or another target (`identity`, the task's, against the checkpoint's)."""
     try:
       reader = tf.train.load_checkpoint(latest)
       saved_identity = reader.get_tensor(_IDENTITY_KEY).decode() if reader.has_tensor(_IDENTITY_KEY) else "{}"
     except (tf.errors.OpError, ValueError, IndexError, OSError) as e:  # A truncated or garbled file.
       raise DataError(f"{latest}: damaged checkpoint ({type(e).__name__}: {e}); the run cannot resume from it. "
                       "Rerun with --fresh to start over") from e
-    if saved_identity != identity:
+    recorded = self._recorded_settings()
+    if recorded is not None:
+      # Settings one side does not know (added to terse_tf since the run started, or removed) are not
+      # compared: a new setting would otherwise refuse every run started before it.
+      differing = sorted(name for name in set(recorded) & set(settings) if recorded[name] != settings[name])
+      if differing:
+        differences = "; ".join(dict.fromkeys(  # (Two settings read from one flag, --seed, say it once.)
+            f"--{flags.get(name, name)}: {recorded[name]} there, {settings[name]} now" for name in differing))
+        raise ConfigError(f"--run_dir={self.path} holds a run with other settings ({differences}): resuming would "
+                          f"mix two runs. Rerun with its settings (its command is in "
+                          f"{os.path.join(self.path, CONFIG_FILE)}), use another --run_dir, or add --fresh to "
+                          "start over")
+    if saved_identity != identity:  # What no setting says: the data a task was handed (terse_tf.api's arrays).
       differences = _differences(_flatten(json.loads(saved_identity)), _flatten(json.loads(identity)))
       raise ConfigError(f"--run_dir={self.path} holds a run on other data or another target ({differences}). "
                         "Use another --run_dir, or --fresh to replace it")
-    recorded = self._recorded_settings()
-    # Settings one side does not know (added to terse_tf since the run started, or removed) are not compared:
-    # a new setting would otherwise refuse every run started before it.
-    shared = set(recorded or {}) & set(settings)
-    if recorded is not None and any(recorded[name] != settings[name] for name in shared):
-      differences = _differences({k: recorded[k] for k in shared}, {k: settings[k] for k in shared}, _flag_name)
-      raise ConfigError(f"--run_dir={self.path} holds a run with other settings ({differences}): "
-                        f"resuming would mix two runs. Rerun with its settings (its command is in "
-                        f"{os.path.join(self.path, CONFIG_FILE)}), use another --run_dir, or add --fresh to "
-                        "start over")
 
-  def _recorded_settings(self) -> dict | None:
-    """The result-changing settings config.json recorded; None where it recorded none (a run started by a
-    terse_tf that did not keep them resumes unchecked)."""
+  def _recorded(self) -> dict:
+    """config.json as the run wrote it ({} where there is none)."""
     path = os.path.join(self.path, CONFIG_FILE)
     try:
       with open(path) as f:
-        recorded = json.load(f).get("results_depend_on")
+        recorded = json.load(f)
     except FileNotFoundError:
-      return None
-    except (ValueError, AttributeError) as e:
+      return {}
+    except ValueError as e:
       raise DataError(f"{path}: damaged ({e}); rerun with --fresh to start over") from e
-    if recorded is None:
-      logging.warning("%s does not record the settings the run was started with: its resume is not checked "
-                      "against them", path)
+    if not isinstance(recorded, dict):
+      raise DataError(f"{path}: damaged (not a JSON object); rerun with --fresh to start over")
     return recorded
+
+  def _recorded_settings(self) -> dict | None:
+    """The result-changing settings config.json recorded; None where it recorded none (a run started by a
+    terse_tf that did not keep them is checked by its checkpoint's identity alone: its data and target)."""
+    recorded = self._recorded()
+    if recorded and "results_depend_on" not in recorded:
+      logging.warning("%s does not record the settings the run was started with: its resume is checked against "
+                      "its data and target only", os.path.join(self.path, CONFIG_FILE))
+    return recorded.get("results_depend_on")
 
   def restore(self, latest: str, checkpoint: tf.train.Checkpoint,
               without_dropout_seeds: tf.train.Checkpoint | None) -> None:

@@ -6,6 +6,7 @@ command resumes from the run directory's latest checkpoint; --fresh starts over.
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 
@@ -158,7 +159,7 @@ def main(argv: list[str]) -> None:
   config = None
   try:
     config = config_from_flags()
-    train_lib.run(config, command_line=shlex.join(sys.argv))
+    train_lib.run(config, command_line=resume_command(sys.argv))
   except TerseError as e:  # One line on stderr, no traceback: each names the flag or file at fault.
     sys.exit(f"terse_tf: error: {e}")
   except tf.errors.ResourceExhaustedError as e:
@@ -167,6 +168,15 @@ def main(argv: list[str]) -> None:
              "--eval_batch_size, then rerun to resume")
   except KeyboardInterrupt:
     launch.exit_interrupted(interrupted_message(config))
+
+
+def resume_command(argv: list[str]) -> str:
+  """The command config.json records: the one that resumes the run, `python -m terse_tf.train` (or the
+  user's own launcher) with the flags given, less --fresh, which would start it over."""
+  given = [arg for arg in argv[1:] if arg != "--fresh" and not arg.startswith("--fresh=")]
+  launcher = (["python", "-m", "terse_tf.train"] if os.path.basename(argv[0]) in ("train.py", "terse-train")
+              else [argv[0]])
+  return shlex.join(launcher + given)
 
 
 def interrupted_message(config: config_lib.TrainConfig | None) -> str:

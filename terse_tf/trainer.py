@@ -56,6 +56,7 @@ class Trainer:
     # the chief writes to the run directory; the others write to a private scratch directory.
     self.workers = distribute.Workers(self.strategy, config.run_dir)
     self.run_dir = RunDirectory(config.run_dir, config.fresh, self.strategy, self.workers.is_chief)
+    self.run_dir.check_task(config.task)  # Before any data is loaded.
     keras.utils.set_random_seed(config.seed)
 
     if (task is None) != registry.get(config.task).from_flags:
@@ -132,7 +133,7 @@ class Trainer:
     settings = config_lib.result_settings(resolved)
     self.resumed_from = self.run_dir.latest_checkpoint()
     if self.resumed_from:
-      self.run_dir.check_resumable(self.resumed_from, self.identity, settings)
+      self.run_dir.check_resumable(self.resumed_from, self.identity, settings, config_lib.setting_flags(resolved))
       self.run_dir.restore(self.resumed_from, self.checkpoint, self._checkpoint_without_dropout_seeds)
       self.history = json.loads(self.history_json.numpy().decode())
       logging.info("resumed from %s: phase %s, cycle %d, %d cache shards", self.resumed_from,

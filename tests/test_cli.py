@@ -218,3 +218,13 @@ def test_a_rerun_with_other_settings_is_refused_and_the_finished_run_stays_as_it
   result = run_cli(*args, "--checkpoint_every_steps=7", "--eval_batch_size=100")
   assert "holds a finished run" in result.stderr
   assert (run_dir / "config.json").read_bytes() == finished["config.json"]  # Still the command that made it.
+
+
+def test_config_json_records_the_command_that_resumes_the_run():
+  """Rerun as config.json has it, the command resumes the run: the module, not the path of the file it ran
+  from, and without --fresh, which would start it over."""
+  from terse_tf import train
+
+  argv = [os.path.join(REPO_ROOT, "terse_tf", "train.py"), "--flagfile=configs/my run.flags", "--fresh", "--seed=2"]
+  assert train.resume_command(argv) == "python -m terse_tf.train '--flagfile=configs/my run.flags' --seed=2"
+  assert train.resume_command(["/usr/bin/terse-train", "--fresh=true"]) == "python -m terse_tf.train"

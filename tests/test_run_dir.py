@@ -74,18 +74,47 @@ def test_a_start_killed_before_its_first_checkpoint_leaves_no_stale_events(tmp_p
   assert (tmp_path / "tensorboard").exists()
 
 
-def test_resume_needs_the_same_identity_and_the_same_result_settings(tmp_path):
+def test_resume_needs_the_same_result_settings_each_named_by_its_flag(tmp_path):
   latest = saved_run(tmp_path)
   run_dir = RunDirectory(str(tmp_path), False, STRATEGY, is_chief=True)
   assert run_dir.latest_checkpoint() == latest
-  run_dir.check_resumable(latest, IDENTITY, {"synth_lr": 0.001, "task_settings.data.seed": 0})
+  flags = {"synth_lr": "synth_lr", "task_settings.data.seed": "seed", "task_settings.affnist.seed": "seed"}
+  run_dir.check_resumable(latest, IDENTITY, {"synth_lr": 0.001, "task_settings.data.seed": 0}, flags)
+  with pytest.raises(ConfigError, match=r"other settings \(--synth_lr: 0.001 there, 0.002 now; "
+                                        r"--seed: 0 there, 1 now\).*--fresh"):
+    run_dir.check_resumable(latest, IDENTITY, {"synth_lr": 0.002, "task_settings.data.seed": 1}, flags)
+  # A setting terse_tf did not have when the run started is not compared (it would lock out every older run).
+  run_dir.check_resumable(latest, IDENTITY, {"synth_lr": 0.001, "task_settings.data.seed": 0, "new": 3}, flags)
+  assert RunDirectory(str(tmp_path), True, STRATEGY, is_chief=True).latest_checkpoint() is None  # --fresh
+
+
+def test_the_checkpoints_identity_is_checked_too(tmp_path):
+  """The data a task was handed (the API's arrays) is in its identity, not in its settings."""
+  latest = saved_run(tmp_path)
   other = json.dumps({"data": {"seed": 1}, "target": "paper"}, sort_keys=True)
   with pytest.raises(ConfigError, match=r"other data or another target \(data.seed: 0 there, 1 now\)"):
-    run_dir.check_resumable(latest, other, {"synth_lr": 0.001, "task_settings.data.seed": 0})
-  with pytest.raises(ConfigError, match=r"other settings \(--synth_lr: 0.001 there, 0.002 now; "
-                                        r"task_settings.data.seed: 0 there, 1 now\).*--fresh"):
-    run_dir.check_resumable(latest, IDENTITY, {"synth_lr": 0.002, "task_settings.data.seed": 1})
-  assert RunDirectory(str(tmp_path), True, STRATEGY, is_chief=True).latest_checkpoint() is None  # --fresh
+    RunDirectory(str(tmp_path), False, STRATEGY, is_chief=True).check_resumable(
+        latest, other, {"synth_lr": 0.001, "task_settings.data.seed": 0}, {})
+
+
+def test_a_run_that_recorded_no_settings_is_checked_by_its_identity(tmp_path):
+  latest = saved_run(tmp_path)
+  (tmp_path / "config.json").write_text('{"command": "train", "config": {}}')
+  run_dir = RunDirectory(str(tmp_path), False, STRATEGY, is_chief=True)
+  run_dir.check_resumable(latest, IDENTITY, {"synth_lr": 9.0}, {})
+  other = json.dumps({"data": {"seed": 1}, "target": "paper"}, sort_keys=True)
+  with pytest.raises(ConfigError, match=r"other data or another target \(data.seed: 0 there, 1 now\)"):
+    run_dir.check_resumable(latest, other, {}, {})
+
+
+def test_a_run_of_another_task_is_refused_before_any_data_is_loaded(tmp_path):
+  saved_run(tmp_path)
+  (tmp_path / "config.json").write_text('{"config": {"task": "mine"}}')
+  run_dir = RunDirectory(str(tmp_path), False, STRATEGY, is_chief=True)
+  run_dir.check_task("mine")
+  with pytest.raises(ConfigError, match="holds a run of --task=mine, not --task=affnist .*import its module"):
+    run_dir.check_task("affnist")
+  RunDirectory(str(tmp_path), True, STRATEGY, is_chief=True).check_task("affnist")  # --fresh replaces it.
 
 
 def test_a_damaged_checkpoint_or_config_is_named(tmp_path):
@@ -93,8 +122,8 @@ def test_a_damaged_checkpoint_or_config_is_named(tmp_path):
   run_dir = RunDirectory(str(tmp_path), False, STRATEGY, is_chief=True)
   (tmp_path / "config.json").write_text("{not json")
   with pytest.raises(DataError, match="config.json: damaged"):
-    run_dir.check_resumable(latest, IDENTITY, {})
+    run_dir.check_resumable(latest, IDENTITY, {}, {})
   with open(latest + ".index", "r+b") as f:
     f.truncate(10)
   with pytest.raises(DataError, match="damaged checkpoint.*--fresh"):
-    run_dir.check_resumable(latest, IDENTITY, {})
+    run_dir.check_resumable(latest, IDENTITY, {}, {})

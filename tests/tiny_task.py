@@ -25,8 +25,8 @@ RANGES = compositor_lib.AffineRanges(max_rotation_deg=30.0, max_translation_px=6
 
 @dataclasses.dataclass(frozen=True)
 class TinyBarsSettings:
-  num_real: int = 256
-  num_test: int = 128
+  num_real: int = dataclasses.field(default=256, metadata={"flag": "tiny_num_real"})  # Its flag's name.
+  num_test: int = dataclasses.field(default=128, metadata={"flag": "tiny_num_test"})
   seed: int = 0
 
 
@@ -61,8 +61,7 @@ class TinyBarsTask(PastedObjectClassification):
 
   def __init__(self, settings: TinyBarsSettings, common: CommonSettings):
     self.settings, self.common = settings, common
-    self.compositor = common.compositor.with_ranges(RANGES)
-    self._composite = compositor_lib.composite
+    self._set_compositing(common, RANGES)
     rng = np.random.default_rng(settings.seed)
     self.real_labels = rng.integers(2, size=settings.num_real).astype(np.int32)
     self.real_images = (bars()[self.real_labels, ..., 1:] * 255).astype(np.uint8)

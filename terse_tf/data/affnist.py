@@ -34,9 +34,11 @@ TRANSFORMS_PER_DIGIT = 32
 class AffnistConfig:
   affnist_dir: str = ""      # Real affNIST: a test .mat file or a folder of them.
   # Where generated sets are kept; "" for no cache. (config.SAME_RESULTS: a resume may change it.)
-  cache_dir: str = dataclasses.field(default="", metadata={"changes_results": False})
-  num_test_digits: int = 1000  # Test digits transformed when generating (0: all of them).
-  transforms_per_digit: int = TRANSFORMS_PER_DIGIT
+  cache_dir: str = dataclasses.field(default="", metadata={"changes_results": False, "flag": "affnist_cache_dir"})
+  # Test digits transformed when generating (0: all of them).
+  num_test_digits: int = dataclasses.field(default=1000, metadata={"flag": "affnist_test_digits"})
+  transforms_per_digit: int = dataclasses.field(default=TRANSFORMS_PER_DIGIT,
+                                                metadata={"flag": "affnist_transforms_per_digit"})
   seed: int = 0
 
 

@@ -31,7 +31,8 @@ _IDX_UBYTE = 0x08
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  source: str = "auto"          # auto: idx when mnist_dir is set, else the bundled 10k digits.
+  # auto: idx when mnist_dir is set, else the bundled 10k digits. (Field metadata: config.result_settings.)
+  source: str = dataclasses.field(default="auto", metadata={"flag": "data_source"})
   mnist_dir: str = ""
   tfds_data_dir: str = ""
   tfds_download: bool = True

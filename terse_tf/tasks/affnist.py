@@ -90,14 +90,11 @@ class AffnistTask(PastedObjectClassification):
       raise ConfigError(f"--target must be one of {self.targets} for --task=affnist (a classifier), got "
                         f"{common.target!r}")
     self.settings, self.common = settings, common
-    self.compositor = common.compositor.with_ranges(ranges(settings.max_translation_px))
+    self._set_compositing(common, ranges(settings.max_translation_px))
     self.splits = mnist.load_splits(settings.data)
     test_images, test_labels, self.test_description = affnist.load_test_set(
         self.splits.test_images, self.splits.test_labels, settings.affnist)
     self.affnist_test = (test_images, test_labels)
-    # XLA pays for the compositor's gathers (about 15% of a synthesizer step on CPU) but not for the whole
-    # step, whose convolutions it makes slower; bench/compositor.py has the compositor's own figures.
-    self._composite = tf.function(compositor_lib.composite, jit_compile=common.synthesizer.jit_compile)
 
   def describe(self) -> str:
     return (f"{self.splits.source} digits {self.splits.sizes()}; affNIST test: {len(self.affnist_test[1])} "

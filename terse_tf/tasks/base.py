@@ -129,9 +129,16 @@ class Task(abc.ABC):
 class PastedObjectClassification(Task):
   """What the classification tasks share: one cut-out per image, as large as the image (colour + straight
   alpha), placed by S through the compositor's `place` (the clamp, then keep-in-frame) and labelled with its
-  class (batch["label"]). Subclasses set `_composite`, the compositor (XLA-compiled or not)."""
+  class (batch["label"]). Subclasses call `_set_compositing` with their ranges before any method here runs."""
 
   _composite: Callable[..., compositor_lib.Composite]
+
+  def _set_compositing(self, common: CommonSettings, ranges: compositor_lib.AffineRanges) -> None:
+    """The compositor's settings with the task's placement ranges, and the compositor: XLA pays for its
+    gathers (about 15% of a synthesizer step on CPU) but not for the whole step, whose convolutions it makes
+    slower (bench/compositor.py has the compositor's own figures), so only it is compiled."""
+    self.compositor = common.compositor.with_ranges(ranges)
+    self._composite = tf.function(compositor_lib.composite, jit_compile=common.synthesizer.jit_compile)
 
   def place_and_paste(self, raw: tf.Tensor, foreground: tf.Tensor, background: tf.Tensor
                       ) -> tuple[tf.Tensor, compositor_lib.Composite]:

@@ -68,7 +68,7 @@ class CustomClassificationTask(PastedObjectClassification):
       raise ConfigError(f"the cut-outs have {len(self.class_names)} classes ({self.class_names}); the target "
                         f"has {self.num_classes} outputs")
     self.model_fn, self.config, self.common = model_fn, config, common
-    self.compositor = common.compositor.with_ranges(config.ranges)
+    self._set_compositing(common, config.ranges)
     height, width, channels = self.image_shape
     fitted = cutouts.images if cutouts.images.shape[1:3] == (height, width) else np.stack(
         [fit(cutout, (height, width)) for cutout in cutouts.images])
@@ -77,7 +77,6 @@ class CustomClassificationTask(PastedObjectClassification):
     self.backgrounds = photos_lib.random_backgrounds(backgrounds, config.num_backgrounds, self.image_shape,
                                                      np.random.default_rng(seed))
     self.real, self.test = (self._checked(real, "real"), self._checked(test, "test"))
-    self._composite = tf.function(compositor_lib.composite, jit_compile=common.synthesizer.jit_compile)
 
   def _checked(self, split: tuple[np.ndarray, np.ndarray], name: str) -> tuple[np.ndarray, np.ndarray]:
     images, labels = split

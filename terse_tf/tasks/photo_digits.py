@@ -36,14 +36,18 @@ SSD_VGG16_SIZE = 300
 
 @dataclasses.dataclass(frozen=True)
 class PhotoDigitsConfig:
-  image_size: int = 128
-  num_real: int = 2000          # Real training images (1..max_objects upright digits each).
-  num_test: int = 500           # Test images (1..test_max_objects digits over the wide range each).
-  max_objects: int = 3
-  test_max_objects: int = 4
-  ten_classes: bool = False     # Detect "0".."9" instead of the one class "digit".
+  image_size: int = dataclasses.field(default=128, metadata={"flag": "photo_image_size"})
+  # Real training images (1..max_objects upright digits each).
+  num_real: int = dataclasses.field(default=2000, metadata={"flag": "photo_num_real"})
+  # Test images (1..test_max_objects digits over the wide range each).
+  num_test: int = dataclasses.field(default=500, metadata={"flag": "photo_num_test"})
+  max_objects: int = dataclasses.field(default=3, metadata={"flag": "photo_max_objects"})
+  test_max_objects: int = dataclasses.field(default=4, metadata={"flag": "photo_test_max_objects"})
+  # Detect "0".."9" instead of the one class "digit".
+  ten_classes: bool = dataclasses.field(default=False, metadata={"flag": "photo_ten_classes"})
   photo_dir: str = ""           # Folders <photo_dir>/train and <photo_dir>/test of photos; "" bundled ones.
-  num_backgrounds: int = 2000   # Random crops of the train photos that S and the baselines paste on.
+  # Random crops of the train photos that S and the baselines paste on.
+  num_backgrounds: int = dataclasses.field(default=2000, metadata={"flag": "photo_num_backgrounds"})
   background_artifact_fraction: float = 0.3  # Backgrounds given a pasted background region (§3.1).
   min_visible: float = 0.25     # An object with less of it in view gets no box.
   max_rotation_deg: float = 45.0

@@ -75,6 +75,10 @@ def register(name: str, *, settings: type, summary: str,
     if earlier is not None and qualified(earlier.task_cls) != qualified(task_cls):
       raise ValueError(f"task {name!r} is registered twice: {qualified(earlier.task_cls)} and "
                        f"{qualified(task_cls)}")
+    missing = [attribute for attribute in ("targets", "random_source", "headline") if not hasattr(task_cls, attribute)]
+    if missing:
+      raise ValueError(f"task {name!r} ({qualified(task_cls)}) must declare {', '.join(missing)} as class "
+                       "attributes (tasks/base.py's Task says what each is)")
     task_cls.name = name
     _REGISTRY[name] = Registration(name, task_cls, settings, settings_from_flags, summary, define_flags)
     return task_cls
