@@ -68,6 +68,11 @@ class RunDirectory:
     if os.path.exists(path) and not os.path.isdir(path):
       raise ConfigError(f"--run_dir={path} is an existing file; expected a directory (or a path to create one "
                         "at)")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+      existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):  # Checked here, before any data is loaded; open() proves it writable.
+      raise ConfigError(f"--run_dir={path} cannot be made: {existing} is a file, not a directory")
     self.path, self.fresh, self.is_chief, self._strategy = path, fresh, is_chief, strategy
     # Where this process writes: the run directory, or for a worker other than the chief its scratch directory.
     self.output_dir = path

@@ -41,6 +41,8 @@ def test_a_file_in_the_way_is_refused_before_anything_is_made(tmp_path):
   (tmp_path / "run").write_text("")
   with pytest.raises(ConfigError, match="--run_dir=.*run is an existing file"):
     RunDirectory(str(tmp_path / "run"), False, STRATEGY, is_chief=True)
+  with pytest.raises(ConfigError, match="--run_dir=.*run/sub/dir cannot be made: .*run is a file"):
+    RunDirectory(str(tmp_path / "run" / "sub" / "dir"), False, STRATEGY, is_chief=True)
 
 
 def test_one_process_at_a_time(tmp_path):
