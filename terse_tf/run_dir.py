@@ -87,9 +87,9 @@ class RunDirectory:
     config.json records it)."""
     recorded = self._recorded().get("config", {}).get("task")
     if not self.fresh and recorded not in (None, task) and self.latest_checkpoint():
-      raise ConfigError(f"--run_dir={self.path} holds a run of --task={recorded}, not --task={task} (a task of your "
-                        "own: import its module in your launcher before terse_tf.train.run()). Use another --run_dir, "
-                        "or --fresh to replace it")
+      raise ConfigError(f"--run_dir={self.path} holds a run of --task={recorded}, not --task={task} (a task of "
+                        "your own: import its module in your launcher before terse_tf.train.run()). Use another "
+                        "--run_dir, or --fresh to replace it")
 
   def check_resumable(self, latest: str, identity: str, settings: dict, flags: dict[str, str]) -> None:
     """Refuses to resume `latest` with other settings where they change results (`settings`,

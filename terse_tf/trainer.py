@@ -102,8 +102,10 @@ class Trainer:
       return tf.Variable(value, dtype=dtype, trainable=False, name=name)
 
     self.phase, self.cycle = state_variable("phase", PHASE_BASELINE), state_variable("cycle")
-    self.epoch_in_phase, self.synth_step = state_variable("epoch_in_phase"), state_variable("synth_step_in_cycle")
-    self.target_global_step, self.synth_global_step = state_variable("target_global_step"), state_variable("synth_global_step")
+    self.epoch_in_phase = state_variable("epoch_in_phase")
+    self.synth_step = state_variable("synth_step_in_cycle")
+    self.target_global_step = state_variable("target_global_step")
+    self.synth_global_step = state_variable("synth_global_step")
     self.elapsed_s = state_variable("elapsed_s", 0.0, tf.float64)
     # The evaluation history rides in the checkpoint, so results always agree with the restored state.
     self.history: list[dict] = []

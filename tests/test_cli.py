@@ -225,6 +225,7 @@ def test_config_json_records_the_command_that_resumes_the_run():
   from, and without --fresh, which would start it over."""
   from terse_tf import train
 
-  argv = [os.path.join(REPO_ROOT, "terse_tf", "train.py"), "--flagfile=configs/my run.flags", "--fresh", "--seed=2"]
+  argv = [os.path.join(REPO_ROOT, "terse_tf", "train.py"), "--flagfile=configs/my run.flags", "--fresh",
+          "--seed=2"]
   assert train.resume_command(argv) == "python -m terse_tf.train '--flagfile=configs/my run.flags' --seed=2"
   assert train.resume_command(["/usr/bin/terse-train", "--fresh=true"]) == "python -m terse_tf.train"

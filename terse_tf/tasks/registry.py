@@ -75,7 +75,8 @@ def register(name: str, *, settings: type, summary: str,
     if earlier is not None and qualified(earlier.task_cls) != qualified(task_cls):
       raise ValueError(f"task {name!r} is registered twice: {qualified(earlier.task_cls)} and "
                        f"{qualified(task_cls)}")
-    missing = [attribute for attribute in ("targets", "random_source", "headline") if not hasattr(task_cls, attribute)]
+    missing = [attribute for attribute in ("targets", "random_source", "headline")
+               if not hasattr(task_cls, attribute)]
     if missing:
       raise ValueError(f"task {name!r} ({qualified(task_cls)}) must declare {', '.join(missing)} as class "
                        "attributes (tasks/base.py's Task says what each is)")
