@@ -141,7 +141,7 @@ def test_run_dir_that_is_a_file_gets_one_clear_error(tmp_path):
   (tmp_path / "run").write_text("not a directory")
   with pytest.raises(ConfigError, match="--run_dir=.*run is an existing file"):
     trainer_lib.Trainer(smoke_config(str(tmp_path / "run")))
-  with pytest.raises(ConfigError, match="--run_dir=.*cannot be written"):
+  with pytest.raises(ConfigError, match="--run_dir=.*below cannot be made: .*run is a file"):
     trainer_lib.Trainer(smoke_config(str(tmp_path / "run" / "below")))
 
 
