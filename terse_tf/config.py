@@ -164,7 +164,7 @@ class TrainConfig:
 
 def _float_settings(settings: dict | list | tuple, name: str = ""):
   """(name, value) of every float in a config's asdict(), nested settings and tuples included; a nested
-  setting goes by its own field's name (a flag's, or close to it: photo_digits' num_real is --photo_num_real)."""
+  setting goes by its own field's name (its flag's, or close to it: a task may prefix its flags)."""
   items = settings.items() if isinstance(settings, dict) else ((name, value) for value in settings)
   for key, value in items:
     if isinstance(value, float):
