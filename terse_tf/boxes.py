@@ -28,7 +28,7 @@ class DefaultBoxSpec:
   ratio 1 at scale sqrt(s_k s_{k+1}). Ratios below 1 are tall boxes: a "1" or a standing person needs
   ~0.4-0.5 to reach IoU 0.5 with any default box.
   """
-  feature_sizes: tuple[int, ...] = (16, 8, 4)
+  feature_sizes: tuple[int, ...] = (32, 16, 8, 4)
   min_scale: float = 0.1
   max_scale: float = 0.6
   aspect_ratios: tuple[float, ...] = (1.0, 2.0, 0.5, 0.4)
@@ -113,13 +113,14 @@ def match(boxes: tf.Tensor, classes: tf.Tensor, count: tf.Tensor, anchors: tf.Te
   overlaps = tf.where(real[None, :], overlaps, -1.0)
   best_box = tf.argmax(overlaps, axis=1, output_type=tf.int32)            # [A]
   best_overlap = tf.reduce_max(overlaps, axis=1)
-  # Each real box's best anchor is forced onto that box (later boxes win a shared anchor).
+  # Each real box's best anchor is forced onto that box. Where two boxes share their best anchor the later
+  # box wins, by a max over box indices: a scatter-update's order between duplicates is undefined.
   best_anchor = tf.argmax(overlaps, axis=0, output_type=tf.int32)         # [G]
-  forced = tf.boolean_mask(best_anchor, real)
-  best_box = tf.tensor_scatter_nd_update(best_box, forced[:, None], tf.boolean_mask(tf.range(tf.shape(
-      boxes)[0]), real))
-  positive = tf.tensor_scatter_nd_update(best_overlap > threshold, forced[:, None],
-                                         tf.ones_like(forced, tf.bool))
+  forced_box = tf.tensor_scatter_nd_max(
+      tf.fill(tf.shape(best_box), -1), tf.boolean_mask(best_anchor, real)[:, None],
+      tf.boolean_mask(tf.range(tf.shape(boxes)[0]), real))                 # [A], -1 where none forced
+  best_box = tf.where(forced_box >= 0, forced_box, best_box)
+  positive = (best_overlap > threshold) | (forced_box >= 0)
   matched_classes = tf.where(positive, tf.gather(tf.cast(classes, tf.int32), best_box) + 1, 0)
   targets = tf.where(positive[:, None], encode(tf.gather(boxes, best_box), anchors), 0.0)
   return Matches(classes=matched_classes, boxes=targets)

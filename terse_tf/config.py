@@ -17,11 +17,16 @@ from terse_tf.tasks import CommonSettings, SynthesizerSettings, registry
 
 # Where each cycle's added samples come from: TERSE's synthesizer (hard composites against the current T),
 # the task's random-placement baseline (its `random_source`: affNIST's random affine recipe, Cut-Paste-Learn's
-# random placement and blending for detection), or nothing (a control that fine-tunes on the real set alone).
-TERSE, NO_SAMPLES = "terse", "none"
+# random placement for detection, or one of its `extra_random_sources`), that baseline kept only where T finds
+# a sample hard by TERSE's criterion (FILTERED: the hardness filter without S's learning, the control that
+# tells what S adds), or nothing (a control that fine-tunes on the real set alone).
+TERSE, FILTERED, NO_SAMPLES = "terse", "filtered", "none"
 # Weight decay as the paper's PyTorch optimizers apply it (an L2 term whose gradient joins the loss's before
 # momentum or Adam's moments), or Keras 3's own decoupled decay (w -= lr * decay * w after the update).
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")
+# T's learning rate within each of its phases (the baseline, each fine-tuning): constant, or a cosine decay
+# from target_lr to 0 over the phase's steps (a baseline that ends converged rather than at a large step).
+LR_SCHEDULES = ("constant", "cosine")
 # The metadata of a setting (of TrainConfig or of a task's settings) that a resume may change: where and how
 # often the run writes, and how it is distributed and compiled (another strategy splits batches and per-replica
 # draws otherwise, and XLA rounds otherwise: the same method, other floats). A setting whose flag is not its
@@ -44,6 +49,7 @@ class TrainConfig:
   # Target T: SGD with momentum and weight decay (A.1), batch 64.
   batch_size: int = 64
   target_lr: float = 0.01
+  target_lr_schedule: str = "constant"
   target_momentum: float = 0.9
   target_weight_decay: float = 5e-4
   weight_decay_mode: str = "coupled"
@@ -129,10 +135,12 @@ class TrainConfig:
     if self.target not in registration.targets:
       raise ConfigError(f"--target must be one of {registration.targets} for --task={self.task}, got "
                         f"{self.target!r}")
+    if self.target_lr_schedule not in LR_SCHEDULES:
+      raise ConfigError(f"--target_lr_schedule must be one of {LR_SCHEDULES}, got {self.target_lr_schedule!r}")
     if self.weight_decay_mode not in WEIGHT_DECAY_MODES:
       raise ConfigError(f"--weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, got "
                         f"{self.weight_decay_mode!r}")
-    allowed_sources = (TERSE, registration.random_source, NO_SAMPLES)
+    allowed_sources = (TERSE, *registration.random_sources, FILTERED, NO_SAMPLES)
     if self.sample_source not in allowed_sources:
       raise ConfigError(f"--sample_source must be one of {allowed_sources} for --task={self.task}, got "
                         f"{self.sample_source!r}")

@@ -23,6 +23,11 @@ def real_dataset(task: Task, context: tf.distribute.InputContext, seed: int) -> 
   return ds.shuffle(len(images), seed=seed)
 
 
+def target_steps(task: Task, cache: HardExampleCache, batch_size: int, steps: int = 0) -> int:
+  """Global steps in one epoch of T: `steps`, or one pass over the real set and the cache."""
+  return steps or (len(task.real_examples()[0]) + len(cache)) // batch_size
+
+
 def target_dataset(task: Task, cache: HardExampleCache, strategy: tf.distribute.Strategy, batch_size: int,
                    epoch_seed: int, steps: int = 0, cache_fraction: float = 0.0,
                    cache_shuffle_buffer: int = 20000) -> tf.distribute.DistributedDataset:
@@ -33,12 +38,11 @@ def target_dataset(task: Task, cache: HardExampleCache, strategy: tf.distribute.
   to their sizes (one pool, A.1), or with `cache_fraction` from the cache at that share.
   """
   num_real, num_cached = len(task.real_examples()[0]), len(cache)
-  total = num_real + num_cached
-  fraction = cache_fraction or num_cached / total
+  fraction = cache_fraction or num_cached / (num_real + num_cached)
 
   def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
     batch = context.get_per_replica_batch_size(batch_size)
-    batches = (steps or total // batch_size) * _global_steps_share(strategy, context)
+    batches = target_steps(task, cache, batch_size, steps) * _global_steps_share(strategy, context)
     ds = real_dataset(task, context, epoch_seed)
     cached = cache.dataset()
     if cached is not None:
@@ -48,8 +52,14 @@ def target_dataset(task: Task, cache: HardExampleCache, strategy: tf.distribute.
                                                 weights=[1.0 - fraction, fraction], seed=epoch_seed)
     elif steps:
       ds = ds.repeat()
-    ds = ds.batch(batch, drop_remainder=True).take(batches)
-    return ds.map(lambda x, y: (tf.image.convert_image_dtype(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch, drop_remainder=True).take(batches).enumerate()
+
+    def prepare(index: tf.Tensor, example: tuple) -> tuple:
+      # The task's augmentation, seeded by (epoch, pipeline, batch): a resumed epoch redraws the same.
+      seed = tf.stack([tf.cast(epoch_seed * 1000 + context.input_pipeline_id, tf.int64), index])
+      return task.augment(tf.image.convert_image_dtype(example[0], tf.float32), example[1], seed)
+
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
   return strategy.distribute_datasets_from_function(dataset_fn)
 

@@ -53,6 +53,8 @@ flags.DEFINE_string("target", "", "Target T, one the task accepts: " + "; ".join
     f"{name} {', '.join(registry.get(name).targets)}" for name in registry.names()) + "; '' for the task's first.")
 flags.DEFINE_integer("batch_size", 64, "T's batch size.", lower_bound=1)
 flags.DEFINE_float("target_lr", 0.01, "T's SGD learning rate.", lower_bound=0)
+flags.DEFINE_enum("target_lr_schedule", "constant", config_lib.LR_SCHEDULES, "T's learning rate within each of "
+                  "its phases (baseline, each fine-tuning): constant, or cosine-decayed to 0 over the phase.")
 flags.DEFINE_float("target_momentum", 0.9, "T's SGD momentum.", lower_bound=0)
 flags.DEFINE_float("target_weight_decay", 5e-4, "T's weight decay (see --weight_decay_mode).", lower_bound=0)
 flags.DEFINE_enum("weight_decay_mode", "coupled", config_lib.WEIGHT_DECAY_MODES, "coupled: L2 added to the "
@@ -91,8 +93,10 @@ flags.DEFINE_bool("reset_synthesizer_each_cycle", False, "Re-initialise S and it
                   "of every sleep cycle (counters a synthesizer saturated on the clamp bounds).")
 flags.DEFINE_string("sample_source", config_lib.TERSE, "Where each cycle's added samples come from: terse (the "
                     "synthesizer's hard composites), the task's random baseline (" + "; ".join(
-                        f"{name}: {registry.get(name).random_source}" for name in registry.names()) +
-                    "), none (control: fine-tune on the real set only).")
+                        f"{name}: {', '.join(registry.get(name).random_sources)}" for name in registry.names()) +
+                    "), filtered (the random baseline kept only where T finds it hard, drawing at most as many "
+                    "as S's step cap composes: the hardness filter without S), none (control: fine-tune on the "
+                    "real set only).")
 flags.DEFINE_bool("discriminator", False, "Train a discriminator D (§3.3) in lockstep with S and add its "
                   "realism term to S's loss.")
 flags.DEFINE_float("discriminator_weight", 0.1, "Weight of D's realism term in S's loss.", lower_bound=0)
@@ -131,6 +135,7 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> config_lib.Train
           clamp_mode=f.param_clamp, keep_in_frame=f.keep_in_frame, mask_cleanup=f.mask_cleanup,
           mask_threshold=f.mask_threshold, mask_blur_sigma=f.mask_blur_sigma),
       target=f.target, seed=f.seed, batch_size=f.batch_size, target_lr=f.target_lr,
+      target_lr_schedule=f.target_lr_schedule,
       target_momentum=f.target_momentum, target_weight_decay=f.target_weight_decay,
       weight_decay_mode=f.weight_decay_mode,
       baseline_epochs=f.baseline_epochs, finetune_epochs=f.finetune_epochs,

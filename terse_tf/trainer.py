@@ -7,7 +7,8 @@ The schedule, which this file is:
         real (eq. 3), and in lockstep D trained with S frozen on real images against those composites
         (eq. 2); every composite T finds hard goes to the cache until each class has its quota (or a step
         cap). With --sample_source set to the task's random source the quota is filled by random placements
-        instead (the in-tree baseline), and with none nothing is added;
+        instead (the in-tree baseline); with filtered by random placements that T finds hard (the control
+        for what S's learning adds); with none nothing is added;
      b. fine-tune: T trained on the real set plus the whole cache with S frozen (eq. 1);
   3. (train_lib) export S and T as SavedModels.
 
@@ -228,12 +229,16 @@ class Trainer:
     config = self.config
     self.progress.start_phase()
     start_epoch = int(self.epoch_in_phase.numpy())
+    per_epoch = pipelines.target_steps(self.task, self.cache, config.batch_size, steps_per_epoch)
     while int(self.epoch_in_phase.numpy()) < epochs:
       epoch = int(self.epoch_in_phase.numpy())
       total, step_count = 0.0, 0
       for batch in pipelines.target_dataset(self.task, self.cache, self.strategy, config.batch_size,
                                             seed_base + epoch, steps_per_epoch, config.cache_fraction,
                                             config.cache_shuffle_buffer):
+        if config.target_lr_schedule == "cosine":
+          done = (epoch * per_epoch + step_count) / max(epochs * per_epoch, 1)
+          self.players.target_optimizer.learning_rate.assign(config.target_lr * 0.5 * (1 + np.cos(np.pi * done)))
         loss = float(self._target_step(batch).numpy())
         self._check_finite(loss, "target")
         total, step_count = total + loss, step_count + 1
@@ -249,6 +254,8 @@ class Trainer:
   def _add_samples(self, cycle: int) -> None:
     if self.config.sample_source == config_lib.TERSE:
       self._synthesize(cycle)
+    elif self.config.sample_source == config_lib.FILTERED:
+      self._add_filtered(cycle)
     elif self.config.sample_source != config_lib.NO_SAMPLES:
       self._add_random(cycle)
 
@@ -317,7 +324,8 @@ class Trainer:
     """The random-placement baseline: `quota` samples per class from the task's random source, every one
     kept, hard or not; their hardness under the current T is logged beside TERSE's."""
     quota = self.config.quota(cycle)
-    images, labels = self.task.random_samples(quota, seed=(self.config.seed, cycle))
+    images, labels = self.task.random_samples(quota, seed=(self.config.seed, cycle),
+                                              source=self.config.sample_source)
     judgement = self._judge_in_batches(images, labels)
     self.cache.add(images, labels, judgement.quota_class, judgement.hardness, cycle, quota)
     logging.info("%s: added %d %s samples (%.0f%% of them hard for T); %s", self._where(), len(images),
@@ -325,6 +333,30 @@ class Trainer:
                  self._progress(1.0))
     summaries.random_samples(self.writer, cycle, self.config.sample_source, images, labels, judgement.hardness,
                              len(self.cache), self.task.preview, self.target.hardness_range)
+
+  def _add_filtered(self, cycle: int) -> None:
+    """The control for S's learning: the task's random baseline, kept only where T finds a sample hard by the
+    criterion TERSE's composites pass, until each class has its quota or as many samples were drawn as S
+    composes in a cycle at its step cap (so the filter sees no more candidates than S)."""
+    config = self.config
+    quota = config.quota(cycle)
+    warmup = config.synth_warmup_steps if cycle == 1 or config.reset_synthesizer_each_cycle else 0
+    budget = (warmup + config.synth_max_steps) * config.synth_batch_size
+    drawn = draw = 0
+    while drawn < budget and self.cache.class_counts(cycle).min() < quota:
+      per_class = max(1, min(quota, (budget - drawn) // self.task.num_classes))
+      images, labels = self.task.random_samples(per_class, seed=(config.seed, cycle, draw))
+      judgement = self._judge_in_batches(images, labels)
+      hard = losses.is_hard(judgement.hardness, self.hard_threshold)
+      self.cache.add(images[hard], {key: value[hard] for key, value in labels.items()},
+                     judgement.quota_class[hard], judgement.hardness[hard], cycle, quota)
+      drawn, draw = drawn + len(images), draw + 1
+    counts = self.cache.class_counts(cycle)
+    logging.info("%s: kept %d of %d random samples T finds hard (hardness below %g); %s", self._where(),
+                 counts.sum(), drawn, self.hard_threshold, self._progress(1.0))
+    if counts.min() < quota:
+      logging.warning("cycle %d: %d random draws (S's step cap x batch) gave %d/%d hard samples (fewest in a "
+                      "class: %d)", cycle, drawn, counts.sum(), quota * self.task.num_classes, counts.min())
 
   def _judge_in_batches(self, images: np.ndarray, labels: dict[str, np.ndarray]):
     """T's judgement of float images [N, H, W, C] with their labels, --eval_batch_size at a time (numpy)."""

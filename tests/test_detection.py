@@ -206,10 +206,10 @@ def test_ssd_hardness_is_the_confidence_for_the_hardest_objects_class():
   """With a class head that ignores its input and favours class 1, every default box gives class 1 the
   same high probability and class 0 a low one: a scene's hardness is the probability of its hardest
   object's class, and it counts towards that class's quota."""
-  spec = boxes.DefaultBoxSpec(feature_sizes=(8, 4, 2))
+  spec = boxes.DefaultBoxSpec(feature_sizes=(16, 8, 4, 2))
   target = SSDTarget.build("compact", 64, num_classes=2, spec=spec)
   bias = np.array([0.0, 1.0, 3.0], np.float32)  # background, class 0, class 1
-  for k in range(3):
+  for k in range(4):
     head = target.model.get_layer(f"class_head_{k}")
     head.kernel.assign(tf.zeros_like(head.kernel))
     head.bias.assign(np.tile(bias, spec.boxes_per_cell()))

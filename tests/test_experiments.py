@@ -134,18 +134,23 @@ def test_headline_fraction_is_the_first_grid_point_at_random_augmentations_final
   assert never["headline"]["fraction_of_random_samples_interpolated"] is None
 
 
-DETECTION_ARMS = ("real_only", "cut_paste", "terse", "terse_no_d")
+DETECTION_ARMS = ("real_only", "cut_paste", "cut_paste_blend_modes", "uniform_filter", "terse_no_d", "terse",
+                  "terse_no_diversity", "d_control")
 
 
 def check_detection_report(results_dir, label, seeds, cycles):
   """The detection experiment's report (<results_dir>/<label>.json and .md) against the runs it aggregates
   (<results_dir>/runs/<label>/seed<N>/<arm>/results.json): its rows are the runs' evaluations, every arm
-  starts from its seed's baseline T, and each mean, spread and final figure is recomputed from the rows.
-  Returns the report."""
+  starts from its seed's baseline T, each mean, sample SD and final figure is recomputed from the rows, and
+  the arms of a seed shared their fine-tuning steps and test set. Returns the report."""
+  # Imported here: the two experiments' modules each define --seeds, so a process imports one of them.
+  from terse_tf.experiments import photo_digits as detection_experiment
+
   with open(results_dir / f"{label}.json") as f:
     report = json.load(f)
-  metrics = ("test_ap50", "test_ap", "test_ap75")
   rows = report["rows"]
+  metrics = sorted(key for key in rows[0] if key.endswith(("_ap50", "_ap", "_ap75")))
+  assert {"test_ap50", "val_ap50", "val_upright_ap50"} <= set(metrics)
   for seed in seeds:
     seed_dir = results_dir / "runs" / label / f"seed{seed}"
     with open(seed_dir / "baseline" / "results.json") as f:
@@ -161,6 +166,11 @@ def check_detection_report(results_dir, label, seeds, cycles):
         assert all(row[m] == record[m] for m in metrics), (row, record)
       # The arm starts from the baseline T: cycle 0 is the baseline run's own evaluation.
       assert all(mine[0][m] == baseline[f"{m}_before"] for m in metrics), (arm, mine[0], baseline)
+    fairness = report["fairness"][f"seed{seed}"]
+    assert len({f["target_steps"] for f in fairness.values()}) == 1, fairness  # The same fine-tuning.
+    assert len({f["test_set"] for f in fairness.values()}) == 1, fairness      # The same test scenes.
+    for arm, figures in fairness.items():
+      assert figures["instances"] >= figures["samples"], (arm, figures)        # Each sample holds >= 1 object.
   table = (results_dir / f"{label}.md").read_text()
   assert set(report["curves"]) == set(report["final"]) == set(DETECTION_ARMS)
   for arm, points in report["curves"].items():
@@ -171,32 +181,44 @@ def check_detection_report(results_dir, label, seeds, cycles):
       assert point["samples_mean"] == pytest.approx(np.mean([r["samples"] for r in chosen]))
       for m in metrics:
         values = np.array([r[m] for r in chosen])
-        assert point[m] == pytest.approx({"mean": values.mean(), "std": values.std(), "min": values.min(),
-                                          "max": values.max()}, abs=1e-12), (arm, point)
-      assert (f"{point['test_ap50']['mean']:.3f} +- {point['test_ap50']['std']:.3f} / "
-              f"{point['test_ap']['mean']:.3f} +- {point['test_ap']['std']:.3f} ({point['samples_mean']:.0f})"
-              in table), (arm, point)
+        assert point[m] == pytest.approx({"mean": values.mean(), "sd": values.std(ddof=1), "min": values.min(),
+                                          "max": values.max()}, abs=1e-12, nan_ok=True), (arm, point)
     last = [r for r in rows if r["arm"] == arm and r["cycle"] == cycles]
     assert report["final"][arm] == pytest.approx({
         "ap50": np.mean([r["test_ap50"] for r in last]), "ap": np.mean([r["test_ap"] for r in last]),
-        "samples": np.mean([r["samples"] for r in last])}, abs=1e-12)
+        "samples": np.mean([r["samples"] for r in last]), "instances": np.mean([r["instances"] for r in last]),
+        **{m: np.mean([r[m] for r in last]) for m in metrics if not m.startswith("test_")}}, abs=1e-12), arm
+    last_point = points[-1]
+    assert (f"| {detection_experiment.ARM_TITLES[arm]} | {last_point['test_ap50']['mean']:.3f} +- "
+            f"{last_point['test_ap50']['sd']:.3f} |") in table, arm
+  for arm in DETECTION_ARMS:
+    for reference in detection_experiment.REFERENCES:
+      if arm != reference:
+        paired = report["paired"][f"{arm} - {reference} (test)"]
+        assert paired["low"] <= paired["high"] and paired["seeds"] == len(seeds), paired
+        assert f"| {arm} - {reference} (test) | {paired['mean_difference']:+.3f} |" in table
+  histogram = report["hardness_histogram"]
+  for arm in set(DETECTION_ARMS) - {"real_only"}:
+    assert sum(histogram[arm]) == pytest.approx(1.0), arm
   return report
 
 
 @pytest.mark.slow
 def test_detection_experiment_at_smoke_size(tmp_path):
-  """Every arm from one baseline per seed, each adding what its source gives, and the report's final
-  block; the smoke size says nothing about which arm wins."""
+  """Every arm from one baseline per seed, each adding what its source gives, and the report's fairness
+  invariants; the smoke size says nothing about which arm wins."""
   detection_smoke = os.path.join(REPO_ROOT, "configs", "photo_digits_smoke.flags")
   result = subprocess.run(
       [sys.executable, "-m", "terse_tf.experiments.photo_digits", f"--flagfile={detection_smoke}",
        f"--run_dir={tmp_path / 'runs'}", f"--results_dir={tmp_path}", "--label=smoke", "--seeds=0,1",
-       "--cycles=1"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+       "--cycles=1", "--bootstrap_resamples=50"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-4000:]
   report = check_detection_report(tmp_path, "smoke", seeds=(0, 1), cycles=1)
   assert report["final"]["real_only"]["samples"] == 0
-  assert report["final"]["cut_paste"]["samples"] == 6  # The quota, one class.
-  assert 0 < report["final"]["terse_no_d"]["samples"] <= 6
+  for arm in ("cut_paste", "cut_paste_blend_modes"):
+    assert report["final"][arm]["samples"] == 6  # The quota, one class: every random sample is kept.
+  for arm in ("uniform_filter", "terse_no_d", "terse", "terse_no_diversity", "d_control"):
+    assert 0 < report["final"][arm]["samples"] <= 6, arm  # Only what T finds hard, up to the quota.
   assert (tmp_path / "smoke.png").exists()
   # D trained only in the arm that has it.
   seed_dir = tmp_path / "runs" / "smoke" / "seed0"

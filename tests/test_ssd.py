@@ -15,7 +15,7 @@ from conftest import REPO_ROOT
 from terse_tf import boxes, evaluation, losses
 from terse_tf.networks import ssd
 
-COMPACT_SPEC = boxes.DefaultBoxSpec(feature_sizes=(16, 8, 4))
+COMPACT_SPEC = boxes.DefaultBoxSpec(feature_sizes=(32, 16, 8, 4))
 # Keras's VGG16 pools with floor: 37, 18, 9 where Caffe's SSD300 has 38, 19, 10 (networks/ssd.py).
 SSD300_SPEC = boxes.DefaultBoxSpec(feature_sizes=(37, 18, 9, 5, 3, 1), min_scale=0.1, max_scale=0.9)
 
@@ -43,12 +43,12 @@ def test_compact_ssd_predicts_every_default_box():
   anchors = boxes.default_boxes(COMPACT_SPEC)
   assert outputs["class_logits"].shape == (2, anchors.shape[0], 11)
   assert outputs["box_regression"].shape == (2, anchors.shape[0], 4)
-  assert ssd.feature_sizes("compact", 128) == (16, 8, 4)
+  assert ssd.feature_sizes("compact", 128) == (32, 16, 8, 4)
   assert model.count_params() < 1_000_000
 
 
 def test_default_boxes_that_do_not_fit_the_backbone_are_refused():
-  with pytest.raises(ValueError, match="predicts from feature maps \\(20, 10, 5\\)"):
+  with pytest.raises(ValueError, match="predicts from feature maps \\(40, 20, 10, 5\\)"):
     ssd.build_ssd("compact", 160, num_classes=1, spec=COMPACT_SPEC)
 
 

@@ -97,7 +97,9 @@ class TinyBarsTask(PastedObjectClassification):
         "foreground": tf.gather(tf.constant(bars()), y), "background": tf.zeros([batch_size, *self.image_shape]),
         "label": y})
 
-  def random_samples(self, per_class: int, seed) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  def random_samples(self, per_class: int, seed, source: str | None = None
+                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    del source  # One random source: random_bars.
     images, labels = self._random(np.repeat(np.arange(2, dtype=np.int32), per_class), np.random.default_rng(seed))
     return images, {"label": labels}
 

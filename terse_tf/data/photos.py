@@ -1,8 +1,10 @@
 """Offline photographs for backgrounds: the sample photos that ship inside installed packages
-(scikit-image's `skimage/data`, matplotlib's `sample_data`), or a user's own folders of images.
+(scikit-image's `skimage/data`, matplotlib's `sample_data`), Debian's wallpaper photographs, or a user's own
+folders of images.
 
-Train and test backgrounds come from disjoint photos, so a detector tested on held-out photos has never seen
-them. Backgrounds are random square crops (of random size, resized), so a few photos give many scenes.
+Train, validation and test backgrounds come from photos disjoint by content, so a detector tested on held-out
+photos has never seen them; a second bank of photos gives a test on a source no training scene came from.
+Backgrounds are random square crops (of random size, resized), so a few photos give many scenes.
 """
 
 from __future__ import annotations
@@ -16,13 +18,47 @@ from absl import logging
 
 from terse_tf.errors import DataError
 
-# Natural photographs only (no text pages, no silhouettes, no synthetic patterns), split by photo.
+SPLITS = ("train", "val", "test")
+
+# Natural photographs only (no text pages, no silhouettes, no synthetic patterns), split by photo so that no
+# content is on two sides: motorcycle_right.png, the stereo partner of motorcycle_left.png, is left out.
 SKIMAGE_PHOTOS = {
     "train": ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "coins.png", "grass.png",
-              "motorcycle_left.png", "rocket.jpg"),
-    "test": ("coffee.png", "gravel.png", "moon.png", "motorcycle_right.png", "hubble_deep_field.jpg"),
+              "motorcycle_left.png", "rocket.jpg", "ihc.png"),
+    "val": ("gravel.png", "cell.png", "clock_motion.png"),
+    "test": ("coffee.png", "moon.png", "hubble_deep_field.jpg", "retina.jpg"),
 }
-MATPLOTLIB_PHOTOS = {"train": ("grace_hopper.jpg",), "test": ()}
+MATPLOTLIB_PHOTOS = {"train": ("grace_hopper.jpg",), "val": (), "test": ()}
+
+# The natural photographs among Debian's desktop wallpapers (the abstract and drawn ones are left out), one
+# file per photo (a wallpaper ships several sizes of one picture). Install them with
+DEBIAN_INSTALL = ("apt-get install plasma-workspace-wallpapers mate-backgrounds lomiri-wallpapers-16.04 "
+                  "lomiri-wallpapers-20.04")
+_MATE, _PLASMA = "mate/nature/", "/usr/share/wallpapers/"
+DEBIAN_PHOTOS = {
+    "train": (
+        "Bridge_by_Sander_Klootwijk.jpg", "Dragonfly_by_Bolly.jpg", "Kleiber_by_Lukas_Baubkus.jpg",
+        "Picture_0B_by_freespace.jpg", "Wine_by_Jakkub_Mede.jpg", "aitzgorri_by_Aitzol_Berasategi.jpg",
+        "free_by_Peter_Nerlich.jpg", "friends_by_Aitzol_Berasategi.jpg", "life_by_Aitzol_Berasategi.jpg",
+        "mate/abstract/Waves.png", _MATE + "Aqua.jpg", _MATE + "Blinds.jpg", _MATE + "Dune.jpg",
+        _MATE + "FreshFlower.jpg", _MATE + "GreenMeadow.jpg", _MATE + "LadyBird.jpg", _MATE + "Storm.jpg",
+        _MATE + "TwoWings.jpg", _MATE + "YellowFlower.jpg", "seeding_by_Clements_Engelhardt.jpg",
+        _PLASMA + "BytheWater/contents/images/2560x1600.jpg",
+        _PLASMA + "ColdRipple/contents/images/2560x1600.jpg",
+        _PLASMA + "EveningGlow/contents/images/2560x1600.jpg", _PLASMA + "Grey/contents/images/2560x1600.jpg",
+        _PLASMA + "Kite/contents/images/2560x1600.jpg", _PLASMA + "OneStandsOut/contents/images/2560x1600.jpg",
+        _PLASMA + "Volna/contents/images/5120x2880.jpg"),
+    "val": ("Picture_1A_by_freespace.jpg", "greentock_by_Peter_Nerlich.jpg", _MATE + "RainDrops.jpg",
+            _PLASMA + "DarkestHour/contents/images/2560x1600.jpg", "picosdeeuropa_by_Aitzol_Berasategi.jpg"),
+    "test": ("analogpattern_by_Peter_Nerlich.jpg", _MATE + "Garden.jpg", _MATE + "Wood.jpg",
+             "sunset_by_Aitzol_Berasategi.jpg", _PLASMA + "FallenLeaf/contents/images/2560x1600.jpg",
+             _PLASMA + "Path/contents/images/2560x1600.jpg",
+             _PLASMA + "summer_1am/contents/images/2560x1600.jpg"),
+}
+DEBIAN_BACKGROUNDS = "/usr/share/backgrounds"
+# Where photos come from: the ones bundled with installed Python packages (offline, always there), or
+# Debian's wallpaper photographs (more of them; DEBIAN_INSTALL).
+BANKS = ("bundled", "debian")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
@@ -33,6 +69,10 @@ def _bundled_paths(split: str) -> list[str]:
   matplotlib_dir = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data")
   return ([os.path.join(skimage_dir, name) for name in SKIMAGE_PHOTOS[split]] +
           [os.path.join(matplotlib_dir, name) for name in MATPLOTLIB_PHOTOS[split]])
+
+
+def _debian_paths(split: str) -> list[str]:
+  return [os.path.join(DEBIAN_BACKGROUNDS, name) for name in DEBIAN_PHOTOS[split]]
 
 
 # ITU-R BT.601 luma weights: RGB -> one grey channel wherever a grey image is made from a colour one.
@@ -100,24 +140,41 @@ def read_photos(paths: list[str], source: str, min_side: int = 64, strict: bool 
   return photos
 
 
-def load_photos(split: str, photo_dir: str = "", min_side: int = 64) -> list[np.ndarray]:
-  """The photos of `split` ("train" or "test"): from `photo_dir`/`split`/ when given, else the bundled ones
-  (see `read_photos` for what is skipped)."""
+def load_photos(split: str, photo_dir: str = "", min_side: int = 64, bank: str = "bundled") -> list[np.ndarray]:
+  """The photos of `split` (one of SPLITS): from `photo_dir`/`split`/ when given, else from `bank` (see
+  `read_photos` for what is skipped)."""
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
   if photo_dir:
     folder = os.path.join(photo_dir, split)
+    if not os.path.isdir(folder):
+      raise DataError(f"--photo_dir={photo_dir}: expected a folder {folder} of {split} photos (the train, val "
+                      f"and test photos are three folders, {', '.join(s + '/' for s in SPLITS)} disjoint by "
+                      "content)")
     return read_photos(image_paths(folder), f"--photo_dir={photo_dir} ({split} photos in {folder})", min_side)
+  if bank == "debian":
+    paths = _debian_paths(split)
+    missing = [path for path in paths if not os.path.exists(path)]
+    if missing:
+      raise DataError(f"--photo_bank=debian: {len(missing)} of its {split} photos are missing (first: "
+                      f"{missing[0]}); install the wallpaper packages: {DEBIAN_INSTALL}")
+    return read_photos(paths, f"the {split} photos of Debian's wallpapers", min_side, strict=True)
+  if bank != "bundled":
+    raise DataError(f"--photo_bank must be one of {BANKS}, got {bank!r}")
   return read_photos(_bundled_paths(split), f"the {split} photos bundled with scikit-image and matplotlib",
                      min_side, strict=True)
 
 
-def random_crops(photos: list[np.ndarray], count: int, size: int, rng: np.random.Generator) -> np.ndarray:
-  """uint8 [count, size, size, 3]: square crops of random photos, each of a random side between `size` and
-  the photo's shorter side, resized to `size`.
+def random_crops(photos: list[np.ndarray], count: int, size: int, rng: np.random.Generator,
+                 picks: np.ndarray | None = None) -> np.ndarray:
+  """uint8 [count, size, size, 3]: square crops of random photos (or of photos[picks[i]] for crop i), each
+  of a random side between `size` and the photo's shorter side, resized to `size`.
 
   All crops of one photo are cut in one `crop_and_resize` call at twice the size, then halved with an
   antialiasing filter, so a large crop does not alias.
   """
-  picks = rng.integers(len(photos), size=count)
+  if picks is None:
+    picks = rng.integers(len(photos), size=count)
   crops = np.empty([count, size, size, 3], np.uint8)
   for index, photo in enumerate(photos):
     chosen = np.flatnonzero(picks == index)

@@ -1,25 +1,37 @@
-r"""The detection experiment (paper §4.2's protocol on the offline photo_digits task): test AP against
-samples added, for four sources of samples.
+r"""The detection experiment (paper §4.2's protocol on the offline photo_digits task): T's AP after the same
+sleep cycles, for eight ways of adding samples, with the controls that say what S's learning adds.
 
     python -m terse_tf.experiments.photo_digits --flagfile=configs/photo_digits_experiment.flags
 
 For each seed, one baseline T (an SSD) is trained on the real training scenes; every arm then starts from
 that checkpoint and goes through the same sleep cycles: each adds --hard_per_class samples per class, then
 fine-tunes T for --finetune_steps steps on real scenes + everything added so far (--cache_fraction of each
-batch from the added samples); T's test AP is measured after every cycle. The arms differ only in where
-the samples come from:
-  real_only   nothing is added: T fine-tunes on the real scenes alone for the same steps;
-  cut_paste   Cut-Paste-Learn's random placement over the same ranges, with its blend modes;
-  terse       TERSE's hard composites, S trained against T and against the discriminator D;
-  terse_no_d  TERSE without D.
-Writes --results_dir/<label>.{json,md,png}; the JSON's `final` block holds each arm's mean AP@0.5, AP and
-samples added at the last cycle. Runs live under <run_dir>/<label>/seed<N>/<arm>. All flags of
-terse_tf.train apply; the ones below are the experiment's.
+batch from the added samples); T is scored after every cycle on every evaluation set of the task (test, val,
+val_upright, and unseen with --photo_unseen_bank). The arms differ only in where the samples come from:
+  real_only              nothing is added: T fine-tunes on the real scenes alone for the same steps;
+  cut_paste              Cut-Paste-Learn's random placement over the same ranges, on the same backgrounds
+                         with the same §3.1 regions, pasted as S pastes;
+  cut_paste_blend_modes  the same with Cut-Paste-Learn's own blend-mode mix;
+  uniform_filter         cut_paste's samples kept only where T finds them hard by TERSE's criterion, from
+                         at most as many draws as S composes at its step cap: the filter without S;
+  terse_no_d             TERSE's hard composites, S trained against T alone;
+  terse                  TERSE with the discriminator D;
+  terse_no_diversity     terse with --diversity_weight=0;
+  d_control              terse with D trained but --discriminator_weight=0 (D cannot move S).
+Settings are chosen on the validation sets; the test set is only reported. Writes
+--results_dir/<label>.{json,md,png}: the JSON's `final` block is {arm: {ap50, ap, samples, instances}} (means
+over seeds at the last cycle) with `seeds` beside it, `spread` the sample SDs, and `paired` each arm's
+difference from cut_paste and from uniform_filter on the test and unseen sets, with 95% bootstrap intervals
+over test images (the same resample for every seed); `per_photo` AP, `hardness_histogram` (Fig. 8: each arm's
+first-cycle samples by the baseline T's confidence) and `fairness` (the invariants every arm shares). Runs
+live under <run_dir>/<label>/seed<N>/<arm>. All flags of terse_tf.train apply; the ones below are the
+experiment's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -27,22 +39,42 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
+from terse_tf import config as config_lib
 from terse_tf import train  # Declares the shared flags; config_from_flags reads them.
 from terse_tf.config import TrainConfig
 from terse_tf.errors import ConfigError
-from terse_tf.experiments import common
+from terse_tf.experiments import common, statistics
+from terse_tf.tasks import detection
 from terse_tf.trainer import Trainer
 
-# Arm -> (sample source, discriminator on).
-ARMS = {"real_only": ("none", False), "cut_paste": ("cut_paste", False), "terse": ("terse", True),
-        "terse_no_d": ("terse", False)}
-ARM_TITLES = {"real_only": "real only", "cut_paste": "Cut-Paste-Learn", "terse": "TERSE (S + D)",
-              "terse_no_d": "TERSE without D"}
-ARM_COLOURS = {"real_only": "tab:gray", "cut_paste": "tab:red", "terse": "tab:green", "terse_no_d": "tab:olive"}
-METRICS = ("test_ap50", "test_ap", "test_ap75")
+# Arm -> the settings it changes from the experiment's base config.
+ARMS = {
+    "real_only": dict(sample_source=config_lib.NO_SAMPLES, discriminator=False),
+    "cut_paste": dict(sample_source=detection.CUT_PASTE, discriminator=False),
+    "cut_paste_blend_modes": dict(sample_source=detection.CUT_PASTE_BLEND_MODES, discriminator=False),
+    "uniform_filter": dict(sample_source=config_lib.FILTERED, discriminator=False),
+    "terse_no_d": dict(sample_source=config_lib.TERSE, discriminator=False),
+    "terse": dict(sample_source=config_lib.TERSE, discriminator=True),
+    "terse_no_diversity": dict(sample_source=config_lib.TERSE, discriminator=True, diversity_weight=0.0),
+    "d_control": dict(sample_source=config_lib.TERSE, discriminator=True, discriminator_weight=0.0),
+}
+ARM_TITLES = {"real_only": "real only", "cut_paste": "Cut-Paste-Learn",
+              "cut_paste_blend_modes": "Cut-Paste-Learn, blend modes", "uniform_filter": "uniform + filter",
+              "terse_no_d": "TERSE without D", "terse": "TERSE (S + D)",
+              "terse_no_diversity": "TERSE, no diversity", "d_control": "TERSE, D weight 0"}
+ARM_COLOURS = {"real_only": "tab:gray", "cut_paste": "tab:red", "cut_paste_blend_modes": "tab:pink",
+               "uniform_filter": "tab:orange", "terse_no_d": "tab:olive", "terse": "tab:green",
+               "terse_no_diversity": "tab:cyan", "d_control": "tab:purple"}
+# The arms every other is compared with, pairwise.
+REFERENCES = ("cut_paste", "uniform_filter")
+# The sets whose per-image detections feed the paired bootstrap and per-photo AP.
+PAIRED_SETS = ("test", "unseen")
+HARDNESS_BINS = np.linspace(0.0, 1.0, 11)
 
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; each trains its own baseline and runs every arm.")
+flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds; each trains its own baseline and runs every arm.")
 flags.DEFINE_list("arms", list(ARMS), f"Arms to run, from {list(ARMS)}.")
+flags.DEFINE_integer("bootstrap_resamples", 1000, "Bootstrap resamples of the test images for the paired "
+                     "intervals.", lower_bound=1)
 flags.DEFINE_string("results_dir", "bench/results", "Where the summary, table and plot go.")
 flags.DEFINE_string("label", "photo_digits", "Name of the result files.")
 FLAGS = flags.FLAGS
@@ -55,108 +87,205 @@ class ExperimentConfig:
   arms: tuple[str, ...]
   results_dir: str
   label: str
+  bootstrap_resamples: int = 1000
 
   def __post_init__(self):
     if self.base.task != "photo_digits":
       raise ConfigError(f"this experiment runs --task=photo_digits, got --task={self.base.task}")
-    if not self.seeds:
-      raise ConfigError("--seeds needs at least one seed")
+    if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+      raise ConfigError(f"--seeds needs at least one seed and no repeats, got {list(self.seeds)}")
     if not self.arms or set(self.arms) - set(ARMS):
       raise ConfigError(f"--arms must be a non-empty subset of {list(ARMS)}, got {list(self.arms)}")
     if not self.base.cycles:
       raise ConfigError("--cycles must be >= 1: the arms differ only in what their cycles add")
 
 
-def run_seed(experiment: ExperimentConfig, seed: int, command: str = "") -> tuple[list[dict], float]:
-  """Baseline, then every arm from the baseline's checkpoint: one row per (arm, cycle) and the runs' own
-  training time in seconds."""
+@dataclasses.dataclass
+class SeedResult:
+  rows: list[dict]                   # one per (arm, cycle)
+  training_s: float
+  # arm -> evaluation set -> statistics.match_at_iou of the last cycle's T (per-image TP/FP).
+  matches: dict[str, dict[str, object]]
+  # arm -> what every arm must share (fine-tuning steps, test set) and what it added.
+  fairness: dict[str, dict]
+  hardness: dict[str, list[float]]   # arm -> first-cycle samples' hardness under the baseline T
+  task_description: str = ""
+  photo_index: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # set -> photo of each scene
+
+
+def _digest(images: np.ndarray) -> str:
+  return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()[:16]
+
+
+def run_seed(experiment: ExperimentConfig, seed: int, command: str = "") -> SeedResult:
+  """Baseline, then every arm from the baseline's checkpoint."""
   base = experiment.base
   seed_dir = os.path.join(base.run_dir, experiment.label, f"seed{seed}")
-  baseline = Trainer(common.seeded(base, seed, os.path.join(seed_dir, "baseline"), cycles=0,
-                                   discriminator=False, sample_source="none"), command_line=command)
-  training_s = baseline.run()["wall_time_s"]
+  baseline = Trainer(common.seeded(base, seed, os.path.join(seed_dir, "baseline"), cycles=0, discriminator=False,
+                                   sample_source=config_lib.NO_SAMPLES), command_line=command)
+  result = SeedResult(rows=[], training_s=baseline.run()["wall_time_s"], matches={}, fairness={}, hardness={})
   checkpoint = baseline.checkpoint_manager.latest_checkpoint
-  rows = []
   for arm in experiment.arms:
-    source, discriminator = ARMS[arm]
     config = common.seeded(base, seed, os.path.join(seed_dir, arm), baseline_epochs=0,
-                           init_checkpoint=checkpoint, sample_source=source, discriminator=discriminator)
-    results = Trainer(config, command_line=command).run()
-    training_s += results["wall_time_s"]
+                           init_checkpoint=checkpoint, **ARMS[arm])
+    trainer = Trainer(config, command_line=command)
+    results = trainer.run()
+    result.training_s += results["wall_time_s"]
+    task, cache = trainer.task, trainer.cache
+    _, cached_labels = cache.contents() if len(cache) else (None, {"count": np.zeros([0], np.int32)})
+    cycles_of_entries = cache.cycles()
     for record in results["history"]:
-      rows.append({"arm": arm, "seed": seed, "cycle": record["cycle"] if record["after"] != "baseline" else 0,
-                   "samples": record["cache_size"], **{m: record[m] for m in METRICS}})
+      cycle = record["cycle"] if record["after"] != "baseline" else 0
+      instances = int(np.sum(cached_labels["count"][cycles_of_entries <= cycle])) if len(cache) else 0
+      figures = {key: value for key, value in record.items() if key.endswith(("_ap50", "_ap", "_ap75"))}
+      result.rows.append({"arm": arm, "seed": seed, "cycle": cycle, "samples": record["cache_size"],
+                          "instances": instances, **figures})
+    sets = task.evaluation_sets()
+    result.matches[arm] = {
+        name: statistics.match_at_iou(truth, task.detect(trainer.target, images, config.eval_batch_size))
+        for name, (images, truth) in sets.items() if name in PAIRED_SETS}
+    result.fairness[arm] = {"target_steps": int(trainer.target_global_step.numpy()),
+                            "test_set": _digest(sets["test"][0]), "samples": len(cache),
+                            "instances": result.rows[-1]["instances"]}
+    result.hardness[arm] = [float(h) for h in cache.margins()[cycles_of_entries == 1]]
+    result.task_description, result.photo_index = task.describe(), task.photo_index
     logging.info("seed %d arm %s: test AP@0.5 %.4f -> %.4f in %.0f s", seed, arm,
                  results["test_ap50_before"], results["test_ap50_after"], results["wall_time_s"])
-  return rows, training_s
+  return result
+
+
+def metric_names(rows: list[dict]) -> list[str]:
+  return sorted(key for key in rows[0] if key.endswith(("_ap50", "_ap", "_ap75")))
 
 
 def summarise(rows: list[dict], arms: tuple[str, ...]) -> dict:
-  """Mean and spread over seeds per (arm, cycle); the `final` block at the last cycle."""
+  """Mean, sample SD (ddof=1), min and max over seeds per (arm, cycle) of every figure; the `final` block
+  (means at the last cycle) and `spread` (their SDs)."""
   curves = {}
   for arm in arms:
     points = []
     for cycle in sorted({r["cycle"] for r in rows if r["arm"] == arm}):
       chosen = [r for r in rows if r["arm"] == arm and r["cycle"] == cycle]
       point = {"cycle": cycle, "samples_mean": float(np.mean([r["samples"] for r in chosen])),
-               "seeds": len(chosen)}
-      for metric in METRICS:
+               "instances_mean": float(np.mean([r["instances"] for r in chosen])), "seeds": len(chosen)}
+      for metric in metric_names(rows):
         values = [r[metric] for r in chosen]
-        point[metric] = {"mean": float(np.mean(values)), "std": float(np.std(values)),
+        point[metric] = {"mean": float(np.mean(values)), "sd": statistics.sample_sd(values),
                          "min": float(np.min(values)), "max": float(np.max(values))}
       points.append(point)
     curves[arm] = points
   final = {arm: {"ap50": points[-1]["test_ap50"]["mean"], "ap": points[-1]["test_ap"]["mean"],
-                 "samples": points[-1]["samples_mean"]} for arm, points in curves.items()}
-  return {"curves": curves, "final": final}
+                 "samples": points[-1]["samples_mean"], "instances": points[-1]["instances_mean"],
+                 **{m: points[-1][m]["mean"] for m in metric_names(rows) if not m.startswith("test_")}}
+           for arm, points in curves.items()}
+  spread = {arm: {m: points[-1][m]["sd"] for m in metric_names(rows)} for arm, points in curves.items()}
+  return {"curves": curves, "final": final, "spread": spread}
 
 
-def write_outputs(experiment: ExperimentConfig, rows: list[dict], summary: dict, training_s: float,
-                  wall_s: float, command: str) -> dict[str, str]:
+def compare(seed_results: list[SeedResult], arms: tuple[str, ...], resamples: int) -> dict:
+  """Each arm against each reference arm on each paired set: the mean over seeds of the AP@0.5 difference,
+  with its 95% bootstrap interval over test images."""
+  paired = {}
+  for reference in REFERENCES:
+    if reference not in arms:
+      continue
+    for arm in arms:
+      if arm == reference:
+        continue
+      for name in seed_results[0].matches[arm]:
+        paired[f"{arm} - {reference} ({name})"] = statistics.paired_bootstrap(
+            [r.matches[arm][name] for r in seed_results], [r.matches[reference][name] for r in seed_results],
+            resamples=resamples, seed=0)
+  return paired
+
+
+def per_photo(seed_results: list[SeedResult], arms: tuple[str, ...], photo_index: dict[str, np.ndarray]
+              ) -> dict:
+  """AP@0.5 of each arm's last T on the scenes of each test photo, mean over seeds."""
+  table = {}
+  for arm in arms:
+    for name, groups in photo_index.items():
+      if name not in seed_results[0].matches[arm]:
+        continue
+      per_seed = [statistics.grouped_ap(r.matches[arm][name], groups) for r in seed_results]
+      table.setdefault(name, {})[arm] = {str(photo): float(np.mean([s[photo] for s in per_seed]))
+                                         for photo in sorted(per_seed[0])}
+  return table
+
+
+def hardness_histogram(seed_results: list[SeedResult], arms: tuple[str, ...]) -> dict:
+  """Fig. 8: the share of each arm's first-cycle samples in each bin of the baseline T's confidence."""
+  histogram = {"bins": HARDNESS_BINS.tolist()}
+  for arm in arms:
+    values = np.concatenate([np.asarray(r.hardness[arm], np.float64) for r in seed_results])
+    if values.size:
+      counts, _ = np.histogram(np.clip(values, 0, 1), HARDNESS_BINS)
+      histogram[arm] = (counts / values.size).tolist()
+  return histogram
+
+
+def write_outputs(experiment: ExperimentConfig, report: dict) -> dict[str, str]:
   os.makedirs(experiment.results_dir, exist_ok=True)
   stem = os.path.join(experiment.results_dir, experiment.label)
   paths = {"json": stem + ".json", "md": stem + ".md", "png": stem + ".png"}
   with open(paths["json"], "w") as f:
-    json.dump({"command": command, "wall_time_s": round(wall_s, 1), "training_time_s": round(training_s, 1),
-               "seeds": list(experiment.seeds), "config": dataclasses.asdict(experiment.base),
-               "final": summary["final"], "curves": summary["curves"], "rows": rows}, f, indent=2)
+    json.dump(report, f, indent=2)
 
   import matplotlib  # Imported here: only the report needs it.
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-  for index, metric in enumerate(("test_ap50", "test_ap")):
-    for arm, points in summary["curves"].items():
+  curves = report["curves"]
+  panels = [m for m in ("test_ap50", "unseen_ap50", "val_ap50") if m in curves[next(iter(curves))][0]]
+  figure, axes = plt.subplots(1, len(panels) + 1, figsize=(5 * (len(panels) + 1), 4.5))
+  for axis, metric in zip(axes, panels):
+    for arm, points in curves.items():
       cycles = [p["cycle"] for p in points]
-      axes[index].plot(cycles, [p[metric]["mean"] for p in points], "o-", color=ARM_COLOURS[arm],
-                       label=ARM_TITLES[arm])
-      axes[index].fill_between(cycles, [p[metric]["min"] for p in points], [p[metric]["max"] for p in points],
-                               color=ARM_COLOURS[arm], alpha=0.15)
-    axes[index].set_xlabel("sleep cycle (0: the baseline T)")
-    axes[index].set_ylabel({"test_ap50": "test AP@0.5", "test_ap": "test AP@[.5:.95]"}[metric])
-    axes[index].grid(alpha=0.3)
-  axes[0].legend()
+      axis.plot(cycles, [p[metric]["mean"] for p in points], "o-", color=ARM_COLOURS[arm], label=ARM_TITLES[arm])
+      axis.fill_between(cycles, [p[metric]["min"] for p in points], [p[metric]["max"] for p in points],
+                        color=ARM_COLOURS[arm], alpha=0.1)
+    axis.set_xlabel("sleep cycle (0: the baseline T)")
+    axis.set_ylabel(metric.replace("_ap50", " AP@0.5"))
+    axis.grid(alpha=0.3)
+  axes[0].legend(fontsize=7)
+  histogram = report["hardness_histogram"]
+  centres = (np.array(histogram["bins"][:-1]) + np.array(histogram["bins"][1:])) / 2
+  for arm in curves:
+    if arm in histogram:
+      axes[-1].plot(centres, histogram[arm], "o-", color=ARM_COLOURS[arm], label=ARM_TITLES[arm])
+  axes[-1].set_xlabel("baseline T's confidence at the hardest object (cycle 1)")
+  axes[-1].set_ylabel("share of the arm's samples")
+  axes[-1].grid(alpha=0.3)
   figure.suptitle(f"{experiment.label}: mean over {len(experiment.seeds)} seeds, band = min..max")
   figure.tight_layout()
   figure.savefig(paths["png"], dpi=120)
   plt.close(figure)
 
-  arms = list(summary["curves"])
-  lines = [f"# {experiment.label}", "", f"Command: `{command}`  ",
-           f"Wall time: {wall_s / 60:.1f} min ({training_s / 60:.1f} min in the runs themselves); seeds "
-           f"{list(experiment.seeds)}; target `{experiment.base.target}`.", "",
-           "Test AP@0.5 / AP@[.5:.95], mean +- std over seeds, after each sleep cycle (samples: mean number "
-           "added so far).", "",
-           "| cycle | " + " | ".join(ARM_TITLES[a] for a in arms) + " |",
-           "|---|" + "---|" * len(arms)]
-  for index, point in enumerate(summary["curves"][arms[0]]):
-    cells = []
-    for arm in arms:
-      p = summary["curves"][arm][index]
-      cells.append(f"{p['test_ap50']['mean']:.3f} +- {p['test_ap50']['std']:.3f} / "
-                   f"{p['test_ap']['mean']:.3f} +- {p['test_ap']['std']:.3f} ({p['samples_mean']:.0f})")
+  arms = list(curves)
+  sets = [m.removesuffix("_ap50") for m in metric_names(report["rows"]) if m.endswith("_ap50")]
+  lines = [f"# {experiment.label}", "", f"Command: `{report['command']}`  ",
+           f"Wall time: {report['wall_time_s'] / 60:.1f} min ({report['training_time_s'] / 60:.1f} min in the "
+           f"runs themselves); seeds {list(experiment.seeds)}; target `{experiment.base.target}`.", "",
+           "AP@0.5 after the last cycle, mean +- sample SD over seeds, per evaluation set; samples and object "
+           "instances added (means).", "",
+           "| arm | " + " | ".join(sets) + " | samples | instances |", "|---|" + "---|" * (len(sets) + 2)]
+  for arm in arms:
+    last = curves[arm][-1]
+    cells = [f"{last[f'{s}_ap50']['mean']:.3f} +- {last[f'{s}_ap50']['sd']:.3f}" for s in sets]
+    lines.append(f"| {ARM_TITLES[arm]} | " + " | ".join(cells) +
+                 f" | {last['samples_mean']:.0f} | {last['instances_mean']:.0f} |")
+  lines += ["", "Test AP@0.5 after each cycle (mean +- sample SD):", "",
+            "| cycle | " + " | ".join(ARM_TITLES[a] for a in arms) + " |", "|---|" + "---|" * len(arms)]
+  for index, point in enumerate(curves[arms[0]]):
+    cells = [f"{curves[a][index]['test_ap50']['mean']:.3f} +- {curves[a][index]['test_ap50']['sd']:.3f}"
+             for a in arms]
     lines.append(f"| {point['cycle']} | " + " | ".join(cells) + " |")
+  lines += ["", f"Paired differences of AP@0.5 (mean over seeds; 95% bootstrap interval over the images, "
+            f"{experiment.bootstrap_resamples} resamples shared by all seeds):", "",
+            "| comparison | difference | 95% interval |", "|---|---|---|"]
+  for name, figures in report["paired"].items():
+    lines.append(f"| {name} | {figures['mean_difference']:+.3f} | [{figures['low']:+.3f}, "
+                 f"{figures['high']:+.3f}] |")
   with open(paths["md"], "w") as f:
     f.write("\n".join(lines) + "\n")
   return paths
@@ -164,20 +293,32 @@ def write_outputs(experiment: ExperimentConfig, rows: list[dict], summary: dict,
 
 def run(experiment: ExperimentConfig, command: str = "") -> dict:
   started = time.monotonic()
-  rows, training_s = common.run_seeds(experiment.seeds, lambda seed: run_seed(experiment, seed, command))
+  seed_results = [run_seed(experiment, seed, command) for seed in experiment.seeds]
+  rows = [row for result in seed_results for row in result.rows]
   summary = summarise(rows, experiment.arms)
-  paths = write_outputs(experiment, rows, summary, training_s, time.monotonic() - started, command)
+  report = {"command": command, "wall_time_s": round(time.monotonic() - started, 1),
+            "training_time_s": round(sum(r.training_s for r in seed_results), 1),
+            "seeds": list(experiment.seeds),
+            "config": dataclasses.asdict(experiment.base), "task": seed_results[0].task_description,
+            "final": summary["final"], "spread": summary["spread"],
+            "paired": compare(seed_results, experiment.arms, experiment.bootstrap_resamples),
+            "per_photo": per_photo(seed_results, experiment.arms, seed_results[0].photo_index),
+            "hardness_histogram": hardness_histogram(seed_results, experiment.arms),
+            "fairness": {f"seed{seed}": result.fairness for seed, result in zip(experiment.seeds, seed_results)},
+            "curves": summary["curves"], "rows": rows}
+  paths = write_outputs(experiment, report)
   for arm, figures in summary["final"].items():
-    logging.info("%s: test AP@0.5 %.4f, AP %.4f with %.0f samples", arm, figures["ap50"], figures["ap"],
-                 figures["samples"])
+    logging.info("%s: test AP@0.5 %.4f, AP %.4f with %.0f samples (%.0f instances)", arm, figures["ap50"],
+                 figures["ap"], figures["samples"], figures["instances"])
   logging.info("wrote %s", paths)
-  return {"rows": rows, "paths": paths, **summary}
+  return {**report, "paths": paths}
 
 
 def experiment_from_flags(flag_values: flags.FlagValues = FLAGS) -> ExperimentConfig:
   return ExperimentConfig(base=train.config_from_flags(flag_values),
                           seeds=train.integers_flag("seeds", flag_values.seeds), arms=tuple(flag_values.arms),
-                          results_dir=flag_values.results_dir, label=flag_values.label)
+                          results_dir=flag_values.results_dir, label=flag_values.label,
+                          bootstrap_resamples=flag_values.bootstrap_resamples)
 
 
 def main(argv: list[str]) -> None:

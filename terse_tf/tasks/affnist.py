@@ -127,9 +127,11 @@ class AffnistTask(PastedObjectClassification):
     return ds.map(lambda d, y: {"foreground": foregrounds(d), "background": tf.zeros([batch_size, *IMAGE_SHAPE]),
                                 "label": y}).prefetch(2)
 
-  def random_samples(self, per_class: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  def random_samples(self, per_class: int, seed, source: str | None = None
+                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """`per_class` training digits per class under affNIST-recipe transforms (the random-augmentation
     baseline)."""
+    del source  # One random source: random_affine.
     rng = np.random.default_rng(seed)
     labels = self.splits.train_labels
     picks = np.concatenate([

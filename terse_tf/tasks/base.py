@@ -72,6 +72,8 @@ class Task(abc.ABC):
   targets: tuple[str, ...]
   # The name of this task's random-placement baseline source (the trainer's --sample_source).
   random_source: str
+  # Other random sources it offers (variants of the baseline, as --sample_source values).
+  extra_random_sources: tuple[str, ...] = ()
   image_shape: tuple[int, int, int]
   num_classes: int
   class_names: list[str]
@@ -108,9 +110,21 @@ class Task(abc.ABC):
     """S's composites of a synth_dataset batch, with their labels."""
 
   @abc.abstractmethod
-  def random_samples(self, per_class: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The task's random-placement baseline: float images [N, H, W, C] in [0, 1] and their labels, about
-    `per_class` per class."""
+  def random_samples(self, per_class: int, seed, source: str | None = None
+                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The task's random-placement baseline (`source`: one of random_source, the default, and
+    extra_random_sources): float images [N, H, W, C] in [0, 1] and their labels, about `per_class` per
+    class."""
+
+  def augment(self, images: tf.Tensor, labels: Labels, seed: tf.Tensor) -> tuple[tf.Tensor, Labels]:
+    """T's training augmentation of a batch of float images (real or cached) and their labels, stateless
+    in `seed` [2]; none unless the task has one."""
+    del seed
+    return images, labels
+
+  def instances(self, labels: dict[str, np.ndarray]) -> int:
+    """How many objects the examples with these labels hold (one per example for classification)."""
+    return len(next(iter(labels.values())))
 
   @abc.abstractmethod
   def evaluate(self, target: Target, batch_size: int) -> dict[str, float]:

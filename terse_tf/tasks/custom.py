@@ -121,8 +121,10 @@ class CustomClassificationTask(PastedObjectClassification):
     ds = tf.data.Dataset.zip(objects, scenes).batch(batch_size, drop_remainder=True)
     return ds.map(lambda o, b: {"foreground": o[0], "label": o[1], "background": b}).prefetch(2)
 
-  def random_samples(self, per_class: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  def random_samples(self, per_class: int, seed, source: str | None = None
+                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """`per_class` cut-outs per class at uniform parameters over the ranges, on random backgrounds."""
+    del source  # One random source: random_source.
     rng = np.random.default_rng(seed)
     picks = np.concatenate([rng.choice(np.flatnonzero(self.cutout_classes == c), per_class, replace=True)
                             for c in range(self.num_classes) if np.any(self.cutout_classes == c)])
@@ -277,10 +279,11 @@ class CustomDetectionTask(PastedObjectDetection):
         context.num_input_pipelines, context.input_pipeline_id).shuffle(len(self.cutouts), seed=seed).repeat()
     return self._scenes_dataset(objects, lambda cutouts, _: cutouts, batch_size, seed, context)
 
-  def random_samples(self, per_class: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  def random_samples(self, per_class: int, seed, source: str | None = None
+                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Cut-Paste-Learn's random placement of `per_class` x classes scenes of random cut-outs."""
     rng = np.random.default_rng(seed)
     count, n = per_class * self.num_classes, self.max_objects
     picks = rng.integers(len(self.cutouts), size=(count, n))
     valid = np.arange(n)[None, :] < rng.integers(1, n + 1, size=(count, 1))
-    return self._cut_paste(self.cutouts[picks], self.cutout_classes[picks], valid, rng)
+    return self._cut_paste(self.cutouts[picks], self.cutout_classes[picks], valid, rng, source)

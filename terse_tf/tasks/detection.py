@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from terse_tf import augment as augment_lib
 from terse_tf import compositor as compositor_lib
 from terse_tf import evaluation
 from terse_tf.data import photos
@@ -27,6 +28,9 @@ FOREGROUND_CHANNELS = 4  # RGB + straight alpha.
 # Cut-Paste-Learn's blend modes (Dwibedi et al. 2017), applied to the pasted mask's edge. Its Poisson blend
 # needs OpenCV, which terse_tf does not depend on.
 BLEND_MODES = ("none", "gaussian", "box", "motion")
+# The random-placement sources: Cut-Paste-Learn's placement pasted as every other arm pastes (hard edges, on
+# the same backgrounds with the same §3.1 regions), and the same with its own blend-mode mix.
+CUT_PASTE, CUT_PASTE_BLEND_MODES = "cut_paste", "cut_paste_blend_modes"
 
 
 def compact_labels(boxes: tf.Tensor, classes: tf.Tensor, valid: tf.Tensor, slots: int | None = None,
@@ -48,6 +52,17 @@ def compact_labels(boxes: tf.Tensor, classes: tf.Tensor, valid: tf.Tensor, slots
     labels["boxes"] = tf.pad(labels["boxes"], [[0, 0], [0, extra], [0, 0]])
     labels["classes"] = tf.pad(labels["classes"], [[0, 0], [0, extra]])
   return labels
+
+
+def feather_alpha(cutouts: np.ndarray, sigma: float) -> np.ndarray:
+  """Cut-outs [..., h, w, 4] with the alpha blurred by a Gaussian of `sigma` pixels (a 5x5 kernel): an
+  anti-aliased edge, as a camera's lens gives a real object."""
+  taps = np.exp(-0.5 * (np.arange(-2, 3) / sigma) ** 2)
+  kernel = np.outer(taps, taps) / np.outer(taps, taps).sum()
+  flat = cutouts.reshape(-1, *cutouts.shape[-3:])
+  alpha = tf.nn.conv2d(tf.constant(flat[..., 3:], tf.float32), kernel[..., None, None].astype(np.float32), 1,
+                       "SAME").numpy()
+  return np.concatenate([flat[..., :3], alpha], axis=-1).reshape(cutouts.shape)
 
 
 def blur_alpha(cutout: tf.Tensor, mode: tf.Tensor) -> tf.Tensor:
@@ -73,7 +88,8 @@ class PastedObjectDetection(Task):
   min_visible, background_artifact_fraction, backgrounds (uint8 [M, H, W, 3]), test_images (uint8) and
   test_truth (evaluation.ImageBoxes per test image)."""
 
-  random_source = "cut_paste"
+  random_source = CUT_PASTE
+  extra_random_sources = (CUT_PASTE_BLEND_MODES,)
   headline = "test_ap50"
   cutout_shape: tuple[int, int]
   max_objects: int
@@ -83,6 +99,8 @@ class PastedObjectDetection(Task):
   backgrounds: np.ndarray
   test_images: np.ndarray
   test_truth: list[evaluation.ImageBoxes]
+  # SSD's training augmentation of T's batches (real and added scenes); None: none.
+  augmentation: augment_lib.AugmentConfig | None = None
 
   def _set_compositing(self, compositor: compositor_lib.CompositorConfig, jit_compile: bool) -> None:
     """S's compositor (objects may be cropped by the frame, where the visibility rule drops their box, so
@@ -128,23 +146,30 @@ class PastedObjectDetection(Task):
       parts.append({k: v.numpy() for k, v in labels.items()})
     return np.concatenate(images), {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-  def _cut_paste(self, objects: np.ndarray, classes: np.ndarray, valid: np.ndarray, rng: np.random.Generator
-                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Cut-Paste-Learn's random placement of cut-outs [N, n, h, w, 4]: uniform parameters over the ranges,
-    each edge blended by a blend mode drawn uniformly from BLEND_MODES, on random backgrounds. Float images
-    in [0, 1] and labels."""
+  def _cut_paste(self, objects: np.ndarray, classes: np.ndarray, valid: np.ndarray, rng: np.random.Generator,
+                 source: str | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Cut-Paste-Learn's random placement of cut-outs [N, n, h, w, 4]: uniform parameters over the ranges, on
+    random backgrounds given §3.1's pasted regions as S's are, pasted by S's compositor; with
+    CUT_PASTE_BLEND_MODES each edge is first blended by a blend mode drawn uniformly from BLEND_MODES. Float
+    images in [0, 1] and labels."""
+    if source not in (None, CUT_PASTE, CUT_PASTE_BLEND_MODES):
+      raise ValueError(f"unknown random source {source!r}; expected {CUT_PASTE} or {CUT_PASTE_BLEND_MODES}")
     count, n = objects.shape[:2]
-    modes = rng.integers(len(BLEND_MODES), size=count * n)
-    blended = blur_alpha(tf.constant(objects.reshape(-1, *objects.shape[2:])), modes).numpy()
-    blended = blended.reshape(objects.shape)
+    if source == CUT_PASTE_BLEND_MODES:
+      modes = rng.integers(len(BLEND_MODES), size=count * n)
+      objects = blur_alpha(tf.constant(objects.reshape(-1, *objects.shape[2:])), modes).numpy().reshape(
+          objects.shape)
     params = self._random_params((count, n), upright=False, rng=rng)
     backgrounds = self.backgrounds[rng.integers(len(self.backgrounds), size=count)]
+    artifact_seeds = rng.integers(2**31, size=(count // 100 + 1, 2))
     images, labels = [], []
-    for start in range(0, count, 100):
+    for index, start in enumerate(range(0, count, 100)):
       part = slice(start, start + 100)
-      image, label = self._paste(self._composite_for_data, tf.constant(blended[part]),
-                                 tf.constant(backgrounds[part], tf.float32) / 255.0, tf.constant(params[part]),
-                                 classes[part], tf.constant(valid[part]))
+      foreground = tf.constant(objects[part], tf.float32)
+      background = self._with_artifacts(tf.constant(backgrounds[part], tf.float32) / 255.0,
+                                        foreground[:, 0, ..., 3:], tf.constant(artifact_seeds[index]))
+      image, label = self._paste(self._composite_for_synthesis, foreground, background,
+                                 tf.constant(params[part]), classes[part], tf.constant(valid[part]))
       images.append(image.numpy())
       labels.append({k: v.numpy() for k, v in label.items()})
     return np.concatenate(images), {k: np.concatenate([p[k] for p in labels]) for k in labels[0]}
@@ -201,16 +226,38 @@ class PastedObjectDetection(Task):
                        object_classes=tf.boolean_mask(tf.reshape(batch["classes"], [-1]), valid))
 
   # ------------------------------------------------------------------------------------ evaluation
-  def evaluate(self, target: SSDTarget, batch_size: int) -> dict[str, float]:
-    """COCO AP of T on the test scenes: AP@0.5 (the headline), AP@[.5:.95], AP@0.75."""
+  def detect(self, target: SSDTarget, images: np.ndarray, batch_size: int) -> list[evaluation.ImageBoxes]:
+    """T's detections on uint8 `images`, one entry per image."""
     found = []
-    for start in range(0, len(self.test_images), batch_size):
-      images = tf.image.convert_image_dtype(self.test_images[start:start + batch_size], tf.float32)
-      detections = target.detections(images)
+    for start in range(0, len(images), batch_size):
+      detections = target.detections(tf.image.convert_image_dtype(images[start:start + batch_size], tf.float32))
       for b, s, c, n in zip(*(x.numpy() for x in detections)):
         found.append(evaluation.ImageBoxes(boxes=b[:n], classes=c[:n].astype(np.int32), scores=s[:n]))
-    ap = evaluation.evaluate_detections(self.test_truth, found, self.image_shape[:2], self.class_names)
-    return {"test_ap50": ap["ap50"], "test_ap": ap["ap"], "test_ap75": ap["ap75"]}
+    return found
+
+  def evaluation_sets(self) -> dict[str, tuple[np.ndarray, list[evaluation.ImageBoxes]]]:
+    """name -> (uint8 images, true boxes per image) of every set T is scored on: the test set, and any
+    others a subclass adds (validation sets, another photo source)."""
+    return {"test": (self.test_images, self.test_truth)}
+
+  def evaluate(self, target: SSDTarget, batch_size: int) -> dict[str, float]:
+    """COCO AP of T on each evaluation set: <set>_ap50 (test_ap50 the headline), <set>_ap (AP@[.5:.95]) and
+    <set>_ap75."""
+    figures = {}
+    for name, (images, truth) in self.evaluation_sets().items():
+      ap = evaluation.evaluate_detections(truth, self.detect(target, images, batch_size), self.image_shape[:2],
+                                          self.class_names)
+      figures.update({f"{name}_ap50": ap["ap50"], f"{name}_ap": ap["ap"], f"{name}_ap75": ap["ap75"]})
+    return figures
+
+  def augment(self, images: tf.Tensor, labels: dict[str, tf.Tensor], seed: tf.Tensor
+              ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    if self.augmentation is None:
+      return images, labels
+    return augment_lib.augment_batch(images, labels, seed, self.augmentation)
+
+  def instances(self, labels: dict[str, np.ndarray]) -> int:
+    return int(np.sum(labels["count"]))
 
   def preview(self, images: tf.Tensor, labels: dict[str, tf.Tensor]) -> tf.Tensor:
     """Composites with their boxes drawn (padding boxes are zero-sized and draw nothing)."""

@@ -55,6 +55,11 @@ class Registration:
     return self.task_cls.random_source
 
   @property
+  def random_sources(self) -> tuple[str, ...]:
+    """Its random baseline first, then the variants it offers."""
+    return (self.task_cls.random_source, *self.task_cls.extra_random_sources)
+
+  @property
   def from_flags(self) -> bool:
     return self.settings_from_flags is not None
 
