@@ -33,7 +33,7 @@ from absl import logging
 
 from terse_tf import config as config_lib
 from terse_tf import distribute, losses, pipelines, progress, steps, summaries
-from terse_tf.cache import HardExampleCache
+from terse_tf.cache import HardExampleCache, as_stored
 from terse_tf.config import TrainConfig
 from terse_tf.errors import ConfigError, NonFiniteLossError
 from terse_tf.progress import PHASE_BASELINE, PHASE_DONE, PHASE_FINETUNE, PHASE_NAMES, PHASE_SYNTHESIZE
@@ -324,8 +324,7 @@ class Trainer:
     """The random-placement baseline: `quota` samples per class from the task's random source, every one
     kept, hard or not; their hardness under the current T is logged beside TERSE's."""
     quota = self.config.quota(cycle)
-    images, labels = self.task.random_samples(quota, seed=(self.config.seed, cycle),
-                                              source=self.config.sample_source)
+    images, labels = self._random_samples(quota, seed=(self.config.seed, cycle), source=self.config.sample_source)
     judgement = self._judge_in_batches(images, labels)
     self.cache.add(images, labels, judgement.quota_class, judgement.hardness, cycle, quota)
     logging.info("%s: added %d %s samples (%.0f%% of them hard for T); %s", self._where(), len(images),
@@ -334,18 +333,24 @@ class Trainer:
     summaries.random_samples(self.writer, cycle, self.config.sample_source, images, labels, judgement.hardness,
                              len(self.cache), self.task.preview, self.target.hardness_range)
 
+  def _random_samples(self, per_class: int, seed, source: str | None = None):
+    """The task's random samples on the 8-bit grid the cache stores, so that T judges what it will train on
+    (as TERSE's composites are judged)."""
+    images, labels = self.task.random_samples(per_class, seed=seed, source=source)
+    return as_stored(tf.constant(images, tf.float32)).numpy(), labels
+
   def _add_filtered(self, cycle: int) -> None:
     """The control for S's learning: the task's random baseline, kept only where T finds a sample hard by the
     criterion TERSE's composites pass, until each class has its quota or as many samples were drawn as S
-    composes in a cycle at its step cap (so the filter sees no more candidates than S)."""
+    may keep from in a cycle (its steps after the warm-up, whose composites never count, x its batch)."""
     config = self.config
     quota = config.quota(cycle)
-    warmup = config.synth_warmup_steps if cycle == 1 or config.reset_synthesizer_each_cycle else 0
-    budget = (warmup + config.synth_max_steps) * config.synth_batch_size
+    self.progress.start_phase()
+    budget = config.synth_max_steps * config.synth_batch_size
     drawn = draw = 0
     while drawn < budget and self.cache.class_counts(cycle).min() < quota:
       per_class = max(1, min(quota, (budget - drawn) // self.task.num_classes))
-      images, labels = self.task.random_samples(per_class, seed=(config.seed, cycle, draw))
+      images, labels = self._random_samples(per_class, seed=(config.seed, cycle, draw))
       judgement = self._judge_in_batches(images, labels)
       hard = losses.is_hard(judgement.hardness, self.hard_threshold)
       self.cache.add(images[hard], {key: value[hard] for key, value in labels.items()},

@@ -98,3 +98,14 @@ def test_an_image_without_objects_still_counts_its_hardest_negatives():
   np.testing.assert_allclose(result.per_image.numpy(), np.sort(background, axis=1)[:, ::-1][:, :4].sum(axis=1),
                              rtol=1e-5)
   assert result.positives.numpy().tolist() == [0.0, 0.0]
+
+
+def test_two_boxes_that_share_their_best_default_box_give_it_to_the_later_one():
+  """The forced match of a box to its best default box: where two boxes share it the later wins, every time
+  (a scatter-update's order between duplicate indices is undefined)."""
+  anchors = boxes.default_boxes(boxes.DefaultBoxSpec(feature_sizes=(4,), aspect_ratios=(1.0,)))
+  # Two identical small boxes no default box reaches at IoU 0.5: only the forced match makes a positive.
+  truth = tf.constant([[0.40, 0.40, 0.45, 0.45], [0.40, 0.40, 0.45, 0.45]], tf.float32)
+  for _ in range(5):
+    matches = boxes.match(truth, tf.constant([3, 7]), tf.constant(2), anchors)
+    assert sorted(set(matches.classes.numpy().tolist())) == [0, 8]  # Class 7, 1-based: the later box's.

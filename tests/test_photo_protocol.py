@@ -119,12 +119,21 @@ def test_default_boxes_reach_the_objects_of_the_task():
   assert len(truth) > 400 and np.mean(best >= 0.5) >= 0.95, np.mean(best >= 0.5)
 
 
-def test_uniform_filter_adds_only_samples_the_target_finds_hard(tmp_path):
-  config = smoke_config(str(tmp_path / "run"), os.path.join(REPO_ROOT, "configs", "photo_digits_smoke.flags"),
-                        sample_source=config_lib.FILTERED, discriminator=False, cycles=1, hard_threshold=0.5,
-                        target_lr_schedule="cosine", export=False)
+def filtered_run(run_dir, hard_threshold):
+  config = smoke_config(run_dir, os.path.join(REPO_ROOT, "configs", "photo_digits_smoke.flags"),
+                        sample_source=config_lib.FILTERED, discriminator=False, cycles=1,
+                        hard_threshold=hard_threshold, target_lr_schedule="cosine", export=False)
   trainer = Trainer(config)
   trainer.run()
+  return config, trainer
+
+
+def test_uniform_filter_adds_only_samples_the_target_finds_hard(tmp_path, caplog):
+  # No sample is below a threshold of 0: the filter draws its whole budget and keeps none.
+  _, strict = filtered_run(str(tmp_path / "strict"), 0.0)
+  assert len(strict.cache) == 0
+  assert "48 random draws (S's step cap x batch) gave 0/6 hard samples" in caplog.text  # 6 steps x batch 8
+  config, trainer = filtered_run(str(tmp_path / "run"), 0.5)
   margins = trainer.cache.margins()
   assert 0 < len(margins) <= 6 and np.all(margins < 0.5), margins
   # The cosine schedule: the last of the fine-tuning's n steps ran at lr (1 + cos(pi (n - 1) / n)) / 2.

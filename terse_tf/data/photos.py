@@ -165,13 +165,19 @@ def load_photos(split: str, photo_dir: str = "", min_side: int = 64, bank: str =
                      min_side, strict=True)
 
 
+# The widest crop of a photo, in scene sizes (random_crops).
+MAX_ZOOM_OUT = 4
+
+
 def random_crops(photos: list[np.ndarray], count: int, size: int, rng: np.random.Generator,
                  picks: np.ndarray | None = None) -> np.ndarray:
   """uint8 [count, size, size, 3]: square crops of random photos (or of photos[picks[i]] for crop i), each
   of a random side between `size` and the photo's shorter side, resized to `size`.
 
-  All crops of one photo are cut in one `crop_and_resize` call at twice the size, then halved with an
-  antialiasing filter, so a large crop does not alias.
+  A photo whose shorter side is over MAX_ZOOM_OUT x `size` is first shrunk (antialiased) to that, so a crop
+  shows at most that much of a photo's width whatever its resolution: photos of 500 and of 2,500 pixels give
+  scenes of the same range of scales. All crops of one photo are cut in one `crop_and_resize` call at twice
+  the size, then halved with an antialiasing filter, so a large crop does not alias.
   """
   if picks is None:
     picks = rng.integers(len(photos), size=count)
@@ -181,6 +187,10 @@ def random_crops(photos: list[np.ndarray], count: int, size: int, rng: np.random
     if not len(chosen):
       continue
     height, width = photo.shape[:2]
+    if min(height, width) > MAX_ZOOM_OUT * size:
+      shrink = MAX_ZOOM_OUT * size / min(height, width)
+      height, width = round(height * shrink), round(width * shrink)
+      photo = tf.image.resize(photo, [height, width], antialias=True).numpy()
     sides = rng.integers(min(size, height, width), min(height, width) + 1, size=len(chosen))
     tops, lefts = rng.integers(height - sides + 1), rng.integers(width - sides + 1)
     boxes = np.stack([tops / (height - 1), lefts / (width - 1), (tops + sides - 1) / (height - 1),

@@ -37,6 +37,7 @@ import os
 import time
 
 import numpy as np
+import scipy.stats
 from absl import app, flags, logging
 
 from terse_tf import config as config_lib
@@ -142,7 +143,8 @@ def run_seed(experiment: ExperimentConfig, seed: int, command: str = "") -> Seed
                           "instances": instances, **figures})
     sets = task.evaluation_sets()
     result.matches[arm] = {
-        name: statistics.match_at_iou(truth, task.detect(trainer.target, images, config.eval_batch_size))
+        name: statistics.match_at_iou(truth, task.detect(trainer.target, images, config.eval_batch_size),
+                                      image_hw=task.image_shape[:2], num_classes=task.num_classes)
         for name, (images, truth) in sets.items() if name in PAIRED_SETS}
     result.fairness[arm] = {"target_steps": int(trainer.target_global_step.numpy()),
                             "test_set": _digest(sets["test"][0]), "samples": len(cache),
@@ -184,7 +186,8 @@ def summarise(rows: list[dict], arms: tuple[str, ...]) -> dict:
 
 def compare(seed_results: list[SeedResult], arms: tuple[str, ...], resamples: int) -> dict:
   """Each arm against each reference arm on each paired set: the mean over seeds of the AP@0.5 difference,
-  with its 95% bootstrap interval over test images."""
+  with its 95% bootstrap interval over test images (the trained networks held fixed), and beside it the
+  seeds' own differences with a paired t interval over seeds (what another training seed would give)."""
   paired = {}
   for reference in REFERENCES:
     if reference not in arms:
@@ -193,9 +196,15 @@ def compare(seed_results: list[SeedResult], arms: tuple[str, ...], resamples: in
       if arm == reference:
         continue
       for name in seed_results[0].matches[arm]:
-        paired[f"{arm} - {reference} ({name})"] = statistics.paired_bootstrap(
-            [r.matches[arm][name] for r in seed_results], [r.matches[reference][name] for r in seed_results],
-            resamples=resamples, seed=0)
+        mine, theirs = ([r.matches[a][name] for r in seed_results] for a in (arm, reference))
+        figures = statistics.paired_bootstrap(mine, theirs, resamples=resamples, seed=0)
+        differences = [statistics.ap_at_iou(a) - statistics.ap_at_iou(b) for a, b in zip(mine, theirs)]
+        figures["seed_differences"] = differences
+        if len(differences) > 1:
+          half = scipy.stats.t.ppf(0.975, len(differences) - 1) * statistics.sample_sd(differences) / np.sqrt(
+              len(differences))
+          figures["seed_t_low"], figures["seed_t_high"] = np.mean(differences) - half, np.mean(differences) + half
+        paired[f"{arm} - {reference} ({name})"] = figures
   return paired
 
 
@@ -281,11 +290,14 @@ def write_outputs(experiment: ExperimentConfig, report: dict) -> dict[str, str]:
              for a in arms]
     lines.append(f"| {point['cycle']} | " + " | ".join(cells) + " |")
   lines += ["", f"Paired differences of AP@0.5 (mean over seeds; 95% bootstrap interval over the images, "
-            f"{experiment.bootstrap_resamples} resamples shared by all seeds):", "",
-            "| comparison | difference | 95% interval |", "|---|---|---|"]
+            f"{experiment.bootstrap_resamples} resamples shared by all seeds, the networks fixed; 95% paired t "
+            "interval over seeds):", "",
+            "| comparison | difference | 95% interval, images | 95% interval, seeds |", "|---|---|---|---|"]
   for name, figures in report["paired"].items():
+    seeds = (f"[{figures['seed_t_low']:+.3f}, {figures['seed_t_high']:+.3f}]" if "seed_t_low" in figures
+             else "n/a")
     lines.append(f"| {name} | {figures['mean_difference']:+.3f} | [{figures['low']:+.3f}, "
-                 f"{figures['high']:+.3f}] |")
+                 f"{figures['high']:+.3f}] | {seeds} |")
   with open(paths["md"], "w") as f:
     f.write("\n".join(lines) + "\n")
   return paths

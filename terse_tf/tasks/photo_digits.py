@@ -319,8 +319,8 @@ class PhotoDigitsTask(PastedObjectDetection):
     backbone = self.common.target.removeprefix("ssd_")
     sizes = ssd.feature_sizes(backbone, size)
     if backbone == "compact":
-      # Fitted to the digits' boxes (0.07-0.31 of the scene high, 0.2-3 wide per high): chosen on the
-      # validation scenes, 98% of the test boxes get a default box at IoU >= 0.5 (tests/test_detection.py).
+      # Fitted to the digits' boxes (0.07-0.31 of the scene high, 0.2-3 wide per high), chosen on the
+      # validation scenes: 98% of the test boxes get a default box at IoU >= 0.5 (test_photo_protocol.py).
       spec = boxes_lib.DefaultBoxSpec(feature_sizes=sizes, min_scale=0.09, max_scale=0.35,
                                       aspect_ratios=(1.0, 2.0, 0.5, 0.33))
     else:
