@@ -350,7 +350,9 @@ class Trainer:
     drawn = draw = 0
     while drawn < budget and self.cache.class_counts(cycle).min() < quota:
       per_class = max(1, min(quota, (budget - drawn) // self.task.num_classes))
-      images, labels = self._random_samples(per_class, seed=(config.seed, cycle, draw))
+      # The first draw is the random arm's own (its seed): the two arms are paired, the filter only removes.
+      seed = (config.seed, cycle, draw) if draw else (config.seed, cycle)
+      images, labels = self._random_samples(per_class, seed=seed)
       judgement = self._judge_in_batches(images, labels)
       hard = losses.is_hard(judgement.hardness, self.hard_threshold)
       self.cache.add(images[hard], {key: value[hard] for key, value in labels.items()},

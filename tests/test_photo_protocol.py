@@ -91,6 +91,11 @@ def test_wide_range_sets_have_feathered_edges_and_the_training_scenes_hard_ones(
   expected = scipy.ndimage.gaussian_filter(cutout[0, 0, ..., 3], 0.6, mode="constant", truncate=2 / 0.6)
   np.testing.assert_allclose(feathered, expected, atol=1e-6)
   assert 0 < feathered[10, 14] < 0.5 and feathered[20, 20] == pytest.approx(1.0)
+  # The feather reaches the wide-range sets only: the real scenes and val_upright stay hard-edged.
+  task, sharper = small_task(), small_task(test_edge_sigma=0.3)
+  np.testing.assert_array_equal(task.real_images, sharper.real_images)
+  for name, (images, _) in task.evaluation_sets().items():
+    assert np.array_equal(images, sharper.evaluation_sets()[name][0]) == (name == "val_upright"), name
 
 
 @pytest.mark.parametrize("source", [detection.CUT_PASTE, detection.CUT_PASTE_BLEND_MODES])

@@ -30,8 +30,9 @@ SKIMAGE_PHOTOS = {
 }
 MATPLOTLIB_PHOTOS = {"train": ("grace_hopper.jpg",), "val": (), "test": ()}
 
-# The natural photographs among Debian's desktop wallpapers (the abstract and drawn ones are left out), one
-# file per photo (a wallpaper ships several sizes of one picture). Install them with
+# The natural photographs among Debian's desktop wallpapers (the abstract, rendered and drawn ones are left
+# out; MATE files "Waves.png" under abstract/, but it is a photograph of a water drop), one file per photo (a
+# wallpaper ships several sizes of one picture). Install them with
 DEBIAN_INSTALL = ("apt-get install plasma-workspace-wallpapers mate-backgrounds lomiri-wallpapers-16.04 "
                   "lomiri-wallpapers-20.04")
 _MATE, _PLASMA = "mate/nature/", "/usr/share/wallpapers/"

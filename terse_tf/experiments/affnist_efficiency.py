@@ -7,8 +7,9 @@ goes through the same schedule of sleep cycles: each adds at most --max_per_clas
 class, then fine-tunes T (--finetune_steps steps, or --finetune_epochs epochs) on real digits + everything
 added so far; T is scored whenever the total reaches a point of --k_grid. The arms differ only in where the
 samples come from (ARMS): random affine augmentation with affNIST's recipe (the paper's
-red curve), TERSE's hard composites (green), or nothing (the control). Same architecture, optimiser,
-schedule and seeds for every arm.
+red curve), TERSE's hard composites (green), nothing (the control), or random affine draws kept only where
+T finds them hard (`filtered`: TERSE's hardness filter without S's learning, from at most as many draws as S
+may keep from). Same architecture, optimiser, schedule and seeds for every arm.
 
 Cycles are the paper's lockstep (A.1: 500 samples per class): against one frozen T the paper's S converges
 on T's single weakest transform, so a cycle that adds tens of thousands of samples would add one mode. The
@@ -40,8 +41,9 @@ from terse_tf.errors import ConfigError
 from terse_tf.experiments import common
 from terse_tf.trainer import Trainer
 
-# The sample sources affNIST offers: its random baseline, TERSE's synthesizer, and none (the control).
-ARMS = ("random_affine", "terse", "none")
+# The sample sources affNIST offers: its random baseline, TERSE's synthesizer, none (the control), and the
+# random baseline through TERSE's hardness filter (the control for what S's learning adds).
+ARMS = ("random_affine", "terse", "none", "filtered")
 
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; each trains its own baseline and runs every arm.")
 flags.DEFINE_list("k_grid", ["1000", "2000", "4000", "8000", "16000", "32000", "64000"],
@@ -57,8 +59,9 @@ flags.DEFINE_integer("synth_steps_per_sample_batch", 8, "TERSE's step cap per cy
                      lower_bound=1)
 FLAGS = flags.FLAGS
 
-ARM_TITLES = {"random_affine": "random affine augmentation", "terse": "TERSE", "none": "no added samples"}
-ARM_COLOURS = {"random_affine": "tab:red", "terse": "tab:green", "none": "tab:gray"}
+ARM_TITLES = {"random_affine": "random affine augmentation", "terse": "TERSE", "none": "no added samples",
+              "filtered": "random affine + filter"}
+ARM_COLOURS = {"random_affine": "tab:red", "terse": "tab:green", "none": "tab:gray", "filtered": "tab:orange"}
 
 
 @dataclasses.dataclass(frozen=True)

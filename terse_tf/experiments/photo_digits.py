@@ -308,12 +308,13 @@ def run(experiment: ExperimentConfig, command: str = "") -> dict:
   seed_results = [run_seed(experiment, seed, command) for seed in experiment.seeds]
   rows = [row for result in seed_results for row in result.rows]
   summary = summarise(rows, experiment.arms)
+  paired = compare(seed_results, experiment.arms, experiment.bootstrap_resamples)
   report = {"command": command, "wall_time_s": round(time.monotonic() - started, 1),
             "training_time_s": round(sum(r.training_s for r in seed_results), 1),
             "seeds": list(experiment.seeds),
             "config": dataclasses.asdict(experiment.base), "task": seed_results[0].task_description,
             "final": summary["final"], "spread": summary["spread"],
-            "paired": compare(seed_results, experiment.arms, experiment.bootstrap_resamples),
+            "paired": paired,
             "per_photo": per_photo(seed_results, experiment.arms, seed_results[0].photo_index),
             "hardness_histogram": hardness_histogram(seed_results, experiment.arms),
             "fairness": {f"seed{seed}": result.fairness for seed, result in zip(experiment.seeds, seed_results)},

@@ -202,7 +202,23 @@ def match_at_iou(truth: list[ImageBoxes], found: list[ImageBoxes], iou: float = 
                                classes=np.concatenate(classes + [np.zeros(0, np.int64)]),
                                true_positive=np.concatenate(true_positive + [np.zeros(0, bool)]),
                                truth_counts=truth_counts))
-  return Matches(images=tuple(images), num_classes=num_classes, iou=threshold)
+  return Matches(images=_without_trailing_false_positives(images, num_classes), num_classes=num_classes,
+                 iou=threshold)
+
+
+def _without_trailing_false_positives(images: list[ImageMatches], num_classes: int) -> tuple[ImageMatches, ...]:
+  """The images' matches less each class's detections scored below all of that class's true positives.
+
+  They come after every true positive in any resample's score order, where precision no longer counts: each
+  recall point reads the precision at the first detection that reaches it. Dropping them changes no AP and
+  makes a resample's sort cost the few hundred detections that can matter instead of up to 100 per image.
+  """
+  lowest = np.full(num_classes, np.inf)
+  for image in images:
+    for k in np.unique(image.classes[image.true_positive]):
+      lowest[k] = min(lowest[k], image.scores[image.true_positive & (image.classes == k)].min())
+  return tuple(image._replace(**{field: getattr(image, field)[image.scores >= lowest[image.classes]]
+                                 for field in ("scores", "classes", "true_positive")}) for image in images)
 
 
 @functools.lru_cache(maxsize=None)

@@ -46,11 +46,11 @@ CUTOUT_SIZE = mnist.IMAGE_SIZE  # A digit padded to 40x40, so rotation and shear
 SSD_VGG16_SIZE = 300
 
 
-# T's training augmentation (--ssd_augment): SSD's photometric distortion alone (the default, chosen on the
-# validation scenes: SSD's expand, crop and flip each cut AP on them, BENCHMARKS.md; a mirrored digit is no
-# digit, and zooming in and out needs far more steps than these runs take); SSD's whole recipe, zooming out
-# at most 2x rather than 4x (the digits are 9-40 pixels high at 128 px, 4x would take them below the smallest
-# default box); or none.
+# T's training augmentation (--ssd_augment): SSD's photometric distortion alone (the task's default); SSD's
+# whole recipe, zooming out at most 2x rather than 4x (the digits are 9-40 pixels high at 128 px, 4x would
+# take them below the smallest default box); or none. On the validation scenes at these run lengths (a few
+# hundred steps) SSD's flip cost AP (a mirrored digit is no digit), its expand and crop more so, and even the
+# photometric distortion did not pay, so the shipped flagfiles say none (BENCHMARKS.md has the screen).
 AUGMENTATIONS = {"photometric": augment_lib.AugmentConfig(expand_prob=0.0, crop=False, flip_prob=0.0),
                  "ssd": augment_lib.AugmentConfig(max_expand=2.0),
                  "none": None}
