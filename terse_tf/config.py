@@ -136,7 +136,8 @@ class TrainConfig:
       raise ConfigError(f"--target must be one of {registration.targets} for --task={self.task}, got "
                         f"{self.target!r}")
     if self.target_lr_schedule not in LR_SCHEDULES:
-      raise ConfigError(f"--target_lr_schedule must be one of {LR_SCHEDULES}, got {self.target_lr_schedule!r}")
+      raise ConfigError(f"--target_lr_schedule must be one of {LR_SCHEDULES}, got "
+                        f"{self.target_lr_schedule!r}")
     if self.weight_decay_mode not in WEIGHT_DECAY_MODES:
       raise ConfigError(f"--weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, got "
                         f"{self.weight_decay_mode!r}")

@@ -238,7 +238,7 @@ class Trainer:
                                             config.cache_shuffle_buffer):
         if config.target_lr_schedule == "cosine":
           done = (epoch * per_epoch + step_count) / max(epochs * per_epoch, 1)
-          self.players.target_optimizer.learning_rate.assign(config.target_lr * 0.5 * (1 + np.cos(np.pi * done)))
+          self.players.target_optimizer.learning_rate.assign(config.target_lr * (1 + np.cos(np.pi * done)) / 2)
         loss = float(self._target_step(batch).numpy())
         self._check_finite(loss, "target")
         total, step_count = total + loss, step_count + 1
@@ -324,7 +324,8 @@ class Trainer:
     """The random-placement baseline: `quota` samples per class from the task's random source, every one
     kept, hard or not; their hardness under the current T is logged beside TERSE's."""
     quota = self.config.quota(cycle)
-    images, labels = self._random_samples(quota, seed=(self.config.seed, cycle), source=self.config.sample_source)
+    images, labels = self._random_samples(quota, seed=(self.config.seed, cycle),
+                                          source=self.config.sample_source)
     judgement = self._judge_in_batches(images, labels)
     self.cache.add(images, labels, judgement.quota_class, judgement.hardness, cycle, quota)
     logging.info("%s: added %d %s samples (%.0f%% of them hard for T); %s", self._where(), len(images),

@@ -201,9 +201,9 @@ def compare(seed_results: list[SeedResult], arms: tuple[str, ...], resamples: in
         differences = [statistics.ap_at_iou(a) - statistics.ap_at_iou(b) for a, b in zip(mine, theirs)]
         figures["seed_differences"] = differences
         if len(differences) > 1:
-          half = scipy.stats.t.ppf(0.975, len(differences) - 1) * statistics.sample_sd(differences) / np.sqrt(
-              len(differences))
-          figures["seed_t_low"], figures["seed_t_high"] = np.mean(differences) - half, np.mean(differences) + half
+          count, mean = len(differences), float(np.mean(differences))
+          half = scipy.stats.t.ppf(0.975, count - 1) * statistics.sample_sd(differences) / np.sqrt(count)
+          figures["seed_t_low"], figures["seed_t_high"] = mean - half, mean + half
         paired[f"{arm} - {reference} ({name})"] = figures
   return paired
 

@@ -122,10 +122,6 @@ class Task(abc.ABC):
     del seed
     return images, labels
 
-  def instances(self, labels: dict[str, np.ndarray]) -> int:
-    """How many objects the examples with these labels hold (one per example for classification)."""
-    return len(next(iter(labels.values())))
-
   @abc.abstractmethod
   def evaluate(self, target: Target, batch_size: int) -> dict[str, float]:
     """T's figures on the task's validation and test sets, the headline among them."""

@@ -256,9 +256,6 @@ class PastedObjectDetection(Task):
       return images, labels
     return augment_lib.augment_batch(images, labels, seed, self.augmentation)
 
-  def instances(self, labels: dict[str, np.ndarray]) -> int:
-    return int(np.sum(labels["count"]))
-
   def preview(self, images: tf.Tensor, labels: dict[str, tf.Tensor]) -> tf.Tensor:
     """Composites with their boxes drawn (padding boxes are zero-sized and draw nothing)."""
     drawn = tf.image.draw_bounding_boxes(tf.convert_to_tensor(images, tf.float32),
