@@ -13,6 +13,7 @@ from terse_tf import boxes as boxes_lib
 from terse_tf import config as config_lib
 from terse_tf import pipelines
 from terse_tf.data import photos
+from terse_tf.errors import ConfigError
 from terse_tf.tasks import detection, registry
 from terse_tf.tasks.photo_digits import PhotoDigitsConfig, PhotoDigitsSettings
 from terse_tf.trainer import Trainer
@@ -60,6 +61,10 @@ def test_a_missing_photo_bank_or_split_folder_is_one_clear_error(tmp_path, monke
   (tmp_path / "mine" / "train").mkdir(parents=True)
   with pytest.raises(photos.DataError, match=r"--photo_dir=.*mine.*expected a folder .*val"):
     photos.load_photos("val", str(tmp_path / "mine"))
+  # The task's settings say so before any photo is read.
+  with pytest.raises(ConfigError, match=r"--photo_dir=.*mine: expected the subfolders train, val, test .*"
+                                        r"missing: val, test"):
+    PhotoDigitsConfig(photo_dir=str(tmp_path / "mine"))
 
 
 def small_task(**changes):

@@ -23,6 +23,7 @@ pasted background regions (§3.1), so a blending edge is no sign of an object.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import NamedTuple
 
 import keras
@@ -107,7 +108,13 @@ class PhotoDigitsConfig:
       raise ConfigError(f"--photo_unseen_bank must be '' or one of {photos.BANKS} other than the training "
                         f"photos' (--photo_bank={self.photo_bank}), got {self.unseen_bank!r}")
     if not self.test_edge_sigma > 0:
-      raise ConfigError(f"--photo_test_edge_sigma must be > 0 (pixels), got {self.test_edge_sigma}")
+      raise ConfigError(f"--photo_test_edge_sigma must be > 0 (the feather's Gaussian width in pixels; 0.01 "
+                        f"gives nearly hard edges), got {self.test_edge_sigma}")
+    missing = [split for split in photos.SPLITS if self.photo_dir and not os.path.isdir(
+        os.path.join(self.photo_dir, split))]
+    if missing:
+      raise ConfigError(f"--photo_dir={self.photo_dir}: expected the subfolders {', '.join(photos.SPLITS)} "
+                        f"(photos disjoint by content); missing: {', '.join(missing)}")
     if self.augment not in AUGMENTATIONS:
       raise ConfigError(f"--ssd_augment must be one of {list(AUGMENTATIONS)}, got {self.augment!r}")
     if self.synth_backbone not in scene_synthesizer.BACKBONES:
