@@ -122,6 +122,13 @@ class Task(abc.ABC):
     del seed
     return images, labels
 
+  def background_artifacts(self, images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """§3.1's blending artefacts pasted into a share of float images [B, H, W, C] (real ones, for D's real
+    side: artefacts on both of D's sides are no cue to it), stateless in `seed` [2]; none unless the task
+    pastes them into S's backgrounds."""
+    del seed
+    return images
+
   @abc.abstractmethod
   def evaluate(self, target: Target, batch_size: int) -> dict[str, float]:
     """T's figures on the task's validation and test sets, the headline among them."""
