@@ -50,6 +50,9 @@ class TrainConfig:
   batch_size: int = 64
   target_lr: float = 0.01
   target_lr_schedule: str = "constant"
+  # Steps at the start of each of T's phases over which its learning rate ramps linearly up from 0 to the
+  # schedule's: SGD with momentum from a fresh SSD can blow up at full rate in its first steps.
+  target_lr_warmup_steps: int = 0
   target_momentum: float = 0.9
   target_weight_decay: float = 5e-4
   weight_decay_mode: str = "coupled"
@@ -89,6 +92,13 @@ class TrainConfig:
   discriminator_lr: float = 2e-4
   discriminator_width: int = 32
   discriminator_scales: int = 2
+  # D as A.2 trains it (both need --discriminator). Pre-training: before S's first step, D takes this many
+  # steps on real images against the composites of S as it starts (frozen), so that S's first steps meet a
+  # judge rather than a coin. With T: A.2 trains "the discriminator and target models ... for epochs over
+  # the training set" with S fixed, so in each of T's phases a D step (real images against S's frozen
+  # composites) follows each of T's steps; without it D learns only in lockstep with S (eq. 2).
+  discriminator_pretrain_steps: int = 0
+  discriminator_trains_with_target: bool = False
   # A composite is hard (and cached) when T's hardness score is below this; None: the target's own default
   # (0 for a classifier's p_gt - max_other, 0.5 for a detector's confidence).
   hard_threshold: float | None = None
@@ -104,6 +114,11 @@ class TrainConfig:
   # bound, no longer moves under dropout noise, so each cycle repeats one mode; a fresh S walks from the
   # identity to T's current weak spot and leaves hard composites all along the way.
   reset_synthesizer_each_cycle: bool = False
+  # A.2's generation pass: when > 0, S's steps (warm-up + synth_max_steps) only train S, and then this many
+  # batches are composed by the trained S, frozen (dropout and noise on, as the exported sampler), their hard
+  # composites cached up to the quota. 0: hard composites are cached from S's training steps as they come
+  # (A.1's cache "of hard examples seen during the synthesizer training").
+  generation_batches: int = 0
   sample_source: str = TERSE
   # Infrastructure: how the run goes, not what it computes (a resume may change these).
   strategy: str = dataclasses.field(default="auto", metadata=SAME_RESULTS)
@@ -155,7 +170,8 @@ class TrainConfig:
       if getattr(self, name) < 1:
         raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
     for name in ("baseline_epochs", "finetune_epochs", "finetune_steps", "cycles", "synth_noise_dim",
-                 "synth_warmup_steps"):
+                 "synth_warmup_steps", "discriminator_pretrain_steps", "generation_batches",
+                 "target_lr_warmup_steps"):
       if getattr(self, name) < 0:
         raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
     if not 0 <= self.synth_dropout < 1:
@@ -165,6 +181,20 @@ class TrainConfig:
     for name in ("diversity_weight", "discriminator_weight"):
       if getattr(self, name) < 0:
         raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
+
+  def target_learning_rate(self, step: int, phase_steps: int) -> float:
+    """T's learning rate at `step` (0-based) of a phase of `phase_steps` steps: the schedule's (constant, or
+    cosine-decayed to 0 at the phase's end), ramped up linearly over the first target_lr_warmup_steps."""
+    rate = self.target_lr
+    if self.target_lr_schedule == "cosine":
+      rate *= (1 + np.cos(np.pi * step / max(phase_steps, 1))) / 2
+    if step < self.target_lr_warmup_steps:
+      rate *= (step + 1) / self.target_lr_warmup_steps
+    return float(rate)
+
+  def synthesis_batches(self) -> int:
+    """The most batches a cycle may cache from: those of A.2's generation pass, or S's capped steps."""
+    return self.generation_batches or self.synth_max_steps
 
   def quota(self, cycle: int) -> int:
     """Samples to add per class in `cycle` (1-based)."""

@@ -74,7 +74,13 @@ def synth_dataset(task: Task, strategy: tf.distribute.Strategy, batch_size: int,
     ds = task.synth_dataset(batch, seed, context)
     if with_real:
       real = real_dataset(task, context, seed + 1).repeat().batch(batch, drop_remainder=True)
-      ds = tf.data.Dataset.zip((ds, real.map(lambda x, _: tf.image.convert_image_dtype(x, tf.float32))))
+      # D's real images get §3.1's artefacts in the share S's backgrounds do: on both of D's sides a blended
+      # region is no cue.
+      artifact_seeds = tf.data.Dataset.random(seed=seed + 2).batch(2)
+      real = tf.data.Dataset.zip((real, artifact_seeds)).map(
+          lambda example, artifact_seed: task.background_artifacts(
+              tf.image.convert_image_dtype(example[0], tf.float32), artifact_seed))
+      ds = tf.data.Dataset.zip((ds, real))
     return ds.skip(skip_steps * _global_steps_share(strategy, context)).prefetch(2)
 
   return strategy.distribute_datasets_from_function(dataset_fn)

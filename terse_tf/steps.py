@@ -218,3 +218,38 @@ def synth_step(players: Players, strategy: tf.distribute.Strategy, settings: Ste
   summed = [strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None) for x in scalars]
   gathered = tf.nest.map_structure(lambda x: strategy.gather(x, axis=0), per_example)
   return SynthStepOutputs(*summed, *gathered), per_example[2]
+
+
+class Generated(NamedTuple):
+  """What S, frozen, composes for one batch, and T's judgement of it, gathered over replicas."""
+  params: tf.Tensor              # [B, ..., 6] clamped affine parameters.
+  pasted: tf.Tensor              # [B, ...] int32, 1 where a row of params is an object.
+  composites: tf.Tensor          # [B, H, W, C] on the cache's 8-bit grid, as T judged them.
+  labels: dict
+  hardness: tf.Tensor            # [B]
+  quota_class: tf.Tensor         # [B]
+
+
+def generation_step(players: Players, strategy: tf.distribute.Strategy, sample: Callable[..., tf.Tensor],
+                    compose: Callable[..., Composition], batch, step_seed: tf.Tensor
+                    ) -> tuple[Generated, object]:
+  """S's composites of a global batch with every player frozen, T's judgement of them (A.2's generation
+  pass; and the fakes D trains on while S is fixed). `sample` is `synthesizer.seeded_sampler(S)`: S in
+  inference mode with its dropout (and noise) on, keyed by `step_seed` [2] and the replica, so a resumed run
+  composes what an uninterrupted one would. Returns the gathered outputs and the composites per replica."""
+  target = players.target
+
+  def replica_step(synth_batch, step_seed):
+    replica_seed = tf.random.experimental.stateless_fold_in(
+        step_seed, tf.distribute.get_replica_context().replica_id_in_sync_group)
+    composition = compose(lambda foreground, background: sample(foreground, background, replica_seed),
+                          synth_batch)
+    images = as_stored(composition.images)
+    judgement = target.judge(target.model(images, training=False), composition.labels)
+    pasted = tf.cast(composition.pasted, tf.int32)
+    return composition.params, pasted, images, composition.labels, judgement.hardness, judgement.quota_class
+
+  per_example = strategy.run(replica_step, args=(batch, step_seed))
+  gathered = tf.nest.map_structure(lambda x: strategy.gather(x, axis=0), per_example)
+  return Generated(*gathered), per_example[2]
+

@@ -55,6 +55,8 @@ flags.DEFINE_integer("batch_size", 64, "T's batch size.", lower_bound=1)
 flags.DEFINE_float("target_lr", 0.01, "T's SGD learning rate.", lower_bound=0)
 flags.DEFINE_enum("target_lr_schedule", "constant", config_lib.LR_SCHEDULES, "T's learning rate within each of "
                   "its phases (baseline, each fine-tuning): constant, or cosine-decayed to 0 over the phase.")
+flags.DEFINE_integer("target_lr_warmup_steps", 0, "Steps at the start of each of T's phases over which its "
+                     "learning rate ramps linearly up from 0 to the schedule's.", lower_bound=0)
 flags.DEFINE_float("target_momentum", 0.9, "T's SGD momentum.", lower_bound=0)
 flags.DEFINE_float("target_weight_decay", 5e-4, "T's weight decay (see --weight_decay_mode).", lower_bound=0)
 flags.DEFINE_enum("weight_decay_mode", "coupled", config_lib.WEIGHT_DECAY_MODES, "coupled: L2 added to the "
@@ -103,6 +105,15 @@ flags.DEFINE_float("discriminator_weight", 0.1, "Weight of D's realism term in S
 flags.DEFINE_float("discriminator_lr", 2e-4, "D's Adam learning rate.", lower_bound=0)
 flags.DEFINE_integer("discriminator_width", 32, "D's first layer's channels.", lower_bound=1)
 flags.DEFINE_integer("discriminator_scales", 2, "Image scales D judges (multi-scale PatchGAN).", lower_bound=1)
+flags.DEFINE_integer("discriminator_pretrain_steps", 0, "With --discriminator: D's steps on real images "
+                     "against the composites of S as it starts (frozen), before S's first step (A.2's D is a "
+                     "judge when S begins).", lower_bound=0)
+flags.DEFINE_bool("discriminator_trains_with_target", False, "With --discriminator: in each of T's phases, one "
+                  "D step (real images against S's frozen composites) after each of T's steps, as A.2 trains D "
+                  "and T together with S fixed.")
+flags.DEFINE_integer("generation_batches", 0, "A.2's generation pass: if > 0, S's steps only train S; then this "
+                     "many batches composed by the trained S (frozen, dropout and noise on) give the cycle's hard "
+                     "examples. 0: cache hard composites from S's training steps (A.1).", lower_bound=0)
 flags.DEFINE_integer("cache_shuffle_buffer", 20000, "Cached examples in T's shuffle buffer (the on-disk "
                      "cache streams shard by shard).", lower_bound=1)
 flags.DEFINE_integer("synth_max_steps", 400, "Cap on S steps per cycle (after any warm-up).", lower_bound=1)
@@ -135,7 +146,7 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> config_lib.Train
           clamp_mode=f.param_clamp, keep_in_frame=f.keep_in_frame, mask_cleanup=f.mask_cleanup,
           mask_threshold=f.mask_threshold, mask_blur_sigma=f.mask_blur_sigma),
       target=f.target, seed=f.seed, batch_size=f.batch_size, target_lr=f.target_lr,
-      target_lr_schedule=f.target_lr_schedule,
+      target_lr_schedule=f.target_lr_schedule, target_lr_warmup_steps=f.target_lr_warmup_steps,
       target_momentum=f.target_momentum, target_weight_decay=f.target_weight_decay,
       weight_decay_mode=f.weight_decay_mode,
       baseline_epochs=f.baseline_epochs, finetune_epochs=f.finetune_epochs,
@@ -146,7 +157,10 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> config_lib.Train
       diversity_weight=f.diversity_weight, diversity_per_class=f.diversity_per_class,
       discriminator=f.discriminator, discriminator_weight=f.discriminator_weight,
       discriminator_lr=f.discriminator_lr, discriminator_width=f.discriminator_width,
-      discriminator_scales=f.discriminator_scales, cache_shuffle_buffer=f.cache_shuffle_buffer,
+      discriminator_scales=f.discriminator_scales,
+      discriminator_pretrain_steps=f.discriminator_pretrain_steps,
+      discriminator_trains_with_target=f.discriminator_trains_with_target,
+      generation_batches=f.generation_batches, cache_shuffle_buffer=f.cache_shuffle_buffer,
       hard_threshold=f.hard_threshold,
       hard_per_class=integers_flag("hard_per_class", f.hard_per_class), synth_max_steps=f.synth_max_steps,
       synth_warmup_steps=f.synth_warmup_steps,

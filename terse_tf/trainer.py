@@ -6,10 +6,13 @@ The schedule, which this file is:
      a. synthesize: S trained with T and D frozen to maximise T's loss on its composites while D calls them
         real (eq. 3), and in lockstep D trained with S frozen on real images against those composites
         (eq. 2); every composite T finds hard goes to the cache until each class has its quota (or a step
-        cap). With --sample_source set to the task's random source the quota is filled by random placements
-        instead (the in-tree baseline); with filtered by random placements that T finds hard (the control
-        for what S's learning adds); with none nothing is added;
-     b. fine-tune: T trained on the real set plus the whole cache with S frozen (eq. 1);
+        cap). As A.2 has it, optionally: D pre-trained before S's first step, and the cache filled by a
+        generation pass of the trained S instead of from its training steps. With --sample_source set to
+        the task's random source the quota is filled by random placements instead (the in-tree baseline);
+        with filtered by random placements that T finds hard (the control for what S's learning adds); with
+        none nothing is added;
+     b. fine-tune: T trained on the real set plus the whole cache with S frozen (eq. 1), and optionally D
+        beside it (A.2);
   3. (train_lib) export S and T as SavedModels.
 
 Around it: the task (tasks/, found by name in the registry) knows the data, the networks and the figures;
@@ -33,6 +36,7 @@ from absl import logging
 
 from terse_tf import config as config_lib
 from terse_tf import distribute, losses, pipelines, progress, steps, summaries
+from terse_tf.networks import synthesizer as synthesizer_lib
 from terse_tf.cache import HardExampleCache, as_stored
 from terse_tf.config import TrainConfig
 from terse_tf.errors import ConfigError, NonFiniteLossError
@@ -87,12 +91,16 @@ class Trainer:
     def synth_step(batch):
       # The step's random draws are a function of the seed and the step's number, which the checkpoint
       # keeps: a resumed run draws what an uninterrupted one would. The step counts itself.
-      step_seed = tf.stack([tf.constant(config.seed, tf.int64), self.synth_global_step.read_value()])
+      step_seed = self._step_seed(self.synth_global_step)
       outputs = steps.synth_step(self.players, self.strategy, settings, self.task.compose, batch, step_seed)
       self.synth_global_step.assign_add(1)
       return outputs
 
     self._synth_step = tf.function(synth_step)
+    # S frozen, as the export's sampler: A.2's generation pass, and the fakes D trains on while S is fixed.
+    sample = synthesizer_lib.seeded_sampler(self.synthesizer)
+    self._generate = tf.function(functools.partial(steps.generation_step, self.players, self.strategy, sample,
+                                                   self.task.compose))
     self._judge = tf.function(
         lambda images, labels: self.target.judge(self.target.model(images, training=False), labels))
 
@@ -230,25 +238,35 @@ class Trainer:
     self.progress.start_phase()
     start_epoch = int(self.epoch_in_phase.numpy())
     per_epoch = pipelines.target_steps(self.task, self.cache, config.batch_size, steps_per_epoch)
+    with_discriminator = self.discriminator is not None and config.discriminator_trains_with_target
     while int(self.epoch_in_phase.numpy()) < epochs:
       epoch = int(self.epoch_in_phase.numpy())
-      total, step_count = 0.0, 0
+      total, step_count, d_accuracy = 0.0, 0, []
+      # A.2: D trains beside T, on real images against S's composites with S fixed; a stream per epoch, so
+      # that a run resumed at the epoch's checkpoint draws what an uninterrupted one would.
+      d_batches = iter(pipelines.synth_dataset(self.task, self.strategy, config.synth_batch_size,
+                                               500_000 + seed_base + epoch, True)) if with_discriminator else None
       for batch in pipelines.target_dataset(self.task, self.cache, self.strategy, config.batch_size,
                                             seed_base + epoch, steps_per_epoch, config.cache_fraction,
                                             config.cache_shuffle_buffer):
-        if config.target_lr_schedule == "cosine":
-          done = (epoch * per_epoch + step_count) / max(epochs * per_epoch, 1)
-          self.players.target_optimizer.learning_rate.assign(config.target_lr * (1 + np.cos(np.pi * done)) / 2)
+        self.players.target_optimizer.learning_rate.assign(
+            config.target_learning_rate(epoch * per_epoch + step_count, epochs * per_epoch))
         loss = float(self._target_step(batch).numpy())
         self._check_finite(loss, "target")
+        if d_batches is not None:
+          synth_batch, real = next(d_batches)
+          _, composites = self._generate(synth_batch, self._step_seed(self.target_global_step, stream=1))
+          d_accuracy.append(float(self._discriminator_step(real, composites)[1].numpy()))
         total, step_count = total + loss, step_count + 1
         self.target_global_step.assign_add(1)
       mean = total / max(step_count, 1)
       summaries.target_epoch(self.writer, int(self.target_global_step.numpy()), mean)
       self.epoch_in_phase.assign_add(1)
       phase_done = (epoch + 1 - start_epoch) / (epochs - start_epoch)
-      logging.info("%s epoch %d/%d: target loss %.4f over %d steps (%d cached hard examples); %s",
-                   self._where(), epoch + 1, epochs, mean, step_count, len(self.cache), self._progress(phase_done))
+      beside = f", D accuracy {np.mean(d_accuracy):.2f} beside it" if d_accuracy else ""
+      logging.info("%s epoch %d/%d: target loss %.4f over %d steps%s (%d cached hard examples); %s",
+                   self._where(), epoch + 1, epochs, mean, step_count, beside, len(self.cache),
+                   self._progress(phase_done))
       self._save()
 
   def _add_samples(self, cycle: int) -> None:
@@ -261,50 +279,63 @@ class Trainer:
 
   def _synthesize(self, cycle: int) -> None:
     """Eq. 2 and 3 in lockstep: S's step, then D's on S's composites and real images, until every class
-    has its quota of hard composites in the cache (or the step cap)."""
+    has its quota of hard composites in the cache (or the step cap). The cycle's steps, one counter:
+      [S's warm-up: S trains, nothing is cached (--synth_warmup_steps, when S starts afresh)]
+      S's steps: S trains; its hard composites are cached (--synth_max_steps), unless
+      [A.2's generation pass follows: S frozen composes --generation_batches batches, the hard ones cached].
+    Before the first cycle's steps, D's pre-training."""
     config = self.config
     quota = config.quota(cycle)
     self.progress.start_phase()
     start_step = int(self.synth_step.numpy())
     if config.reset_synthesizer_each_cycle and start_step == 0:
       steps.reset_synthesizer(self.players, self.task.build_synthesizer(seed=config.seed * 1000 + cycle))
+    if cycle == 1 and start_step == 0:
+      self._pretrain_discriminator()
     batches = iter(pipelines.synth_dataset(self.task, self.strategy, config.synth_batch_size,
                                            config.seed * 1000 + cycle * 100, self.discriminator is not None,
                                            skip_steps=start_step))
     warmup = config.synth_warmup_steps if cycle == 1 or config.reset_synthesizer_each_cycle else 0
-    step_cap = warmup + config.synth_max_steps
+    training_end = warmup + config.synth_max_steps
+    step_cap = training_end + config.generation_batches
+    caches_from = training_end if config.generation_batches else warmup
     hard_examples = summaries.HardExamples()
     while int(self.synth_step.numpy()) < step_cap and self.cache.class_counts(cycle).min() < quota:
+      in_cycle = int(self.synth_step.numpy())
       batch = next(batches)
-      discriminator = None
-      if self.discriminator is None:
-        outputs, _ = self._synth_step(batch)
-      else:
-        synth_batch, real = batch
+      synth_batch, real = batch if self.discriminator is not None else (batch, None)
+      discriminator, loss = None, None
+      if in_cycle < training_end:
         outputs, composites = self._synth_step(synth_batch)
-        discriminator = self._discriminator_step(real, composites)
-      loss = float(outputs.loss.numpy())
-      self._check_finite(loss, "synthesizer")
+        loss = float(outputs.loss.numpy())
+        self._check_finite(loss, "synthesizer")
+        if self.discriminator is not None:
+          discriminator = self._discriminator_step(real, composites)
+      else:  # The generation pass: S frozen.
+        outputs, _ = self._generate(synth_batch, self._step_seed(self.synth_global_step))
+        self.synth_global_step.assign_add(1)
       hardness = outputs.hardness.numpy()
-      hard = losses.is_hard(hardness, self.hard_threshold) & (int(self.synth_step.numpy()) >= warmup)
+      hard = losses.is_hard(hardness, self.hard_threshold) & (in_cycle >= caches_from)
       composites = outputs.composites.numpy()[hard]
       labels = {key: value.numpy()[hard] for key, value in outputs.labels.items()}
       added = self.cache.add(composites, labels, outputs.quota_class.numpy()[hard], hardness[hard], cycle, quota)
       objects = outputs.pasted.numpy()[hard] > 0  # The parameter rows of objects, not of empty slots.
       hard_examples.add(composites, labels, hardness, outputs.params.numpy()[hard][objects])
-      self.synth_step.assign_add(1)  # (The step counted itself in synth_global_step.)
+      self.synth_step.assign_add(1)
       step = int(self.synth_global_step.numpy())
-      summaries.synth_step(self.writer, step, outputs, discriminator, hard, added, len(self.cache),
-                           self.task.preview if step % config.image_summary_every_steps == 0 else None)
-      in_cycle = int(self.synth_step.numpy())
+      if loss is not None:
+        summaries.synth_step(self.writer, step, outputs, discriminator, hard, added, len(self.cache),
+                             self.task.preview if step % config.image_summary_every_steps == 0 else None)
+      in_cycle += 1
       if in_cycle % config.checkpoint_every_steps == 0:
         counts = self.cache.class_counts(cycle)
         # Done when the emptiest class fills its quota or the step cap is reached, whichever comes first.
         phase_done = max(counts.min() / quota, (in_cycle - start_step) / max(step_cap - start_step, 1))
+        stage = f"S loss {loss:.3f}" if loss is not None else "generation pass"
         d_accuracy = f", D accuracy {float(discriminator[1].numpy()):.2f}" if discriminator is not None else ""
-        logging.info("%s step %d/%d: S loss %.3f%s, %.0f%% of batch hard, cycle quota %d/%d (fewest in a class "
-                     "%d); %s", self._where(), in_cycle, step_cap, loss, d_accuracy, 100 * hard.mean(),
-                     counts.sum(), quota * self.task.num_classes, counts.min(), self._progress(min(phase_done, 1)))
+        logging.info("%s step %d/%d: %s%s, %.0f%% of batch hard, cycle quota %d/%d (fewest in a class %d); %s",
+                     self._where(), in_cycle, step_cap, stage, d_accuracy, 100 * hard.mean(), counts.sum(),
+                     quota * self.task.num_classes, counts.min(), self._progress(min(phase_done, 1)))
         self._save()
 
     counts = self.cache.class_counts(cycle)
@@ -314,11 +345,42 @@ class Trainer:
       logging.warning("cycle %d: S found no composite T finds hard (hardness below %g) in %d steps; the cycle "
                       "adds nothing to the cache", cycle, self.hard_threshold, int(self.synth_step.numpy()))
     elif counts.min() < quota:
-      logging.warning("cycle %d: step cap --synth_max_steps=%d reached with %d/%d hard examples (fewest in a "
-                      "class: %d)", cycle, config.synth_max_steps, counts.sum(), quota * self.task.num_classes,
-                      counts.min())
+      cap = (f"--generation_batches={config.generation_batches}" if config.generation_batches
+             else f"step cap --synth_max_steps={config.synth_max_steps}")
+      logging.warning("cycle %d: %s reached with %d/%d hard examples (fewest in a class: %d)", cycle, cap,
+                      counts.sum(), quota * self.task.num_classes, counts.min())
     hard_examples.write(self.writer, cycle, int(self.synth_step.numpy()), self.task.preview,
                         self.target.hardness_range)
+
+  def _pretrain_discriminator(self) -> None:
+    """D's steps on real images against the composites of S as it starts (frozen), until D has taken
+    --discriminator_pretrain_steps steps (those it took beside T in the baseline count). On a stream of its
+    own, which leaves S's batches and random draws as they are without it: with --discriminator_weight=0 S
+    learns exactly what it learns without D. A run killed here redoes the whole pre-training from the
+    checkpoint before it, on the same batches."""
+    config = self.config
+    if self.discriminator is None:
+      return
+    done = int(self.players.discriminator_optimizer.iterations.numpy())
+    if done >= config.discriminator_pretrain_steps:
+      return
+    batches = iter(pipelines.synth_dataset(self.task, self.strategy, config.synth_batch_size,
+                                           config.seed * 1000 + 99, True))
+    accuracy = []
+    for index in range(done, config.discriminator_pretrain_steps):
+      synth_batch, real = next(batches)
+      seed = tf.random.experimental.stateless_fold_in(tf.constant([config.seed, index], tf.int64), 2)
+      _, composites = self._generate(synth_batch, seed)
+      accuracy.append(float(self._discriminator_step(real, composites)[1].numpy()))
+    logging.info("%s: D pre-trained for %d steps against S as it starts (D accuracy %.2f over the last 10)",
+                 self._where(), len(accuracy), np.mean(accuracy[-10:]))
+    self._save()
+
+  def _step_seed(self, counter: tf.Variable, stream: int = 0) -> tf.Tensor:
+    """A step's random key: the run's seed and a step counter the checkpoint keeps (and a `stream` > 0 for a
+    second use of one counter)."""
+    seed = tf.stack([tf.constant(self.config.seed, tf.int64), counter.read_value()])
+    return tf.random.experimental.stateless_fold_in(seed, stream) if stream else seed
 
   def _add_random(self, cycle: int) -> None:
     """The random-placement baseline: `quota` samples per class from the task's random source, every one
@@ -343,11 +405,12 @@ class Trainer:
   def _add_filtered(self, cycle: int) -> None:
     """The control for S's learning: the task's random baseline, kept only where T finds a sample hard by the
     criterion TERSE's composites pass, until each class has its quota or as many samples were drawn as S
-    may keep from in a cycle (its steps after the warm-up, whose composites never count, x its batch)."""
+    may keep from in a cycle (its steps after the warm-up, whose composites never count, or its generation
+    pass's batches, x its batch)."""
     config = self.config
     quota = config.quota(cycle)
     self.progress.start_phase()
-    budget = config.synth_max_steps * config.synth_batch_size
+    budget = config.synthesis_batches() * config.synth_batch_size
     drawn = draw = 0
     while drawn < budget and self.cache.class_counts(cycle).min() < quota:
       per_class = max(1, min(quota, (budget - drawn) // self.task.num_classes))

@@ -5,6 +5,7 @@ import dataclasses
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import DETECTION_SMOKE_FLAGFILE, REPO_ROOT, smoke_config
@@ -28,6 +29,9 @@ from terse_tf.errors import ConfigError
     ({"task": "photo_digits"},
      "task .photo_digits. takes settings of type PhotoDigitsSettings, got AffnistSettings"),
     ({"synth_dropout": 1.0}, "--synth_dropout must be in"),
+    ({"target_lr_warmup_steps": -1}, "--target_lr_warmup_steps must be >= 0"),
+    ({"generation_batches": -2}, "--generation_batches must be >= 0"),
+    ({"discriminator_pretrain_steps": -1}, "--discriminator_pretrain_steps must be >= 0"),
     ({"batch_size": 0}, "--batch_size must be >= 1"),
     ({"diversity_weight": -1.0}, "--diversity_weight must be >= 0"),
     ({"synth_noise_dim": -2}, "--synth_noise_dim must be >= 0"),
@@ -84,3 +88,18 @@ def test_the_task_sets_the_ranges_and_a_config_defines_no_flag():
   result = subprocess.run([sys.executable, "-c", program], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=120)
   assert result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("schedule", config_lib.LR_SCHEDULES)
+def test_ts_learning_rate_ramps_up_then_follows_its_schedule(tmp_path, schedule):
+  config = smoke_config(str(tmp_path), target_lr=0.1, target_lr_schedule=schedule, target_lr_warmup_steps=4)
+  rates = [config.target_learning_rate(step, 20) for step in range(20)]
+  plain = dataclasses.replace(config, target_lr_warmup_steps=0)
+  after_warmup = [plain.target_learning_rate(step, 20) for step in range(20)]
+  assert rates[:4] == pytest.approx([after_warmup[k] * (k + 1) / 4 for k in range(4)])
+  assert rates[4:] == after_warmup[4:]
+  if schedule == "cosine":  # From the full rate at the phase's start to ~0 at its end.
+    assert after_warmup[0] == 0.1 and after_warmup[-1] == pytest.approx(0.1 * (1 + np.cos(np.pi * 19 / 20)) / 2)
+  else:
+    assert set(after_warmup) == {0.1}
+

@@ -2,6 +2,7 @@
 exports under saved_model_cli, photos on disk, and a smoke run killed and resumed."""
 
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -16,7 +17,7 @@ import scipy.fft
 import tensorflow as tf
 
 from conftest import DETECTION_SMOKE_FLAGFILE, REPO_ROOT, run_cli, smoke_config, synth_batches
-from terse_tf import boxes, compositor, export, trainer as trainer_lib
+from terse_tf import boxes, compositor, export, pipelines, trainer as trainer_lib
 from terse_tf.data import photos
 from terse_tf.errors import DataError
 from terse_tf.networks import synthesizer
@@ -45,6 +46,56 @@ def test_compact_labels_put_the_visible_objects_first_and_zero_the_padding():
   assert labels["count"].numpy().tolist() == [2]
   np.testing.assert_allclose(labels["boxes"].numpy()[0], [[0.3, 0.3, 0.4, 0.4], [0.5, 0.5, 0.6, 0.6], [0] * 4])
   assert labels["classes"].numpy().tolist() == [[7, 9, 0]]
+
+
+def test_the_generation_step_moves_no_player_and_is_a_function_of_its_seed(trainer):
+  """S frozen (A.2's generation pass, D's fakes beside T): no variable changes, BatchNorm statistics
+  included; the same seed composes the same scenes, another seed others (S's dropout and noise)."""
+  synth_batch, _ = next(iter(synth_batches(trainer, 0)))
+  seed = tf.constant([0, 5], tf.int64)
+  moved, (generated, _) = moved_by(trainer, lambda: trainer._generate(synth_batch, seed))
+  assert moved == set()
+  again, _ = trainer._generate(synth_batch, seed)
+  other, _ = trainer._generate(synth_batch, tf.constant([0, 6], tf.int64))
+  np.testing.assert_array_equal(generated.composites.numpy(), again.composites.numpy())
+  assert not np.allclose(generated.params.numpy(), other.params.numpy())
+
+
+@pytest.mark.slow
+def test_a_generation_pass_caches_only_what_the_trained_s_composes_frozen(tmp_path):
+  """A.2: S trains for its steps and caches nothing; then the trained S, frozen, composes
+  --generation_batches batches and their hard scenes are the cycle's samples, exactly those."""
+  config = detection_config(tmp_path, cycles=1, baseline_epochs=1, finetune_epochs=0, discriminator=False,
+                            synth_warmup_steps=1, synth_max_steps=2, generation_batches=2, hard_per_class=(1000,),
+                            export=False)
+  run = trainer_lib.Trainer(config)
+  run.run()
+  assert int(run.players.synth_optimizer.iterations.numpy()) == 3  # Warm-up + S's steps; none in the pass.
+  stream = iter(pipelines.synth_dataset(run.task, run.strategy, config.synth_batch_size,
+                                        config.seed * 1000 + 100, with_real=False, skip_steps=3))
+  expected = []
+  for step in (3, 4):
+    generated, _ = run._generate(next(stream), tf.constant([config.seed, step], tf.int64))
+    hard = generated.hardness.numpy() < run.hard_threshold
+    expected.append(photos.to_uint8(generated.composites.numpy()[hard]))
+  assert len(run.cache) == sum(len(e) for e in expected) > 0
+  np.testing.assert_array_equal(run.cache.contents()[0], np.concatenate(expected))
+
+
+@pytest.mark.slow
+def test_d_is_pretrained_before_s_and_trains_beside_t_as_a2_has_it(tmp_path):
+  """--discriminator_pretrain_steps D steps before S's first, one D step per S step in lockstep, and with
+  --discriminator_trains_with_target one per T step (S never moves outside its own steps). No baseline: D
+  steps beside the baseline's T would count towards its pre-training."""
+  config = detection_config(tmp_path, cycles=1, baseline_epochs=0, finetune_epochs=1, synth_warmup_steps=0,
+                            synth_max_steps=2, hard_per_class=(1000,), discriminator_pretrain_steps=3,
+                            discriminator_trains_with_target=True, export=False)
+  run = trainer_lib.Trainer(config)
+  run.run()
+  target_steps = int(run.target_global_step.numpy())
+  assert target_steps > 0
+  assert int(run.players.synth_optimizer.iterations.numpy()) == 2
+  assert int(run.players.discriminator_optimizer.iterations.numpy()) == 3 + 2 + target_steps
 
 
 def boxes_against_grey_backgrounds(images, boxes, counts):
@@ -231,20 +282,22 @@ def test_cut_paste_blend_modes_soften_the_edge_and_keep_the_alpha_mass():
     assert blended[mode, ..., 3].sum() == pytest.approx(200.0, rel=1e-5)     # ...no ink lost.
 
 
+def moved_by(trainer, step):
+  """(the players whose variables `step()` changed, what it returned)."""
+  players = {"synthesizer": trainer.synthesizer, "target": trainer.target.model,
+             "discriminator": trainer.discriminator}
+  before = {name: values(model.variables) for name, model in players.items()}
+  result = step()
+  moved = {name for name, model in players.items()
+           if any(not np.array_equal(a, b) for a, b in zip(before[name], values(model.variables)))}
+  return moved, result
+
+
 def test_each_players_step_moves_only_its_own_variables(trainer):
   """S's step leaves T and D alone, D's leaves S and T, T's leaves S and D. (What S's step learns from T's
   loss and D's verdict: test_steps.py, against one tape.)"""
-  players = {"synthesizer": trainer.synthesizer, "target": trainer.target.model,
-             "discriminator": trainer.discriminator}
   synth_batch, real = next(iter(synth_batches(trainer, 0)))
-
-  def step_moves(step):
-    before = {name: values(model.variables) for name, model in players.items()}
-    result = step()
-    moved = {name for name, model in players.items()
-             if any(not np.array_equal(a, b) for a, b in zip(before[name], values(model.variables)))}
-    return moved, result
-
+  step_moves = functools.partial(moved_by, trainer)
   moved, (outputs, composites) = step_moves(lambda: trainer._synth_step(synth_batch))
   assert moved == {"synthesizer"}
   # The step says which parameter rows are objects: the hard-parameter histograms leave empty slots out.

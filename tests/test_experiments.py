@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO_ROOT
+from terse_tf import compositor
 
 SMOKE = os.path.join(REPO_ROOT, "configs", "affnist_efficiency_smoke.flags")
 
@@ -220,6 +221,21 @@ def test_detection_experiment_at_smoke_size(tmp_path):
   for arm in ("uniform_filter", "terse_no_d", "terse", "terse_no_diversity", "d_control"):
     assert 0 < report["final"][arm]["samples"] <= 6, arm  # Only what T finds hard, up to the quota.
   assert (tmp_path / "smoke.png").exists()
+  # D pre-trained and trained beside T moves S only through its term in S's loss: at weight 0, S's composites,
+  # hence T and every figure, are those of TERSE without D.
+  for seed in (0, 1):
+    rows = {arm: [r for r in report["rows"] if r["seed"] == seed and r["arm"] == arm]
+            for arm in ("d_control", "terse_no_d")}
+    assert rows["d_control"] == [dict(r, arm="d_control") for r in rows["terse_no_d"]], seed
+  # What D does to S: S's placement spreads for the arms S filled, D's accuracy where D plays.
+  players = report["players"]
+  assert set(players) == {"terse_no_d", "terse", "terse_no_diversity", "d_control"}
+  for arm, figures in players.items():
+    assert set(figures["param_sd"]) == set(compositor.PARAM_NAMES)
+    assert all(value >= 0 for value in figures["param_sd"].values())
+    assert ("discriminator_accuracy" in figures) == (arm != "terse_no_d"), arm
+    assert 0 <= figures.get("discriminator_accuracy", 0) <= 1
+  assert players["d_control"]["param_sd"] == players["terse_no_d"]["param_sd"]
   # D trained only in the arm that has it.
   seed_dir = tmp_path / "runs" / "smoke" / "seed0"
   for arm, has_d in (("terse", True), ("terse_no_d", False)):

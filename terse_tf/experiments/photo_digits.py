@@ -38,9 +38,12 @@ import time
 
 import numpy as np
 import scipy.stats
+import tensorflow as tf
 from absl import app, flags, logging
 
+from terse_tf import compositor
 from terse_tf import config as config_lib
+from terse_tf import losses, pipelines
 from terse_tf import train  # Declares the shared flags; config_from_flags reads them.
 from terse_tf.config import TrainConfig
 from terse_tf.errors import ConfigError
@@ -110,6 +113,8 @@ class SeedResult:
   # arm -> what every arm must share (fine-tuning steps, test set) and what it added.
   fairness: dict[str, dict]
   hardness: dict[str, list[float]]   # arm -> first-cycle samples' hardness under the baseline T
+  # arm -> S's placements (SD of each parameter) and D's accuracy at the end of the arm's run.
+  players: dict[str, dict] = dataclasses.field(default_factory=dict)
   task_description: str = ""
   photo_index: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # set -> photo of each scene
 
@@ -150,10 +155,56 @@ def run_seed(experiment: ExperimentConfig, seed: int, command: str = "") -> Seed
                             "test_set": _digest(sets["test"][0]), "samples": len(cache),
                             "instances": result.rows[-1]["instances"]}
     result.hardness[arm] = [float(h) for h in cache.margins()[cycles_of_entries == 1]]
+    result.players[arm] = players_at_the_end(trainer)
     result.task_description, result.photo_index = task.describe(), task.photo_index
     logging.info("seed %d arm %s: test AP@0.5 %.4f -> %.4f in %.0f s", seed, arm,
                  results["test_ap50_before"], results["test_ap50_after"], results["wall_time_s"])
   return result
+
+
+def players_at_the_end(trainer: Trainer, batches: int = 4) -> dict:
+  """What D does to S, measured on the arm's last S and D over `batches` batches of S's stream (one fixed
+  seed for every arm): the sample SD of each of S's placement parameters over its pasted objects (S frozen,
+  dropout and noise on, as it composes for the cache), beside the SD of uniform placements over the ranges;
+  and D's patch accuracy on real training scenes (with §3.1's artefacts) against those composites. Arms whose
+  samples S did not make get none of it."""
+  if trainer.config.sample_source != config_lib.TERSE:
+    return {}
+  stream = iter(pipelines.synth_dataset(trainer.task, trainer.strategy, trainer.config.synth_batch_size, seed=7,
+                                        with_real=trainer.discriminator is not None))
+  params, accuracy = [], []
+  for index in range(batches):
+    batch = next(stream)
+    synth_batch, real = batch if trainer.discriminator is not None else (batch, None)
+    generated, _ = trainer._generate(synth_batch, tf.constant([7, index], tf.int64))
+    params.append(generated.params.numpy()[generated.pasted.numpy() > 0])
+    if trainer.discriminator is not None:
+      real_images = tf.concat(trainer.strategy.experimental_local_results(real), axis=0)
+      accuracy.append(float(losses.discriminator_accuracy(trainer.discriminator(real_images, training=False),
+                                                          trainer.discriminator(generated.composites,
+                                                                                training=False))))
+  params = np.concatenate(params).reshape([-1, compositor.NUM_PARAMS])
+  low, high = (np.asarray(b) for b in trainer.task.compositor.ranges.bounds())
+  figures = {"param_sd": dict(zip(compositor.PARAM_NAMES, np.std(params, axis=0, ddof=1).tolist())),
+             "uniform_sd": dict(zip(compositor.PARAM_NAMES, ((high - low) / np.sqrt(12)).tolist()))}
+  if accuracy:
+    figures["discriminator_accuracy"] = float(np.mean(accuracy))
+  return figures
+
+
+def players_summary(seed_results: list[SeedResult], arms: tuple[str, ...]) -> dict:
+  """Means over seeds of players_at_the_end's figures, per arm that has them."""
+  summary = {}
+  for arm in arms:
+    per_seed = [r.players[arm] for r in seed_results if r.players.get(arm)]
+    if not per_seed:
+      continue
+    summary[arm] = {"param_sd": {name: float(np.mean([p["param_sd"][name] for p in per_seed]))
+                                 for name in compositor.PARAM_NAMES},
+                    "uniform_sd": per_seed[0]["uniform_sd"]}
+    if "discriminator_accuracy" in per_seed[0]:
+      summary[arm]["discriminator_accuracy"] = float(np.mean([p["discriminator_accuracy"] for p in per_seed]))
+  return summary
 
 
 def metric_names(rows: list[dict]) -> list[str]:
@@ -298,6 +349,17 @@ def write_outputs(experiment: ExperimentConfig, report: dict) -> dict[str, str]:
              else "n/a")
     lines.append(f"| {name} | {figures['mean_difference']:+.3f} | [{figures['low']:+.3f}, "
                  f"{figures['high']:+.3f}] | {seeds} |")
+  if report["players"]:
+    names = compositor.PARAM_NAMES
+    uniform = next(iter(report["players"].values()))["uniform_sd"]
+    lines += ["", "S's placements at the end (SD of each parameter over its pasted objects, mean over seeds) "
+              "and D's patch accuracy on real scenes against them:", "",
+              "| arm | " + " | ".join(names) + " | D accuracy |", "|---|" + "---|" * (len(names) + 1),
+              "| uniform over the ranges | " + " | ".join(f"{uniform[n]:.3f}" for n in names) + " | |"]
+    for arm, figures in report["players"].items():
+      accuracy = figures.get("discriminator_accuracy")
+      lines.append(f"| {ARM_TITLES[arm]} | " + " | ".join(f"{figures['param_sd'][n]:.3f}" for n in names) +
+                   f" | {'' if accuracy is None else f'{accuracy:.2f}'} |")
   with open(paths["md"], "w") as f:
     f.write("\n".join(lines) + "\n")
   return paths
@@ -317,6 +379,7 @@ def run(experiment: ExperimentConfig, command: str = "") -> dict:
             "paired": paired,
             "per_photo": per_photo(seed_results, experiment.arms, seed_results[0].photo_index),
             "hardness_histogram": hardness_histogram(seed_results, experiment.arms),
+            "players": players_summary(seed_results, experiment.arms),
             "fairness": {f"seed{seed}": result.fairness for seed, result in zip(experiment.seeds, seed_results)},
             "curves": summary["curves"], "rows": rows}
   paths = write_outputs(experiment, report)
