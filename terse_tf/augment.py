@@ -1,5 +1,6 @@
 """SSD's training data augmentation (Liu et al. 2016, §2.2 "Data augmentation"; Caffe's and ssd.pytorch's
-`SSDAugmentation`) for detection labels {"boxes", "classes", "count"} (terse_tf.boxes' corner format).
+`SSDAugmentation`) for detection labels {"boxes", "classes", "count"}, optionally with "ignore_boxes"
+(terse_tf.boxes' corner format).
 
 The steps, in SSD's order: photometric distortion, expand (zoom out onto a mean-filled canvas), an
 IoU-constrained random crop (zoom in), horizontal flip. Expand and crop compose into one window of the input
@@ -19,6 +20,7 @@ import tensorflow as tf
 from terse_tf import boxes as boxes_lib
 
 LABEL_KEYS = ("boxes", "classes", "count")
+IGNORE_KEY = "ignore_boxes"
 _NO_CROP = 2.0  # A minimum IoU no patch reaches: the "keep the whole image" option of SSD's patch sampler.
 
 
@@ -142,19 +144,26 @@ def _resample(image: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
 def augment_example(image: tf.Tensor, labels: dict[str, tf.Tensor], seed: tf.Tensor,
                     config: AugmentConfig = AugmentConfig()) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
   """One image [H, W, 3] (float in [0, 1], H and W static) and its labels {"boxes" [G, 4], "classes" [G],
-  "count" []}, augmented with the shape-[2] int `seed`: same shapes, boxes kept (centre inside the crop)
-  first, padding rows zero. Labels with other keys (e.g. "masks") are refused: per-object data the geometry
-  does not transform would silently stop matching the image."""
-  if set(labels) != set(LABEL_KEYS):
-    raise ValueError(f"augment_example takes labels with keys {LABEL_KEYS} only; got {sorted(labels)}")
+  "count" []} and optionally "ignore_boxes" [I, 4], augmented with the shape-[2] int `seed`: same shapes,
+  boxes kept (centre inside the crop) first, padding rows zero. Ignore boxes move as boxes do; one the crop
+  cuts stays an ignore box, clipped to the crop, and only one wholly outside it goes (a zero row). Labels
+  with other keys (e.g. "masks") are refused: per-object data the geometry does not transform would
+  silently stop matching the image."""
+  if not set(LABEL_KEYS) <= set(labels) <= {*LABEL_KEYS, IGNORE_KEY}:
+    raise ValueError(f"augment_example takes labels with keys {LABEL_KEYS} and optionally {IGNORE_KEY!r} only; "
+                     f"got {sorted(labels)}")
   image = tf.convert_to_tensor(image, tf.float32)
   height, width = image.shape[0], image.shape[1]
   if height is None or width is None:
     raise ValueError(f"augment_example needs a static image height and width; got shape {image.shape}")
   photo_seed, expand_seed, crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
   boxes = tf.convert_to_tensor(labels["boxes"], tf.float32)
+  rows = boxes.shape[0]
   classes = tf.cast(labels["classes"], tf.int32)
-  real = tf.range(boxes.shape[0]) < tf.cast(labels["count"], tf.int32)
+  real = tf.range(rows) < tf.cast(labels["count"], tf.int32)
+  with_ignore = IGNORE_KEY in labels
+  if with_ignore:  # Transformed in one tensor with the boxes, so both move exactly alike.
+    boxes = tf.concat([boxes, tf.convert_to_tensor(labels[IGNORE_KEY], tf.float32)], axis=0)
   if config.photometric:
     image = _photometric(image, photo_seed, config)
 
@@ -164,9 +173,9 @@ def augment_example(image: tf.Tensor, labels: dict[str, tf.Tensor], seed: tf.Ten
   offset = tf.tile(draw[2:] * (1.0 - 1.0 / ratio), [2])
   boxes = offset + boxes / ratio
   patch, crops = tf.constant([0.0, 0.0, 1.0, 1.0]), tf.constant(False)
-  if config.crop:
-    patch, crops = _sample_patch(boxes, real[None, :], crop_seed, height / width, config)
-  keep = real & (_centres_inside(boxes, patch[None])[0] | ~crops)
+  if config.crop:  # The patch is sampled around the objects only.
+    patch, crops = _sample_patch(boxes[:rows], real[None, :], crop_seed, height / width, config)
+  keep = real & (_centres_inside(boxes[:rows], patch[None])[0] | ~crops)
   boxes = tf.clip_by_value((boxes - tf.tile(patch[:2], [2])) / tf.tile(patch[2:] - patch[:2], [2]), 0.0, 1.0)
   if config.expand_prob > 0 or config.crop:
     image = _resample(image, (patch - offset) * ratio)  # The patch in the input image's coordinates.
@@ -178,9 +187,16 @@ def augment_example(image: tf.Tensor, labels: dict[str, tf.Tensor], seed: tf.Ten
 
   order = tf.argsort(tf.cast(~keep, tf.int32), stable=True)  # Kept rows first, in their original order.
   keep = tf.gather(keep, order)
-  return image, {"boxes": tf.where(keep[:, None], tf.gather(boxes, order), 0.0),
-                 "classes": tf.where(keep, tf.gather(classes, order), 0),
-                 "count": tf.reduce_sum(tf.cast(keep, tf.int32))}
+  result = {"boxes": tf.where(keep[:, None], tf.gather(boxes[:rows], order), 0.0),
+            "classes": tf.where(keep, tf.gather(classes, order), 0),
+            "count": tf.reduce_sum(tf.cast(keep, tf.int32))}
+  if with_ignore:
+    # Clipped to the crop, an ignore box keeps an area while any of it is in the crop; a zero row (none) or
+    # a box wholly outside has none and becomes a zero row.
+    ignore_boxes = boxes[rows:]
+    inside = (ignore_boxes[:, 2] > ignore_boxes[:, 0]) & (ignore_boxes[:, 3] > ignore_boxes[:, 1])
+    result[IGNORE_KEY] = tf.where(inside[:, None], ignore_boxes, 0.0)
+  return image, result
 
 
 def augment_batch(images: tf.Tensor, labels: dict[str, tf.Tensor], seed: tf.Tensor,
@@ -190,8 +206,9 @@ def augment_batch(images: tf.Tensor, labels: dict[str, tf.Tensor], seed: tf.Tens
   images = tf.convert_to_tensor(images, tf.float32)
   seeds = tf.random.stateless_uniform([tf.shape(images)[0], 2], seed, minval=None, maxval=None, dtype=tf.int64)
   rows = labels["boxes"].shape[1]
-  signature = (tf.TensorSpec(images.shape[1:], tf.float32),
-               {"boxes": tf.TensorSpec([rows, 4], tf.float32), "classes": tf.TensorSpec([rows], tf.int32),
-                "count": tf.TensorSpec([], tf.int32)})
+  label_signature = {"boxes": tf.TensorSpec([rows, 4], tf.float32), "classes": tf.TensorSpec([rows], tf.int32),
+                     "count": tf.TensorSpec([], tf.int32)}
+  if IGNORE_KEY in labels:
+    label_signature[IGNORE_KEY] = tf.TensorSpec([labels[IGNORE_KEY].shape[1], 4], tf.float32)
   return tf.map_fn(lambda example: augment_example(*example, config), (images, labels, seeds),
-                   fn_output_signature=signature)
+                   fn_output_signature=(tf.TensorSpec(images.shape[1:], tf.float32), label_signature))

@@ -94,22 +94,29 @@ def decode(regression: tf.Tensor, anchors: tf.Tensor) -> tf.Tensor:
   return centres_to_corners(tf.concat([centre, size], axis=-1))
 
 
+# Matches.classes of a default box left out of the confidence loss (neither object nor background).
+IGNORED = -1
+
+
 class Matches(NamedTuple):
-  classes: tf.Tensor  # [A] int32: 0 for background, 1 + class of the matched ground truth.
+  classes: tf.Tensor  # [A] int32: 0 for background, 1 + class of the matched ground truth, IGNORED.
   boxes: tf.Tensor    # [A, 4] regression targets (encode() of the matched box; zeros for background).
 
 
 def match(boxes: tf.Tensor, classes: tf.Tensor, count: tf.Tensor, anchors: tf.Tensor,
-          threshold: float = 0.5) -> Matches:
+          threshold: float = 0.5, ignore_boxes: tf.Tensor | None = None) -> Matches:
   """SSD's matching for one image: padded ground truth `boxes` [G, 4] (corners), `classes` [G] (0-based),
   of which the first `count` are real, against centre-form `anchors` [A, 4].
 
   An anchor is positive when its IoU with some real box exceeds `threshold` (it takes the box it overlaps
   most); besides, every real box claims the anchor it overlaps most, so no object goes unmatched however
-  odd its shape.
+  odd its shape. An anchor that is not positive but overlaps one of `ignore_boxes` [I, 4] (corners; zero
+  rows overlap nothing) at IoU >= `threshold` is IGNORED: it looks at an object too little of which is in
+  view to be labelled one, which is no background either.
   """
   real = tf.range(tf.shape(boxes)[0]) < tf.cast(count, tf.int32)
-  overlaps = iou(centres_to_corners(anchors), boxes)                      # [A, G]
+  corners = centres_to_corners(anchors)
+  overlaps = iou(corners, boxes)                                          # [A, G]
   overlaps = tf.where(real[None, :], overlaps, -1.0)
   best_box = tf.argmax(overlaps, axis=1, output_type=tf.int32)            # [A]
   best_overlap = tf.reduce_max(overlaps, axis=1)
@@ -122,5 +129,8 @@ def match(boxes: tf.Tensor, classes: tf.Tensor, count: tf.Tensor, anchors: tf.Te
   best_box = tf.where(forced_box >= 0, forced_box, best_box)
   positive = (best_overlap > threshold) | (forced_box >= 0)
   matched_classes = tf.where(positive, tf.gather(tf.cast(classes, tf.int32), best_box) + 1, 0)
+  if ignore_boxes is not None:
+    ignored = tf.reduce_any(iou(corners, tf.cast(ignore_boxes, tf.float32)) >= threshold, axis=1) & ~positive
+    matched_classes = tf.where(ignored, IGNORED, matched_classes)
   targets = tf.where(positive[:, None], encode(tf.gather(boxes, best_box), anchors), 0.0)
   return Matches(classes=matched_classes, boxes=targets)

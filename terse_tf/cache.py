@@ -10,8 +10,10 @@ checkpoint (10k detection composites at 300x300x3 are ~2.7 GB).
 
 Images are stored as uint8, a quarter of float32's size. A composite's hardness must be measured on the
 image the cache will hold: `as_stored` rounds composites to that 8-bit grid before T judges them.
-Labels are a dict of arrays, one row per entry: {"label"} for a classifier, {"boxes", "classes", "count"}
-for a detector; each entry also has a `quota_class`, the class its quota counts it under.
+Labels are a dict of arrays, one row per entry: {"label"} for a classifier, {"boxes", "classes", "count",
+"ignore_boxes"} for a detector (any keys: the cache stores what it is given); each entry also has a
+`quota_class`, the class its quota counts it under. The newest shard's keys are the cache's: a key older
+shards lack (written before it existed) reads as zeros.
 """
 
 from __future__ import annotations
@@ -131,17 +133,28 @@ class HardExampleCache(tf.Module):
     self._pending = []
 
   # ------------------------------------------------------------------------------------ reading
+  def _label_format(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Each label's per-entry shape and dtype in the newest shard: the format this code writes."""
+    with np.load(self.shard_paths()[-1]) as newest:
+      return {key[len(_LABEL_PREFIX):]: (newest[key].shape[1:], newest[key].dtype) for key in newest.files
+              if key.startswith(_LABEL_PREFIX)}
+
   def _shards(self):
+    # A run resumed by a newer terse_tf adds shards with label keys its older ones lack (a detector's
+    # "ignore_boxes"): the older entries read as zeros there, which such keys mean to be "none".
+    label_format = self._label_format()
     for path in self.shard_paths():
       with np.load(path) as shard:
-        yield shard["image"], {key[len(_LABEL_PREFIX):]: shard[key] for key in shard.files
-                               if key.startswith(_LABEL_PREFIX)}
+        images = shard["image"]
+        yield images, {key: shard[_LABEL_PREFIX + key] if _LABEL_PREFIX + key in shard.files
+                       else np.zeros([len(images), *shape], dtype)
+                       for key, (shape, dtype) in label_format.items()}
 
   def contents(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(images uint8 [N, H, W, C], labels {key: [N, ...]}) of every committed entry, in order."""
-    shards = list(self._shards())
-    if not shards:
+    if not self.shard_paths():
       raise ValueError("the hard-example cache has no committed entries")
+    shards = list(self._shards())
     images = np.concatenate([images for images, _ in shards])
     return images, {key: np.concatenate([labels[key] for _, labels in shards]) for key in shards[0][1]}
 
@@ -152,7 +165,7 @@ class HardExampleCache(tf.Module):
     if not paths:
       return None
     with np.load(paths[0]) as first:
-      signature = (tf.TensorSpec([None, *first["image"].shape[1:]], tf.uint8),
-                   {key[len(_LABEL_PREFIX):]: tf.TensorSpec([None, *first[key].shape[1:]], first[key].dtype)
-                    for key in first.files if key.startswith(_LABEL_PREFIX)})
+      image_shape = first["image"].shape[1:]
+    labels = {key: tf.TensorSpec([None, *shape], dtype) for key, (shape, dtype) in self._label_format().items()}
+    signature = (tf.TensorSpec([None, *image_shape], tf.uint8), labels)
     return tf.data.Dataset.from_generator(self._shards, output_signature=signature).unbatch()

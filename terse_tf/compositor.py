@@ -401,6 +401,9 @@ class MultiComposite(NamedTuple):
   boxes: tf.Tensor             # [B, N, 4] normalised ymin, xmin, ymax, xmax of each visible mask.
   visible_fraction: tf.Tensor  # [B, N] share of each object's area in view: not cropped, not covered.
   box_valid: tf.Tensor         # [B, N] bool: a valid object with at least min_visible of it in view.
+  # [B, N] bool: an object in view (its visible mask non-empty) below min_visible: no box, but not background
+  # either (its box is an ignore region of T's loss).
+  partly_visible: tf.Tensor
 
 
 def boxes_from_masks(masks: tf.Tensor, threshold: float = 0.5) -> tuple[tf.Tensor, tf.Tensor]:
@@ -429,7 +432,8 @@ def composite_objects(foregrounds: tf.Tensor, background: tf.Tensor, params: tf.
 
   Each object's box is the tight box of its visible mask (> `box_threshold`), as a detection dataset
   annotates the visible extent; it is valid when at least `min_visible` of the object's area stays in view,
-  so an object hidden behind later ones, or pasted almost entirely outside the frame, yields no box. The
+  so an object hidden behind later ones, or pasted almost entirely outside the frame, yields no box (one
+  still partly in view is `partly_visible`: its box marks a region T should not learn as background). The
   area is the foreground's alpha mass times the transform's area change |det A|, so the part the frame
   crops counts as hidden.
   """
@@ -453,9 +457,10 @@ def composite_objects(foregrounds: tf.Tensor, background: tf.Tensor, params: tf.
   visible = alpha * transparency_after
   fraction = tf.minimum(tf.math.divide_no_nan(tf.reduce_sum(visible, axis=[2, 3, 4]), area), 1.0)
   boxes, non_empty = boxes_from_masks(visible, box_threshold)
-  box_valid = tf.cast(object_valid, tf.bool) & non_empty & (fraction >= min_visible)
+  in_view = tf.cast(object_valid, tf.bool) & non_empty
+  box_valid = in_view & (fraction >= min_visible)
   return MultiComposite(image=image, visible_masks=visible, boxes=boxes, visible_fraction=fraction,
-                        box_valid=box_valid)
+                        box_valid=box_valid, partly_visible=in_view & ~box_valid)
 
 
 def compiled_composite_objects(config: CompositorConfig, min_visible: float = 0.25,

@@ -109,22 +109,25 @@ def ssd_multibox_loss(class_logits: tf.Tensor, box_regression: tf.Tensor, matche
                       min_negatives: int = 3) -> MultiboxLoss:
   """Detection target loss (§3.2 with SSD as T): softmax cross-entropy over classes + background and smooth
   L1 on the encoded boxes, for `class_logits` [B, A, C+1], `box_regression` [B, A, 4] against
-  `matched_classes` [B, A] (0 = background) and `matched_boxes` [B, A, 4] (boxes.match).
+  `matched_classes` [B, A] (0 = background, boxes.IGNORED = neither) and `matched_boxes` [B, A, 4]
+  (boxes.match).
 
   Hard-negative mining (SSD §2.2): of the background default boxes, only the `negatives_per_positive` x
   positives with the highest cross-entropy count, and at least `min_negatives`, so an image without objects
-  still teaches T what background looks like.
+  still teaches T what background looks like. Ignored default boxes count nowhere: the loss is that of the
+  image without them.
   """
   matched_classes = tf.cast(matched_classes, tf.int32)
-  positive = matched_classes > 0
-  cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=matched_classes, logits=class_logits)
+  positive, ignored = matched_classes > 0, matched_classes < 0
+  cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.maximum(matched_classes, 0),
+                                                                  logits=class_logits)
   positives = tf.reduce_sum(tf.cast(positive, tf.float32), axis=1)
-  negatives = tf.cast(tf.shape(positive)[1], tf.float32) - positives
+  negatives = tf.reduce_sum(tf.cast(matched_classes == 0, tf.float32), axis=1)
   wanted = tf.minimum(tf.maximum(negatives_per_positive * positives, float(min_negatives)), negatives)
-  # Rank each background box by its loss (0 = hardest); positives rank last.
-  background_loss = tf.where(positive, -1.0, cross_entropy)
+  # Rank each background box by its loss (0 = hardest); positives and ignored boxes rank last.
+  background_loss = tf.where(positive | ignored, -1.0, cross_entropy)
   rank = tf.argsort(tf.argsort(background_loss, axis=1, direction="DESCENDING"), axis=1)
-  mined = (~positive) & (tf.cast(rank, tf.float32) < wanted[:, None])
+  mined = (matched_classes == 0) & (tf.cast(rank, tf.float32) < wanted[:, None])
   classification = tf.reduce_sum(cross_entropy * tf.cast(positive | mined, cross_entropy.dtype), axis=1)
   error = tf.abs(box_regression - tf.cast(matched_boxes, box_regression.dtype))
   smooth_l1 = tf.where(error < 1.0, 0.5 * tf.square(error), error - 0.5)

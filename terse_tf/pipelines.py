@@ -23,6 +23,17 @@ def real_dataset(task: Task, context: tf.distribute.InputContext, seed: int) -> 
   return ds.shuffle(len(images), seed=seed)
 
 
+def _with_label_keys(ds: tf.data.Dataset, label_specs: dict[str, tf.TensorSpec]) -> tf.data.Dataset:
+  """`ds`'s (image, labels) with each label of `label_specs` the labels lack added as zeros: a cache written
+  before a label key existed (a detector's "ignore_boxes", whose zeros mean "none") batches with a real set
+  that has it."""
+  missing = {key: spec for key, spec in label_specs.items() if key not in ds.element_spec[1]}
+  if not missing:
+    return ds
+  return ds.map(lambda image, labels: (image, {**labels, **{key: tf.zeros(spec.shape, spec.dtype)
+                                                           for key, spec in missing.items()}}))
+
+
 def target_steps(task: Task, cache: HardExampleCache, batch_size: int, steps: int = 0) -> int:
   """Global steps in one epoch of T: `steps`, or one pass over the real set and the cache."""
   return steps or (len(task.real_examples()[0]) + len(cache)) // batch_size
@@ -46,7 +57,8 @@ def target_dataset(task: Task, cache: HardExampleCache, strategy: tf.distribute.
     ds = real_dataset(task, context, epoch_seed)
     cached = cache.dataset()
     if cached is not None:
-      cached = cached.shard(context.num_input_pipelines, context.input_pipeline_id)
+      cached = _with_label_keys(cached.shard(context.num_input_pipelines, context.input_pipeline_id),
+                                ds.element_spec[1])
       cached = cached.shuffle(min(num_cached, cache_shuffle_buffer), seed=epoch_seed + 1)
       ds = tf.data.Dataset.sample_from_datasets([ds.repeat(), cached.repeat()],
                                                 weights=[1.0 - fraction, fraction], seed=epoch_seed)

@@ -66,6 +66,39 @@ def test_flip_only_mirrors_image_and_boxes_or_leaves_both():
   assert 0 < sum(flips) < len(flips)
 
 
+def test_flip_mirrors_the_ignore_boxes_with_the_image():
+  rng = np.random.default_rng(5)
+  image = rng.uniform(size=(SIZE, SIZE, 3)).astype(np.float32)
+  ignore = np.array([[0.0, 0.7, 0.3, 1.0], [0.5, 0.1, 0.6, 0.45], [0, 0, 0, 0]], np.float32)
+  labels = {**make_labels([[0.1, 0.2, 0.5, 0.3]], [1], rows=3), "ignore_boxes": ignore}
+  config = augment.AugmentConfig(photometric=False, expand_prob=0.0, crop=False)
+  flips = []
+  for seed in range(12):
+    out, out_labels = run(image, labels, seed, config)
+    flips.append(np.array_equal(out, image[:, ::-1]))
+    ymin, xmin, ymax, xmax = ignore[:2].T
+    expected = np.stack([ymin, 1 - xmax, ymax, 1 - xmin], axis=1) if flips[-1] else ignore[:2]
+    np.testing.assert_allclose(out_labels["ignore_boxes"][:2], expected, atol=1e-6)
+    assert not out_labels["ignore_boxes"][2].any()  # No ignore box stays none.
+  assert 0 < sum(flips) < len(flips)
+
+
+def test_ignore_boxes_move_exactly_as_boxes_under_the_full_augmentation():
+  """An ignore box on the one object (which every crop keeps) comes out as its box, through expand, crop
+  and flip."""
+  rng = np.random.default_rng(6)
+  image = rng.uniform(size=(SIZE, SIZE, 3)).astype(np.float32)
+  labels = make_labels([[0.3, 0.2, 0.6, 0.7]], [2], rows=2)
+  labels["ignore_boxes"] = labels["boxes"].copy()
+  moved = 0
+  for seed in range(20):
+    _, out_labels = run(image, labels, seed, augment.AugmentConfig(photometric=False))
+    assert out_labels["count"] == 1
+    np.testing.assert_array_equal(out_labels["ignore_boxes"], out_labels["boxes"])
+    moved += not np.allclose(out_labels["boxes"], labels["boxes"])
+  assert moved >= 10
+
+
 OBJECTS = [((8, 6, 30, 26), (1.0, 0.0, 0.0)), ((12, 36, 28, 58), (0.0, 1.0, 0.0)),
            ((36, 14, 58, 50), (0.0, 0.0, 1.0))]  # (top, left, bottom, right) pixels, colour.
 
@@ -155,6 +188,32 @@ def test_crop_keeps_exactly_the_objects_whose_centre_is_inside_the_patch():
     np.testing.assert_array_equal(out_labels["classes"][:inside.sum()], labels["classes"][:4][inside])
     dropped += int(not inside.all())
   assert 5 <= crops < 40 and dropped > 0
+
+
+def test_a_crop_keeps_an_ignore_box_it_cuts_clipped_and_drops_one_wholly_outside():
+  """Unlike a box, an ignore box the crop cuts stays whatever its centre: the part of it in view is still
+  no background."""
+  height, width = SIZE, SIZE + 16
+  image = ramp_image(height, width)
+  labels = make_labels([[0.4, 0.4, 0.6, 0.6]], [1], rows=4)
+  labels["ignore_boxes"] = np.array([[0.0, 0.0, 0.2, 0.2], [0.0, 0.7, 0.5, 1.0], [0.8, 0.05, 1.0, 0.6],
+                                     [0, 0, 0, 0]], np.float32)
+  config = augment.AugmentConfig(photometric=False, expand_prob=0.0, flip_prob=0.0)
+  cut_off_centre = dropped = 0
+  for seed in range(40):
+    out, out_labels = run(image, labels, seed, config)
+    window = window_shown(out)
+    side = window[2:] - window[:2]
+    expected = np.clip((labels["ignore_boxes"] - np.tile(window[:2], 2)) / np.tile(side, 2), 0, 1)
+    outside = (expected[:, 2] <= expected[:, 0] + 1e-4) | (expected[:, 3] <= expected[:, 1] + 1e-4)
+    expected[outside] = 0
+    np.testing.assert_allclose(out_labels["ignore_boxes"], expected, atol=1e-4)
+    np.testing.assert_array_equal(out_labels["ignore_boxes"][outside], 0)
+    centres = (labels["ignore_boxes"][:3, :2] + labels["ignore_boxes"][:3, 2:]) / 2
+    centre_out = ~((centres > window[:2]) & (centres < window[2:])).all(axis=1)
+    cut_off_centre += int((centre_out & ~outside[:3]).any())
+    dropped += int(outside[:3].any())
+  assert cut_off_centre > 0 and dropped > 0
 
 
 def test_invariants_hold_under_the_full_augmentation():

@@ -109,3 +109,60 @@ def test_two_boxes_that_share_their_best_default_box_give_it_to_the_later_one():
   for _ in range(5):
     matches = boxes.match(truth, tf.constant([3, 7]), tf.constant(2), anchors)
     assert sorted(set(matches.classes.numpy().tolist())) == [0, 8]  # Class 7, 1-based: the later box's.
+
+
+# Default boxes dense enough that an object-sized box overlaps several at IoU >= 0.5.
+DENSE_SPEC = boxes.DefaultBoxSpec(feature_sizes=(16, 8), min_scale=0.2, max_scale=0.4,
+                                  aspect_ratios=(1.0, 2.0, 0.5))
+
+
+def numpy_iou(a, b):
+  """IoU [N, M] of corner boxes by hand (no terse_tf code)."""
+  height = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+  width = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+  area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+  union = area(a)[:, None] + area(b)[None, :] - height * width
+  return np.divide(height * width, union, out=np.zeros_like(union), where=union > 0)
+
+
+def test_default_boxes_on_an_ignore_box_leave_the_loss_as_if_they_were_not_there():
+  """The multibox loss with an ignore box equals the loss over the default boxes that remain once those on
+  it (IoU >= 0.5, not positive) are removed by hand; the positives are those matched without it."""
+  anchors = boxes.default_boxes(DENSE_SPEC)
+  corners = boxes.centres_to_corners(anchors).numpy()
+  truth = np.array([[0.1, 0.1, 0.4, 0.35], [0, 0, 0, 0]], np.float32)
+  classes, count = np.array([1, 0]), 1
+  # One ignore box elsewhere, one on the object (its positives stay), and a padding row.
+  ignore = np.array([[0.55, 0.5, 0.85, 0.8], [0.1, 0.1, 0.4, 0.35], [0, 0, 0, 0]], np.float32)
+  plain = boxes.match(tf.constant(truth), tf.constant(classes), tf.constant(count), anchors)
+  matches = boxes.match(tf.constant(truth), tf.constant(classes), tf.constant(count), anchors,
+                        ignore_boxes=tf.constant(ignore))
+  positive = plain.classes.numpy() > 0
+  removed = ~positive & (numpy_iou(corners, ignore).max(axis=1) >= 0.5)
+  assert removed.sum() >= 4 and positive.sum() >= 2
+  np.testing.assert_array_equal(matches.classes.numpy(), np.where(removed, boxes.IGNORED, plain.classes))
+  np.testing.assert_array_equal(matches.boxes.numpy(), plain.boxes.numpy())
+
+  rng = np.random.default_rng(3)
+  logits = rng.normal(size=(1, len(corners), 3)).astype(np.float32)
+  logits[0, removed, 0] = -5.0  # The removed boxes would be the hardest negatives: their absence shows.
+  regression = rng.normal(size=(1, len(corners), 4)).astype(np.float32)
+  result = losses.ssd_multibox_loss(logits, regression, matches.classes[None], matches.boxes[None])
+  kept = ~removed
+  by_hand = losses.ssd_multibox_loss(logits[:, kept], regression[:, kept], plain.classes.numpy()[None, kept],
+                                     plain.boxes.numpy()[None, kept])
+  unignored = losses.ssd_multibox_loss(logits, regression, plain.classes[None], plain.boxes[None])
+  assert result.per_image.numpy()[0] == pytest.approx(by_hand.per_image.numpy()[0], rel=1e-6)
+  assert result.positives.numpy().tolist() == by_hand.positives.numpy().tolist() == [positive.sum()]
+  assert unignored.per_image.numpy()[0] > result.per_image.numpy()[0] + 1.0
+
+
+def test_an_ignore_box_no_default_box_reaches_changes_nothing():
+  anchors = boxes.default_boxes(DENSE_SPEC)
+  truth, classes = tf.constant([[0.1, 0.1, 0.45, 0.4]]), tf.constant([2])
+  tiny = np.array([[0.7, 0.7, 0.72, 0.72], [0, 0, 0, 0]], np.float32)
+  assert numpy_iou(boxes.centres_to_corners(anchors).numpy(), tiny).max() < 0.5
+  plain = boxes.match(truth, classes, tf.constant(1), anchors)
+  matches = boxes.match(truth, classes, tf.constant(1), anchors, ignore_boxes=tf.constant(tiny))
+  np.testing.assert_array_equal(matches.classes.numpy(), plain.classes.numpy())
+  np.testing.assert_array_equal(matches.boxes.numpy(), plain.boxes.numpy())

@@ -102,3 +102,21 @@ def test_a_damaged_shard_is_an_error_naming_it(tmp_path):
   path.write_bytes(path.read_bytes()[:100])  # Truncated, as by a full disk.
   with pytest.raises(DataError, match="shard-00000.npz: damaged cache shard.*--fresh"):
     cache.sync()
+
+
+def test_shards_written_before_a_label_key_existed_read_as_zeros_there(tmp_path):
+  """A run resumed by a version that writes "ignore_boxes" adds shards with a key its older ones lack: the
+  older entries read as having no ignore boxes (zero rows), in the stream and in `contents`."""
+  cache = new_cache(tmp_path)
+  cache.add(*candidates([0, 1]), cycle=1, per_class_quota=5)
+  cache.commit()
+  images, labels, classes, margins = candidates([2, 0])
+  labels["ignore_boxes"] = np.full([2, 2, 4], 0.25, np.float32)
+  cache.add(images, labels, classes, margins, cycle=2, per_class_quota=5)
+  cache.commit()
+  _, stored = cache.contents()
+  assert set(stored) == {"boxes", "classes", "count", "ignore_boxes"}
+  np.testing.assert_array_equal(stored["ignore_boxes"],
+                                np.concatenate([np.zeros([2, 2, 4]), labels["ignore_boxes"]]))
+  streamed = [label["ignore_boxes"] for _, label in cache.dataset().as_numpy_iterator()]
+  np.testing.assert_array_equal(np.stack(streamed), stored["ignore_boxes"])

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from terse_tf.data import photos
 from terse_tf.errors import DataError
 from terse_tf.networks import synthesizer
 from terse_tf.targets.ssd import SSDTarget
+from terse_tf.tasks import affnist as affnist_task
 from terse_tf.tasks import detection
 from test_export import saved_model_cli_run
 
@@ -96,6 +98,32 @@ def test_d_is_pretrained_before_s_and_trains_beside_t_as_a2_has_it(tmp_path):
   assert target_steps > 0
   assert int(run.players.synth_optimizer.iterations.numpy()) == 2
   assert int(run.players.discriminator_optimizer.iterations.numpy()) == 3 + 2 + target_steps
+
+
+def test_an_object_mostly_out_of_frame_gets_an_ignore_box_and_one_in_view_a_box():
+  """The labels S's and the data sets' scenes get (_paste): an object pushed mostly out of the frame, below
+  min_visible but with pixels in view, has no box and an ignore box tight on its visible pixels; one wholly in
+  view has a box and no ignore box; padding has neither."""
+  square = np.zeros([20, 20, 4], np.float32)
+  square[5:15, 5:15] = 1.0  # A white 10x10 square, opaque.
+  foreground = tf.constant(np.stack([[square] * 3]))
+  # Object 0 shifted 22 px right covers columns 37-46: 3 of its 10 in the 40-pixel frame (0.3 < 0.5).
+  # Object 1 sits at the centre (rows and columns 15-24); slot 2 is padding.
+  params = tf.constant([[[0, 22.0, 0, 0, 1, 1], [0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1, 1]]])
+  config = compositor.CompositorConfig(ranges=affnist_task.ranges())
+  paste = lambda *args: compositor.composite_objects(*args, config, 0.5)
+  task = types.SimpleNamespace(label_slots=4)  # All _paste reads of its task.
+  _, labels = detection.PastedObjectDetection._paste(
+      task, paste, foreground, tf.zeros([1, 40, 40, 3]), params, tf.constant([[3, 5, 7]]),
+      tf.constant([[True, True, False]]))
+  visible = paste(foreground, tf.zeros([1, 40, 40, 3]), params, tf.constant([[True, True, False]])).visible_masks
+  rows, columns = np.nonzero(visible.numpy()[0, 0, ..., 0] > 0.5)
+  assert columns.min() == 37 and columns.max() == 39
+  tight = [rows.min() / 40, columns.min() / 40, (rows.max() + 1) / 40, (columns.max() + 1) / 40]
+  assert labels["count"].numpy().tolist() == [1] and labels["classes"].numpy().tolist() == [[5, 0, 0, 0]]
+  np.testing.assert_allclose(labels["boxes"].numpy()[0], [[15 / 40, 15 / 40, 25 / 40, 25 / 40]] + [[0] * 4] * 3,
+                             atol=1e-6)
+  np.testing.assert_allclose(labels["ignore_boxes"].numpy()[0], [tight] + [[0] * 4] * 3, atol=1e-6)
 
 
 def boxes_against_grey_backgrounds(images, boxes, counts):
@@ -270,6 +298,32 @@ def test_ssd_hardness_is_the_confidence_for_the_hardest_objects_class():
   judgement = target.judge(target.model(tf.zeros([3, 64, 64, 3]), training=False), labels)
   np.testing.assert_allclose(judgement.hardness.numpy(), [probabilities[1], probabilities[2], 1.0], rtol=1e-5)
   assert judgement.quota_class.numpy()[:2].tolist() == [0, 1]
+  # Ignore boxes are no objects: an ignore box over the hardest object's box changes no verdict.
+  ignored = target.judge(target.model(tf.zeros([3, 64, 64, 3]), training=False),
+                         {**labels, "ignore_boxes": labels["boxes"]})
+  np.testing.assert_array_equal(ignored.hardness.numpy(), judgement.hardness.numpy())
+
+
+def test_the_ssd_loss_leaves_out_default_boxes_on_ignore_boxes_and_reads_none_without_the_key():
+  spec = boxes.DefaultBoxSpec(feature_sizes=(16, 8, 4, 2))
+  target = SSDTarget.build("compact", 64, num_classes=2, spec=spec)
+  # T is surest of background away from the ignore box below, so the default boxes on it are the hardest
+  # negatives while they count.
+  ignore_box = [0.4, 0.4, 0.9, 0.9]
+  on_it = boxes.iou(boxes.centres_to_corners(target.anchors), tf.constant([ignore_box])).numpy()[:, 0] >= 0.5
+  logits = np.zeros([2, len(on_it), 3], np.float32)
+  logits[:, ~on_it, 0] = 3.0
+  outputs = {"class_logits": tf.constant(logits), "box_regression": tf.zeros([2, len(on_it), 4])}
+  labels = {"boxes": tf.constant([[[0.1, 0.1, 0.4, 0.3], [0, 0, 0, 0]]] * 2),
+            "classes": tf.constant([[1, 0]] * 2), "count": tf.constant([1, 1])}
+  loss = float(target.replica_loss(outputs, labels))
+  none = {**labels, "ignore_boxes": tf.zeros([2, 2, 4])}
+  assert float(target.replica_loss(outputs, none)) == pytest.approx(loss, rel=1e-6)
+  # The ignore box in the second image only.
+  ignore = {**labels, "ignore_boxes": tf.constant([[[0, 0, 0, 0]] * 2, [ignore_box, [0, 0, 0, 0]]])}
+  matched = target._matches(ignore).classes.numpy()
+  assert not (matched[0] < 0).any() and (matched[1] == boxes.IGNORED).tolist() == on_it.tolist()
+  assert float(target.replica_loss(outputs, ignore)) < loss - 0.1
 
 
 def test_cut_paste_blend_modes_soften_the_edge_and_keep_the_alpha_mass():

@@ -56,3 +56,15 @@ def test_a_resumed_synthesis_stream_goes_on_where_the_uninterrupted_one_is(task,
   first = next(stream())  # (Control: the stream's batches differ, so the skip is what made them equal.)
   assert any(not np.array_equal(a.numpy(), b.numpy())
              for a, b in zip(tf.nest.flatten(first), tf.nest.flatten(expected)))
+
+
+def test_a_cache_without_a_label_key_of_the_real_set_gets_it_as_zeros():
+  """A cache written before a label key existed (every shard old) still batches with a real set that has it."""
+  real_labels = {"boxes": tf.TensorSpec([3, 4], tf.float32), "ignore_boxes": tf.TensorSpec([3, 4], tf.float32)}
+  cached = tf.data.Dataset.from_tensors((tf.zeros([8, 8, 3], tf.uint8), {"boxes": tf.ones([3, 4])}))
+  filled = pipelines._with_label_keys(cached, real_labels)
+  assert filled.element_spec[1] == real_labels
+  _, labels = next(iter(filled))
+  np.testing.assert_array_equal(labels["ignore_boxes"].numpy(), 0.0)
+  np.testing.assert_array_equal(labels["boxes"].numpy(), 1.0)
+  assert pipelines._with_label_keys(filled, real_labels) is filled

@@ -9,7 +9,9 @@ Records (`tf.train.Example`, the TF Object Detection API's keys; `feature_spec` 
   image/object/class/text; with --write_masks image/object/mask (one PNG per object, 255 where it is
   visible: the TF Object Detection API's PNG instance masks); annotations.json in COCO's format (category
   id = class + 1; with --write_masks each object's visible mask as RLE `segmentation` and its `area`);
-  with a target: target/hardness.
+  with a target: target/hardness. An object in view below the synthesizer's --min_visible has no box here:
+  the ignore boxes T's training loss leaves out (tasks.detection.compact_labels) are not recorded, as the
+  synthesizer's signature returns only boxed objects and the TF Object Detection API's keys have none.
 
 A shard (`composites-XXXXX-of-YYYYY.tfrecord`) is written aside and renamed into place after its sidecar
 (`.json`: counts, annotations, recipe), so a shard is finished exactly when its `.tfrecord` exists.

@@ -1,9 +1,12 @@
 """The interface every target T presents to the trainer, whatever its task.
 
 Labels travel as one dict of tensors per batch, with a leading batch axis: {"label": [B]} for a classifier;
-{"boxes": [B, G, 4] normalised ymin, xmin, ymax, xmax, "classes": [B, G] 0-based, "count": [B]} for a
-detector, whose first `count` rows of each image are real and the rest padding. The cache, the datasets and
-the export treat both alike.
+{"boxes": [B, G, 4] normalised ymin, xmin, ymax, xmax, "classes": [B, G] 0-based, "count": [B],
+"ignore_boxes": [B, G, 4]} for a detector, whose first `count` rows of each image are real and the rest
+padding; "ignore_boxes" are the boxes of objects too little of which is in view to count (zero rows for
+none), which T's loss learns neither as objects nor as background; a detector's labels may lack the key
+(no ignore boxes), and the exported `hardness` signature takes none. The cache, the datasets and the export
+treat both alike.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 Loss: SSD's multibox loss (losses.ssd_multibox_loss) over IoU-0.5 matches (boxes.match), normalised by the
 positive default boxes of the whole global batch (summed over replicas first, so the loss does not depend on
-how the batch is split). Hardness (A.2): T's confidence for each pasted object's class at its box, the
-highest class probability among the default boxes matched to the object; a composite is as hard as its
-hardest object, and counts towards that object's class quota.
+how the batch is split); default boxes on an ignore box (an object mostly out of view) are left out of it.
+Hardness (A.2): T's confidence for each pasted object's class at its box, the highest class probability
+among the default boxes matched to the object; a composite is as hard as its hardest object, and counts
+towards that object's class quota.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ MATCH_IOU = 0.5
 
 class SSDTarget(Target):
   """A single-shot detector over default boxes (anchors). Labels: {"boxes": [B, G, 4], "classes": [B, G],
-  "count": [B]}.
+  "count": [B]} and optionally "ignore_boxes" [B, I, 4] (the loss only; hardness does not read them, and the
+  exported `hardness` signature does not take them).
 
   Any Keras model can be T here (ours from `build`, or a user's): images [B, H, W, 3] floats in [0, 1] ->
   {"class_logits": [B, A, C + 1] (index 0 the background), "box_regression": [B, A, 4] SSD's offsets
@@ -49,11 +51,14 @@ class SSDTarget(Target):
                boxes_lib.default_boxes(spec))
 
   def _matches(self, labels: Labels) -> boxes_lib.Matches:
+    boxes = tf.cast(labels["boxes"], tf.float32)
+    # A missing key means no ignore boxes (labels written before the key existed, or by hand).
+    ignore_boxes = (tf.cast(labels["ignore_boxes"], tf.float32) if "ignore_boxes" in labels
+                    else tf.zeros([tf.shape(boxes)[0], 0, 4]))
     # map_fn, not vectorized_map: matching has data-dependent shapes (the real boxes of each image).
     return tf.map_fn(
-        lambda x: boxes_lib.match(x[0], x[1], x[2], self.anchors, MATCH_IOU),
-        (tf.cast(labels["boxes"], tf.float32), tf.cast(labels["classes"], tf.int32),
-         tf.cast(labels["count"], tf.int32)),
+        lambda x: boxes_lib.match(x[0], x[1], x[2], self.anchors, MATCH_IOU, ignore_boxes=x[3]),
+        (boxes, tf.cast(labels["classes"], tf.int32), tf.cast(labels["count"], tf.int32), ignore_boxes),
         fn_output_signature=boxes_lib.Matches(classes=tf.TensorSpec([None], tf.int32),
                                               boxes=tf.TensorSpec([None, 4], tf.float32)))
 

@@ -242,9 +242,12 @@ class CustomDetectionTask(PastedObjectDetection):
 
   def _padded(self, boxes: list[np.ndarray], classes: list[np.ndarray]) -> dict[str, np.ndarray]:
     count = len(boxes)
+    # A user's images carry no ignore boxes; the key is there because the cache's composites have it, and
+    # T's batches mix both.
     labels = {"boxes": np.zeros([count, self.label_slots, 4], np.float32),
               "classes": np.zeros([count, self.label_slots], np.int32),
-              "count": np.array([len(b) for b in boxes], np.int32)}
+              "count": np.array([len(b) for b in boxes], np.int32),
+              "ignore_boxes": np.zeros([count, self.label_slots, 4], np.float32)}
     for index, (b, c) in enumerate(zip(boxes, classes)):
       labels["boxes"][index, :len(b)], labels["classes"][index, :len(c)] = b, c
     return labels

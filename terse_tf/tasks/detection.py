@@ -1,5 +1,7 @@
 """What the detection tasks share: several cut-outs per scene, placed by S and pasted by the compositor with
-occlusion, each visible object's box tight on its visible mask (paper §3.1, §3.2, A.2).
+occlusion, each visible object's box tight on its visible mask (paper §3.1, §3.2, A.2); an object in view
+below min_visible gets an ignore box there instead (compact_labels), which T's loss learns as neither object
+nor background.
 
 A subclass supplies the data (cut-outs of one size [h, w, 4], colour + straight alpha; uint8 backgrounds;
 test images with their true boxes) and the networks; this class composes scenes for S's steps, renders
@@ -34,22 +36,28 @@ CUT_PASTE, CUT_PASTE_BLEND_MODES = "cut_paste", "cut_paste_blend_modes"
 
 
 def compact_labels(boxes: tf.Tensor, classes: tf.Tensor, valid: tf.Tensor, slots: int | None = None,
-                   masks: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+                   masks: tf.Tensor | None = None, ignore: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
   """Per-object boxes [B, N, 4], classes [B, N] and validity [B, N] -> detection labels with the valid
-  objects first: {"boxes", "classes" (int32), "count" (int32)}, and with `masks` [B, N, H, W, 1] theirs in
-  the same order ("masks"); padding rows are zero. `slots` > N pads the rows to that many (to match a real
-  set with more objects per image)."""
+  objects first: {"boxes", "classes" (int32), "count" (int32), "ignore_boxes"}, and with `masks` [B, N, H, W,
+  1] theirs in the same order ("masks"); padding rows are zero. "ignore_boxes" [B, N, 4] holds the boxes of
+  the objects `ignore` [B, N] marks (those in view below min_visible: MultiComposite.partly_visible), in
+  object order, zero rows elsewhere (a zero box overlaps nothing), so T's loss neither learns them as
+  objects nor as background (boxes.match). `slots` > N pads the rows to that many (to match a real set with
+  more objects per image)."""
   order = tf.argsort(tf.cast(~valid, tf.int32), axis=1, stable=True)
   valid = tf.gather(valid, order, batch_dims=1)
   keep = tf.cast(valid, tf.float32)
+  ignored = tf.zeros_like(keep) if ignore is None else tf.cast(ignore, tf.float32)
   labels = {"boxes": tf.gather(boxes, order, batch_dims=1) * keep[..., None],
             "classes": tf.gather(tf.cast(classes, tf.int32), order, batch_dims=1) * tf.cast(valid, tf.int32),
-            "count": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)}
+            "count": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
+            "ignore_boxes": boxes * ignored[..., None]}
   if masks is not None:
     labels["masks"] = tf.gather(masks, order, batch_dims=1) * keep[..., None, None, None]
   extra = (slots or 0) - boxes.shape[1]
   if extra > 0:
-    labels["boxes"] = tf.pad(labels["boxes"], [[0, 0], [0, extra], [0, 0]])
+    for key in ("boxes", "ignore_boxes"):
+      labels[key] = tf.pad(labels[key], [[0, 0], [0, extra], [0, 0]])
     labels["classes"] = tf.pad(labels["classes"], [[0, 0], [0, extra]])
   return labels
 
@@ -130,7 +138,8 @@ class PastedObjectDetection(Task):
   def _paste(self, composite: Callable, foreground, background, params, classes, valid):
     """(composites, labels) of objects pasted with `composite` (one of the two _compositing functions)."""
     result = composite(foreground, background, params, valid)
-    return result.image, compact_labels(result.boxes, classes, result.box_valid, self.label_slots)
+    return result.image, compact_labels(result.boxes, classes, result.box_valid, self.label_slots,
+                                        ignore=result.partly_visible)
 
   def _render_scenes(self, objects: np.ndarray, classes: np.ndarray, valid: np.ndarray, backgrounds: np.ndarray,
                      params: np.ndarray, batch: int = 100) -> tuple[np.ndarray, dict[str, np.ndarray]]:
