@@ -522,15 +522,54 @@ def _straight_colour(warped: tf.Tensor, threshold: float, blur_sigma: float) -> 
   return tf.where(alpha > threshold, exact, filled)
 
 
+class PastedRegion(NamedTuple):
+  image: tf.Tensor    # [B, H, W, C] the backgrounds with the region pasted where asked.
+  region: tf.Tensor   # [B, H, W, 1] the region's alpha: the mask warped and cleaned up as S's objects are.
+  offsets: tf.Tensor  # [B, 2] int32 (x, y): output pixel p shows donor pixel p + offset.
+
+
+def _shifted(images: tf.Tensor, offsets: tf.Tensor) -> tf.Tensor:
+  """`images` [B, H, W, C] moved so that pixel p shows pixel p + `offsets` [B, 2] (x, y), the border
+  repeated beyond the frame."""
+  height, width = images.shape[1:3]
+  rows = tf.clip_by_value(tf.range(height)[None, :] + offsets[:, 1:], 0, height - 1)  # [B, H]
+  columns = tf.clip_by_value(tf.range(width)[None, :] + offsets[:, :1], 0, width - 1)  # [B, W]
+  return tf.gather(tf.gather(images, rows, axis=1, batch_dims=1), columns, axis=2, batch_dims=1)
+
+
+def _offsets_inside(region: tf.Tensor, source: tf.Tensor) -> tf.Tensor:
+  """Integer shifts (x, y) [B, 2] that keep the non-zero part of `region` [B, H, W, 1] inside the frame,
+  `source` [B, 2] in [0, 1] picking each one's place between the smallest (0) and the largest (1)."""
+  occupied = region[..., 0] > 0
+  extents = []
+  for axis, size in ((1, region.shape[2]), (2, region.shape[1])):  # Columns (x), then rows (y).
+    first, last = _occupied_range(tf.reduce_any(occupied, axis=axis))
+    extents.append((-first, size - 1 - last))
+  low, high = (tf.cast(tf.stack(bound, axis=-1), source.dtype) for bound in zip(*extents))
+  return tf.cast(tf.floor(low + (high - low + 1) * tf.minimum(source, 1 - 1e-6)), tf.int32)
+
+
 def paste_background_region(backgrounds: tf.Tensor, donors: tf.Tensor, masks: tf.Tensor, params: tf.Tensor,
-                            apply: tf.Tensor, config: CompositorConfig) -> tf.Tensor:
+                            source: tf.Tensor, apply: tf.Tensor, config: CompositorConfig) -> PastedRegion:
   """Blending artefacts in backgrounds (paper §3.1): into each background [B, H, W, C] where `apply` [B] is
-  True, a region of another background, `donors` [B, H, W, C], shaped like a foreground mask `masks`
-  [B, h, w, 1], pasted under `params` [B, 6] with exactly the blending S's composites get (warp, clean-up,
-  blur, alpha). A blended region then marks background as often as object, so neither T nor D can use the
-  blending itself as the sign of a pasted object. Pixels outside the warped mask are left as they were.
+  True, a region of another image, `donors` [B, H, W, C], shaped like a foreground mask `masks`
+  [B, h, w, 1] placed by `params` [B, 6], blended exactly as S's composites are (the same warp, clean-up,
+  blur and alpha blend). A blended region then marks background as often as object, so neither T nor D can
+  use the blending itself as the sign of a pasted object.
+
+  The region's colour is the donor's own pixels at their native scale (a texture resampled to the mask's
+  size would be a second cue: blurred or aliased content inside a blending edge), copied from a place drawn
+  independently of where the region lands: `source` [B, 2] in [0, 1] picks the shift among those that keep
+  the whole region inside the donor (so no pixel of it is padding). Pixels outside the region are untouched.
   """
-  mask_hw = tuple(masks.shape[1:3])
-  cutout = tf.concat([tf.image.resize(donors, mask_hw, antialias=True), masks], axis=-1)
-  pasted = composite(cutout, backgrounds, params, config).image
-  return tf.where(tf.reshape(tf.cast(apply, tf.bool), [-1, 1, 1, 1]), pasted, backgrounds)
+  output_hw = tuple(backgrounds.shape[1:3])
+
+  def cleaned(warped):
+    return clean_mask(warped, config.mask_threshold, config.mask_blur_sigma) if config.mask_cleanup else warped
+
+  blur_sigma = config.mask_blur_sigma if config.mask_cleanup else 0.0
+  region = warp_footprint(masks, params, output_hw, config.ranges, blur_sigma, cleaned)
+  offsets = _offsets_inside(region, source)
+  pasted = region * _shifted(donors, offsets) + (1 - region) * backgrounds
+  apply = tf.reshape(tf.cast(apply, tf.bool), [-1, 1, 1, 1])
+  return PastedRegion(image=tf.where(apply, pasted, backgrounds), region=region, offsets=offsets)

@@ -367,31 +367,47 @@ def test_every_objects_parameters_get_a_gradient_through_the_multi_object_compos
   assert np.all(np.abs(gradient[0]).max(axis=1) > 1e-3)
 
 
-def test_background_regions_pasted_as_artefacts_leave_everything_outside_the_region_untouched():
+def test_background_regions_are_the_donors_own_pixels_inside_the_warped_training_mask():
+  """§3.1's region: the mask warped and cleaned up exactly as S's objects are, filled with the donor's
+  pixels at their native scale (a 1-pixel checkerboard survives no resampling), shifted so all of it lies in
+  the donor, alpha-blended; nothing outside it changes, nor any background not asked for."""
   rng = np.random.default_rng(10)
-  backgrounds = rng.uniform(size=(3, 48, 48, 3)).astype(np.float32)
-  donors = rng.uniform(size=(3, 48, 48, 3)).astype(np.float32)
+  size = 48
+  backgrounds = rng.uniform(size=(3, size, size, 3)).astype(np.float32)
+  rows, columns = np.mgrid[:size, :size]
+  # A 1-pixel checkerboard on a ramp that tells every pixel apart, so only the right shift matches.
+  donor = 0.5 * ((rows + columns) % 2) + 0.5 * (rows * size + columns) / size ** 2
+  donors = np.stack([donor, 1 - donor, donor ** 2], axis=-1)[None].repeat(3, axis=0).astype(np.float32)
   masks = np.zeros((3, 24, 24, 1), np.float32)
   masks[:, 2:22, 4:20] = 1.0
+  masks[:, 8:16, 8:14] = 0.0  # A hole: the region takes the mask's shape, not its box.
   params = tf.constant([[15.0, 6, -4, 0.1, 1.1, 1.2], [0, 0, 0, 0, 1, 1], [-10.0, -8, 3, 0, 0.9, 0.9]])
-  apply = tf.constant([True, True, False])
+  source = tf.constant([[0.0, 0.0], [0.999, 0.999], [0.5, 0.3]])
   config = compositor.CompositorConfig(ranges=RANGES, mask_cleanup=True, mask_blur_sigma=1.0)
-  result = compositor.paste_background_region(tf.constant(backgrounds), tf.constant(donors),
-                                              tf.constant(masks), params, apply, config).numpy()
-  # Where the pasted region is (its alpha under the same blending), from the mask alone.
-  region = compositor.composite(tf.constant(np.concatenate([np.zeros_like(masks), masks], -1)),
-                                tf.zeros([3, 48, 48, 1]), params, config).warped_mask.numpy()[..., 0]
-  outside = region == 0
-  np.testing.assert_array_equal(result[outside], backgrounds[outside])
-  changed = np.abs(result - backgrounds).max(axis=-1) > 1e-3
-  assert changed[0].sum() > 100 and changed[1].sum() > 100  # The region was pasted...
-  np.testing.assert_array_equal(result[2], backgrounds[2])  # ...only where asked.
-  # Inside, with alpha 1, the region is the donor (resized to the mask) alone: under identity parameters
-  # output pixel (r, c) reads the 24x24 cut-out at (r - 12, c - 12).
-  rows, columns = np.nonzero(region[1] > 0.999)
-  assert len(rows) > 50
-  resized = tf.image.resize(donors[1:2], (24, 24), antialias=True).numpy()[0]
-  np.testing.assert_allclose(result[1][rows, columns], resized[rows - 12, columns - 12], atol=1e-5)
+  result = compositor.paste_background_region(tf.constant(backgrounds), tf.constant(donors), tf.constant(masks),
+                                              params, source, tf.constant([True, True, False]), config)
+  image, region, offsets = result.image.numpy(), result.region.numpy(), result.offsets.numpy()
+  # The region is the compositor's own warp (and clean-up) of the mask.
+  warped = compositor.composite(tf.constant(np.concatenate([np.zeros_like(masks), masks], -1)),
+                                tf.zeros([3, size, size, 1]), params, config).warped_mask.numpy()
+  np.testing.assert_array_equal(region, warped)
+  # Under identity parameters output (r, c) shows mask (r - 12, c - 12): the hole is left as it was.
+  assert region[1, 24, 23, 0] < 0.05 and region[1, 17, 24, 0] > 0.9
+  for b in range(2):
+    inside_y, inside_x = np.nonzero(region[b, ..., 0] > 0)
+    source_y, source_x = inside_y + offsets[b, 1], inside_x + offsets[b, 0]
+    assert source_y.min() >= 0 and source_x.min() >= 0 and source_y.max() < size and source_x.max() < size
+    alpha = region[b, inside_y, inside_x]
+    blended = alpha * donors[b, source_y, source_x] + (1 - alpha) * backgrounds[b, inside_y, inside_x]
+    np.testing.assert_allclose(image[b, inside_y, inside_x], blended, atol=1e-6)
+    outside = region[b, ..., 0] == 0
+    np.testing.assert_array_equal(image[b][outside], backgrounds[b][outside])
+  # Source 0 copies from the donor's top-left-most place, source 1 from its bottom-right-most.
+  first_y, first_x = (np.nonzero(region[0, ..., 0] > 0)[i].min() for i in (0, 1))
+  assert (first_x + offsets[0, 0], first_y + offsets[0, 1]) == (0, 0)
+  last_y, last_x = (np.nonzero(region[1, ..., 0] > 0)[i].max() for i in (0, 1))
+  assert (last_x + offsets[1, 0], last_y + offsets[1, 1]) == (size - 1, size - 1)
+  np.testing.assert_array_equal(image[2], backgrounds[2])
 
 
 def test_the_xla_compiled_multi_object_composite_and_its_gradient_equal_the_plain_ones():

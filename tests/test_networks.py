@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from terse_tf.networks import classifier, synthesizer
+from terse_tf.networks import classifier, scene_synthesizer, synthesizer
 
 
 def test_synthesizer_maps_foreground_and_background_to_six_parameters():
@@ -122,3 +122,31 @@ def test_the_sampler_keeps_dropout_on_and_batchnorm_in_inference():
   model.get_layer(synthesizer.DROPOUT_LAYER).rate = 0.0
   np.testing.assert_allclose(sample(foreground, background).numpy(),
                              model([foreground, background], training=False).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone", scene_synthesizer.BACKBONES)
+def test_scene_synthesizer_has_a2s_branches_and_its_sampler_runs_them_on_moving_averages(backbone):
+  """A.2: the shared backbone, a foreground and a background mid-level branch (two conv-ReLU-BatchNorm
+  bottlenecks each, synchronised), the extra background layout branch; [B, N, 6] out. The sampler (dropout
+  off) is S in inference mode: an object's parameters do not depend on what else is in the batch."""
+  model = scene_synthesizer.build_scene_synthesizer((40, 40, 3), (64, 64, 3), 2, backbone, width=8, seed=0)
+  names = [layer.name for layer in model.layers]
+  assert "background_layout_branch" in names and "background_branch" in names
+  foreground_branch = model.get_layer("foreground_features").layer.get_layer("foreground_branch")
+  for branch in (foreground_branch, model.get_layer("background_branch")):
+    kinds = [type(layer).__name__ for layer in branch.layers]
+    assert kinds == ["Conv2D", "ReLU", "BatchNormalization"] * 2, kinds
+    assert all(layer.synchronized for layer in branch.layers[2::3])
+  rng = np.random.default_rng(0)
+  foreground = tf.constant(rng.uniform(size=(4, 2, 40, 40, 3)), tf.float32)
+  background = tf.constant(rng.uniform(size=(4, 64, 64, 3)), tf.float32)
+  assert model([foreground, background], training=True).shape == (4, 2, 6)
+  # One training call moved the moving averages away from their start, so inference differs from it.
+  moved = [v.numpy() for v in model.non_trainable_variables if "moving_mean" in v.path]
+  assert len(moved) == 4 and all(np.abs(m).max() > 0 for m in moved)
+  model.get_layer(synthesizer.DROPOUT_LAYER).rate = 0.0
+  sample = synthesizer.sampler(model)
+  whole = sample(foreground, background).numpy()
+  np.testing.assert_allclose(sample(foreground[:1], background[:1]).numpy(), whole[:1], atol=1e-5)
+  np.testing.assert_allclose(whole, model([foreground, background], training=False).numpy(), atol=1e-5)
+  assert np.abs(whole - model([foreground, background], training=True).numpy()).max() > 1e-5

@@ -120,6 +120,41 @@ def test_random_arms_paste_on_backgrounds_with_the_same_regions_as_s(source):
     assert not any(plain) if regions else all(plain), (fraction, plain)
 
 
+def test_background_artifacts_hook_pastes_into_its_share_deterministically():
+  """Task.background_artifacts (for D's real side): share 0 leaves every image as it was, share 1 changes
+  every one, each with a region of another image (on flat images of distinct colours, a region copied from
+  the image itself would change nothing); the same seed gives the same images, another seed others."""
+  images = tf.broadcast_to(tf.constant(np.random.default_rng(0).uniform(size=(6, 1, 1, 3)), tf.float32),
+                           [6, 128, 128, 3])
+  seed = tf.constant([3, 4], tf.int64)
+  np.testing.assert_array_equal(small_task(background_artifact_fraction=0.0).background_artifacts(images, seed),
+                                images)
+  task = small_task(background_artifact_fraction=1.0)
+  pasted = task.background_artifacts(images, seed).numpy()
+  assert np.all(np.abs(pasted - images.numpy()).max(axis=(1, 2, 3)) > 0.1)
+  np.testing.assert_array_equal(task.background_artifacts(images, seed), pasted)
+  assert not np.array_equal(task.background_artifacts(images, seed + 1), pasted)
+
+
+def test_background_regions_take_their_shapes_from_training_masks_not_the_scenes_objects():
+  """The bank is training digits' alphas; with a bank of empty masks nothing is pasted, in S's batches and
+  the Cut-Paste arms' alike, however opaque the scene's own objects are."""
+  task = small_task(background_artifact_fraction=1.0)
+  train_alphas = {digit.tobytes() for digit in task.splits.train_images}
+  assert len(task.artifact_masks) == min(len(task.splits.train_images), detection.ARTIFACT_MASKS)
+  assert all(photos.to_uint8(mask[..., 0]).tobytes() in train_alphas for mask in task.artifact_masks)
+  task.artifact_masks = np.zeros_like(task.artifact_masks)
+  plain = {background.tobytes() for background in task.backgrounds}
+  context = tf.distribute.InputContext()
+  batch = next(iter(task.synth_dataset(4, 0, context)))
+  assert all(photos.to_uint8(b).tobytes() in plain for b in batch["background"].numpy())
+  count = 6
+  images, _ = task._cut_paste(  # pylint: disable=protected-access
+      np.ones([count, 3, 40, 40, 4], np.float32), np.zeros([count, 3], np.int32), np.zeros([count, 3], bool),
+      np.random.default_rng(0))
+  assert all(image.tobytes() in plain for image in photos.to_uint8(images))
+
+
 def test_default_boxes_reach_the_objects_of_the_task():
   """>= 95% of test boxes have a default box at IoU >= 0.5 (SSD's matching threshold)."""
   task = small_task(num_test=300)

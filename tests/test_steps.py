@@ -309,7 +309,8 @@ def test_synthesizer_step_descends_the_hand_gradient_of_ts_loss_and_ds_verdict(d
   """S's real step against one tape here: S descends -T's loss + discriminator_weight * D's realism term
   (+ the coupled decay), and with discriminator_weight 0 its gradient lacks exactly the weighted gradient of
   D's term. A step that stopped D's gradient, dropped its term or showed D anything but the composites
-  fails here: D's part of every variable's gradient is well above the tolerance."""
+  fails here: D's part of every variable's gradient is at least 5x the tolerance (the least is a BatchNorm
+  scale's, whose gradient the coupled decay of its weights at 1 dominates)."""
   trainer = detection_trainer
   batch = next(iter(synth_batches(trainer, 0)))[0]
   settings = steps.StepSettings.of(trainer.config, trainer.task.num_classes)
@@ -327,7 +328,7 @@ def test_synthesizer_step_descends_the_hand_gradient_of_ts_loss_and_ds_verdict(d
     assert error < 1e-3, (path, error)
     error = scaled_error(actual_without_d, expected - weight * d)
     assert error < 1e-3, ("without D's term", path, error)
-    assert np.abs(weight * d).max() > 1e-2 * np.abs(expected).max(), path  # D's part counts.
+    assert np.abs(weight * d).max() > 5e-3 * np.abs(expected).max(), path  # D's part counts.
   np.testing.assert_allclose(float(outputs.adversarial), hand.adversarial, rtol=1e-4)
   np.testing.assert_allclose(float(outputs.loss), -hand.target_loss + weight * hand.adversarial, rtol=1e-4)
 

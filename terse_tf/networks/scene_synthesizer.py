@@ -1,18 +1,23 @@
 """Synthesizer S for natural images (paper A.2): (object cut-out, scene) -> 6 raw affine parameters.
 
-One convolutional backbone, shared by the foreground and the background, extracts features of both; an extra
-mid-level branch on the background alone keeps where things are in the scene (the shared features are
-pooled globally); fully connected layers map the concatenation to the parameters, with dropout before the
-last one as S's source of variety (the same layer names as the digit synthesizer, so `synthesizer.sampler`
-and the export treat both alike). Backbones:
+As the digit synthesizer (synthesizer.py, §3.4): one convolutional backbone, shared by the foreground and
+the background, extracts the same low-level features of both; parallel mid-level branches, one for the
+foreground and one for the background, specialise them (two bottlenecks each of a 3x3 convolution, ReLU
+and BatchNorm, synchronised across replicas), and each branch's output is pooled globally. A.2's addition,
+an extra mid-level branch on the background alone, keeps where things are in the scene (a strided
+convolution on the backbone's middle layer, pooled to a coarse grid and flattened). Fully connected layers
+map the concatenation to the parameters, with dropout before the last one as S's source of variety (the
+same layer names as the digit synthesizer, so `synthesizer.sampler` and the export treat both alike and run
+the BatchNorms on their moving averages). Backbones:
   "vgg16": VGG16's convolutions (`keras.applications.VGG16`, `weights` None offline, "imagenet" or a local
-      file), the mid-level branch from block3; inputs get VGG16's own preprocessing inside the model.
-  "compact": four strided 3x3 convolutions, the branch from the second, for runs on a few CPU cores.
-Foreground and background differ in size (40x40 cut-outs in a 128x128 scene). S places every object of a
-scene in one call: foregrounds [B, N, h, w, 3] and backgrounds [B, H, W, 3] give parameters [B, N, 6]; the
-background goes through the backbone once per scene, not once per object. With `noise_dim` > 0 each object
-also gets its own standard-normal noise vector: identical cut-outs in one scene then need not land on the
-same spot, and with a diversity penalty S has a direct way to spread its placements.
+      file), the layout branch from block3; inputs get VGG16's own preprocessing inside the model.
+  "compact": four strided 3x3 convolutions, the layout branch from the second, for runs on a few CPU cores.
+The mid-level branches have 2 x `width` channels, the compact backbone's output width (a bottleneck from
+VGG16's 512). Foreground and background differ in size (40x40 cut-outs in a 128x128 scene). S places every
+object of a scene in one call: foregrounds [B, N, h, w, 3] and backgrounds [B, H, W, 3] give parameters
+[B, N, 6]; the background goes through the backbone once per scene, not once per object. With `noise_dim` > 0
+each object also gets its own standard-normal noise vector: identical cut-outs in one scene then need not
+land on the same spot, and with a diversity penalty S has a direct way to spread its placements.
 """
 
 from __future__ import annotations
@@ -61,16 +66,24 @@ def build_scene_synthesizer(foreground_shape: tuple[int, int, int], background_s
   else:
     raise ValueError(f"synthesizer backbone must be one of {BACKBONES}, got {backbone!r}")
 
+  def mid_level_branch(name: str) -> keras.Sequential:
+    return keras.Sequential([
+        layer for i in (1, 2) for layer in (
+            layers.Conv2D(2 * width, 3, padding="same", kernel_initializer=xavier_initializer(next(seeds)),
+                          name=f"bottleneck{i}"),
+            layers.ReLU(), layers.BatchNormalization(synchronized=True))], name=name)
+
   foreground = keras.Input((num_objects, *foreground_shape), name="foreground")
   background = keras.Input(background_shape, name="background")
   fg, bg = preprocess(foreground), preprocess(background)
   pool = layers.GlobalAveragePooling2D
-  object_features = layers.TimeDistributed(keras.Sequential([shared, pool()]), name="foreground_features")(fg)
+  object_features = layers.TimeDistributed(keras.Sequential(
+      [shared, mid_level_branch("foreground_branch"), pool()]), name="foreground_features")(fg)
   background_layout = layers.Conv2D(width, 3, strides=2, padding="same", activation="relu",
                                     kernel_initializer=xavier_initializer(next(seeds)),
-                                    name="background_mid_branch")(mid_level(bg))
+                                    name="background_layout_branch")(mid_level(bg))
   scene_features = layers.Concatenate(name="scene_features")([
-      pool(name="background_pool")(shared(bg)),
+      pool(name="background_pool")(mid_level_branch("background_branch")(shared(bg))),
       layers.Flatten(name="background_layout")(
           layers.AveragePooling2D(4, padding="same", name="layout_pool")(background_layout)),
   ])

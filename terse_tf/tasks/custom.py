@@ -214,6 +214,7 @@ class CustomDetectionTask(PastedObjectDetection):
     self.cutout_classes = cutouts.classes.astype(np.int32)
     self.backgrounds = photos_lib.to_uint8(photos_lib.random_backgrounds(
         backgrounds, config.num_backgrounds, self.image_shape, np.random.default_rng(seed)))
+    self._set_artifact_masks(self.cutouts[..., -1], np.random.default_rng([seed, 1]))
     real_images, real_boxes, real_classes = self._checked(real, "real")
     test_images, test_boxes, test_classes = self._checked(test, "test")
     # Every label has as many rows as the busiest real image or S's scenes, whichever is more, so that

@@ -5,9 +5,9 @@ nor background.
 
 A subclass supplies the data (cut-outs of one size [h, w, 4], colour + straight alpha; uint8 backgrounds;
 test images with their true boxes) and the networks; this class composes scenes for S's steps, renders
-scenes for data sets, pastes background regions shaped like objects into a share of S's backgrounds
-(§3.1, so that a blending edge is no sign of an object), makes Cut-Paste-Learn's random-placement baseline,
-evaluates COCO AP and serves S.
+scenes for data sets, pastes background regions shaped like random training masks into a share of S's
+backgrounds, the baselines' and any images the trainer asks (§3.1, so that a blending edge is no sign of an
+object), makes Cut-Paste-Learn's random-placement baseline, evaluates COCO AP and serves S.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ BLEND_MODES = ("none", "gaussian", "box", "motion")
 # The random-placement sources: Cut-Paste-Learn's placement pasted as every other arm pastes (hard edges, on
 # the same backgrounds with the same §3.1 regions), and the same with its own blend-mode mix.
 CUT_PASTE, CUT_PASTE_BLEND_MODES = "cut_paste", "cut_paste_blend_modes"
+# Training masks in the bank §3.1's background regions are shaped from.
+ARTIFACT_MASKS = 1024
 
 
 def compact_labels(boxes: tf.Tensor, classes: tf.Tensor, valid: tf.Tensor, slots: int | None = None,
@@ -94,7 +96,8 @@ class PastedObjectDetection(Task):
   Subclasses call `_set_compositing` and set, before any method here runs: image_shape, num_classes,
   class_names, cutout_shape (h, w), max_objects, label_slots (>= max_objects: the rows of every label),
   min_visible, background_artifact_fraction, backgrounds (uint8 [M, H, W, 3]), test_images (uint8) and
-  test_truth (evaluation.ImageBoxes per test image)."""
+  test_truth (evaluation.ImageBoxes per test image), and call `_set_artifact_masks` with their training
+  cut-outs' alphas."""
 
   random_source = CUT_PASTE
   extra_random_sources = (CUT_PASTE_BLEND_MODES,)
@@ -105,6 +108,7 @@ class PastedObjectDetection(Task):
   min_visible: float
   background_artifact_fraction: float
   backgrounds: np.ndarray
+  artifact_masks: np.ndarray  # [M, h, w, 1] training masks §3.1's regions are shaped like.
   test_images: np.ndarray
   test_truth: list[evaluation.ImageBoxes]
   # SSD's training augmentation of T's batches (real and added scenes); None: none.
@@ -175,23 +179,38 @@ class PastedObjectDetection(Task):
     for index, start in enumerate(range(0, count, 100)):
       part = slice(start, start + 100)
       foreground = tf.constant(objects[part], tf.float32)
-      background = self._with_artifacts(tf.constant(backgrounds[part], tf.float32) / 255.0,
-                                        foreground[:, 0, ..., 3:], tf.constant(artifact_seeds[index]))
+      background = self.background_artifacts(tf.constant(backgrounds[part], tf.float32) / 255.0,
+                                              tf.constant(artifact_seeds[index]))
       image, label = self._paste(self._composite_for_synthesis, foreground, background,
                                  tf.constant(params[part]), classes[part], tf.constant(valid[part]))
       images.append(image.numpy())
       labels.append({k: v.numpy() for k, v in label.items()})
     return np.concatenate(images), {k: np.concatenate([p[k] for p in labels]) for k in labels[0]}
 
-  def _with_artifacts(self, backgrounds: tf.Tensor, masks: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """§3.1: into a share of `backgrounds` [B, H, W, 3], a region of another background shaped like an
-    object's mask [B, h, w, 1], pasted with the blending S's composites get."""
-    batch = tf.shape(backgrounds)[0]
+  def _set_artifact_masks(self, alphas: np.ndarray, rng: np.random.Generator) -> None:
+    """The bank §3.1's regions take their shapes from: up to ARTIFACT_MASKS of the training cut-outs' alphas
+    [M, h, w] (floats in [0, 1], or uint8 with 255 opaque), drawn by `rng`. A bank, not every mask: it
+    travels into each tf.data map and tf.function as a constant."""
+    bank = alphas[np.sort(rng.choice(len(alphas), min(len(alphas), ARTIFACT_MASKS), replace=False))]
+    scale = 255.0 if bank.dtype == np.uint8 else 1.0
+    self.artifact_masks = (bank.astype(np.float32) / scale)[..., None]
+
+  def background_artifacts(self, images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """§3.1: into a share (background_artifact_fraction) of float images [B, H, W, 3], a region of another
+    image of the batch shaped like a random training mask placed anywhere in the ranges, pasted with the
+    blending S's composites get; the same for S's backgrounds, the Cut-Paste arms' and D's real images.
+    A batch of one is its own donor, the region copied from another place of it."""
+    batch = tf.shape(images)[0]
+    mask_seed, params_seed, source_seed, apply_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+    masks = tf.gather(tf.constant(self.artifact_masks), tf.random.stateless_uniform(
+        [batch], mask_seed, 0, len(self.artifact_masks), dtype=tf.int32))
     low, high = (tf.constant(b, tf.float32) for b in self.compositor.ranges.bounds())
-    params = low + (high - low) * tf.random.stateless_uniform([batch, 6], seed)
-    apply = tf.random.stateless_uniform([batch], seed + 1) < self.background_artifact_fraction
-    donors = tf.roll(backgrounds, 1, axis=0)
-    return compositor_lib.paste_background_region(backgrounds, donors, masks, params, apply, self.compositor)
+    params = low + (high - low) * tf.random.stateless_uniform([batch, 6], params_seed)
+    source = tf.random.stateless_uniform([batch, 2], source_seed)
+    apply = tf.random.stateless_uniform([batch], apply_seed) < self.background_artifact_fraction
+    donors = tf.roll(images, 1, axis=0)
+    return compositor_lib.paste_background_region(images, donors, masks, params, source, apply,
+                                                  self.compositor).image
 
   def _scenes_dataset(self, objects: tf.data.Dataset, to_cutouts: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
                       batch_size: int, seed: int, context: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -212,7 +231,7 @@ class PastedObjectDetection(Task):
       present = tf.random.stateless_uniform([batch_size, 1], seed_pair + 3, 1, n + 1, dtype=tf.int32)
       valid = tf.range(n)[None, :] < present
       background = tf.cast(background, tf.float32) / 255.0
-      background = self._with_artifacts(background, cutout[:, 0, ..., 3:], seed_pair + 5)
+      background = self.background_artifacts(background, seed_pair + 5)
       return {"foreground": cutout, "background": background, "classes": group_classes, "valid": valid}
 
     return ds.map(assemble).prefetch(2)

@@ -241,12 +241,13 @@ class PhotoDigitsTask(PastedObjectDetection):
     # One random stream per set (keyed by the data's seed and the set's name), so that no set's size or
     # recipe changes another's scenes.
     streams = {name: np.random.default_rng([task_settings.data.seed, 17, index]) for index, name in enumerate(
-        ("backgrounds", "real", "val", "val_upright", "test", "unseen"))}
+        ("backgrounds", "real", "val", "val_upright", "test", "unseen", "artifact_masks"))}
     split_photos = {split: photos.load_photos(split, settings.photo_dir, size, settings.photo_bank)
                     for split in photos.SPLITS}
     self.backgrounds = photos.random_crops(split_photos["train"], settings.num_backgrounds, size,
                                            streams["backgrounds"])
     splits = self.splits
+    self._set_artifact_masks(splits.train_images, streams["artifact_masks"])
     self.real_images, self.real_labels, _ = self._scenes(
         splits.train_images, splits.train_labels, split_photos["train"], settings.num_real, settings.max_objects,
         upright=True, rng=streams["real"])
