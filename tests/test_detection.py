@@ -50,6 +50,17 @@ def test_compact_labels_put_the_visible_objects_first_and_zero_the_padding():
   assert labels["classes"].numpy().tolist() == [[7, 9, 0]]
 
 
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_ds_real_scenes_carry_the_artefacts_s_backgrounds_do(trainer, share, monkeypatch):
+  """D's real side gets §3.1's regions in the share S's backgrounds do: at share 0 every real image D sees is
+  a real scene as stored, at share 1 none is."""
+  monkeypatch.setattr(trainer.task, "background_artifact_fraction", share)
+  stored = {image.tobytes() for image in trainer.task.real_examples()[0]}
+  _, real = next(iter(synth_batches(trainer, 3)))
+  seen = [photos.to_uint8(image).tobytes() in stored for image in real.numpy()]
+  assert all(seen) if share == 0 else not any(seen)
+
+
 def test_the_generation_step_moves_no_player_and_is_a_function_of_its_seed(trainer):
   """S frozen (A.2's generation pass, D's fakes beside T): no variable changes, BatchNorm statistics
   included; the same seed composes the same scenes, another seed others (S's dropout and noise)."""
