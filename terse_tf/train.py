@@ -111,9 +111,10 @@ flags.DEFINE_integer("discriminator_pretrain_steps", 0, "With --discriminator: D
 flags.DEFINE_bool("discriminator_trains_with_target", False, "With --discriminator: in each of T's phases, one "
                   "D step (real images against S's frozen composites) after each of T's steps, as A.2 trains D "
                   "and T together with S fixed.")
-flags.DEFINE_integer("generation_batches", 0, "A.2's generation pass: if > 0, S's steps only train S; then this "
-                     "many batches composed by the trained S (frozen, dropout and noise on) give the cycle's hard "
-                     "examples. 0: cache hard composites from S's training steps (A.1).", lower_bound=0)
+flags.DEFINE_integer("generation_batches", 0, "A.2's generation pass: if > 0, S's steps only train S; then "
+                     "this many batches composed by the trained S (frozen, dropout and noise on) give the "
+                     "cycle's hard examples. 0: cache hard composites from S's training steps (A.1).",
+                     lower_bound=0)
 flags.DEFINE_integer("cache_shuffle_buffer", 20000, "Cached examples in T's shuffle buffer (the on-disk "
                      "cache streams shard by shard).", lower_bound=1)
 flags.DEFINE_integer("synth_max_steps", 400, "Cap on S steps per cycle (after any warm-up).", lower_bound=1)

@@ -36,10 +36,10 @@ from absl import logging
 
 from terse_tf import config as config_lib
 from terse_tf import distribute, losses, pipelines, progress, steps, summaries
-from terse_tf.networks import synthesizer as synthesizer_lib
 from terse_tf.cache import HardExampleCache, as_stored
 from terse_tf.config import TrainConfig
 from terse_tf.errors import ConfigError, NonFiniteLossError
+from terse_tf.networks import synthesizer as synthesizer_lib
 from terse_tf.progress import PHASE_BASELINE, PHASE_DONE, PHASE_FINETUNE, PHASE_NAMES, PHASE_SYNTHESIZE
 from terse_tf.run_dir import RunDirectory
 from terse_tf.tasks import Task, registry
@@ -244,8 +244,10 @@ class Trainer:
       total, step_count, d_accuracy = 0.0, 0, []
       # A.2: D trains beside T, on real images against S's composites with S fixed; a stream per epoch, so
       # that a run resumed at the epoch's checkpoint draws what an uninterrupted one would.
-      d_batches = iter(pipelines.synth_dataset(self.task, self.strategy, config.synth_batch_size,
-                                               500_000 + seed_base + epoch, True)) if with_discriminator else None
+      d_batches = None
+      if with_discriminator:
+        d_batches = iter(pipelines.synth_dataset(self.task, self.strategy, config.synth_batch_size,
+                                                 500_000 + seed_base + epoch, with_real=True))
       for batch in pipelines.target_dataset(self.task, self.cache, self.strategy, config.batch_size,
                                             seed_base + epoch, steps_per_epoch, config.cache_fraction,
                                             config.cache_shuffle_buffer):

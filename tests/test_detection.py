@@ -79,8 +79,8 @@ def test_a_generation_pass_caches_only_what_the_trained_s_composes_frozen(tmp_pa
   """A.2: S trains for its steps and caches nothing; then the trained S, frozen, composes
   --generation_batches batches and their hard scenes are the cycle's samples, exactly those."""
   config = detection_config(tmp_path, cycles=1, baseline_epochs=1, finetune_epochs=0, discriminator=False,
-                            synth_warmup_steps=1, synth_max_steps=2, generation_batches=2, hard_per_class=(1000,),
-                            export=False)
+                            synth_warmup_steps=1, synth_max_steps=2, generation_batches=2,
+                            hard_per_class=(1000,), export=False)
   run = trainer_lib.Trainer(config)
   run.run()
   assert int(run.players.synth_optimizer.iterations.numpy()) == 3  # Warm-up + S's steps; none in the pass.
@@ -186,9 +186,9 @@ def test_real_and_test_scenes_have_their_objects_boxed(trainer):
   for row, truth in zip(test_boxes, task.test_truth):
     row[:len(truth.boxes)] = truth.boxes
   test_counts = [len(truth.boxes) for truth in task.test_truth]
-  for scenes, boxes, counts, edge in ((images, labels["boxes"], count, 2),
-                                      (task.test_images, test_boxes, test_counts, 3)):
-    stray, pairs = boxes_against_grey_backgrounds(scenes, boxes, counts)
+  for scenes, scene_boxes, counts, edge in ((images, labels["boxes"], count, 2),
+                                            (task.test_images, test_boxes, test_counts, 3)):
+    stray, pairs = boxes_against_grey_backgrounds(scenes, scene_boxes, counts)
     assert len(stray) >= len(scenes) // 5 and len(pairs) >= len(stray) // 2
     assert stray.max() <= 20, stray  # An object mostly covered or cropped may show a few unboxed pixels.
     box, ink = pairs[:, 0], pairs[:, 1]
