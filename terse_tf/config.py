@@ -51,7 +51,8 @@ class TrainConfig:
   target_lr: float = 0.01
   target_lr_schedule: str = "constant"
   # Steps at the start of each of T's phases over which its learning rate ramps linearly up from 0 to the
-  # schedule's: SGD with momentum from a fresh SSD can blow up at full rate in its first steps.
+  # schedule's: a fresh SSD at full rate stalled on a plateau (BENCHMARKS.md), and each fine-tuning restarts
+  # momentum SGD at full rate on a new mix of data.
   target_lr_warmup_steps: int = 0
   target_momentum: float = 0.9
   target_weight_decay: float = 5e-4
@@ -92,11 +93,12 @@ class TrainConfig:
   discriminator_lr: float = 2e-4
   discriminator_width: int = 32
   discriminator_scales: int = 2
-  # D as A.2 trains it (both need --discriminator). Pre-training: before S's first step, D takes this many
-  # steps on real images against the composites of S as it starts (frozen), so that S's first steps meet a
+  # D beyond eq. 2's lockstep (both need --discriminator). Pre-training (A.2 only initialises D at random):
+  # before S's first step D takes steps on real images against the composites of S as it starts (frozen)
+  # until it has taken this many in all (those beside a baseline T count), so that S's first steps meet a
   # judge rather than a coin. With T: A.2 trains "the discriminator and target models ... for epochs over
-  # the training set" with S fixed, so in each of T's phases a D step (real images against S's frozen
-  # composites) follows each of T's steps; without it D learns only in lockstep with S (eq. 2).
+  # the training set" with S fixed, so in each of T's phases a D step follows each of T's steps. Its fakes
+  # are S's frozen composites, all of them rather than the cached hard ones: what D judges in S's steps.
   discriminator_pretrain_steps: int = 0
   discriminator_trains_with_target: bool = False
   # A composite is hard (and cached) when T's hardness score is below this; None: the target's own default

@@ -26,7 +26,7 @@ def real_dataset(task: Task, context: tf.distribute.InputContext, seed: int) -> 
 def _with_label_keys(ds: tf.data.Dataset, label_specs: dict[str, tf.TensorSpec]) -> tf.data.Dataset:
   """`ds`'s (image, labels) with each label of `label_specs` the labels lack added as zeros: a cache written
   before a label key existed (a detector's "ignore_boxes", whose zeros mean "none") batches with a real set
-  that has it."""
+  that has it, and a task's real set without it with composites that have it."""
   missing = {key: spec for key, spec in label_specs.items() if key not in ds.element_spec[1]}
   if not missing:
     return ds
@@ -59,6 +59,7 @@ def target_dataset(task: Task, cache: HardExampleCache, strategy: tf.distribute.
     if cached is not None:
       cached = _with_label_keys(cached.shard(context.num_input_pipelines, context.input_pipeline_id),
                                 ds.element_spec[1])
+      ds = _with_label_keys(ds, cached.element_spec[1])  # A real set without a key the composites carry.
       cached = cached.shuffle(min(num_cached, cache_shuffle_buffer), seed=epoch_seed + 1)
       ds = tf.data.Dataset.sample_from_datasets([ds.repeat(), cached.repeat()],
                                                 weights=[1.0 - fraction, fraction], seed=epoch_seed)
@@ -88,7 +89,7 @@ def synth_dataset(task: Task, strategy: tf.distribute.Strategy, batch_size: int,
       real = real_dataset(task, context, seed + 1).repeat().batch(batch, drop_remainder=True)
       # D's real images get §3.1's artefacts in the share S's backgrounds do: on both of D's sides a blended
       # region is no cue.
-      artifact_seeds = tf.data.Dataset.random(seed=seed + 2).batch(2)
+      artifact_seeds = tf.data.Dataset.random(seed=seed + 3).batch(2)  # (seed + 2 seeds S's batches.)
       real = tf.data.Dataset.zip((real, artifact_seeds)).map(
           lambda example, artifact_seed: task.background_artifacts(
               tf.image.convert_image_dtype(example[0], tf.float32), artifact_seed))

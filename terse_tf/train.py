@@ -105,9 +105,9 @@ flags.DEFINE_float("discriminator_weight", 0.1, "Weight of D's realism term in S
 flags.DEFINE_float("discriminator_lr", 2e-4, "D's Adam learning rate.", lower_bound=0)
 flags.DEFINE_integer("discriminator_width", 32, "D's first layer's channels.", lower_bound=1)
 flags.DEFINE_integer("discriminator_scales", 2, "Image scales D judges (multi-scale PatchGAN).", lower_bound=1)
-flags.DEFINE_integer("discriminator_pretrain_steps", 0, "With --discriminator: D's steps on real images "
-                     "against the composites of S as it starts (frozen), before S's first step (A.2's D is a "
-                     "judge when S begins).", lower_bound=0)
+flags.DEFINE_integer("discriminator_pretrain_steps", 0, "With --discriminator: before S's first step, D trains "
+                     "on real images against the composites of S as it starts (frozen) until it has taken this "
+                     "many steps in all (steps beside a baseline T count).", lower_bound=0)
 flags.DEFINE_bool("discriminator_trains_with_target", False, "With --discriminator: in each of T's phases, one "
                   "D step (real images against S's frozen composites) after each of T's steps, as A.2 trains D "
                   "and T together with S fixed.")

@@ -164,8 +164,9 @@ def run_seed(experiment: ExperimentConfig, seed: int, command: str = "") -> Seed
 
 def players_at_the_end(trainer: Trainer, batches: int = 4) -> dict:
   """What D does to S, measured on the arm's last S and D over `batches` batches of S's stream (one fixed
-  seed for every arm): the sample SD of each of S's placement parameters over its pasted objects (S frozen,
-  dropout and noise on, as it composes for the cache), beside the SD of uniform placements over the ranges;
+  seed for every arm): the sample SD of each of S's placement parameters over its pasted objects (S frozen as
+  the exported sampler: dropout and noise on, BatchNorm's moving averages), beside the SD of uniform placements
+  over the ranges;
   and D's patch accuracy on real training scenes (with §3.1's artefacts) against those composites. Arms whose
   samples S did not make get none of it."""
   if trainer.config.sample_source != config_lib.TERSE:

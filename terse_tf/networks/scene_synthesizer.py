@@ -67,11 +67,14 @@ def build_scene_synthesizer(foreground_shape: tuple[int, int, int], background_s
     raise ValueError(f"synthesizer backbone must be one of {BACKBONES}, got {backbone!r}")
 
   def mid_level_branch(name: str) -> keras.Sequential:
+    # BatchNorm's moving averages at momentum 0.9 (PyTorch's 0.1): S trains for tens of steps a cycle, and the
+    # frozen S (the generation pass, D's fakes, the export) runs on those averages; at Keras's 0.99 half of
+    # them would still be their initial 0 and 1 after 80 steps.
     return keras.Sequential([
         layer for i in (1, 2) for layer in (
             layers.Conv2D(2 * width, 3, padding="same", kernel_initializer=xavier_initializer(next(seeds)),
                           name=f"bottleneck{i}"),
-            layers.ReLU(), layers.BatchNormalization(synchronized=True))], name=name)
+            layers.ReLU(), layers.BatchNormalization(momentum=0.9, synchronized=True))], name=name)
 
   foreground = keras.Input((num_objects, *foreground_shape), name="foreground")
   background = keras.Input(background_shape, name="background")
