@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from conftest import REPO_ROOT
 from terse_tf import compositor
+from terse_tf.data import photos
 
 SMOKE = os.path.join(REPO_ROOT, "configs", "affnist_efficiency_smoke.flags")
 
@@ -236,6 +237,8 @@ def test_detection_experiment_at_smoke_size(tmp_path):
     assert ("discriminator_accuracy" in figures) == (arm != "terse_no_d"), arm
     assert 0 <= figures.get("discriminator_accuracy", 0) <= 1
   assert players["d_control"]["param_sd"] == players["terse_no_d"]["param_sd"]
+  # Per-photo AP by the test photos' own names.
+  assert set(report["per_photo"]["test"]["terse"]) <= set(photos.load_photos("test").names)
   # D trained only in the arm that has it.
   seed_dir = tmp_path / "runs" / "smoke" / "seed0"
   for arm, has_d in (("terse", True), ("terse_no_d", False)):

@@ -88,6 +88,20 @@ def test_no_training_setting_changes_the_evaluation_sets():
     assert all(np.array_equal(a.boxes, b.boxes) for a, b in zip(truth, other_truth)), name
 
 
+def test_each_evaluation_scene_names_the_photo_it_was_cropped_from():
+  """Per-photo AP is keyed by the photos' names in their source: every scene of a set names a photo of that
+  set's split (that scenes are crops of their split's photos: test_detection)."""
+  task = small_task()
+  for name, split in (("test", "test"), ("val", "val"), ("val_upright", "val")):
+    split_photos = photos.load_photos(split, min_side=64)
+    named = task.scene_photos[name]
+    assert len(named) == len(task.evaluation_sets()[name][0])
+    assert set(named) <= set(split_photos.names), name
+  assert len(set(task.scene_photos["test"])) > 1  # Scenes come from several photos, each named.
+  bundled = photos.SKIMAGE_PHOTOS["test"] + photos.MATPLOTLIB_PHOTOS["test"]
+  assert photos.load_photos("test").names == list(bundled)
+
+
 def test_wide_range_sets_have_feathered_edges_and_the_training_scenes_hard_ones():
   cutout = np.zeros([1, 1, 40, 40, 4], np.float32)
   cutout[..., 10:30, 15:25, :] = 1.0

@@ -112,13 +112,23 @@ def image_paths(folder: str) -> list[str]:
   return sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(IMAGE_EXTENSIONS))
 
 
-def read_photos(paths: list[str], source: str, min_side: int = 64, strict: bool = False) -> list[np.ndarray]:
-  """uint8 photos [H, W, 3] from `paths`. A file that cannot be decoded, or is smaller than `min_side`, is
-  skipped with a warning naming it and the count is logged (with `strict`, an undecodable file is an error).
-  `source` names where the paths came from (the flag and its folder) in the messages; no usable photo at
-  all is a DataError naming it."""
-  photos, skipped = [], 0
-  for path in paths:
+class Photos(list):
+  """uint8 photos [H, W, 3], a list, with `names`: each one's name in its source, in the same order (for
+  figures per photo)."""
+
+  def __init__(self, images=(), names=()):
+    super().__init__(images)
+    self.names = list(names)
+
+
+def read_photos(paths: list[str], source: str, min_side: int = 64, strict: bool = False,
+                names: list[str] | None = None) -> Photos:
+  """uint8 photos [H, W, 3] from `paths`, named `names` (default: the files' names). A file that cannot be
+  decoded, or is smaller than `min_side`, is skipped with a warning naming it and the count is logged (with
+  `strict`, an undecodable file is an error). `source` names where the paths came from (the flag and its
+  folder) in the messages; no usable photo at all is a DataError naming it."""
+  photos, skipped = Photos(), 0
+  for path, name in zip(paths, names or [os.path.basename(path) for path in paths]):
     try:
       photo = read_rgb(path)
     except DataError as e:
@@ -133,6 +143,7 @@ def read_photos(paths: list[str], source: str, min_side: int = 64, strict: bool 
       skipped += 1
       continue
     photos.append(photo)
+    photos.names.append(name)
   if skipped:
     logging.warning("%d of %d photos in %s skipped (see the warnings above)", skipped, len(paths), source)
   if not photos:
@@ -141,7 +152,7 @@ def read_photos(paths: list[str], source: str, min_side: int = 64, strict: bool 
   return photos
 
 
-def load_photos(split: str, photo_dir: str = "", min_side: int = 64, bank: str = "bundled") -> list[np.ndarray]:
+def load_photos(split: str, photo_dir: str = "", min_side: int = 64, bank: str = "bundled") -> Photos:
   """The photos of `split` (one of SPLITS): from `photo_dir`/`split`/ when given, else from `bank` (see
   `read_photos` for what is skipped)."""
   if split not in SPLITS:
@@ -159,7 +170,8 @@ def load_photos(split: str, photo_dir: str = "", min_side: int = 64, bank: str =
     if missing:
       raise DataError(f"--photo_bank=debian: {len(missing)} of its {split} photos are missing (first: "
                       f"{missing[0]}); install the wallpaper packages: {DEBIAN_INSTALL}")
-    return read_photos(paths, f"the {split} photos of Debian's wallpapers", min_side, strict=True)
+    return read_photos(paths, f"the {split} photos of Debian's wallpapers", min_side, strict=True,
+                       names=list(DEBIAN_PHOTOS[split]))
   if bank != "bundled":
     raise DataError(f"--photo_bank must be one of {BANKS}, got {bank!r}")
   return read_photos(_bundled_paths(split), f"the {split} photos bundled with scikit-image and matplotlib",

@@ -116,7 +116,7 @@ class SeedResult:
   # arm -> S's placements (SD of each parameter) and D's accuracy at the end of the arm's run.
   players: dict[str, dict] = dataclasses.field(default_factory=dict)
   task_description: str = ""
-  photo_index: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # set -> photo of each scene
+  scene_photos: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # set -> photo of each scene
 
 
 def _digest(images: np.ndarray) -> str:
@@ -156,7 +156,7 @@ def run_seed(experiment: ExperimentConfig, seed: int, command: str = "") -> Seed
                             "instances": result.rows[-1]["instances"]}
     result.hardness[arm] = [float(h) for h in cache.margins()[cycles_of_entries == 1]]
     result.players[arm] = players_at_the_end(trainer)
-    result.task_description, result.photo_index = task.describe(), task.photo_index
+    result.task_description, result.scene_photos = task.describe(), task.scene_photos
     logging.info("seed %d arm %s: test AP@0.5 %.4f -> %.4f in %.0f s", seed, arm,
                  results["test_ap50_before"], results["test_ap50_after"], results["wall_time_s"])
   return result
@@ -260,12 +260,12 @@ def compare(seed_results: list[SeedResult], arms: tuple[str, ...], resamples: in
   return paired
 
 
-def per_photo(seed_results: list[SeedResult], arms: tuple[str, ...], photo_index: dict[str, np.ndarray]
+def per_photo(seed_results: list[SeedResult], arms: tuple[str, ...], scene_photos: dict[str, np.ndarray]
               ) -> dict:
-  """AP@0.5 of each arm's last T on the scenes of each test photo, mean over seeds."""
+  """AP@0.5 of each arm's last T on the scenes of each test photo (by its name), mean over seeds."""
   table = {}
   for arm in arms:
-    for name, groups in photo_index.items():
+    for name, groups in scene_photos.items():
       if name not in seed_results[0].matches[arm]:
         continue
       per_seed = [statistics.grouped_ap(r.matches[arm][name], groups) for r in seed_results]
@@ -378,7 +378,7 @@ def run(experiment: ExperimentConfig, command: str = "") -> dict:
             "config": dataclasses.asdict(experiment.base), "task": seed_results[0].task_description,
             "final": summary["final"], "spread": summary["spread"],
             "paired": paired,
-            "per_photo": per_photo(seed_results, experiment.arms, seed_results[0].photo_index),
+            "per_photo": per_photo(seed_results, experiment.arms, seed_results[0].scene_photos),
             "hardness_histogram": hardness_histogram(seed_results, experiment.arms),
             "players": players_summary(seed_results, experiment.arms),
             "fairness": {f"seed{seed}": result.fairness for seed, result in zip(experiment.seeds, seed_results)},

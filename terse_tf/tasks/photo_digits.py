@@ -260,16 +260,23 @@ class PhotoDigitsTask(PastedObjectDetection):
         "val_upright": self._scenes(splits.val_images, splits.val_labels, split_photos["val"], settings.num_val,
                                     settings.max_objects, upright=True, rng=streams["val_upright"])}
     self._photo_counts = {split: len(split_photos[split]) for split in photos.SPLITS}
+    photo_names = {"test": split_photos["test"].names, "val": split_photos["val"].names,
+                   "val_upright": split_photos["val"].names}
     if settings.unseen_bank:
-      unseen_photos = [photo for split in photos.SPLITS
-                       for photo in photos.load_photos(split, min_side=size, bank=settings.unseen_bank)]
+      unseen_photos = photos.Photos()
+      for split in photos.SPLITS:
+        bank = photos.load_photos(split, min_side=size, bank=settings.unseen_bank)
+        unseen_photos.extend(bank)
+        unseen_photos.names.extend(bank.names)
+      photo_names["unseen"] = unseen_photos.names
       scene_sets["unseen"] = self._scenes(splits.test_images, splits.test_labels, unseen_photos,
                                           settings.num_test, rng=streams["unseen"], **wide)
       self._photo_counts["unseen"] = len(unseen_photos)
     self._evaluation_sets = {name: (scenes.images, evaluation_truth(scenes.labels))
                              for name, scenes in scene_sets.items()}
-    # The photo each evaluation scene was cropped from (an index into that set's photos), for per-photo AP.
-    self.photo_index = {name: scenes.photo_index for name, scenes in scene_sets.items()}
+    # The photo each evaluation scene was cropped from (the name of that photo in its source), for per-photo AP.
+    self.scene_photos = {name: np.array(photo_names[name])[scenes.photo_index]
+                         for name, scenes in scene_sets.items()}
     self.test_images, self.test_truth = self._evaluation_sets["test"]
 
   # ------------------------------------------------------------------------------------ data
