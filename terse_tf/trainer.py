@@ -73,8 +73,11 @@ class Trainer:
     with self.strategy.scope():
       self.players = steps.build_players(self.task, config)
     self.synthesizer, self.target, self.discriminator = self.players[:3]
-    self.hard_threshold = self.target.resolve_hard_threshold(config.hard_threshold,
-                                                             f"target {type(self.target).__name__}")
+    self.hard_threshold = self.target.resolve_hard_threshold(config.hard_threshold, f"--target={config.target}")
+    if config.sample_source != config_lib.TERSE and (config.generation_batches or (
+        self.discriminator is not None and config.discriminator_pretrain_steps)):
+      logging.warning("--sample_source=%s adds samples without S: --generation_batches and D's pre-training "
+                      "have no effect on this run", config.sample_source)
     self.cache = HardExampleCache(os.path.join(config.run_dir, "cache"), self.task.num_classes)
     self._build_checkpoint()
     self._resume_or_start(command_line)
@@ -334,13 +337,18 @@ class Trainer:
         # Done when the emptiest class fills its quota or the step cap is reached, whichever comes first.
         phase_done = max(counts.min() / quota, (in_cycle - start_step) / max(step_cap - start_step, 1))
         stage = f"S loss {loss:.3f}" if loss is not None else "generation pass"
+        if in_cycle <= caches_from:
+          stage += " (warm-up: nothing cached)" if in_cycle <= warmup else " (training S: nothing cached)"
         d_accuracy = f", D accuracy {float(discriminator[1].numpy()):.2f}" if discriminator is not None else ""
         logging.info("%s step %d/%d: %s%s, %.0f%% of batch hard, cycle quota %d/%d (fewest in a class %d); %s",
-                     self._where(), in_cycle, step_cap, stage, d_accuracy, 100 * hard.mean(), counts.sum(),
+                     self._where(), in_cycle, step_cap, stage, d_accuracy,
+                     100 * losses.is_hard(hardness, self.hard_threshold).mean(), counts.sum(),
                      quota * self.task.num_classes, counts.min(), self._progress(min(phase_done, 1)))
         self._save()
 
     counts = self.cache.class_counts(cycle)
+    logging.info("%s: %d hard composites cached in %d steps; %s", self._where(), counts.sum(),
+                 int(self.synth_step.numpy()), self._progress(1.0))
     if not counts.sum():
       # A normal event (T already gets every composite S can make right, or a strict --hard_threshold): the
       # cycle adds nothing and T fine-tunes on what it had.
@@ -365,6 +373,9 @@ class Trainer:
       return
     done = int(self.players.discriminator_optimizer.iterations.numpy())
     if done >= config.discriminator_pretrain_steps:
+      if config.discriminator_pretrain_steps:
+        logging.info("D's pre-training skipped: D has taken %d steps already (beside T), of the %d asked", done,
+                     config.discriminator_pretrain_steps)
       return
     batches = iter(pipelines.synth_dataset(self.task, self.strategy, config.synth_batch_size,
                                            config.seed * 1000 + 99, True))
@@ -374,8 +385,9 @@ class Trainer:
       seed = tf.random.experimental.stateless_fold_in(tf.constant([config.seed, index], tf.int64), 2)
       _, composites = self._generate(synth_batch, seed)
       accuracy.append(float(self._discriminator_step(real, composites)[1].numpy()))
-    logging.info("%s: D pre-trained for %d steps against S as it starts (D accuracy %.2f over the last 10)",
-                 self._where(), len(accuracy), np.mean(accuracy[-10:]))
+    logging.info("%s: D pre-trained for %d steps against S as it starts (D's patch accuracy %.2f over its last "
+                 "%d steps; 0.5 is chance)", self._where(), len(accuracy), np.mean(accuracy[-10:]),
+                 len(accuracy[-10:]))
     self._save()
 
   def _step_seed(self, counter: tf.Variable, stream: int = 0) -> tf.Tensor:

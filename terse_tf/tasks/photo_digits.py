@@ -80,7 +80,7 @@ class PhotoDigitsConfig:
   # Random crops of the train photos that S and the baselines paste on.
   num_backgrounds: int = dataclasses.field(default=2000, metadata={"flag": "photo_num_backgrounds"})
   background_artifact_fraction: float = 0.3  # Backgrounds given a pasted background region (§3.1).
-  min_visible: float = 0.25     # An object with less of it in view gets no box.
+  min_visible: float = 0.25     # An object with less of it in view gets no box (an ignore box if any shows).
   max_rotation_deg: float = 45.0
   max_shear: float = 0.3
   min_scale: float = 0.5
@@ -110,6 +110,9 @@ class PhotoDigitsConfig:
     if not self.test_edge_sigma > 0:
       raise ConfigError(f"--photo_test_edge_sigma must be > 0 (the feather's Gaussian width in pixels; 0.01 "
                         f"gives nearly hard edges), got {self.test_edge_sigma}")
+    if self.photo_dir and not os.path.isdir(self.photo_dir):
+      raise ConfigError(f"--photo_dir={self.photo_dir}: no such folder; expected one with the subfolders "
+                        f"{', '.join(photos.SPLITS)} of photos disjoint by content")
     missing = [split for split in photos.SPLITS if self.photo_dir and not os.path.isdir(
         os.path.join(self.photo_dir, split))]
     if missing:
@@ -160,7 +163,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
       (flags.DEFINE_float, "background_artifact_fraction", _DEFAULT.background_artifact_fraction, "Share of S's "
        "backgrounds given a pasted background region (§3.1), so blending edges mark no object.", None),
       (flags.DEFINE_float, "min_visible", _DEFAULT.min_visible, "An object with less than this share of it in "
-       "view (covered by later objects or cropped by the frame) gets no box.", None),
+       "view (covered by later objects or cropped by the frame) gets no box, and if any of it shows an ignore "
+       "box: T's loss counts its default boxes as neither object nor background.", None),
       (flags.DEFINE_float, "photo_test_edge_sigma", _DEFAULT.test_edge_sigma, "Gaussian (pixels) feathering "
        "the object edges of the wide-range evaluation scenes, a blending no way of adding samples uses.", None)):
     define(name, default, text, lower_bound=bound, flag_values=flag_values)
