@@ -260,8 +260,8 @@ class Trainer:
         self._check_finite(loss, "target")
         if d_batches is not None:
           synth_batch, real = next(d_batches)
-          _, composites = self._generate(synth_batch, self._step_seed(self.target_global_step, stream=1))
-          d_accuracy.append(float(self._discriminator_step(real, composites)[1].numpy()))
+          d_accuracy.append(self._discriminator_step_against_frozen_s(
+              synth_batch, real, self._step_seed(self.target_global_step, stream=1)))
         total, step_count = total + loss, step_count + 1
         self.target_global_step.assign_add(1)
       mean = total / max(step_count, 1)
@@ -382,18 +382,23 @@ class Trainer:
     accuracy = []
     for index in range(done, config.discriminator_pretrain_steps):
       synth_batch, real = next(batches)
-      seed = tf.random.experimental.stateless_fold_in(tf.constant([config.seed, index], tf.int64), 2)
-      _, composites = self._generate(synth_batch, seed)
-      accuracy.append(float(self._discriminator_step(real, composites)[1].numpy()))
+      accuracy.append(self._discriminator_step_against_frozen_s(synth_batch, real,
+                                                                self._step_seed(index, stream=2)))
     logging.info("%s: D pre-trained for %d steps against S as it starts (D's patch accuracy %.2f over its last "
                  "%d steps; 0.5 is chance)", self._where(), len(accuracy), np.mean(accuracy[-10:]),
                  len(accuracy[-10:]))
     self._save()
 
-  def _step_seed(self, counter: tf.Variable, stream: int = 0) -> tf.Tensor:
-    """A step's random key: the run's seed and a step counter the checkpoint keeps (and a `stream` > 0 for a
-    second use of one counter)."""
-    seed = tf.stack([tf.constant(self.config.seed, tf.int64), counter.read_value()])
+  def _discriminator_step_against_frozen_s(self, synth_batch, real, seed: tf.Tensor) -> float:
+    """One D step on `real` images against S's frozen composites of `synth_batch` (drawn with `seed`), as in
+    D's pre-training and beside T; returns D's patch accuracy."""
+    _, composites = self._generate(synth_batch, seed)
+    return float(self._discriminator_step(real, composites)[1].numpy())
+
+  def _step_seed(self, step: tf.Variable | int, stream: int = 0) -> tf.Tensor:
+    """A step's random key: the run's seed and a step number (a counter the checkpoint keeps, or an index),
+    and a `stream` > 0 for a second use of one counter."""
+    seed = tf.stack([tf.constant(self.config.seed, tf.int64), tf.cast(step, tf.int64)])
     return tf.random.experimental.stateless_fold_in(seed, stream) if stream else seed
 
   def _add_random(self, cycle: int) -> None:
