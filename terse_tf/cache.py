@@ -12,8 +12,9 @@ Images are stored as uint8, a quarter of float32's size. A composite's hardness 
 image the cache will hold: `as_stored` rounds composites to that 8-bit grid before T judges them.
 Labels are a dict of arrays, one row per entry: {"label"} for a classifier, {"boxes", "classes", "count",
 "ignore_boxes"} for a detector (any keys: the cache stores what it is given); each entry also has a
-`quota_class`, the class its quota counts it under. The newest shard's keys are the cache's: a key older
-shards lack (written before it existed) reads as zeros.
+`quota_class`, the class its quota counts it under, and a `weight`, what it counts for there: 1 when quotas
+count samples, its object count when they count instances (--quota_unit). The newest shard's keys are the
+cache's: a label key older shards lack (written before it existed) reads as zeros, a missing weight as 1.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ class HardExampleCache(tf.Module):
     super().__init__(name="hard_example_cache")
     self.directory, self.num_classes = directory, num_classes
     self.committed_shards = tf.Variable(0, dtype=tf.int64, trainable=False, name="committed_shards")
-    # Per-entry metadata of every committed and pending entry (small: three numbers per entry).
-    self._quota_classes, self._margins, self._cycles = (np.zeros([0], np.int64), np.zeros([0], np.float32),
-                                                        np.zeros([0], np.int64))
+    # Per-entry metadata of every committed and pending entry (small: four numbers per entry).
+    self._quota_classes, self._margins, self._cycles, self._weights = (
+        np.zeros([0], np.int64), np.zeros([0], np.float32), np.zeros([0], np.int64), np.zeros([0], np.int64))
     self._pending: list[dict[str, np.ndarray]] = []
 
   # ------------------------------------------------------------------------------------ bookkeeping
@@ -71,27 +72,37 @@ class HardExampleCache(tf.Module):
     for path in glob.glob(os.path.join(self.directory, "*")):
       if path not in committed:
         os.remove(path)
-    metadata = {"quota_class": [], "margin": [], "cycle": []}
+    metadata = {"quota_class": [], "margin": [], "cycle": [], "weight": []}
     for path in self.shard_paths():
       if not os.path.exists(path):
         raise DataError(f"{path}: the checkpoint counts {len(committed)} cache shards but this one is missing; "
                         "the run directory was changed by hand. Rerun with --fresh to start over")
       try:
         with np.load(path) as shard:
-          for key, values in metadata.items():
-            values.append(shard[key])
+          for key in ("quota_class", "margin", "cycle"):
+            metadata[key].append(shard[key])
+          # Shards written before quotas could count instances weigh each entry 1, as their run counted.
+          metadata["weight"].append(shard["weight"] if "weight" in shard.files
+                                    else np.ones(len(shard["cycle"]), np.int64))
       except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: damaged cache shard ({type(e).__name__}: {e}); the run cannot resume with it. "
                         "Rerun with --fresh to start over") from e
-    self._quota_classes, self._margins, self._cycles = (
+    self._quota_classes, self._margins, self._cycles, self._weights = (
         np.concatenate(metadata[k]) if metadata[k] else np.zeros([0], dtype)
-        for k, dtype in (("quota_class", np.int64), ("margin", np.float32), ("cycle", np.int64)))
+        for k, dtype in (("quota_class", np.int64), ("margin", np.float32), ("cycle", np.int64),
+                         ("weight", np.int64)))
     self._pending = []
 
   def class_counts(self, cycle: int | None = None) -> np.ndarray:
     """Entries per class [num_classes], in `cycle` only when given."""
     classes = self._quota_classes if cycle is None else self._quota_classes[self._cycles == cycle]
     return np.bincount(classes, minlength=self.num_classes)
+
+  def quota_filled(self, cycle: int) -> np.ndarray:
+    """How much of each class's quota `cycle`'s entries fill [num_classes]: their summed weights."""
+    in_cycle = self._cycles == cycle
+    return np.bincount(self._quota_classes[in_cycle], weights=self._weights[in_cycle],
+                       minlength=self.num_classes).astype(np.int64)
 
   def margins(self) -> np.ndarray:
     return self._margins
@@ -101,26 +112,31 @@ class HardExampleCache(tf.Module):
 
   # ------------------------------------------------------------------------------------ writing
   def add(self, images: np.ndarray, labels: dict[str, np.ndarray], quota_classes: np.ndarray,
-          margins: np.ndarray, cycle: int, per_class_quota: int) -> int:
+          margins: np.ndarray, cycle: int, per_class_quota: int, weights: np.ndarray | None = None) -> int:
     """Appends candidates (float images in [0, 1], already on the 8-bit grid of `as_stored` when their
-    hardness was measured on them) in order while their quota class is under quota this cycle.
+    hardness was measured on them) in order while their quota class is under quota this cycle. `weights`:
+    what each counts for towards its quota (1 each when None). A candidate is kept while its class has room,
+    so the last one kept may pass the quota by less than its weight.
 
     Returns how many were added. They reach the disk at the next `commit`.
     """
-    room = np.maximum(per_class_quota - self.class_counts(cycle), 0)
+    weights = np.ones(len(quota_classes), np.int64) if weights is None else np.asarray(weights, np.int64)
+    room = np.maximum(per_class_quota - self.quota_filled(cycle), 0)
     keep = np.zeros(len(quota_classes), bool)
     for i, quota_class in enumerate(quota_classes):
       if room[quota_class] > 0:
-        keep[i], room[quota_class] = True, room[quota_class] - 1
+        keep[i], room[quota_class] = True, room[quota_class] - weights[i]
     count = int(keep.sum())
     if count:
       entry = {"image": to_uint8(images[keep]), "quota_class": np.asarray(quota_classes)[keep].astype(np.int64),
-               "margin": np.asarray(margins)[keep].astype(np.float32), "cycle": np.full(count, cycle, np.int64)}
+               "margin": np.asarray(margins)[keep].astype(np.float32), "cycle": np.full(count, cycle, np.int64),
+               "weight": weights[keep]}
       entry.update({_LABEL_PREFIX + key: np.asarray(value)[keep] for key, value in labels.items()})
       self._pending.append(entry)
       self._quota_classes = np.concatenate([self._quota_classes, entry["quota_class"]])
       self._margins = np.concatenate([self._margins, entry["margin"]])
       self._cycles = np.concatenate([self._cycles, entry["cycle"]])
+      self._weights = np.concatenate([self._weights, entry["weight"]])
     return count
 
   def commit(self) -> None:

@@ -21,6 +21,9 @@ from terse_tf.tasks import CommonSettings, SynthesizerSettings, registry
 # a sample hard by TERSE's criterion (FILTERED: the hardness filter without S's learning, the control that
 # tells what S adds), or nothing (a control that fine-tunes on the real set alone).
 TERSE, FILTERED, NO_SAMPLES = "terse", "filtered", "none"
+# What a cycle's quota (--hard_per_class) counts: added samples, or the object instances in them.
+QUOTA_SAMPLES, QUOTA_INSTANCES = "samples", "instances"
+QUOTA_UNITS = (QUOTA_SAMPLES, QUOTA_INSTANCES)
 # Weight decay as the paper's PyTorch optimizers apply it (an L2 term whose gradient joins the loss's before
 # momentum or Adam's moments), or Keras 3's own decoupled decay (w -= lr * decay * w after the update).
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")
@@ -97,8 +100,9 @@ class TrainConfig:
   # before S's first step D takes steps on real images against the composites of S as it starts (frozen)
   # until it has taken this many in all (those beside a baseline T count), so that S's first steps meet a
   # judge rather than a coin. With T: A.2 trains "the discriminator and target models ... for epochs over
-  # the training set" with S fixed, so in each of T's phases a D step follows each of T's steps. Its fakes
-  # are S's frozen composites, all of them rather than the cached hard ones: what D judges in S's steps.
+  # the training set" with S fixed, so in each of T's phases a D step follows each of T's steps, but the
+  # last (no S step follows it for D to judge). Its fakes are S's frozen composites, all of them rather than
+  # the cached hard ones: what D judges in S's steps.
   discriminator_pretrain_steps: int = 0
   discriminator_trains_with_target: bool = False
   # A composite is hard (and cached) when T's hardness score is below this; None: the target's own default
@@ -106,6 +110,10 @@ class TrainConfig:
   hard_threshold: float | None = None
   # Samples added per class in each cycle: one value for every cycle, or one value per cycle.
   hard_per_class: tuple[int, ...] = (500,)
+  # What hard_per_class counts: samples, or instances (a detection sample counts its objects). Arms that add
+  # few-object scenes (random placement) and arms whose hard scenes have more objects (TERSE, the filter)
+  # then add equal numbers of objects, not of images.
+  quota_unit: str = QUOTA_SAMPLES
   synth_max_steps: int = 400
   # S steps whose composites are not cached, each time S starts afresh (the first cycle; every cycle with
   # reset_synthesizer_each_cycle): a new S puts out near-identity transforms, and the diversity penalty
@@ -164,6 +172,8 @@ class TrainConfig:
                         f"{self.sample_source!r}")
     if not self.hard_per_class or min(self.hard_per_class) < 1:
       raise ConfigError(f"--hard_per_class needs values >= 1, got {list(self.hard_per_class)}")
+    if self.quota_unit not in QUOTA_UNITS:
+      raise ConfigError(f"--quota_unit must be one of {', '.join(QUOTA_UNITS)}, got {self.quota_unit!r}")
     if len(self.hard_per_class) not in (1, self.cycles):
       raise ConfigError(f"--hard_per_class has {len(self.hard_per_class)} values; expected one, or one per "
                         f"cycle (--cycles={self.cycles})")
@@ -199,7 +209,7 @@ class TrainConfig:
     return self.generation_batches or self.synth_max_steps
 
   def quota(self, cycle: int) -> int:
-    """Samples to add per class in `cycle` (1-based)."""
+    """Samples (or instances, by quota_unit) to add per class in `cycle` (1-based)."""
     return self.hard_per_class[0] if len(self.hard_per_class) == 1 else self.hard_per_class[cycle - 1]
 
 

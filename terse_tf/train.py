@@ -91,6 +91,9 @@ flags.DEFINE_float("hard_threshold", None, "A composite is hard (and cached) whe
                    "default.")
 flags.DEFINE_list("hard_per_class", ["500"], "Hard examples to cache per class per cycle: one value for "
                   "every cycle, or a comma-separated value per cycle.")
+flags.DEFINE_enum("quota_unit", config_lib.QUOTA_SAMPLES, config_lib.QUOTA_UNITS, "What --hard_per_class "
+                  "counts: samples, or object instances (a detection sample counts its objects, under the class "
+                  "it counts for), so that arms whose samples hold different numbers of objects add as many.")
 flags.DEFINE_bool("reset_synthesizer_each_cycle", False, "Re-initialise S and its optimizer at the start "
                   "of every sleep cycle (counters a synthesizer saturated on the clamp bounds).")
 flags.DEFINE_string("sample_source", config_lib.TERSE, "Where each cycle's added samples come from: terse (the "
@@ -108,9 +111,9 @@ flags.DEFINE_integer("discriminator_scales", 2, "Image scales D judges (multi-sc
 flags.DEFINE_integer("discriminator_pretrain_steps", 0, "With --discriminator: before S's first step, D trains "
                      "on real images against the composites of S as it starts (frozen) until it has taken this "
                      "many steps in all (steps beside a baseline T count).", lower_bound=0)
-flags.DEFINE_bool("discriminator_trains_with_target", False, "With --discriminator: in each of T's phases, one "
-                  "D step (real images against S's frozen composites) after each of T's steps, as A.2 trains D "
-                  "and T together with S fixed.")
+flags.DEFINE_bool("discriminator_trains_with_target", False, "With --discriminator: in each of T's phases that "
+                  "S's steps follow (all but the last), one D step (real images against S's frozen composites) "
+                  "after each of T's steps, as A.2 trains D and T together with S fixed.")
 flags.DEFINE_integer("generation_batches", 0, "A.2's generation pass: if > 0, S's steps only train S; then "
                      "this many batches composed by the trained S (frozen, dropout and noise on) give the "
                      "cycle's hard examples. 0: cache hard composites from S's training steps (A.1).",
@@ -163,7 +166,8 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> config_lib.Train
       discriminator_trains_with_target=f.discriminator_trains_with_target,
       generation_batches=f.generation_batches, cache_shuffle_buffer=f.cache_shuffle_buffer,
       hard_threshold=f.hard_threshold,
-      hard_per_class=integers_flag("hard_per_class", f.hard_per_class), synth_max_steps=f.synth_max_steps,
+      hard_per_class=integers_flag("hard_per_class", f.hard_per_class), quota_unit=f.quota_unit,
+      synth_max_steps=f.synth_max_steps,
       synth_warmup_steps=f.synth_warmup_steps,
       reset_synthesizer_each_cycle=f.reset_synthesizer_each_cycle, sample_source=f.sample_source,
       strategy=f.strategy,

@@ -44,6 +44,9 @@ from terse_tf.progress import PHASE_BASELINE, PHASE_DONE, PHASE_FINETUNE, PHASE_
 from terse_tf.run_dir import RunDirectory
 from terse_tf.tasks import Task, registry
 
+# What an evaluation record holds beside T's figures.
+RECORD_KEYS = ("after", "cycle", "cache_size")
+
 
 class Trainer:
   """Runs (or resumes) the whole TERSE schedule for one run directory."""
@@ -53,7 +56,8 @@ class Trainer:
     the run directory (and with --fresh remove the previous run's outputs), so a start that fails on bad
     input loses nothing and leaves nothing behind.
 
-    `task`: one built in Python (terse_tf.api's, registered without flags) instead of one the config names.
+    `task`: one built in Python (terse_tf.api's, registered without flags) instead of one the config names,
+    or the task the config names already built from the config's settings (an experiment's runs share one).
     `command_line`: what config.json records as the run's command."""
     self.config = config
     self.strategy = distribute.build_strategy(config.strategy)  # First: multi-worker must precede every op.
@@ -64,10 +68,12 @@ class Trainer:
     self.run_dir.check_task(config.task)  # Before any data is loaded.
     keras.utils.set_random_seed(config.seed)
 
-    if (task is None) != registry.get(config.task).from_flags:
-      raise ConfigError(f"task {config.task!r} with {'a' if task else 'no'} Python task object: tasks built in "
-                        f"Python come from terse_tf.api, those named by --task ({list(registry.names())}) from "
-                        "their flags")
+    registration = registry.get(config.task)
+    if task is None and not registration.from_flags:
+      raise ConfigError(f"task {config.task!r} is built in Python (terse_tf.api): the run needs its task object")
+    if task is not None and not isinstance(task, registration.task_cls):
+      raise ConfigError(f"task {config.task!r} is a {registration.task_cls.__name__}, not the "
+                        f"{type(task).__name__} given")
     self.task = task or registry.build(config.task, config.task_settings, config_lib.common_settings(config))
     logging.info("task %s: %s", config.task, self.task.describe())
     with self.strategy.scope():
@@ -201,13 +207,19 @@ class Trainer:
         int(self.phase.numpy()), int(self.cycle.numpy()), phase_done))
 
   # ----------------------------------------------------------------------------------------- the schedule
-  def run(self) -> dict:
-    """Runs every remaining phase; returns the results written to results.json."""
+  def run(self, baseline_record: dict | None = None) -> dict:
+    """Runs every remaining phase; returns the results written to results.json. `baseline_record`: the
+    evaluation record of the T this run starts from (no baseline epochs), made on this very task object: an
+    experiment's arms start from its baseline's T, whose figures they would otherwise each recompute."""
     with self.workers.lost_reported():
       config = self.config
       if int(self.phase.numpy()) == PHASE_BASELINE:
         self._train_target(config.baseline_epochs, seed_base=config.seed * 1000)
-        self._evaluate("baseline")
+        if baseline_record is not None and not config.baseline_epochs:
+          self._record({key: value for key, value in baseline_record.items() if key not in RECORD_KEYS},
+                       "baseline")
+        else:
+          self._evaluate("baseline")
         self._advance(PHASE_SYNTHESIZE if config.cycles else PHASE_DONE, next_cycle=1)
 
       while int(self.phase.numpy()) in (PHASE_SYNTHESIZE, PHASE_FINETUNE):
@@ -241,7 +253,12 @@ class Trainer:
     self.progress.start_phase()
     start_epoch = int(self.epoch_in_phase.numpy())
     per_epoch = pipelines.target_steps(self.task, self.cache, config.batch_size, steps_per_epoch)
-    with_discriminator = self.discriminator is not None and config.discriminator_trains_with_target
+    # D trains beside T only where S trains after this phase: after the last cycle no S step is left for D to
+    # judge, and D's steps would cost as much as T's for nothing.
+    s_trains_next = (self.cycle.numpy() < config.cycles if int(self.phase.numpy()) == PHASE_FINETUNE
+                     else config.cycles > 0)
+    with_discriminator = (self.discriminator is not None and config.discriminator_trains_with_target
+                          and s_trains_next)
     while int(self.epoch_in_phase.numpy()) < epochs:
       epoch = int(self.epoch_in_phase.numpy())
       total, step_count, d_accuracy = 0.0, 0, []
@@ -305,7 +322,7 @@ class Trainer:
     step_cap = training_end + config.generation_batches
     caches_from = training_end if config.generation_batches else warmup
     hard_examples = summaries.HardExamples()
-    while int(self.synth_step.numpy()) < step_cap and self.cache.class_counts(cycle).min() < quota:
+    while int(self.synth_step.numpy()) < step_cap and self.cache.quota_filled(cycle).min() < quota:
       in_cycle = int(self.synth_step.numpy())
       batch = next(batches)
       synth_batch, real = batch if self.discriminator is not None else (batch, None)
@@ -323,7 +340,8 @@ class Trainer:
       hard = losses.is_hard(hardness, self.hard_threshold) & (in_cycle >= caches_from)
       composites = outputs.composites.numpy()[hard]
       labels = {key: value.numpy()[hard] for key, value in outputs.labels.items()}
-      added = self.cache.add(composites, labels, outputs.quota_class.numpy()[hard], hardness[hard], cycle, quota)
+      added = self.cache.add(composites, labels, outputs.quota_class.numpy()[hard], hardness[hard], cycle, quota,
+                             self._quota_weights(labels))
       objects = outputs.pasted.numpy()[hard] > 0  # The parameter rows of objects, not of empty slots.
       hard_examples.add(composites, labels, hardness, outputs.params.numpy()[hard][objects])
       self.synth_step.assign_add(1)
@@ -333,32 +351,35 @@ class Trainer:
                              self.task.preview if step % config.image_summary_every_steps == 0 else None)
       in_cycle += 1
       if in_cycle % config.checkpoint_every_steps == 0:
-        counts = self.cache.class_counts(cycle)
+        filled = self.cache.quota_filled(cycle)
         # Done when the emptiest class fills its quota or the step cap is reached, whichever comes first.
-        phase_done = max(counts.min() / quota, (in_cycle - start_step) / max(step_cap - start_step, 1))
+        phase_done = max(filled.min() / quota, (in_cycle - start_step) / max(step_cap - start_step, 1))
         stage = f"S loss {loss:.3f}" if loss is not None else "generation pass"
         if in_cycle <= caches_from:
           stage += " (warm-up: nothing cached)" if in_cycle <= warmup else " (training S: nothing cached)"
         d_accuracy = f", D accuracy {float(discriminator[1].numpy()):.2f}" if discriminator is not None else ""
-        logging.info("%s step %d/%d: %s%s, %.0f%% of batch hard, cycle quota %d/%d (fewest in a class %d); %s",
+        logging.info("%s step %d/%d: %s%s, %.0f%% of batch hard, cycle quota %d/%d %s (fewest in a class %d); "
+                     "%s",
                      self._where(), in_cycle, step_cap, stage, d_accuracy,
-                     100 * losses.is_hard(hardness, self.hard_threshold).mean(), counts.sum(),
-                     quota * self.task.num_classes, counts.min(), self._progress(min(phase_done, 1)))
+                     100 * losses.is_hard(hardness, self.hard_threshold).mean(), filled.sum(),
+                     quota * self.task.num_classes, config.quota_unit, filled.min(),
+                     self._progress(min(phase_done, 1)))
         self._save()
 
-    counts = self.cache.class_counts(cycle)
-    logging.info("%s: %d hard composites cached in %d steps; %s", self._where(), counts.sum(),
-                 int(self.synth_step.numpy()), self._progress(1.0))
+    counts, filled = self.cache.class_counts(cycle), self.cache.quota_filled(cycle)
+    logging.info("%s: %d hard composites cached in %d steps (%d/%d %s of the quota); %s", self._where(),
+                 counts.sum(), int(self.synth_step.numpy()), filled.sum(), quota * self.task.num_classes,
+                 config.quota_unit, self._progress(1.0))
     if not counts.sum():
       # A normal event (T already gets every composite S can make right, or a strict --hard_threshold): the
       # cycle adds nothing and T fine-tunes on what it had.
       logging.warning("cycle %d: S found no composite T finds hard (hardness below %g) in %d steps; the cycle "
                       "adds nothing to the cache", cycle, self.hard_threshold, int(self.synth_step.numpy()))
-    elif counts.min() < quota:
+    elif filled.min() < quota:
       cap = (f"--generation_batches={config.generation_batches}" if config.generation_batches
              else f"step cap --synth_max_steps={config.synth_max_steps}")
-      logging.warning("cycle %d: %s reached with %d/%d hard examples (fewest in a class: %d)", cycle, cap,
-                      counts.sum(), quota * self.task.num_classes, counts.min())
+      logging.warning("cycle %d: %s reached with %d/%d %s of hard examples (fewest in a class: %d)", cycle, cap,
+                      filled.sum(), quota * self.task.num_classes, config.quota_unit, filled.min())
     hard_examples.write(self.writer, cycle, int(self.synth_step.numpy()), self.task.preview,
                         self.target.hardness_range)
 
@@ -403,13 +424,15 @@ class Trainer:
 
   def _add_random(self, cycle: int) -> None:
     """The random-placement baseline: `quota` samples per class from the task's random source, every one
-    kept, hard or not; their hardness under the current T is logged beside TERSE's."""
+    kept, hard or not (under an instance quota, the first ones until their objects fill it: every sample
+    holds one at least); their hardness under the current T is logged beside TERSE's."""
     quota = self.config.quota(cycle)
     images, labels = self._random_samples(quota, seed=(self.config.seed, cycle),
                                           source=self.config.sample_source)
     judgement = self._judge_in_batches(images, labels)
-    self.cache.add(images, labels, judgement.quota_class, judgement.hardness, cycle, quota)
-    logging.info("%s: added %d %s samples (%.0f%% of them hard for T); %s", self._where(), len(images),
+    added = self.cache.add(images, labels, judgement.quota_class, judgement.hardness, cycle, quota,
+                           self._quota_weights(labels))
+    logging.info("%s: added %d %s samples (%.0f%% of the drawn hard for T); %s", self._where(), added,
                  self.config.sample_source, 100 * float(np.mean(judgement.hardness < self.hard_threshold)),
                  self._progress(1.0))
     summaries.random_samples(self.writer, cycle, self.config.sample_source, images, labels, judgement.hardness,
@@ -431,22 +454,28 @@ class Trainer:
     self.progress.start_phase()
     budget = config.synthesis_batches() * config.synth_batch_size
     drawn = draw = 0
-    while drawn < budget and self.cache.class_counts(cycle).min() < quota:
+    while drawn < budget and self.cache.quota_filled(cycle).min() < quota:
       per_class = max(1, min(quota, (budget - drawn) // self.task.num_classes))
       # The first draw is the random arm's own (its seed): the two arms are paired, the filter only removes.
       seed = (config.seed, cycle, draw) if draw else (config.seed, cycle)
       images, labels = self._random_samples(per_class, seed=seed)
       judgement = self._judge_in_batches(images, labels)
       hard = losses.is_hard(judgement.hardness, self.hard_threshold)
-      self.cache.add(images[hard], {key: value[hard] for key, value in labels.items()},
-                     judgement.quota_class[hard], judgement.hardness[hard], cycle, quota)
+      hard_labels = {key: value[hard] for key, value in labels.items()}
+      self.cache.add(images[hard], hard_labels, judgement.quota_class[hard], judgement.hardness[hard], cycle,
+                     quota, self._quota_weights(hard_labels))
       drawn, draw = drawn + len(images), draw + 1
-    counts = self.cache.class_counts(cycle)
+    counts, filled = self.cache.class_counts(cycle), self.cache.quota_filled(cycle)
     logging.info("%s: kept %d of %d random samples T finds hard (hardness below %g); %s", self._where(),
                  counts.sum(), drawn, self.hard_threshold, self._progress(1.0))
-    if counts.min() < quota:
-      logging.warning("cycle %d: %d random draws (S's step cap x batch) gave %d/%d hard samples (fewest in a "
-                      "class: %d)", cycle, drawn, counts.sum(), quota * self.task.num_classes, counts.min())
+    if filled.min() < quota:
+      logging.warning("cycle %d: %d random draws (S's step cap x batch) gave %d/%d %s of hard samples "
+                      "(fewest in a class: %d)", cycle, drawn, filled.sum(), quota * self.task.num_classes,
+                      config.quota_unit, filled.min())
+
+  def _quota_weights(self, labels: dict[str, np.ndarray]) -> np.ndarray | None:
+    """What each sample counts for towards its class's quota: 1 (None) unless quotas count instances."""
+    return self.task.instances(labels) if self.config.quota_unit == config_lib.QUOTA_INSTANCES else None
 
   def _judge_in_batches(self, images: np.ndarray, labels: dict[str, np.ndarray]):
     """T's judgement of float images [N, H, W, C] with their labels, --eval_batch_size at a time (numpy)."""
@@ -457,7 +486,10 @@ class Trainer:
     return type(parts[0])(*(np.concatenate([getattr(p, f).numpy() for p in parts]) for f in parts[0]._fields))
 
   def _evaluate(self, label: str) -> dict:
-    metrics = self.task.evaluate(self.target, self.config.eval_batch_size)
+    return self._record(self.task.evaluate(self.target, self.config.eval_batch_size), label)
+
+  def _record(self, metrics: dict[str, float], label: str) -> dict:
+    """Logs T's `metrics` after `label` (to TensorBoard, the log and results.json); returns the record."""
     record = {"after": label, "cycle": int(self.cycle.numpy()), "cache_size": len(self.cache), **metrics}
     summaries.evaluation(self.writer, record["cycle"], metrics, record["cache_size"])
     logging.info("eval after %s: %s", label, ", ".join(f"{key} {value:.4f}" for key, value in metrics.items()))

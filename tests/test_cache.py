@@ -120,3 +120,35 @@ def test_shards_written_before_a_label_key_existed_read_as_zeros_there(tmp_path)
                                 np.concatenate([np.zeros([2, 2, 4]), labels["ignore_boxes"]]))
   streamed = [label["ignore_boxes"] for _, label in cache.dataset().as_numpy_iterator()]
   np.testing.assert_array_equal(np.stack(streamed), stored["ignore_boxes"])
+
+
+def test_weighted_entries_fill_the_quota_by_their_weights(tmp_path):
+  """Under an instance quota each entry counts its objects: a class takes entries while it has room, so it
+  may end past its quota by less than the last entry's weight; entries per class are still counted apart."""
+  cache = new_cache(tmp_path, num_classes=2)
+  images, labels, classes, margins = candidates([0, 0, 0, 1, 1, 1])
+  weights = np.array([3, 2, 1, 1, 1, 1])
+  assert cache.add(images, labels, classes, margins, cycle=1, per_class_quota=4, weights=weights) == 5
+  assert cache.quota_filled(cycle=1).tolist() == [5, 3] and cache.class_counts(cycle=1).tolist() == [2, 3]
+  # A full class takes nothing more; the other fills up to its quota.
+  assert cache.add(images, labels, classes, margins, cycle=1, per_class_quota=4, weights=weights) == 1
+  assert cache.quota_filled(cycle=1).tolist() == [5, 4]
+  assert cache.quota_filled(cycle=2).tolist() == [0, 0]
+  cache.commit()
+  path = tf.train.Checkpoint(cache=cache).save(str(tmp_path / "ckpt"))
+  restored = HardExampleCache(str(tmp_path / "cache"), 2)
+  tf.train.Checkpoint(cache=restored).restore(path).assert_existing_objects_matched()
+  restored.sync()
+  assert restored.quota_filled(cycle=1).tolist() == [5, 4]
+
+
+def test_shards_written_before_weights_existed_count_each_entry_once(tmp_path):
+  cache = new_cache(tmp_path)
+  cache.add(*candidates([0, 1, 1]), cycle=1, per_class_quota=5, weights=np.array([4, 4, 4]))
+  cache.commit()
+  path = tmp_path / "cache" / "shard-00000.npz"
+  with np.load(path) as shard:
+    old = {key: shard[key] for key in shard.files if key != "weight"}
+  np.savez(path, **old)
+  cache.sync()
+  assert cache.quota_filled(cycle=1).tolist() == [1, 2, 0]

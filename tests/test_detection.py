@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from conftest import DETECTION_SMOKE_FLAGFILE, REPO_ROOT, run_cli, smoke_config, synth_batches
 from terse_tf import boxes, compositor, export, pipelines, trainer as trainer_lib
+from terse_tf import config as config_lib
 from terse_tf.data import photos
 from terse_tf.errors import DataError
 from terse_tf.networks import synthesizer
@@ -95,20 +96,38 @@ def test_a_generation_pass_caches_only_what_the_trained_s_composes_frozen(tmp_pa
   np.testing.assert_array_equal(run.cache.contents()[0], np.concatenate(expected))
 
 
+@pytest.mark.parametrize("source", [detection.CUT_PASTE, config_lib.FILTERED, config_lib.TERSE])
+def test_an_instance_quota_adds_as_many_objects_whatever_the_source(tmp_path, source):
+  """--quota_unit=instances: every source stops once its samples hold the quota's objects (past it by less
+  than one scene's objects), however many objects its scenes hold."""
+  quota = 15
+  config = detection_config(tmp_path, cycles=1, baseline_epochs=0, discriminator=False, sample_source=source,
+                            quota_unit="instances", hard_per_class=(quota,), synth_max_steps=20, export=False)
+  run = trainer_lib.Trainer(config)
+  run._add_samples(1)
+  run.cache.commit()
+  objects = run.cache.contents()[1]["count"]
+  max_objects = run.task.max_objects
+  assert run.cache.quota_filled(1).tolist() == [objects.sum()]
+  assert quota <= objects.sum() < quota + max_objects
+  # Fewer samples than objects: the unit is the object, not the scene (the smoke scenes hold 1-2 objects).
+  assert len(run.cache) < objects.sum() or objects.max() == 1
+
+
 @pytest.mark.slow
 def test_d_is_pretrained_before_s_and_trains_beside_t_as_a2_has_it(tmp_path):
   """--discriminator_pretrain_steps D steps before S's first, one D step per S step in lockstep, and with
-  --discriminator_trains_with_target one per T step (S never moves outside its own steps). No baseline: D
-  steps beside the baseline's T would count towards its pre-training."""
-  config = detection_config(tmp_path, cycles=1, baseline_epochs=0, finetune_epochs=1, synth_warmup_steps=0,
+  --discriminator_trains_with_target one per T step of every T phase but the last, which no S step follows (S
+  never moves outside its own steps). No baseline: D steps beside the baseline's T would count towards its
+  pre-training."""
+  config = detection_config(tmp_path, cycles=2, baseline_epochs=0, finetune_steps=4, synth_warmup_steps=0,
                             synth_max_steps=2, hard_per_class=(1000,), discriminator_pretrain_steps=3,
                             discriminator_trains_with_target=True, export=False)
   run = trainer_lib.Trainer(config)
   run.run()
-  target_steps = int(run.target_global_step.numpy())
-  assert target_steps > 0
-  assert int(run.players.synth_optimizer.iterations.numpy()) == 2
-  assert int(run.players.discriminator_optimizer.iterations.numpy()) == 3 + 2 + target_steps
+  assert int(run.target_global_step.numpy()) == 2 * 4
+  assert int(run.players.synth_optimizer.iterations.numpy()) == 2 * 2
+  assert int(run.players.discriminator_optimizer.iterations.numpy()) == 3 + 2 + 4 + 2
 
 
 def test_an_object_mostly_out_of_frame_gets_an_ignore_box_and_one_in_view_a_box():

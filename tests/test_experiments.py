@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, smoke_config
 from terse_tf import compositor
 from terse_tf.data import photos
 
@@ -21,6 +21,34 @@ SMOKE = os.path.join(REPO_ROOT, "configs", "affnist_efficiency_smoke.flags")
 def target_steps(run_dir):
   reader = tf.train.load_checkpoint(os.path.join(run_dir, "checkpoints"))
   return int(reader.get_tensor("target_global_step/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def test_runs_that_differ_only_in_training_share_one_task_and_others_build_their_own(tmp_path):
+  from terse_tf.experiments import common
+
+  trainers = common.Trainers()
+  first = trainers(smoke_config(str(tmp_path / "a"), seed=0))
+  same_data = trainers(smoke_config(str(tmp_path / "b"), seed=3, sample_source="none", synth_lr=0.5))
+  other_data = trainers(smoke_config(str(tmp_path / "c"), task_settings__data__num_train=100))
+  assert same_data.task is first.task and other_data.task is not first.task
+  assert len(other_data.task.real_examples()[0]) != len(first.task.real_examples()[0])
+
+
+def test_an_arm_given_its_baselines_figures_records_what_it_would_have_measured(tmp_path):
+  """An experiment's arm starts from the baseline's T on the baseline's task: handed the baseline's record, it
+  skips the evaluation, and an arm that evaluates anyway measures exactly those figures."""
+  from terse_tf.experiments import common
+
+  trainers = common.Trainers()
+  baseline = trainers(smoke_config(str(tmp_path / "baseline"), cycles=0))
+  record = baseline.run()["history"][0]
+  checkpoint = baseline.checkpoint_manager.latest_checkpoint
+  arm = dict(baseline_epochs=0, cycles=1, sample_source="none", init_checkpoint=checkpoint, finetune_epochs=0)
+  marked = dict(record, mnist_val_accuracy=-1.0)  # Tells the record taken from one measured again.
+  given = trainers(smoke_config(str(tmp_path / "given"), **arm)).run(baseline_record=marked)["history"]
+  measured = trainers(smoke_config(str(tmp_path / "measured"), **arm)).run()["history"]
+  assert given[0] == marked and measured[0] == record and given[0]["after"] == "baseline"
+  assert given[1]["affnist_test_accuracy"] == measured[1]["affnist_test_accuracy"]
 
 
 @pytest.mark.slow
@@ -213,14 +241,16 @@ def test_detection_experiment_at_smoke_size(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "terse_tf.experiments.photo_digits", f"--flagfile={detection_smoke}",
        f"--run_dir={tmp_path / 'runs'}", f"--results_dir={tmp_path}", "--label=smoke", "--seeds=0,1",
-       "--cycles=1", "--bootstrap_resamples=50"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+       "--cycles=1", "--bootstrap_resamples=50", "--quota_unit=instances", "--hard_per_class=8"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-4000:]
   report = check_detection_report(tmp_path, "smoke", seeds=(0, 1), cycles=1)
   assert report["final"]["real_only"]["samples"] == 0
+  # Equal instances: each arm stops once its scenes hold 8 objects, past it by less than a scene's 2 at most.
   for arm in ("cut_paste", "cut_paste_blend_modes"):
-    assert report["final"][arm]["samples"] == 6  # The quota, one class: every random sample is kept.
+    assert 8 <= report["final"][arm]["instances"] < 10, arm  # Every random sample is kept.
   for arm in ("uniform_filter", "terse_no_d", "terse", "terse_no_diversity", "d_control"):
-    assert 0 < report["final"][arm]["samples"] <= 6, arm  # Only what T finds hard, up to the quota.
+    assert 0 < report["final"][arm]["instances"] < 10, arm  # Only what T finds hard, up to the quota.
   assert (tmp_path / "smoke.png").exists()
   # D pre-trained and trained beside T moves S only through its term in S's loss: at weight 0, S's composites,
   # hence T and every figure, are those of TERSE without D.

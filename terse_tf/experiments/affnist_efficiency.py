@@ -39,7 +39,6 @@ from terse_tf.config import TrainConfig
 from terse_tf.data import mnist
 from terse_tf.errors import ConfigError
 from terse_tf.experiments import common
-from terse_tf.trainer import Trainer
 
 # The sample sources affNIST offers: its random baseline, TERSE's synthesizer, none (the control), and the
 # random baseline through TERSE's hardness filter (the control for what S's learning adds).
@@ -99,7 +98,7 @@ class ExperimentConfig:
     return tuple(quotas), tuple(grid_cycles)
 
 
-def run_seed(experiment: ExperimentConfig, seed: int, command: str = "") -> tuple[list[dict], float]:
+def run_seed(experiment: ExperimentConfig, seed: int, trainers: common.Trainers) -> tuple[list[dict], float]:
   """Baseline, then every arm from the baseline's checkpoint.
 
   Returns one row per (arm, k) with this seed, and the runs' own training time in seconds (resumed runs
@@ -107,9 +106,10 @@ def run_seed(experiment: ExperimentConfig, seed: int, command: str = "") -> tupl
   """
   base = experiment.base
   seed_dir = os.path.join(base.run_dir, experiment.label, f"seed{seed}")
-  baseline = Trainer(common.seeded(base, seed, os.path.join(seed_dir, "baseline"), cycles=0,
-                                   hard_per_class=(1,)), command_line=command)
-  training_s = baseline.run()["wall_time_s"]
+  baseline = trainers(common.seeded(base, seed, os.path.join(seed_dir, "baseline"), cycles=0,
+                                    hard_per_class=(1,)))
+  baseline_results = baseline.run()
+  training_s = baseline_results["wall_time_s"]
   checkpoint = baseline.checkpoint_manager.latest_checkpoint
   quotas, grid_cycles = experiment.cycle_schedule()
   step_cap = (experiment.synth_steps_per_sample_batch * max(quotas) * mnist.NUM_CLASSES //
@@ -122,7 +122,10 @@ def run_seed(experiment: ExperimentConfig, seed: int, command: str = "") -> tupl
                            eval_after_cycles=grid_cycles, sample_source=arm, synth_max_steps=step_cap,
                            # Checkpoints (and cache shards) at phase ends, not every few steps.
                            checkpoint_every_steps=max(base.checkpoint_every_steps, step_cap))
-    results = Trainer(config, command_line=command).run()
+    trainer = trainers(config)
+    # Every arm starts from the baseline's T on the baseline's task object: its figures, not recomputed.
+    results = trainer.run(baseline_record=baseline_results["history"][0] if trainer.task is baseline.task
+                          else None)
     training_s += results["wall_time_s"]
     history = results["history"]
     rows.append({"arm": arm, "k": 0, "k_added": 0, "seed": seed,
@@ -289,7 +292,8 @@ def log_curves(experiment: ExperimentConfig, rows: list[dict], summary: dict) ->
 
 
 def run(experiment: ExperimentConfig, command: str = "") -> dict:
-  rows, training_s = common.run_seeds(experiment.seeds, lambda seed: run_seed(experiment, seed, command))
+  trainers = common.Trainers(command)
+  rows, training_s = common.run_seeds(experiment.seeds, lambda seed: run_seed(experiment, seed, trainers))
   summary = summarise(rows, experiment.k_grid)
   log_curves(experiment, rows, summary)
   paths = write_outputs(experiment, rows, summary, training_s, command)

@@ -10,15 +10,35 @@ from typing import Any, Callable
 
 from absl import app, logging
 
+from terse_tf import config as config_lib
 from terse_tf import train
 from terse_tf.config import TrainConfig
 from terse_tf.errors import TerseError
+from terse_tf.tasks.base import Task
+from terse_tf.trainer import Trainer
 
 
 def seeded(config: TrainConfig, seed: int, run_dir: str, **changes) -> TrainConfig:
   """The training seed varies (initialisation, shuffling, synthesis); the data split and test set do not,
   so every seed is scored on the same test images. With --fresh every run of the experiment starts over."""
   return dataclasses.replace(config, run_dir=run_dir, seed=seed, export=False, **changes)
+
+
+class Trainers:
+  """Makes an experiment's trainers, building each distinct task once: the runs differ in training settings,
+  not in data, and rendering a detection task's scenes costs about as much as one of its short runs. The
+  first trainer of a task builds it (after its strategy exists, which multi-worker training needs first)."""
+
+  def __init__(self, command_line: str = ""):
+    self.command_line = command_line
+    self._tasks: dict[str, Task] = {}
+
+  def __call__(self, config: TrainConfig) -> Trainer:
+    # Everything a task is built from; two configs with equal keys build equal tasks.
+    key = repr((config.task, config.task_settings, config_lib.common_settings(config)))
+    trainer = Trainer(config, task=self._tasks.get(key), command_line=self.command_line)
+    self._tasks[key] = trainer.task
+    return trainer
 
 
 def run_seeds(seeds: tuple[int, ...], run_seed: Callable[[int], tuple[list[dict], float]]

@@ -4,10 +4,11 @@ sleep cycles, for eight ways of adding samples, with the controls that say what 
     python -m terse_tf.experiments.photo_digits --flagfile=configs/photo_digits_experiment.flags
 
 For each seed, one baseline T (an SSD) is trained on the real training scenes; every arm then starts from
-that checkpoint and goes through the same sleep cycles: each adds --hard_per_class samples per class, then
-fine-tunes T for --finetune_steps steps on real scenes + everything added so far (--cache_fraction of each
-batch from the added samples); T is scored after every cycle on every evaluation set of the task (test, val,
-val_upright, and unseen with --photo_unseen_bank). The arms differ only in where the samples come from:
+that checkpoint and goes through the same sleep cycles: each adds --hard_per_class samples (or objects, with
+--quota_unit=instances: the flagfile's equal-instance protocol) per class, then fine-tunes T for
+--finetune_steps steps on real scenes + everything added so far (--cache_fraction of each batch from the added
+samples); T is scored after every cycle on every evaluation set of the task (test, val, val_upright, and
+unseen with --photo_unseen_bank). The arms differ only in where the samples come from:
   real_only              nothing is added: T fine-tunes on the real scenes alone for the same steps;
   cut_paste              Cut-Paste-Learn's random placement over the same ranges, on the same backgrounds
                          with the same §3.1 regions, pasted as S pastes;
@@ -123,19 +124,22 @@ def _digest(images: np.ndarray) -> str:
   return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()[:16]
 
 
-def run_seed(experiment: ExperimentConfig, seed: int, command: str = "") -> SeedResult:
+def run_seed(experiment: ExperimentConfig, seed: int, trainers: common.Trainers) -> SeedResult:
   """Baseline, then every arm from the baseline's checkpoint."""
   base = experiment.base
   seed_dir = os.path.join(base.run_dir, experiment.label, f"seed{seed}")
-  baseline = Trainer(common.seeded(base, seed, os.path.join(seed_dir, "baseline"), cycles=0, discriminator=False,
-                                   sample_source=config_lib.NO_SAMPLES), command_line=command)
-  result = SeedResult(rows=[], training_s=baseline.run()["wall_time_s"], matches={}, fairness={}, hardness={})
+  baseline = trainers(common.seeded(base, seed, os.path.join(seed_dir, "baseline"), cycles=0, discriminator=False,
+                                    sample_source=config_lib.NO_SAMPLES))
+  baseline_results = baseline.run()
+  result = SeedResult(rows=[], training_s=baseline_results["wall_time_s"], matches={}, fairness={}, hardness={})
   checkpoint = baseline.checkpoint_manager.latest_checkpoint
   for arm in experiment.arms:
     config = common.seeded(base, seed, os.path.join(seed_dir, arm), baseline_epochs=0,
                            init_checkpoint=checkpoint, **ARMS[arm])
-    trainer = Trainer(config, command_line=command)
-    results = trainer.run()
+    trainer = trainers(config)
+    # Every arm starts from the baseline's T on the baseline's task object: its figures, not recomputed.
+    results = trainer.run(baseline_record=baseline_results["history"][0] if trainer.task is baseline.task
+                          else None)
     result.training_s += results["wall_time_s"]
     task, cache = trainer.task, trainer.cache
     _, cached_labels = cache.contents() if len(cache) else (None, {"count": np.zeros([0], np.int32)})
@@ -368,7 +372,8 @@ def write_outputs(experiment: ExperimentConfig, report: dict) -> dict[str, str]:
 
 def run(experiment: ExperimentConfig, command: str = "") -> dict:
   started = time.monotonic()
-  seed_results = [run_seed(experiment, seed, command) for seed in experiment.seeds]
+  trainers = common.Trainers(command)
+  seed_results = [run_seed(experiment, seed, trainers) for seed in experiment.seeds]
   rows = [row for result in seed_results for row in result.rows]
   summary = summarise(rows, experiment.arms)
   paired = compare(seed_results, experiment.arms, experiment.bootstrap_resamples)

@@ -116,6 +116,10 @@ class Task(abc.ABC):
     extra_random_sources): float images [N, H, W, C] in [0, 1] and their labels, about `per_class` per
     class."""
 
+  def instances(self, labels: dict[str, np.ndarray]) -> np.ndarray:
+    """The object instances in each sample [N] int64, from its labels: 1 unless the task has several."""
+    return np.ones(len(next(iter(labels.values()))), np.int64)
+
   def augment(self, images: tf.Tensor, labels: Labels, seed: tf.Tensor) -> tuple[tf.Tensor, Labels]:
     """T's training augmentation of a batch of float images (real or cached) and their labels, stateless
     in `seed` [2]; none unless the task has one."""

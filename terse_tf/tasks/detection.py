@@ -278,6 +278,9 @@ class PastedObjectDetection(Task):
       figures.update({f"{name}_ap50": ap["ap50"], f"{name}_ap": ap["ap"], f"{name}_ap75": ap["ap75"]})
     return figures
 
+  def instances(self, labels: dict[str, np.ndarray]) -> np.ndarray:
+    return np.asarray(labels["count"], np.int64)
+
   def augment(self, images: tf.Tensor, labels: dict[str, tf.Tensor], seed: tf.Tensor
               ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     if self.augmentation is None:
