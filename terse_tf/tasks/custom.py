@@ -220,7 +220,7 @@ class CustomDetectionTask(PastedObjectDetection):
     # Every label has as many rows as the busiest real image or S's scenes, whichever is more, so that
     # real and cached examples batch together.
     self.label_slots = max(config.max_objects, max((len(b) for b in real_boxes), default=0))
-    self.real_images, self.real_labels = real_images, self._padded(real_boxes, real_classes)
+    self.real_images, self.real_labels = real_images, self.padded_labels(real_boxes, real_classes)
     self.test_images = test_images
     self.test_truth = [evaluation.ImageBoxes(boxes=b, classes=c) for b, c in zip(test_boxes, test_classes)]
 
@@ -240,18 +240,6 @@ class CustomDetectionTask(PastedObjectDetection):
                           f"[0, 1] with ymin < ymax, xmin < xmax, and n classes in [0, {self.num_classes}); got "
                           f"{b.tolist()} and {c.tolist()}")
     return images, boxes, classes
-
-  def _padded(self, boxes: list[np.ndarray], classes: list[np.ndarray]) -> dict[str, np.ndarray]:
-    count = len(boxes)
-    # A user's images carry no ignore boxes; the key is there because the cache's composites have it, and
-    # T's batches mix both.
-    labels = {"boxes": np.zeros([count, self.label_slots, 4], np.float32),
-              "classes": np.zeros([count, self.label_slots], np.int32),
-              "count": np.array([len(b) for b in boxes], np.int32),
-              "ignore_boxes": np.zeros([count, self.label_slots, 4], np.float32)}
-    for index, (b, c) in enumerate(zip(boxes, classes)):
-      labels["boxes"][index, :len(b)], labels["classes"][index, :len(c)] = b, c
-    return labels
 
   def describe(self) -> str:
     return (f"your detector on {self.image_shape}: {len(self.cutouts)} cut-outs of {self.num_classes} classes "

@@ -159,6 +159,19 @@ class PastedObjectDetection(Task):
       parts.append({k: v.numpy() for k, v in labels.items()})
     return np.concatenate(images), {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
+  def padded_labels(self, boxes: list[np.ndarray], classes: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Real images' boxes [n, 4] and classes [n], one pair per image, as detection labels of label_slots
+    rows. Real images carry no ignore boxes; the key is there because the cache's composites have it, and
+    T's batches mix both."""
+    count = len(boxes)
+    labels = {"boxes": np.zeros([count, self.label_slots, 4], np.float32),
+              "classes": np.zeros([count, self.label_slots], np.int32),
+              "count": np.array([len(b) for b in boxes], np.int32),
+              "ignore_boxes": np.zeros([count, self.label_slots, 4], np.float32)}
+    for index, (b, c) in enumerate(zip(boxes, classes)):
+      labels["boxes"][index, :len(b)], labels["classes"][index, :len(c)] = b, c
+    return labels
+
   def _cut_paste(self, objects: np.ndarray, classes: np.ndarray, valid: np.ndarray, rng: np.random.Generator,
                  source: str | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Cut-Paste-Learn's random placement of cut-outs [N, n, h, w, 4]: uniform parameters over the ranges, on
