@@ -18,13 +18,13 @@ unless listed in `skip_names` (an object the benchmark does not score).
 
 Scene split: the benchmark (3DV 2016) and the Faster R-CNN results of Georgakis et al. 2017 (RSS, "Synthesizing
 training data for object detection in indoor scenes", §IV-A: "In each fold six scenes are used for training
-and three are used for testing") use three folds of the nine scenes, six scenes to train and three to test;
-Cut-Paste-Learn (Dwibedi et al. 2017, the paper's baseline [7]) reports on the same folds, and TERSE compares
-with it. Which three scenes each fold tests on we could not read in any source we reached. The one trace is a
-public converter that builds "Kitchen_fold1" from gmu_scene_002, 004 and 005: FOLD1_TEST_SCENES is that,
-our assumption; the other folds are whatever scenes a user gives (the task's --gmu_test_scenes). Scenes are
-never split by frame: consecutive frames of one video are near duplicates, so a frame split would test on
-training views.
+and three are used for testing") use three folds of the nine scenes, six scenes to train and three to test.
+TERSE compares with Cut-Paste-Learn (Dwibedi et al. 2017, the paper's reference [7]); that it used the same
+folds is our assumption. Which three scenes each fold tests on we could not read in any source we reached.
+The one trace is a public converter that builds "Kitchen_fold1" from gmu_scene_002, 004 and 005:
+FOLD1_TEST_SCENES is that, our assumption; the other folds are whatever scenes a user gives (the task's
+--gmu_test_scenes). Scenes are never split by frame: consecutive frames of one video are near duplicates, so
+a frame split would test on training views.
 
 Objects, BigBIRD's layout (one folder per object, five cameras NP1..NP5 at 3-degree turntable steps):
     <objects_dir>/<object>/NP<camera>_<angle>.jpg

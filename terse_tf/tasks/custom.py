@@ -30,7 +30,7 @@ from terse_tf.targets.classification import ClassifierTarget
 from terse_tf.targets.ssd import SSDTarget
 from terse_tf.tasks import registry
 from terse_tf.tasks.base import CommonSettings, PastedObjectClassification
-from terse_tf.tasks.detection import PastedObjectDetection
+from terse_tf.tasks.detection import StoredCutoutDetection
 
 # Where S may put a cut-out fitted to the whole image: anywhere it stays in the frame (keep_in_frame), at
 # 40-100% of the image's size, turned and sheared moderately.
@@ -169,7 +169,7 @@ class CustomDetectionConfig(CustomTaskConfig):
 
 @registry.register("custom_detection", settings=CustomDetectionConfig,
                    summary="your single-shot detector (terse_tf.api)")
-class CustomDetectionTask(PastedObjectDetection):
+class CustomDetectionTask(StoredCutoutDetection):
   """Detection with the user's own single-shot detector, cut-outs, backgrounds and real and test scenes."""
 
   targets = ("yours",)
@@ -263,19 +263,3 @@ class CustomDetectionTask(PastedObjectDetection):
 
   def real_examples(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return self.real_images, self.real_labels
-
-  def synth_dataset(self, batch_size: int, seed: int, context: tf.distribute.InputContext) -> tf.data.Dataset:
-    """Groups of max_objects cut-outs (1..max_objects of them present) on backgrounds, a share with pasted
-    background regions."""
-    objects = tf.data.Dataset.from_tensor_slices((self.cutouts, self.cutout_classes)).shard(
-        context.num_input_pipelines, context.input_pipeline_id).shuffle(len(self.cutouts), seed=seed).repeat()
-    return self._scenes_dataset(objects, lambda cutouts, _: cutouts, batch_size, seed, context)
-
-  def random_samples(self, per_class: int, seed, source: str | None = None
-                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Cut-Paste-Learn's random placement of `per_class` x classes scenes of random cut-outs."""
-    rng = np.random.default_rng(seed)
-    count, n = per_class * self.num_classes, self.max_objects
-    picks = rng.integers(len(self.cutouts), size=(count, n))
-    valid = np.arange(n)[None, :] < rng.integers(1, n + 1, size=(count, 1))
-    return self._cut_paste(self.cutouts[picks], self.cutout_classes[picks], valid, rng, source)

@@ -17,7 +17,6 @@ import dataclasses
 
 import keras
 import numpy as np
-import tensorflow as tf
 from absl import flags
 
 from terse_tf import boxes as boxes_lib
@@ -29,7 +28,7 @@ from terse_tf.networks import scene_synthesizer, ssd
 from terse_tf.targets.ssd import SSDTarget
 from terse_tf.tasks import registry
 from terse_tf.tasks.base import CommonSettings
-from terse_tf.tasks.detection import PastedObjectDetection
+from terse_tf.tasks.detection import StoredCutoutDetection
 
 SSD_VGG16_SIZE = 300
 
@@ -192,10 +191,11 @@ def settings_from_flags(f: flags.FlagValues) -> GmuSettings:
 @registry.register("gmu", settings=GmuSettings, define_flags=define_flags,
                    settings_from_flags=settings_from_flags,
                    summary="GMU Kitchen instance detection of 11 products (§4.3, A.3; your copy of the data)")
-class GmuTask(PastedObjectDetection):
+class GmuTask(StoredCutoutDetection):
   # The paper's Faster R-CNN (frcnn_resnet18, frcnn_mobilenetv2, frcnn_resnet50_fpn) joins when its target is
   # merged; until then, the SSDs.
   targets = ("ssd_compact", "ssd_vgg16")
+  per_class_figures = True  # The published GMU results are per-product tables.
 
   def __init__(self, settings: GmuSettings, common: CommonSettings):
     if common.target not in self.targets:
@@ -256,17 +256,6 @@ class GmuTask(PastedObjectDetection):
   def evaluation_sets(self) -> dict[str, tuple[np.ndarray, list[evaluation.ImageBoxes]]]:
     return self._evaluation_sets
 
-  def evaluate(self, target: SSDTarget, batch_size: int) -> dict[str, float]:
-    """PastedObjectDetection's COCO AP of each set, and each product's AP@0.5 (<set>_ap50_<product>; -1 for a
-    product without a box in the set, as pycocotools marks it)."""
-    figures = {}
-    for name, (images, truth) in self.evaluation_sets().items():
-      ap = evaluation.evaluate_detections(truth, self.detect(target, images, batch_size), self.image_shape[:2],
-                                          self.class_names)
-      figures.update({f"{name}_ap50": ap["ap50"], f"{name}_ap": ap["ap"], f"{name}_ap75": ap["ap75"]})
-      figures.update({f"{name}_ap50_{product}": value for product, value in ap["per_class_ap50"].items()})
-    return figures
-
   # ------------------------------------------------------------------------------------ networks
   def _backbone_weights(self) -> str | None:
     return self.settings.backbone_weights or None
@@ -285,20 +274,3 @@ class GmuTask(PastedObjectDetection):
     return scene_synthesizer.build_scene_synthesizer(
         (*self.cutout_shape, 3), self.image_shape, self.max_objects, self.settings.synth_backbone,
         settings.width, settings.dropout, settings.noise_dim, weights=self._backbone_weights(), seed=seed)
-
-  # ------------------------------------------------------------------------------------ compositing
-  def synth_dataset(self, batch_size: int, seed: int, context: tf.distribute.InputContext) -> tf.data.Dataset:
-    """Groups of max_objects product views (1..max_objects of them present) on backgrounds, a share with
-    pasted background regions."""
-    objects = tf.data.Dataset.from_tensor_slices((self.cutouts, self.cutout_classes)).shard(
-        context.num_input_pipelines, context.input_pipeline_id).shuffle(len(self.cutouts), seed=seed).repeat()
-    return self._scenes_dataset(objects, lambda cutouts, _: cutouts, batch_size, seed, context)
-
-  def random_samples(self, per_class: int, seed, source: str | None = None
-                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Cut-Paste-Learn's random placement of `per_class` x 11 scenes of random product views."""
-    rng = np.random.default_rng(seed)
-    count, n = per_class * self.num_classes, self.max_objects
-    picks = rng.integers(len(self.cutouts), size=(count, n))
-    valid = np.arange(n)[None, :] < rng.integers(1, n + 1, size=(count, 1))
-    return self._cut_paste(self.cutouts[picks], self.cutout_classes[picks], valid, rng, source)
