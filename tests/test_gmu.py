@@ -242,17 +242,34 @@ def test_the_flagfile_is_a3s_protocol_and_the_scene_settings_are_checked():
     gmu_task.GmuTask(gmu_task.GmuSettings(), CommonSettings(target="ssd_compact"))
 
 
+def fixture_folders(root):
+  return {"gmu_dir": str(write_gmu(root / "gmu")), "objects_dir": str(write_bigbird(root / "bigbird")),
+          "backgrounds_dir": str(write_backgrounds(root / "backgrounds"))}
+
+
+def test_the_gmu_task_builds_from_fixture_folders(tmp_path):
+  settings = gmu_task.GmuSettings(**fixture_folders(tmp_path), image_size=64, cutout_size=16, num_backgrounds=8,
+                                  min_box_area=0, view_stride=2, val_scenes=(9,))
+  task = gmu_task.GmuTask(settings, CommonSettings(target="ssd_compact"))
+  # Fold 1: scenes 2, 4, 5 tested, 9 validates, the five others train; three frames a scene.
+  assert len(task.real_images) == 5 * 3 and len(task.test_images) == 3 * 3
+  assert set(task.evaluation_sets()) == {"test", "val"} and task.splits["val"].scenes.tolist() == [9, 9, 9]
+  assert task.real_labels["count"].tolist() == [2] * 15 and task.class_names == list(gmu.CLASS_NAMES)
+  # As many label rows as S places objects (4), the frames' two boxes first and zero rows after them.
+  np.testing.assert_allclose(task.real_labels["boxes"][0], [[3 / 54, 4 / 96, 40 / 54, 30 / 96],
+                                                           [9 / 54, 49 / 96, 50 / 54, 90 / 96], [0] * 4, [0] * 4],
+                             atol=1e-6)
+  assert task.cutouts.shape == (11 * 2 * 2, 16, 16, 4) and task.backgrounds.shape == (8, 64, 64, 3)
+  batch = next(iter(task.synth_dataset(4, 0, tf.distribute.InputContext())))
+  assert batch["foreground"].shape == (4, 4, 16, 16, 4)
+
+
 @pytest.mark.slow
-def test_the_gmu_task_builds_from_fixture_folders_and_trains_end_to_end(tmp_path):
-  data = {"gmu_dir": str(write_gmu(tmp_path / "gmu")), "objects_dir": str(write_bigbird(tmp_path / "bigbird")),
-          "backgrounds_dir": str(write_backgrounds(tmp_path / "backgrounds"))}
+def test_the_gmu_task_trains_end_to_end(tmp_path):
   config = smoke_config(str(tmp_path / "run"), GMU_SMOKE_FLAGFILE, export=False,
-                        **{f"task_settings__{key}": value for key, value in data.items()})
+                        **{f"task_settings__{key}": value for key, value in fixture_folders(tmp_path).items()})
   assert config.discriminator is False  # A.3: no D by default.
   trainer = trainer_lib.Trainer(config)
-  task = trainer.task
-  assert len(task.real_images) == 6 * 3 and len(task.test_images) == 3 * 3  # Fold 1: scenes 2, 4, 5 tested.
-  assert task.real_labels["count"].tolist() == [2] * 18 and task.class_names == list(gmu.CLASS_NAMES)
   results = trainer.run()
   assert results["cycles_completed"] == 1 and results["hard_examples"] > 0
   assert set(gmu.CLASS_NAMES) <= {key[len("test_ap50_"):-len("_after")] for key in results
