@@ -248,8 +248,8 @@ def fixture_folders(root):
 
 
 def test_the_gmu_task_builds_from_fixture_folders(tmp_path):
-  settings = gmu_task.GmuSettings(**fixture_folders(tmp_path), image_size=64, cutout_size=16, num_backgrounds=8,
-                                  min_box_area=0, view_stride=2, val_scenes=(9,))
+  settings = gmu_task.GmuSettings(**fixture_folders(tmp_path), image_size=64, cutout_size=16,
+                                  num_backgrounds=8, min_box_area=0, view_stride=2, val_scenes=(9,))
   task = gmu_task.GmuTask(settings, CommonSettings(target="ssd_compact"))
   # Fold 1: scenes 2, 4, 5 tested, 9 validates, the five others train; three frames a scene.
   assert len(task.real_images) == 5 * 3 and len(task.test_images) == 3 * 3
