@@ -256,9 +256,8 @@ def test_the_gmu_task_builds_from_fixture_folders(tmp_path):
   assert set(task.evaluation_sets()) == {"test", "val"} and task.splits["val"].scenes.tolist() == [9, 9, 9]
   assert task.real_labels["count"].tolist() == [2] * 15 and task.class_names == list(gmu.CLASS_NAMES)
   # As many label rows as S places objects (4), the frames' two boxes first and zero rows after them.
-  np.testing.assert_allclose(task.real_labels["boxes"][0], [[3 / 54, 4 / 96, 40 / 54, 30 / 96],
-                                                           [9 / 54, 49 / 96, 50 / 54, 90 / 96], [0] * 4, [0] * 4],
-                             atol=1e-6)
+  expected = [[3 / 54, 4 / 96, 40 / 54, 30 / 96], [9 / 54, 49 / 96, 50 / 54, 90 / 96], [0] * 4, [0] * 4]
+  np.testing.assert_allclose(task.real_labels["boxes"][0], expected, atol=1e-6)
   assert task.cutouts.shape == (11 * 2 * 2, 16, 16, 4) and task.backgrounds.shape == (8, 64, 64, 3)
   batch = next(iter(task.synth_dataset(4, 0, tf.distribute.InputContext())))
   assert batch["foreground"].shape == (4, 4, 16, 16, 4)
