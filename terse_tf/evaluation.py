@@ -1,5 +1,6 @@
-"""Detection evaluation through pycocotools: COCO's AP@[.5:.95], AP@0.5 and AP@0.75, per-class AP, and the
-single-threshold AP at IoU 0.5 ... 0.9 of the paper's Table 4.
+"""Detection evaluation through pycocotools: COCO's AP@[.5:.95], AP@0.5 and AP@0.75, per-class AP (and the
+per-class table of the paper's GMU results), and the single-threshold AP at IoU 0.5 ... 0.9 of the paper's
+Table 4.
 
 Every figure comes out of one `COCOeval` run; nothing here computes a precision-recall curve of its own.
 Boxes travel as the rest of terse_tf carries them: normalised (ymin, xmin, ymax, xmax), classes 0-based.
@@ -66,7 +67,9 @@ def evaluate_detections(groundtruth: list[ImageBoxes], detections: list[ImageBox
                      f"{len(detections)} detection entries")
   dataset, results = to_coco(groundtruth, detections, image_hw, class_names)
   if not results:  # pycocotools cannot load an empty result list: nothing detected scores 0 everywhere.
-    zeros = {name: 0.0 for name in class_names}
+    # Except a class without ground truth, which pycocotools marks -1 whatever is detected.
+    truth_classes = {annotation["category_id"] - 1 for annotation in dataset["annotations"]}
+    zeros = {name: 0.0 if k in truth_classes else -1.0 for k, name in enumerate(class_names)}
     return {"ap": 0.0, "ap50": 0.0, "ap75": 0.0, "per_class": zeros, "per_class_ap50": dict(zeros),
             "ap_at_iou": {str(t): 0.0 for t in TABLE4_IOUS}}
   with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress.
@@ -81,16 +84,43 @@ def evaluate_detections(groundtruth: list[ImageBoxes], detections: list[ImageBox
   precision = evaluator.eval["precision"][:, :, :, 0, -1]
   thresholds = evaluator.params.iouThrs
 
-  def mean_defined(values: np.ndarray) -> float:
-    defined = values[values > -1]
-    return float(defined.mean()) if defined.size else -1.0
-
   def at(iou: float) -> int:
     return int(np.argmin(np.abs(thresholds - iou)))
 
   return {
       "ap": float(evaluator.stats[0]), "ap50": float(evaluator.stats[1]), "ap75": float(evaluator.stats[2]),
-      "per_class": {name: mean_defined(precision[:, :, k]) for k, name in enumerate(class_names)},
-      "per_class_ap50": {name: mean_defined(precision[at(0.5), :, k]) for k, name in enumerate(class_names)},
-      "ap_at_iou": {str(t): mean_defined(precision[at(t)]) for t in TABLE4_IOUS},
+      "per_class": {name: _mean_defined(precision[:, :, k]) for k, name in enumerate(class_names)},
+      "per_class_ap50": {name: _mean_defined(precision[at(0.5), :, k]) for k, name in enumerate(class_names)},
+      "ap_at_iou": {str(t): _mean_defined(precision[at(t)]) for t in TABLE4_IOUS},
   }
+
+
+def _mean_defined(values: np.ndarray) -> float:
+  """The mean of the values pycocotools defines (> -1), as its summaries take it; -1 when none is."""
+  defined = np.asarray(values)[np.asarray(values) > -1]
+  return float(defined.mean()) if defined.size else -1.0
+
+
+def per_class_table(arms: dict[str, dict[str, float]], class_names: list[str],
+                    headers: list[str] | None = None, mean: str = "mAP") -> str:
+  """A markdown table in the form of the paper's GMU table: one row per arm (real only, Cut-Paste, TERSE,
+  ...), one column per class and one for the mean, AP in percent to one decimal.
+
+  Each arm maps every name in `class_names` to that class's AP (evaluate_detections' "per_class_ap50", or a
+  run's per-class figures) and may map `mean` to pycocotools' own mean (evaluate_detections' "ap50"); without
+  it the mean is taken over the classes with ground truth, as pycocotools takes it. A class without ground
+  truth (AP -1, pycocotools' marker) shows as "n/a". `headers` name the class columns (default: the class
+  names)."""
+  headers = list(headers or class_names)
+  if len(headers) != len(class_names):
+    raise ValueError(f"{len(headers)} headers for {len(class_names)} classes")
+  lines = ["| | " + " | ".join(headers) + f" | {mean} |", "|---|" + "---:|" * (len(headers) + 1)]
+  for arm, figures in arms.items():
+    missing = [name for name in class_names if name not in figures]
+    if missing:
+      raise ValueError(f"arm {arm!r} has no AP for {missing}")
+    values = [figures[name] for name in class_names]
+    overall = figures.get(mean, _mean_defined(np.array(values)))
+    cells = ("n/a" if v < 0 else f"{100 * v:.1f}" for v in (*values, overall))
+    lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
-"""Detection AP: hand-computable cases, and the wrapper against pycocotools run directly on JSON files."""
+"""Detection AP: hand-computable cases, the wrapper against pycocotools run directly on JSON files, and the
+per-class table against pycocotools' own per-category figures."""
 
 import contextlib
 import io
@@ -54,8 +55,10 @@ def test_a_higher_scored_false_positive_halves_the_precision():
 
 
 def test_nothing_detected_scores_zero_and_mismatched_lengths_are_refused():
-  metrics = evaluation.evaluate_detections([truth([0.1, 0.1, 0.4, 0.4])], [found(scores=[])], HW, ["a"])
-  assert metrics["ap"] == metrics["ap50"] == 0.0 and metrics["per_class"] == {"a": 0.0}
+  metrics = evaluation.evaluate_detections([truth([0.1, 0.1, 0.4, 0.4])], [found(scores=[])], HW, ["a", "b"])
+  assert metrics["ap"] == metrics["ap50"] == 0.0 and metrics["per_class"] == {"a": 0.0, "b": -1.0}
+  # "b" has no ground truth: undefined, as pycocotools has it whatever is detected.
+  assert metrics["per_class_ap50"] == {"a": 0.0, "b": -1.0}
   with pytest.raises(ValueError, match="one detection entry per image"):
     evaluation.evaluate_detections([truth([0.1, 0.1, 0.4, 0.4])], [], HW, ["a"])
 
@@ -95,3 +98,42 @@ def test_the_wrapper_equals_pycocotools_run_on_json_files(tmp_path):
     assert metrics["per_class"][name] == pytest.approx(per_class[per_class > -1].mean())
   seventy = direct.eval["precision"][4, :, :, 0, -1]  # COCO's thresholds: 0.50, 0.55, ..., index 4 is 0.70.
   assert metrics["ap_at_iou"]["0.7"] == pytest.approx(seventy[seventy > -1].mean())
+
+
+def _pycocotools_per_category_ap50(dataset, results, category_id):
+  """pycocotools' own AP@0.5 of one category: COCOeval restricted to it."""
+  with contextlib.redirect_stdout(io.StringIO()):
+    truth = COCO()
+    truth.dataset = dataset
+    truth.createIndex()
+    evaluator = COCOeval(truth, truth.loadRes(results), iouType="bbox")
+    evaluator.params.catIds = [category_id]
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+  return evaluator.stats[1]
+
+
+def test_per_class_ap_is_pycocotools_per_category_ap_and_a_class_without_truth_is_left_out_of_the_table():
+  names = ["a", "b", "c"]  # "c" has no ground truth, only a false detection.
+  box = lambda y, x: [y, x, y + 0.3, x + 0.3]
+  groundtruth = [truth(box(0.1, 0.1), box(0.5, 0.5), classes=[0, 1]), truth(box(0.2, 0.6), box(0.6, 0.1))]
+  detections = [found(box(0.1, 0.12), box(0.5, 0.7), box(0.0, 0.0), scores=[0.9, 0.8, 0.7], classes=[0, 1, 2]),
+                found(box(0.2, 0.6), box(0.3, 0.3), box(0.6, 0.1), scores=[0.6, 0.95, 0.5], classes=[0, 0, 1])]
+  figures = evaluation.evaluate_detections(groundtruth, detections, HW, names)
+  dataset, results = evaluation.to_coco(groundtruth, detections, HW, names)
+  for k, name in enumerate(names):
+    own = _pycocotools_per_category_ap50(dataset, results, k + 1)
+    assert figures["per_class_ap50"][name] == pytest.approx(own)
+  assert figures["per_class_ap50"]["c"] == -1  # pycocotools' marker for a category without ground truth.
+  assert 0 < figures["per_class_ap50"]["a"] < 1 and figures["per_class_ap50"]["b"] == 0
+  # The table: percent to one decimal, "n/a" for "c", and the mean over the classes with truth, which is
+  # pycocotools' own mean.
+  defined = (figures["per_class_ap50"]["a"] + figures["per_class_ap50"]["b"]) / 2
+  assert figures["ap50"] == pytest.approx(defined)
+  table = evaluation.per_class_table({"TERSE": figures["per_class_ap50"],
+                                      "real only": {**figures["per_class_ap50"], "mAP": figures["ap50"]}},
+                                     names, headers=["A", "B", "C"])
+  row = f"{100 * figures['per_class_ap50']['a']:.1f} | 0.0 | n/a | {100 * defined:.1f} |"
+  assert table.splitlines() == ["| | A | B | C | mAP |", "|---|---:|---:|---:|---:|", f"| TERSE | {row}",
+                                f"| real only | {row}"]

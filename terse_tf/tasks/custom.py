@@ -30,7 +30,7 @@ from terse_tf.targets.classification import ClassifierTarget
 from terse_tf.targets.ssd import SSDTarget
 from terse_tf.tasks import registry
 from terse_tf.tasks.base import CommonSettings, PastedObjectClassification
-from terse_tf.tasks.detection import PastedObjectDetection
+from terse_tf.tasks.detection import StoredCutoutDetection
 
 # Where S may put a cut-out fitted to the whole image: anywhere it stays in the frame (keep_in_frame), at
 # 40-100% of the image's size, turned and sheared moderately.
@@ -169,7 +169,7 @@ class CustomDetectionConfig(CustomTaskConfig):
 
 @registry.register("custom_detection", settings=CustomDetectionConfig,
                    summary="your single-shot detector (terse_tf.api)")
-class CustomDetectionTask(PastedObjectDetection):
+class CustomDetectionTask(StoredCutoutDetection):
   """Detection with the user's own single-shot detector, cut-outs, backgrounds and real and test scenes."""
 
   targets = ("yours",)
@@ -220,7 +220,7 @@ class CustomDetectionTask(PastedObjectDetection):
     # Every label has as many rows as the busiest real image or S's scenes, whichever is more, so that
     # real and cached examples batch together.
     self.label_slots = max(config.max_objects, max((len(b) for b in real_boxes), default=0))
-    self.real_images, self.real_labels = real_images, self._padded(real_boxes, real_classes)
+    self.real_images, self.real_labels = real_images, self.padded_labels(real_boxes, real_classes)
     self.test_images = test_images
     self.test_truth = [evaluation.ImageBoxes(boxes=b, classes=c) for b, c in zip(test_boxes, test_classes)]
 
@@ -240,18 +240,6 @@ class CustomDetectionTask(PastedObjectDetection):
                           f"[0, 1] with ymin < ymax, xmin < xmax, and n classes in [0, {self.num_classes}); got "
                           f"{b.tolist()} and {c.tolist()}")
     return images, boxes, classes
-
-  def _padded(self, boxes: list[np.ndarray], classes: list[np.ndarray]) -> dict[str, np.ndarray]:
-    count = len(boxes)
-    # A user's images carry no ignore boxes; the key is there because the cache's composites have it, and
-    # T's batches mix both.
-    labels = {"boxes": np.zeros([count, self.label_slots, 4], np.float32),
-              "classes": np.zeros([count, self.label_slots], np.int32),
-              "count": np.array([len(b) for b in boxes], np.int32),
-              "ignore_boxes": np.zeros([count, self.label_slots, 4], np.float32)}
-    for index, (b, c) in enumerate(zip(boxes, classes)):
-      labels["boxes"][index, :len(b)], labels["classes"][index, :len(c)] = b, c
-    return labels
 
   def describe(self) -> str:
     return (f"your detector on {self.image_shape}: {len(self.cutouts)} cut-outs of {self.num_classes} classes "
@@ -275,19 +263,3 @@ class CustomDetectionTask(PastedObjectDetection):
 
   def real_examples(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return self.real_images, self.real_labels
-
-  def synth_dataset(self, batch_size: int, seed: int, context: tf.distribute.InputContext) -> tf.data.Dataset:
-    """Groups of max_objects cut-outs (1..max_objects of them present) on backgrounds, a share with pasted
-    background regions."""
-    objects = tf.data.Dataset.from_tensor_slices((self.cutouts, self.cutout_classes)).shard(
-        context.num_input_pipelines, context.input_pipeline_id).shuffle(len(self.cutouts), seed=seed).repeat()
-    return self._scenes_dataset(objects, lambda cutouts, _: cutouts, batch_size, seed, context)
-
-  def random_samples(self, per_class: int, seed, source: str | None = None
-                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Cut-Paste-Learn's random placement of `per_class` x classes scenes of random cut-outs."""
-    rng = np.random.default_rng(seed)
-    count, n = per_class * self.num_classes, self.max_objects
-    picks = rng.integers(len(self.cutouts), size=(count, n))
-    valid = np.arange(n)[None, :] < rng.integers(1, n + 1, size=(count, 1))
-    return self._cut_paste(self.cutouts[picks], self.cutout_classes[picks], valid, rng, source)

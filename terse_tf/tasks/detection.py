@@ -113,6 +113,8 @@ class PastedObjectDetection(Task):
   test_truth: list[evaluation.ImageBoxes]
   # SSD's training augmentation of T's batches (real and added scenes); None: none.
   augmentation: augment_lib.AugmentConfig | None = None
+  # Also report each class's AP@0.5 (<set>_ap50_<class>), for per-class tables (the paper's GMU results).
+  per_class_figures = False
 
   def _set_compositing(self, compositor: compositor_lib.CompositorConfig, jit_compile: bool) -> None:
     """S's compositor (objects may be cropped by the frame, where the visibility rule drops their box, so
@@ -158,6 +160,19 @@ class PastedObjectDetection(Task):
       images.append(photos.to_uint8(image.numpy()))
       parts.append({k: v.numpy() for k, v in labels.items()})
     return np.concatenate(images), {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def padded_labels(self, boxes: list[np.ndarray], classes: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Real images' boxes [n, 4] and classes [n], one pair per image, as detection labels of label_slots
+    rows. Real images carry no ignore boxes; the key is there because the cache's composites have it, and
+    T's batches mix both."""
+    count = len(boxes)
+    labels = {"boxes": np.zeros([count, self.label_slots, 4], np.float32),
+              "classes": np.zeros([count, self.label_slots], np.int32),
+              "count": np.array([len(b) for b in boxes], np.int32),
+              "ignore_boxes": np.zeros([count, self.label_slots, 4], np.float32)}
+    for index, (b, c) in enumerate(zip(boxes, classes)):
+      labels["boxes"][index, :len(b)], labels["classes"][index, :len(c)] = b, c
+    return labels
 
   def _cut_paste(self, objects: np.ndarray, classes: np.ndarray, valid: np.ndarray, rng: np.random.Generator,
                  source: str | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -270,12 +285,15 @@ class PastedObjectDetection(Task):
 
   def evaluate(self, target: SSDTarget, batch_size: int) -> dict[str, float]:
     """COCO AP of T on each evaluation set: <set>_ap50 (test_ap50 the headline), <set>_ap (AP@[.5:.95]) and
-    <set>_ap75."""
+    <set>_ap75; with per_class_figures, <set>_ap50_<class> too (-1 for a class without a box in the set, as
+    pycocotools marks it)."""
     figures = {}
     for name, (images, truth) in self.evaluation_sets().items():
       ap = evaluation.evaluate_detections(truth, self.detect(target, images, batch_size), self.image_shape[:2],
                                           self.class_names)
       figures.update({f"{name}_ap50": ap["ap50"], f"{name}_ap": ap["ap"], f"{name}_ap75": ap["ap75"]})
+      if self.per_class_figures:
+        figures.update({f"{name}_ap50_{label}": value for label, value in ap["per_class_ap50"].items()})
     return figures
 
   def instances(self, labels: dict[str, np.ndarray]) -> np.ndarray:
@@ -324,3 +342,27 @@ class PastedObjectDetection(Task):
       return serve
 
     return synthesizer.serving_endpoints(synthesizer_model, endpoint, signature)
+
+
+class StoredCutoutDetection(PastedObjectDetection):
+  """A detection task whose cut-outs are one array, `cutouts` [M, h, w, 4] with `cutout_classes` [M] (set
+  before any method here runs): S's groups and Cut-Paste's scenes are drawn from it."""
+
+  cutouts: np.ndarray
+  cutout_classes: np.ndarray
+
+  def synth_dataset(self, batch_size: int, seed: int, context: tf.distribute.InputContext) -> tf.data.Dataset:
+    """Groups of max_objects cut-outs (1..max_objects of them present) on backgrounds, a share with pasted
+    background regions."""
+    objects = tf.data.Dataset.from_tensor_slices((self.cutouts, self.cutout_classes)).shard(
+        context.num_input_pipelines, context.input_pipeline_id).shuffle(len(self.cutouts), seed=seed).repeat()
+    return self._scenes_dataset(objects, lambda cutouts, _: cutouts, batch_size, seed, context)
+
+  def random_samples(self, per_class: int, seed, source: str | None = None
+                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Cut-Paste-Learn's random placement of `per_class` x classes scenes of random cut-outs."""
+    rng = np.random.default_rng(seed)
+    count, n = per_class * self.num_classes, self.max_objects
+    picks = rng.integers(len(self.cutouts), size=(count, n))
+    valid = np.arange(n)[None, :] < rng.integers(1, n + 1, size=(count, 1))
+    return self._cut_paste(self.cutouts[picks], self.cutout_classes[picks], valid, rng, source)
