@@ -100,9 +100,10 @@ class TrainConfig:
   # before S's first step D takes steps on real images against the composites of S as it starts (frozen)
   # until it has taken this many in all (those beside a baseline T count), so that S's first steps meet a
   # judge rather than a coin. With T: A.2 trains "the discriminator and target models ... for epochs over
-  # the training set" with S fixed, so in each of T's phases a D step follows each of T's steps, but the
-  # last (no S step follows it for D to judge). Its fakes are S's frozen composites, all of them rather than
-  # the cached hard ones: what D judges in S's steps.
+  # the training set" with S fixed, so in each of T's phases that S's steps follow (every phase but the last
+  # cycle's fine-tuning, after which D has no S step left to judge) a D step follows each of T's steps. Its
+  # fakes are S's frozen composites, all of them rather than the cached hard ones: what D judges in S's
+  # steps.
   discriminator_pretrain_steps: int = 0
   discriminator_trains_with_target: bool = False
   # A composite is hard (and cached) when T's hardness score is below this; None: the target's own default
@@ -241,6 +242,23 @@ def result_settings(config: Any, prefix: str = "") -> dict[str, Any]:
   "task_settings.data.num_train"), its value as JSON has it: what a resume must keep."""
   return {name: json.loads(json.dumps(value))  # Tuples as lists, as stored.
           for name, (value, _) in _leaf_settings(config, prefix).items()}
+
+
+def setting_defaults(config: Any, prefix: str = "") -> dict[str, Any]:
+  """{full name: default, as JSON has it} of the settings result_settings names whose field has a default:
+  what a run started before the setting existed ran with (a new setting's default keeps the old behaviour)."""
+  defaults = {}
+  for field in dataclasses.fields(config):
+    if not field.metadata.get("changes_results", True):
+      continue
+    value = getattr(config, field.name)
+    if dataclasses.is_dataclass(value):
+      defaults.update(setting_defaults(value, f"{prefix}{field.name}."))
+    elif field.default is not dataclasses.MISSING:
+      defaults[f"{prefix}{field.name}"] = json.loads(json.dumps(field.default))
+    elif field.default_factory is not dataclasses.MISSING:
+      defaults[f"{prefix}{field.name}"] = json.loads(json.dumps(field.default_factory()))
+  return defaults
 
 
 def setting_flags(config: Any) -> dict[str, str]:

@@ -59,6 +59,8 @@ def _differences(there: dict, now: dict) -> str:
   """"a: 1 there, 2 now; ..." for the keys whose values differ."""
   return "; ".join(f"{key}: {there.get(key, 'unset')} there, {now.get(key, 'unset')} now"
                    for key in sorted(set(there) | set(now)) if there.get(key) != now.get(key))
+# What an evaluation record of the history holds beside T's figures.
+RECORD_KEYS = ("after", "cycle", "cache_size")
 
 
 class RunDirectory:
@@ -91,10 +93,12 @@ class RunDirectory:
                         "your own: import its module in your launcher before terse_tf.train.run()). Use another "
                         "--run_dir, or --fresh to replace it")
 
-  def check_resumable(self, latest: str, identity: str, settings: dict, flags: dict[str, str]) -> None:
+  def check_resumable(self, latest: str, identity: str, settings: dict, flags: dict[str, str],
+                      defaults: dict | None = None) -> None:
     """Refuses to resume `latest` with other settings where they change results (`settings`,
-    config.result_settings, against those config.json recorded; each named by its flag, `flags`), or for a
-    run on other data or another target (`identity`, the task's, against the checkpoint's)."""
+    config.result_settings, against those config.json recorded; each named by its flag, `flags`; a setting
+    it did not record, against its default in `defaults`, config.setting_defaults), or for a run on other
+    data or another target (`identity`, the task's, against the checkpoint's)."""
     try:
       reader = tf.train.load_checkpoint(latest)
       saved_identity = reader.get_tensor(_IDENTITY_KEY).decode() if reader.has_tensor(_IDENTITY_KEY) else "{}"
@@ -103,8 +107,10 @@ class RunDirectory:
                       "Rerun with --fresh to start over") from e
     recorded = self._recorded_settings()
     if recorded is not None:
-      # Settings one side does not know (added to terse_tf since the run started, or removed) are not
-      # compared: a new setting would otherwise refuse every run started before it.
+      # A setting added to terse_tf since the run started is compared with its default, which the run ran
+      # with (comparing nothing would let `--quota_unit=instances` resume a run that counted samples); one
+      # without a default, or one since removed, is not compared: it would refuse every older run.
+      recorded = {**{name: value for name, value in (defaults or {}).items() if name in settings}, **recorded}
       differing = sorted(name for name in set(recorded) & set(settings) if recorded[name] != settings[name])
       if differing:
         differences = "; ".join(dict.fromkeys(  # (Two settings read from one flag, --seed, say it once.)
@@ -240,7 +246,7 @@ class RunDirectory:
     before = next((h for h in history if h["after"] == "baseline"), None)
     final = history[-1] if history and history[-1]["after"] != "baseline" else None
     figures = {}
-    for name in (key for key in (before or final or {}) if key not in ("after", "cycle", "cache_size")):
+    for name in (key for key in (before or final or {}) if key not in RECORD_KEYS):
       figures[f"{name}_before"] = before and before[name]
       figures[f"{name}_after"] = final and final[name]
     results = {"task": task_name, "headline": task.headline, **figures,

@@ -41,11 +41,8 @@ from terse_tf.config import TrainConfig
 from terse_tf.errors import ConfigError, NonFiniteLossError
 from terse_tf.networks import synthesizer as synthesizer_lib
 from terse_tf.progress import PHASE_BASELINE, PHASE_DONE, PHASE_FINETUNE, PHASE_NAMES, PHASE_SYNTHESIZE
-from terse_tf.run_dir import RunDirectory
+from terse_tf.run_dir import RECORD_KEYS, RunDirectory
 from terse_tf.tasks import Task, registry
-
-# What an evaluation record holds beside T's figures.
-RECORD_KEYS = ("after", "cycle", "cache_size")
 
 
 class Trainer:
@@ -81,9 +78,10 @@ class Trainer:
     self.synthesizer, self.target, self.discriminator = self.players[:3]
     self.hard_threshold = self.target.resolve_hard_threshold(config.hard_threshold, f"--target={config.target}")
     if config.sample_source != config_lib.TERSE and (config.generation_batches or (
-        self.discriminator is not None and config.discriminator_pretrain_steps)):
-      logging.warning("--sample_source=%s adds samples without S: --generation_batches and D's pre-training "
-                      "have no effect on this run", config.sample_source)
+        self.discriminator is not None and (config.discriminator_pretrain_steps
+                                            or config.discriminator_trains_with_target))):
+      logging.warning("--sample_source=%s adds samples without S: --generation_batches and D's training beside "
+                      "T or before S have no effect on this run", config.sample_source)
     self.cache = HardExampleCache(os.path.join(config.run_dir, "cache"), self.task.num_classes)
     self._build_checkpoint()
     self._resume_or_start(command_line)
@@ -153,7 +151,8 @@ class Trainer:
     settings = config_lib.result_settings(resolved)
     self.resumed_from = self.run_dir.latest_checkpoint()
     if self.resumed_from:
-      self.run_dir.check_resumable(self.resumed_from, self.identity, settings, config_lib.setting_flags(resolved))
+      self.run_dir.check_resumable(self.resumed_from, self.identity, settings, config_lib.setting_flags(resolved),
+                                   config_lib.setting_defaults(resolved))
       self.run_dir.restore(self.resumed_from, self.checkpoint, self._checkpoint_without_dropout_seeds)
       self.history = json.loads(self.history_json.numpy().decode())
       logging.info("resumed from %s: phase %s, cycle %d, %d cache shards", self.resumed_from,
@@ -209,13 +208,18 @@ class Trainer:
   # ----------------------------------------------------------------------------------------- the schedule
   def run(self, baseline_record: dict | None = None) -> dict:
     """Runs every remaining phase; returns the results written to results.json. `baseline_record`: the
-    evaluation record of the T this run starts from (no baseline epochs), made on this very task object: an
-    experiment's arms start from its baseline's T, whose figures they would otherwise each recompute."""
+    "baseline" evaluation record of the T in --init_checkpoint, made on this very task object; a fresh run
+    with no baseline epochs records it instead of evaluating that T again (an experiment's arms start from
+    its baseline's T, whose figures they would otherwise each recompute); any other run evaluates."""
+    if baseline_record is not None and baseline_record.get("after") != "baseline":
+      raise ValueError(f"baseline_record must be a baseline's evaluation record, got one after "
+                       f"{baseline_record.get('after')!r}")
     with self.workers.lost_reported():
       config = self.config
       if int(self.phase.numpy()) == PHASE_BASELINE:
         self._train_target(config.baseline_epochs, seed_base=config.seed * 1000)
-        if baseline_record is not None and not config.baseline_epochs:
+        if (baseline_record is not None and not config.baseline_epochs and config.init_checkpoint
+            and not self.resumed_from):
           self._record({key: value for key, value in baseline_record.items() if key not in RECORD_KEYS},
                        "baseline")
         else:
@@ -255,8 +259,8 @@ class Trainer:
     per_epoch = pipelines.target_steps(self.task, self.cache, config.batch_size, steps_per_epoch)
     # D trains beside T only where S trains after this phase: after the last cycle no S step is left for D to
     # judge, and D's steps would cost as much as T's for nothing.
-    s_trains_next = (self.cycle.numpy() < config.cycles if int(self.phase.numpy()) == PHASE_FINETUNE
-                     else config.cycles > 0)
+    s_trains_next = config.sample_source == config_lib.TERSE and (
+        self.cycle.numpy() < config.cycles if int(self.phase.numpy()) == PHASE_FINETUNE else config.cycles > 0)
     with_discriminator = (self.discriminator is not None and config.discriminator_trains_with_target
                           and s_trains_next)
     while int(self.epoch_in_phase.numpy()) < epochs:
@@ -424,8 +428,9 @@ class Trainer:
 
   def _add_random(self, cycle: int) -> None:
     """The random-placement baseline: `quota` samples per class from the task's random source, every one
-    kept, hard or not (under an instance quota, the first ones until their objects fill it: every sample
-    holds one at least); their hardness under the current T is logged beside TERSE's."""
+    kept, hard or not (under an instance quota, the first ones until their objects fill it, which `quota`
+    samples do unless --min_visible leaves many without a box); their hardness under the current T is logged
+    beside TERSE's."""
     quota = self.config.quota(cycle)
     images, labels = self._random_samples(quota, seed=(self.config.seed, cycle),
                                           source=self.config.sample_source)

@@ -103,3 +103,12 @@ def test_ts_learning_rate_ramps_up_then_follows_its_schedule(tmp_path, schedule)
   else:
     assert set(after_warmup) == {0.1}
 
+
+
+def test_setting_defaults_are_what_a_run_recorded_before_the_setting_existed(tmp_path):
+  config = smoke_config(str(tmp_path), quota_unit="instances")
+  defaults = config_lib.setting_defaults(config)
+  settings = config_lib.result_settings(config)
+  assert set(defaults) <= set(settings)
+  assert defaults["quota_unit"] == "samples" and settings["quota_unit"] == "instances"
+  assert defaults["hard_per_class"] == [500]  # As JSON has it, the way config.json records it.

@@ -110,8 +110,9 @@ def test_an_instance_quota_adds_as_many_objects_whatever_the_source(tmp_path, so
   max_objects = run.task.max_objects
   assert run.cache.quota_filled(1).tolist() == [objects.sum()]
   assert quota <= objects.sum() < quota + max_objects
-  # Fewer samples than objects: the unit is the object, not the scene (the smoke scenes hold 1-2 objects).
-  assert len(run.cache) < objects.sum() or objects.max() == 1
+  # Fewer samples than objects: the unit is the object, not the scene (the smoke scenes hold 1-2 objects, and
+  # among 8-15 of them some hold 2).
+  assert len(run.cache) < objects.sum()
 
 
 @pytest.mark.slow

@@ -85,8 +85,14 @@ def test_resume_needs_the_same_result_settings_each_named_by_its_flag(tmp_path):
   with pytest.raises(ConfigError, match=r"other settings \(--synth_lr: 0.001 there, 0.002 now; "
                                         r"--seed: 0 there, 1 now\).*--fresh"):
     run_dir.check_resumable(latest, IDENTITY, {"synth_lr": 0.002, "task_settings.data.seed": 1}, flags)
-  # A setting terse_tf did not have when the run started is not compared (it would lock out every older run).
+  # A setting terse_tf did not have when the run started is not compared without a default (it would lock
+  # out every older run), and compared with its default, what the run ran with, where it has one.
   run_dir.check_resumable(latest, IDENTITY, {"synth_lr": 0.001, "task_settings.data.seed": 0, "new": 3}, flags)
+  run_dir.check_resumable(latest, IDENTITY, {"synth_lr": 0.001, "task_settings.data.seed": 0, "new": 3}, flags,
+                          defaults={"new": 3, "synth_lr": 0.5})
+  with pytest.raises(ConfigError, match=r"--new: 2 there, 3 now"):
+    run_dir.check_resumable(latest, IDENTITY, {"synth_lr": 0.001, "task_settings.data.seed": 0, "new": 3},
+                            flags, defaults={"new": 2})
   assert RunDirectory(str(tmp_path), True, STRATEGY, is_chief=True).latest_checkpoint() is None  # --fresh
 
 

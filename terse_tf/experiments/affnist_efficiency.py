@@ -124,8 +124,8 @@ def run_seed(experiment: ExperimentConfig, seed: int, trainers: common.Trainers)
                            checkpoint_every_steps=max(base.checkpoint_every_steps, step_cap))
     trainer = trainers(config)
     # Every arm starts from the baseline's T on the baseline's task object: its figures, not recomputed.
-    results = trainer.run(baseline_record=baseline_results["history"][0] if trainer.task is baseline.task
-                          else None)
+    results = trainer.run(baseline_record=common.baseline_record(baseline_results)
+                          if trainer.task is baseline.task else None)
     training_s += results["wall_time_s"]
     history = results["history"]
     rows.append({"arm": arm, "k": 0, "k_added": 0, "seed": seed,

@@ -41,6 +41,11 @@ class Trainers:
     return trainer
 
 
+def baseline_record(results: dict) -> dict:
+  """The baseline's evaluation record in a run's results (Trainer.run's `baseline_record`)."""
+  return next(record for record in results["history"] if record["after"] == "baseline")
+
+
 def run_seeds(seeds: tuple[int, ...], run_seed: Callable[[int], tuple[list[dict], float]]
               ) -> tuple[list[dict], float]:
   """Every seed's rows, in order, and the runs' training time in seconds summed over seeds."""

@@ -128,8 +128,8 @@ def run_seed(experiment: ExperimentConfig, seed: int, trainers: common.Trainers)
   """Baseline, then every arm from the baseline's checkpoint."""
   base = experiment.base
   seed_dir = os.path.join(base.run_dir, experiment.label, f"seed{seed}")
-  baseline = trainers(common.seeded(base, seed, os.path.join(seed_dir, "baseline"), cycles=0, discriminator=False,
-                                    sample_source=config_lib.NO_SAMPLES))
+  baseline = trainers(common.seeded(base, seed, os.path.join(seed_dir, "baseline"), cycles=0,
+                                    discriminator=False, sample_source=config_lib.NO_SAMPLES))
   baseline_results = baseline.run()
   result = SeedResult(rows=[], training_s=baseline_results["wall_time_s"], matches={}, fairness={}, hardness={})
   checkpoint = baseline.checkpoint_manager.latest_checkpoint
@@ -138,8 +138,8 @@ def run_seed(experiment: ExperimentConfig, seed: int, trainers: common.Trainers)
                            init_checkpoint=checkpoint, **ARMS[arm])
     trainer = trainers(config)
     # Every arm starts from the baseline's T on the baseline's task object: its figures, not recomputed.
-    results = trainer.run(baseline_record=baseline_results["history"][0] if trainer.task is baseline.task
-                          else None)
+    results = trainer.run(baseline_record=common.baseline_record(baseline_results)
+                          if trainer.task is baseline.task else None)
     result.training_s += results["wall_time_s"]
     task, cache = trainer.task, trainer.cache
     _, cached_labels = cache.contents() if len(cache) else (None, {"count": np.zeros([0], np.int32)})
