@@ -106,6 +106,16 @@ def test_efficiency_experiment_at_smoke_size(tmp_path):
   for arm in arms:
     assert summary["error_rates"][arm]["mean"] == pytest.approx(sum(final[arm]) / len(final[arm]))
   assert f"| TERSE | {summary['error_rates']['terse']['samples_added_mean']:.0f} | " in table
+  # What S adds beyond the filter, and the filter beyond random augmentation: per seed, from the rows.
+  assert set(summary["paired"]) == {"terse - filtered", "filtered - random_affine", "terse - random_affine"}
+  for name, points in summary["paired"].items():
+    arm, reference = name.split(" - ")
+    for point, k in zip(points, grid[1:], strict=True):
+      assert point["k"] == int(k)
+      accuracy = {(r["arm"], r["seed"]): float(r["affnist_test_accuracy"]) for r in rows if r["k"] == k}
+      assert point["differences"] == pytest.approx([accuracy[arm, s] - accuracy[reference, s] for s in seeds])
+      assert point["t_low"] <= point["mean"] <= point["t_high"]
+  assert "| k | terse - filtered |" in table
   assert os.listdir(run_dir / "tensorboard") and set(os.listdir(run_dir / "tensorboard")) == set(arms)
 
 

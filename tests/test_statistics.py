@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+import scipy.stats
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -345,3 +346,10 @@ def test_recall_steps_are_pycocotools_searchsorted():
   for n in (1, 3, 7, 100, 333):
     recalls = np.arange(n + 1) / n
     assert np.array_equal(statistics._recall_steps(n), np.searchsorted(recalls, statistics.RECALL_THRESHOLDS))
+
+
+def test_the_paired_t_interval_is_scipys_one_sample_t_interval_of_the_differences():
+  differences = np.array([0.061, 0.033, -0.012, 0.070, 0.035])
+  expected = scipy.stats.ttest_1samp(differences, 0.0).confidence_interval(0.95)
+  np.testing.assert_allclose(statistics.paired_t_interval(differences), (expected.low, expected.high))
+  assert all(np.isnan(statistics.paired_t_interval([0.1])))

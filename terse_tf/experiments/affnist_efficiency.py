@@ -38,7 +38,7 @@ from terse_tf import train  # Declares the shared flags; config_from_flags reads
 from terse_tf.config import TrainConfig
 from terse_tf.data import mnist
 from terse_tf.errors import ConfigError
-from terse_tf.experiments import common
+from terse_tf.experiments import common, statistics
 
 # The sample sources affNIST offers: its random baseline, TERSE's synthesizer, none (the control), and the
 # random baseline through TERSE's hardness filter (the control for what S's learning adds).
@@ -61,6 +61,9 @@ FLAGS = flags.FLAGS
 ARM_TITLES = {"random_affine": "random affine augmentation", "terse": "TERSE", "none": "no added samples",
               "filtered": "random affine + filter"}
 ARM_COLOURS = {"random_affine": "tab:red", "terse": "tab:green", "none": "tab:gray", "filtered": "tab:orange"}
+# (arm, reference) pairs whose per-seed differences the summary reports: what S adds beyond the filter, what
+# the filter adds beyond random augmentation, and TERSE against random augmentation.
+PAIRS = (("terse", "filtered"), ("filtered", "random_affine"), ("terse", "random_affine"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +144,8 @@ def run_seed(experiment: ExperimentConfig, seed: int, trainers: common.Trainers)
 
 
 def summarise(rows: list[dict], k_grid: tuple[int, ...]) -> dict:
-  """Mean and spread per (arm, k), and the headline fraction of random augmentation's samples."""
+  """Mean, sample SD (ddof=1) and range per (arm, k); the paired differences of PAIRS at each k (per seed,
+  their mean and a 95% t interval over seeds); and the headline fraction of random augmentation's samples."""
   curves = {}
   for arm in sorted({r["arm"] for r in rows}):
     points = []
@@ -149,7 +153,7 @@ def summarise(rows: list[dict], k_grid: tuple[int, ...]) -> dict:
       accuracies = [r["affnist_test_accuracy"] for r in rows if r["arm"] == arm and r["k"] == k]
       added = [r["k_added"] for r in rows if r["arm"] == arm and r["k"] == k]
       points.append({"k": k, "k_added_mean": float(np.mean(added)), "mean": float(np.mean(accuracies)),
-                     "std": float(np.std(accuracies)), "min": float(np.min(accuracies)),
+                     "std": statistics.sample_sd(accuracies), "min": float(np.min(accuracies)),
                      "max": float(np.max(accuracies)), "seeds": len(accuracies)})
     curves[arm] = points
   headline = {}
@@ -184,12 +188,31 @@ def summarise(rows: list[dict], k_grid: tuple[int, ...]) -> dict:
   error_rates = {"baseline": _error_rate([r for r in rows if r["k"] == 0 and r["arm"] == any_arm])}
   for arm in curves:
     error_rates[arm] = _error_rate([r for r in rows if r["arm"] == arm and r["k"] == k_grid[-1]])
-  return {"curves": curves, "headline": headline, "error_rates": error_rates}
+  return {"curves": curves, "headline": headline, "error_rates": error_rates, "paired": _paired(rows, k_grid)}
+
+
+def _paired(rows: list[dict], k_grid: tuple[int, ...]) -> dict:
+  """{"<arm> - <reference>": [{k, differences (per seed, in seed order), mean, t_low, t_high}]} for the
+  PAIRS both of whose arms ran."""
+  accuracy = {(r["arm"], r["k"], r["seed"]): r["affnist_test_accuracy"] for r in rows}
+  seeds = sorted({r["seed"] for r in rows})
+  paired = {}
+  for arm, reference in PAIRS:
+    if not any(key[0] == arm for key in accuracy) or not any(key[0] == reference for key in accuracy):
+      continue
+    points = []
+    for k in k_grid:
+      differences = [accuracy[arm, k, seed] - accuracy[reference, k, seed] for seed in seeds]
+      low, high = statistics.paired_t_interval(differences)
+      points.append({"k": k, "differences": differences, "mean": float(np.mean(differences)), "t_low": low,
+                     "t_high": high})
+    paired[f"{arm} - {reference}"] = points
+  return paired
 
 
 def _error_rate(rows: list[dict]) -> dict:
   errors = [1.0 - r["affnist_test_accuracy"] for r in rows]
-  return {"mean": float(np.mean(errors)), "std": float(np.std(errors)),
+  return {"mean": float(np.mean(errors)), "std": statistics.sample_sd(errors),
           "samples_added_mean": float(np.mean([r["k_added"] for r in rows]))}
 
 
@@ -238,7 +261,7 @@ def write_outputs(experiment: ExperimentConfig, rows: list[dict], summary: dict,
            f"Training time: {training_s / 60:.1f} min (sum of the runs' own times); "
            f"seeds {list(experiment.seeds)}; target `{experiment.base.target}`; data "
            f"`{mnist.resolve_source(experiment.base.task_settings.data)}`.", "",
-           "affNIST-test accuracy, mean +- std over seeds (error rate = 1 - accuracy). k is the sample total "
+           "affNIST-test accuracy, mean +- sample SD over seeds (error rate = 1 - accuracy). k is the sample total "
            "the schedule aims at; TERSE can add fewer when a cycle hits its step cap (last column); the "
            "no-sample control fine-tunes on the same schedule.", "",
            "| k | " + " | ".join(ARM_TITLES[a] for a in arms) + " | TERSE samples added |",
@@ -247,12 +270,20 @@ def write_outputs(experiment: ExperimentConfig, rows: list[dict], summary: dict,
     cells = [f"{summary['curves'][a][i]['mean']:.4f} +- {summary['curves'][a][i]['std']:.4f}" for a in arms]
     added = f"{summary['curves']['terse'][i]['k_added_mean']:.0f}" if "terse" in arms else "-"
     lines.append(f"| {k} | " + " | ".join(cells) + f" | {added} |")
-  lines += ["", "affNIST-test error rate (%) at the end of the schedule (paper Table 1's form), mean +- std "
-            "over seeds:", "", "| method | samples added | error rate (%) |", "|---|---|---|"]
+  lines += ["", "affNIST-test error rate (%) at the end of the schedule (paper Table 1's form), mean +- sample "
+            "SD over seeds:", "", "| method | samples added | error rate (%) |", "|---|---|---|"]
   for name, error in summary["error_rates"].items():
     title = "MNIST only (the baseline T)" if name == "baseline" else ARM_TITLES[name]
     lines.append(f"| {title} | {error['samples_added_mean']:.0f} | {100 * error['mean']:.2f} +- "
                  f"{100 * error['std']:.2f} |")
+  if summary["paired"]:
+    lines += ["", "Paired differences of affNIST-test accuracy (same seed, same baseline T), mean over seeds "
+              "and 95% t interval over seeds:", "",
+              "| k | " + " | ".join(summary["paired"]) + " |", "|---|" + "---|" * len(summary["paired"])]
+    for i, k in enumerate(experiment.k_grid):
+      cells = [f"{points[i]['mean']:+.4f} [{points[i]['t_low']:+.4f}, {points[i]['t_high']:+.4f}]"
+               for points in summary["paired"].values()]
+      lines.append(f"| {k} | " + " | ".join(cells) + " |")
   headline = summary["headline"]
   if headline:
     lines += ["", f"Random augmentation's final accuracy: {headline['random_affine_final_accuracy']:.4f} with "

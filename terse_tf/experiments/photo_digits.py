@@ -38,7 +38,6 @@ import os
 import time
 
 import numpy as np
-import scipy.stats
 import tensorflow as tf
 from absl import app, flags, logging
 
@@ -257,9 +256,7 @@ def compare(seed_results: list[SeedResult], arms: tuple[str, ...], resamples: in
         differences = [statistics.ap_at_iou(a) - statistics.ap_at_iou(b) for a, b in zip(mine, theirs)]
         figures["seed_differences"] = differences
         if len(differences) > 1:
-          count, mean = len(differences), float(np.mean(differences))
-          half = scipy.stats.t.ppf(0.975, count - 1) * statistics.sample_sd(differences) / np.sqrt(count)
-          figures["seed_t_low"], figures["seed_t_high"] = mean - half, mean + half
+          figures["seed_t_low"], figures["seed_t_high"] = statistics.paired_t_interval(differences)
         paired[f"{arm} - {reference} ({name})"] = figures
   return paired
 

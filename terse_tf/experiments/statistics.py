@@ -33,6 +33,7 @@ import functools
 from typing import NamedTuple, Sequence
 
 import numpy as np
+import scipy.stats
 from pycocotools.cocoeval import Params
 
 from terse_tf.evaluation import ImageBoxes, _coco_box
@@ -49,6 +50,18 @@ def sample_sd(values: Sequence[float] | np.ndarray) -> float:
   fewer than 2 values, where no spread is defined (np.std would warn and return NaN or 0)."""
   values = np.asarray(values, dtype=np.float64).ravel()
   return float(np.std(values, ddof=1)) if values.size >= 2 else float("nan")
+
+
+def paired_t_interval(differences: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float]:
+  """The `level` t interval of the mean of paired differences (one per seed): what another training seed
+  would give. NaN bounds for fewer than 2 differences."""
+  differences = np.asarray(differences, dtype=np.float64).ravel()
+  if differences.size < 2:
+    return float("nan"), float("nan")
+  mean = float(np.mean(differences))
+  half = float(scipy.stats.t.ppf(0.5 + level / 2, differences.size - 1) * sample_sd(differences) /
+               np.sqrt(differences.size))
+  return mean - half, mean + half
 
 
 class ImageMatches(NamedTuple):
