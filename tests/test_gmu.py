@@ -160,6 +160,17 @@ def test_a_bad_gmu_folder_gets_one_error_naming_what_is_missing(tmp_path):
     gmu.read_scene(str(root), 2)
 
 
+def test_a_size_or_coordinate_that_is_no_number_is_an_error_naming_the_file(tmp_path):
+  write_scene(tmp_path, 1, {1: [("red_bull", (1, 1, 9, 9))]}, np.random.default_rng(0))
+  path = tmp_path / gmu.scene_folder(1) / gmu.ANNOTATIONS / "rgb_1.xml"
+  good = path.read_text()
+  for bad, message in ((good.replace("<width>96<", "<width>96px<"), r"<size/width> is '96px', not an integer"),
+                       (good.replace("<ymax>9<", "<ymax>9,5<"), r"<bndbox/ymax> is '9,5', not a number")):
+    path.write_text(bad)
+    with pytest.raises(DataError, match=r"rgb_1\.xml: " + message):
+      gmu.read_scene(str(tmp_path), 1)
+
+
 # ------------------------------------------------------------------------------------ objects
 def test_pbm_masks_read_in_binary_and_text_form(tmp_path):
   bits = np.random.default_rng(0).random((5, 11)) > 0.5  # 11 columns: each row padded to 2 bytes in P4.
@@ -170,6 +181,9 @@ def test_pbm_masks_read_in_binary_and_text_form(tmp_path):
     np.testing.assert_array_equal(gmu.read_pbm(str(tmp_path / name)), bits)
   (tmp_path / "p4.pbm").write_bytes(b"P4\n11 5\n\x00")
   with pytest.raises(DataError, match=r"p4\.pbm: truncated P4 bitmap"):
+    gmu.read_pbm(str(tmp_path / "p4.pbm"))
+  (tmp_path / "p4.pbm").write_bytes(b"P4\n11 5x\n\x00")
+  with pytest.raises(DataError, match=r"p4\.pbm: PBM header's size is '11' x '5x', not two whole numbers"):
     gmu.read_pbm(str(tmp_path / "p4.pbm"))
 
 

@@ -89,6 +89,15 @@ def _text(node: ElementTree.Element, path: str, where: str) -> str:
   return found.strip()
 
 
+def _number(node: ElementTree.Element, path: str, where: str, kind: type = float) -> float:
+  """The number at `path` (an int or float by `kind`); DataError naming the file when it is not one."""
+  text = _text(node, path, where)
+  try:
+    return kind(text)
+  except ValueError as e:
+    raise DataError(f"{where}: <{path}> is {text!r}, not {'an integer' if kind is int else 'a number'}") from e
+
+
 def read_annotation(path: str, images_dir: str, skip_names: tuple[str, ...] = ()) -> Frame:
   """One VOC annotation file of a scene; DataError naming the file when it is malformed, names a class
   outside CLASS_NAMES (and `skip_names`), or its frame is not in `images_dir`."""
@@ -99,7 +108,7 @@ def read_annotation(path: str, images_dir: str, skip_names: tuple[str, ...] = ()
   image_path = os.path.join(images_dir, os.path.basename(_text(root, "filename", path)))
   if not os.path.exists(image_path):
     raise DataError(f"{path}: its frame {image_path} is missing")
-  width, height = int(_text(root, "size/width", path)), int(_text(root, "size/height", path))
+  width, height = _number(root, "size/width", path, int), _number(root, "size/height", path, int)
   boxes, classes = [], []
   for node in root.findall("object"):
     name = _text(node, "name", path)
@@ -108,8 +117,7 @@ def read_annotation(path: str, images_dir: str, skip_names: tuple[str, ...] = ()
     if name not in CLASS_NAMES:
       raise DataError(f"{path}: unknown object {name!r}; expected one of the 11 GMU products "
                       f"{list(CLASS_NAMES)} (list objects the benchmark does not score in --gmu_skip_objects)")
-    xmin, ymin, xmax, ymax = (float(_text(node, f"bndbox/{key}", path))
-                              for key in ("xmin", "ymin", "xmax", "ymax"))
+    xmin, ymin, xmax, ymax = (_number(node, f"bndbox/{key}", path) for key in ("xmin", "ymin", "xmax", "ymax"))
     if not (1 <= xmin <= xmax <= width and 1 <= ymin <= ymax <= height):
       raise DataError(f"{path}: box of {name} ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) is not inside the "
                       f"{width}x{height} frame (VOC pixels, 1-based, xmin <= xmax, ymin <= ymax)")
@@ -191,6 +199,9 @@ def read_pbm(path: str) -> np.ndarray:
       raise DataError(f"{path}: not a PBM bitmap (expected a P4 or P1 header with width and height)")
     tokens.append(match.group(2))
     position = match.end()
+  if not (tokens[1].isdigit() and tokens[2].isdigit()):
+    size = " x ".join(repr(token.decode(errors="replace")) for token in tokens[1:])
+    raise DataError(f"{path}: PBM header's size is {size}, not two whole numbers")
   magic, (width, height) = tokens[0], (int(tokens[1]), int(tokens[2]))
   if magic == b"P4":
     row_bytes, start = (width + 7) // 8, position + 1  # One whitespace byte ends the header.
