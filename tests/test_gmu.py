@@ -117,9 +117,11 @@ def test_a_scene_parses_into_normalised_boxes_classes_and_frames_in_frame_order(
   # The product's patch lands where its normalised box says in the squashed frame.
   patch = split.images[1, 2:14, 2:14].astype(float).mean(axis=(0, 1))
   np.testing.assert_allclose(patch, np.array([40, 90, 140]) + 10 * gmu.CLASS_NAMES.index("red_bull"), atol=4)
-  # Boxes under the area floor (in full-frame pixels) are left out: the 10x10 one of frame 9.
+  # Boxes under the area floor (in full-frame pixels) are not scored but ignored: the 10x10 one of frame 9.
   small = gmu.load_split(str(tmp_path), (3,), image_size=32, min_box_area=101)
-  assert [len(b) for b in small.boxes] == [1, 1]
+  assert [len(b) for b in small.boxes] == [1, 1] and [len(b) for b in small.ignore_boxes] == [1, 0]
+  np.testing.assert_allclose(small.ignore_boxes[0], frames[0].boxes[1:])
+  assert small.ignore_classes[0].tolist() == [gmu.CLASS_NAMES.index("pop_secret_light_butter")]
 
 
 def test_an_object_outside_the_11_products_is_an_error_unless_skipped(tmp_path):
@@ -275,6 +277,23 @@ def test_the_gmu_task_builds_from_fixture_folders(tmp_path):
   assert task.cutouts.shape == (11 * 2 * 2, 16, 16, 4) and task.backgrounds.shape == (8, 64, 64, 3)
   batch = next(iter(task.synth_dataset(4, 0, tf.distribute.InputContext())))
   assert batch["foreground"].shape == (4, 4, 16, 16, 4)
+
+
+def test_boxes_too_small_to_score_are_ignore_boxes_in_training_and_crowd_regions_in_evaluation(tmp_path):
+  # The fixture frames' first box is 26x37 pixels (962), the second 41x41 (1,681).
+  settings = gmu_task.GmuSettings(**fixture_folders(tmp_path), image_size=64, cutout_size=16,
+                                  num_backgrounds=8, min_box_area=1000, view_stride=3)
+  task = gmu_task.GmuTask(settings, CommonSettings(target="ssd_compact"))
+  first, second = [3 / 54, 4 / 96, 40 / 54, 30 / 96], [9 / 54, 49 / 96, 50 / 54, 90 / 96]
+  assert task.real_labels["count"].tolist() == [1] * 18
+  np.testing.assert_allclose(task.real_labels["boxes"][:, 0], [second] * 18, atol=1e-6)
+  np.testing.assert_allclose(task.real_labels["ignore_boxes"][:, :2], [[first, [0] * 4]] * 18, atol=1e-6)
+  truth = task.test_truth[0]
+  np.testing.assert_allclose(truth.boxes, [second], atol=1e-6)
+  np.testing.assert_allclose(truth.ignore_boxes, [first], atol=1e-6)
+  assert truth.ignore_classes.tolist() == task.splits["test"].ignore_classes[0].tolist() != []
+  with pytest.raises(ValueError, match=r"an image has 5 boxes or ignore boxes, more than the 4 label rows"):
+    task.padded_labels([np.zeros([1, 4])], [np.zeros([1])], [np.zeros([5, 4])])
 
 
 @pytest.mark.slow

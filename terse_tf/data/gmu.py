@@ -158,19 +158,23 @@ def _frame_order(path: str) -> tuple:
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """Frames of some scenes, resized: uint8 images [N, S, S, 3], and per image boxes and classes."""
+  """Frames of some scenes, resized: uint8 images [N, S, S, 3], and per image the boxes and classes scored,
+  and the boxes (with their classes) too small to score, to be ignored in training and evaluation."""
   images: np.ndarray
   boxes: list[np.ndarray]
   classes: list[np.ndarray]
+  ignore_boxes: list[np.ndarray]
+  ignore_classes: list[np.ndarray]
   scenes: np.ndarray  # [N] the scene of each image.
 
 
 def load_split(gmu_dir: str, scenes: tuple[int, ...], image_size: int, frame_stride: int = 1,
                skip_names: tuple[str, ...] = (), min_box_area: float = 0.0) -> Split:
   """Every `frame_stride`-th annotated frame of `scenes`, squashed to image_size x image_size (as SSD resizes;
-  normalised boxes are unchanged by it). Boxes of less than `min_box_area` pixels in the full frame are
-  dropped."""
-  images, boxes, classes, scene_of = [], [], [], []
+  normalised boxes are unchanged by it). Boxes of less than `min_box_area` pixels in the full frame are not
+  scored: they are the split's ignore boxes, neither object nor background (deleting them would teach T
+  that a small product is background, and count a detection of one a false positive)."""
+  images, boxes, classes, ignore_boxes, ignore_classes, scene_of = [], [], [], [], [], []
   for scene in scenes:
     for frame in read_scene(gmu_dir, scene, skip_names)[::frame_stride]:
       image = read_rgb(frame.image_path)
@@ -183,8 +187,10 @@ def load_split(gmu_dir: str, scenes: tuple[int, ...], image_size: int, frame_str
       keep = sides.prod(axis=1) >= min_box_area
       boxes.append(frame.boxes[keep])
       classes.append(frame.classes[keep])
+      ignore_boxes.append(frame.boxes[~keep])
+      ignore_classes.append(frame.classes[~keep])
       scene_of.append(scene)
-  return Split(np.stack(images), boxes, classes, np.array(scene_of, np.int32))
+  return Split(np.stack(images), boxes, classes, ignore_boxes, ignore_classes, np.array(scene_of, np.int32))
 
 
 # ------------------------------------------------------------------------------------ objects

@@ -157,8 +157,9 @@ def define_flags(flag_values: flags.FlagValues) -> None:
       ("gmu_num_backgrounds", _DEFAULT.num_backgrounds, "Random crops of the background photos.")):
     flags.DEFINE_integer(name, default, text, lower_bound=1, flag_values=flag_values)
   for name, default, text in (
-      ("gmu_min_box_area", _DEFAULT.min_box_area, "Boxes of fewer pixels (in the 1920x1080 frame) are left out "
-       "of the real and test labels; Cut-Paste-Learn evaluates boxes of at least 50x30."),
+      ("gmu_min_box_area", _DEFAULT.min_box_area, "Boxes of fewer pixels (in the 1920x1080 frame) are not "
+       "scored: ignore boxes in T's real labels, crowd regions in evaluation (a detection there is neither a "
+       "true nor a false positive); Cut-Paste-Learn evaluates boxes of at least 50x30."),
       ("gmu_min_visible", _DEFAULT.min_visible, "A pasted product with less than this share in view gets no "
        "box (an ignore box if any shows)."),
       ("gmu_background_artifact_fraction", _DEFAULT.background_artifact_fraction, "Share of S's backgrounds "
@@ -216,8 +217,11 @@ class GmuTask(StoredCutoutDetection):
     self.max_objects, self.min_visible = settings.max_objects, settings.min_visible
     self.background_artifact_fraction = settings.background_artifact_fraction
     self._set_compositing(common.compositor.with_ranges(settings.ranges()), common.synthesizer.jit_compile)
-    load = lambda scenes: gmu.load_split(settings.gmu_dir, scenes, size, settings.frame_stride,
-                                         settings.skip_objects, settings.min_box_area)
+
+    def load(scenes: tuple[int, ...]) -> gmu.Split:
+      return gmu.load_split(settings.gmu_dir, scenes, size, settings.frame_stride, settings.skip_objects,
+                            settings.min_box_area)
+
     self.splits = {"train": load(settings.training_scenes()), "test": load(settings.test_scenes)}
     if settings.val_scenes:
       self.splits["val"] = load(settings.val_scenes)
@@ -230,13 +234,16 @@ class GmuTask(StoredCutoutDetection):
         settings.num_backgrounds, size, rng)
     self._set_artifact_masks(self.cutouts[..., -1], rng)
     train = self.splits["train"]
-    # Every label has as many rows as the busiest real frame or S's scenes, whichever is more, so that
-    # real and cached examples batch together.
-    self.label_slots = max(settings.max_objects, max(len(b) for b in train.boxes))
-    self.real_images, self.real_labels = train.images, self.padded_labels(train.boxes, train.classes)
+    # Every label has as many rows as the busiest real frame (its boxes or its ignore boxes) or S's scenes,
+    # whichever is more, so that real and cached examples batch together.
+    self.label_slots = max(settings.max_objects, *(len(b) for b in (*train.boxes, *train.ignore_boxes)))
+    self.real_images = train.images
+    self.real_labels = self.padded_labels(train.boxes, train.classes, train.ignore_boxes)
+    # Boxes under --gmu_min_box_area are not scored: crowd regions, where a detection is no false positive.
     self._evaluation_sets = {
-        name: (split.images, [evaluation.ImageBoxes(boxes=b, classes=c)
-                              for b, c in zip(split.boxes, split.classes)])
+        name: (split.images, [evaluation.ImageBoxes(boxes=b, classes=c, ignore_boxes=ib, ignore_classes=ic)
+                              for b, c, ib, ic in zip(split.boxes, split.classes, split.ignore_boxes,
+                                                      split.ignore_classes)])
         for name, split in self.splits.items() if name != "train"}
     self.test_images, self.test_truth = self._evaluation_sets["test"]
 
