@@ -296,6 +296,37 @@ def test_boxes_too_small_to_score_are_ignore_boxes_in_training_and_crowd_regions
     task.padded_labels([np.zeros([1, 4])], [np.zeros([1])], [np.zeros([5, 4])])
 
 
+def test_a_product_has_the_aspect_in_composites_that_it_has_in_the_squashed_real_frames(tmp_path):
+  # The fixture's product views are 12 pixels wide, 20 high; a real frame shows one at that shape too.
+  write_scene(tmp_path / "real", 1, {1: [("red_bull", (40, 10, 51, 29))]}, np.random.default_rng(0))
+  (real_box,), = gmu.load_split(str(tmp_path / "real"), (1,), image_size=96).boxes
+
+  def aspect(box):  # Width over height, normalised: as T sees it in its square image.
+    return (box[3] - box[1]) / (box[2] - box[0])
+  assert aspect(real_box) == pytest.approx(12 / 20 * FRAME_H / FRAME_W)
+  settings = gmu_task.GmuSettings(**fixture_folders(tmp_path), image_size=96, cutout_size=64,
+                                  num_backgrounds=4, min_box_area=0, view_stride=3)
+  task = gmu_task.GmuTask(settings, CommonSettings(target="ssd_compact"))
+  assert task.frame_aspect == pytest.approx(FRAME_W / FRAME_H)
+  red_bull = gmu.CLASS_NAMES.index("red_bull")
+  view = task.cutouts[task.cutout_classes == red_bull][:1]
+  upright = np.array([[[0, 0, 0, 0, 1, 1]]], np.float32)  # Centred at scale 1, not turned or sheared.
+  _, labels = task._render_scenes(view[None], np.array([[red_bull]]), np.array([[True]]), task.backgrounds[:1],
+                                  upright)
+  assert labels["count"].tolist() == [1]
+  # Unsquashed it would be 12 / 20 = 0.6; the squashed frames' 0.34 within a pixel of the 64-pixel view.
+  assert aspect(labels["boxes"][0, 0]) == pytest.approx(aspect(real_box), abs=1.5 / 64)
+  # The background photos are narrowed the same way before their square crops are taken.
+  (photo,) = gmu.squash_photos([np.zeros((60, 80, 3), np.uint8)], task.frame_aspect)
+  assert photo.shape == (60, 45, 3)
+  # One squash for every frame: a frame of another size is an error naming it.
+  scene = tmp_path / "real" / gmu.scene_folder(1)
+  write_png(str(scene / gmu.IMAGES / "rgb_2.png"), np.zeros((FRAME_H, 80, 3), np.uint8))
+  (scene / gmu.ANNOTATIONS / "rgb_2.xml").write_text(voc_xml("rgb_2.png", [], width=80))
+  with pytest.raises(DataError, match=r"rgb_2\.png: 80x54 pixels, where .*rgb_1\.png has 96x54"):
+    gmu.load_split(str(tmp_path / "real"), (1,), image_size=96)
+
+
 @pytest.mark.slow
 def test_the_gmu_task_trains_end_to_end(tmp_path):
   config = smoke_config(str(tmp_path / "run"), GMU_SMOKE_FLAGFILE, export=False,

@@ -166,21 +166,28 @@ class Split:
   ignore_boxes: list[np.ndarray]
   ignore_classes: list[np.ndarray]
   scenes: np.ndarray  # [N] the scene of each image.
+  frame_aspect: float  # Width / height of every frame before it was squashed (16 / 9 for GMU's 1920x1080).
 
 
 def load_split(gmu_dir: str, scenes: tuple[int, ...], image_size: int, frame_stride: int = 1,
                skip_names: tuple[str, ...] = (), min_box_area: float = 0.0) -> Split:
   """Every `frame_stride`-th annotated frame of `scenes`, squashed to image_size x image_size (as SSD resizes;
-  normalised boxes are unchanged by it). Boxes of less than `min_box_area` pixels in the full frame are not
+  normalised boxes are unchanged by it); every frame must have the first one's size, so that one squash
+  (`frame_aspect`) applies to all. Boxes of less than `min_box_area` pixels in the full frame are not
   scored: they are the split's ignore boxes, neither object nor background (deleting them would teach T
   that a small product is background, and count a detection of one a false positive)."""
-  images, boxes, classes, ignore_boxes, ignore_classes, scene_of = [], [], [], [], [], []
+  images, boxes, classes, ignore_boxes, ignore_classes, scene_of, first = [], [], [], [], [], [], None
   for scene in scenes:
     for frame in read_scene(gmu_dir, scene, skip_names)[::frame_stride]:
       image = read_rgb(frame.image_path)
       if image.shape[:2] != (frame.height, frame.width):
         raise DataError(f"{frame.image_path}: {image.shape[1]}x{image.shape[0]} pixels, its annotation says "
                         f"{frame.width}x{frame.height}")
+      first = first or frame
+      if (frame.height, frame.width) != (first.height, first.width):
+        raise DataError(f"{frame.image_path}: {frame.width}x{frame.height} pixels, where {first.image_path} has "
+                        f"{first.width}x{first.height}; every frame must have one size (all are squashed to a "
+                        "square, and S's composites the same way)")
       images.append(tf.image.resize(image, [image_size, image_size], antialias=True).numpy().round().astype(
           np.uint8))
       sides = (frame.boxes[:, 2:] - frame.boxes[:, :2]) * [frame.height, frame.width]
@@ -190,7 +197,15 @@ def load_split(gmu_dir: str, scenes: tuple[int, ...], image_size: int, frame_str
       ignore_boxes.append(frame.boxes[~keep])
       ignore_classes.append(frame.classes[~keep])
       scene_of.append(scene)
-  return Split(np.stack(images), boxes, classes, ignore_boxes, ignore_classes, np.array(scene_of, np.int32))
+  return Split(np.stack(images), boxes, classes, ignore_boxes, ignore_classes, np.array(scene_of, np.int32),
+               first.width / first.height)
+
+
+def squash_photos(photos: list[np.ndarray], frame_aspect: float) -> list[np.ndarray]:
+  """uint8 photos squashed (cutouts.squashed_size) as frames of `frame_aspect` are when resized to a square,
+  so that square crops of them show a kitchen as the frames T sees do."""
+  return [tf.image.resize(photo, cutouts_lib.squashed_size(*photo.shape[:2], frame_aspect),
+                          antialias=True).numpy().round().astype(np.uint8) for photo in photos]
 
 
 # ------------------------------------------------------------------------------------ objects

@@ -3,10 +3,23 @@
 Real training images are the frames of the training scenes, the test set the frames of the test scenes
 (data/gmu.py: the folds and why scenes, not frames, are split); S pastes BigBIRD views of the products
 (BigBIRD's layout or a data/cutouts.py folder) on crops of a folder of background photos, with §3.1's
-background regions in a share of them. A.3 trains without the discriminator ("we did not see noticeable
-improvements"): that is the trainer's default (--nodiscriminator), and --discriminator switches D on. T is
-scored by COCO AP with the per-class AP@0.5 of the published GMU tables (<set>_ap50_<product>);
-per_class_markdown writes the table of real-only, Cut-Paste and TERSE runs' results.json.
+background regions in a share of them. Boxes under --gmu_min_box_area are not scored: ignore boxes in T's
+real labels, crowd regions in evaluation. T trains with SSD's augmentation (--gmu_augment, A.2's pipeline).
+
+Geometry: the 1920x1080 frames are squashed to the square T takes (as SSD resizes), so a product in them is
+9/16 as wide, for its height, as in life. Every other image T sees is squashed the same way: each product
+view, once fitted to --gmu_cutout_size (its scale is its height's), is narrowed by the frames' height / width
+and centred in its square, and each background photo is narrowed so before its square crops are taken. S's
+and Cut-Paste's composites then show products and kitchens at the real frames' aspect.
+
+A.3 trains without the discriminator ("we did not see noticeable improvements"): that is the trainer's
+default (--nodiscriminator), and --discriminator switches D on. T is scored by COCO AP with the per-class
+AP@0.5 of the published GMU tables (<set>_ap50_<product>). The table's three rows are three runs of the same
+flagfile, as many cycles each: real only (--sample_source=none, whose T trains as long as the other arms'
+on real frames alone), Cut-Paste (--sample_source=cut_paste) and TERSE; each row is its run's figures
+after the last cycle (per_class_row), a fold's rows are averaged over the folds (mean_row), and
+per_class_markdown writes the table. A run's figures before its first cycle (the baseline) are no real-only
+row: that T trained fewer epochs than the arms.
 
 The paper's T is a Faster R-CNN; until the Faster R-CNN target is merged, the SSDs are the targets here.
 """
@@ -22,8 +35,9 @@ from absl import flags
 from terse_tf import boxes as boxes_lib
 from terse_tf import compositor as compositor_lib
 from terse_tf import evaluation
+from terse_tf.data import cutouts as cutouts_lib
 from terse_tf.data import gmu, photos
-from terse_tf.errors import ConfigError
+from terse_tf.errors import ConfigError, DataError
 from terse_tf.networks import scene_synthesizer, ssd
 from terse_tf.targets.ssd import SSDTarget
 from terse_tf.tasks import registry
@@ -225,13 +239,22 @@ class GmuTask(StoredCutoutDetection):
     self.splits = {"train": load(settings.training_scenes()), "test": load(settings.test_scenes)}
     if settings.val_scenes:
       self.splits["val"] = load(settings.val_scenes)
+    aspects = {name: split.frame_aspect for name, split in self.splits.items()}
+    if len(set(aspects.values())) > 1:
+      raise DataError(f"--gmu_dir={settings.gmu_dir}: the splits' frames differ in shape (width / height "
+                      f"{aspects}); every frame must have one, the one composites are squashed to")
+    # Every image T sees has the real frames' geometry: they are squashed to a square, so the products'
+    # views (after fitting: their scale is their height's) and the background photos (before their square
+    # crops are taken) are squashed the same way.
+    self.frame_aspect = aspects["train"]
     objects = gmu.load_objects(settings.objects_dir, self.cutout_shape, settings.view_stride)
-    self.cutouts, self.cutout_classes = objects.images, objects.classes
+    self.cutouts = cutouts_lib.squash(objects.images, self.frame_aspect)
+    self.cutout_classes = objects.classes
     rng = np.random.default_rng([settings.seed, 19])
-    self.backgrounds = photos.random_crops(
+    self.backgrounds = photos.random_crops(gmu.squash_photos(
         photos.read_photos(photos.image_paths(settings.backgrounds_dir),
                            f"--gmu_backgrounds_dir={settings.backgrounds_dir}", min_side=size // 2),
-        settings.num_backgrounds, size, rng)
+        self.frame_aspect), settings.num_backgrounds, size, rng)
     self._set_artifact_masks(self.cutouts[..., -1], rng)
     train = self.splits["train"]
     # Every label has as many rows as the busiest real frame (its boxes or its ignore boxes) or S's scenes,
@@ -249,7 +272,7 @@ class GmuTask(StoredCutoutDetection):
 
   def describe(self) -> str:
     scenes = {name: ",".join(str(s) for s in np.unique(split.scenes)) for name, split in self.splits.items()}
-    return (f"GMU Kitchen at {self.image_shape[0]} px: " + ", ".join(
+    return (f"GMU Kitchen at {self.image_shape[0]} px, squashed from {self.frame_aspect:.2f}:1: " + ", ".join(
         f"{len(split.images)} {name} frames (scenes {scenes[name]})" for name, split in self.splits.items()) +
         f"; {len(self.cutouts)} product views at {self.cutout_shape[0]} px, up to {self.max_objects} per scene, "
         f"{len(self.backgrounds)} backgrounds")
