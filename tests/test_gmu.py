@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO_ROOT, smoke_config
+from terse_tf import augment as augment_lib
 from terse_tf import trainer as trainer_lib
 from terse_tf.data import cutouts, gmu
 from terse_tf.errors import ConfigError, DataError
@@ -247,6 +248,9 @@ def test_the_flagfile_is_a3s_protocol_and_the_scene_settings_are_checked():
   settings = config.task_settings
   assert config.task == "gmu" and not config.discriminator and config.compositor.mask_cleanup  # A.3, A.2.
   assert settings.synth_backbone == "vgg16" and settings.test_scenes == gmu.FOLD1_TEST_SCENES
+  assert settings.augment == "ssd"  # A.2's pipeline trains T with SSD's augmentation.
+  with pytest.raises(ConfigError, match=r"--gmu_augment must be one of \['photometric', 'ssd', 'none'\]"):
+    gmu_task.GmuSettings(augment="flip")
   assert settings.training_scenes() == (1, 3, 6, 7, 8, 9)  # Six scenes train, three test, none is shared.
   with pytest.raises(ConfigError, match=r"--gmu_test_scenes must be comma-separated .* got '2,x'"):
     gmu_task._scene_list("2,x", "gmu_test_scenes")
@@ -294,6 +298,11 @@ def test_boxes_too_small_to_score_are_ignore_boxes_in_training_and_crowd_regions
   assert truth.ignore_classes.tolist() == task.splits["test"].ignore_classes[0].tolist() != []
   with pytest.raises(ValueError, match=r"an image has 5 boxes or ignore boxes, more than the 4 label rows"):
     task.padded_labels([np.zeros([1, 4])], [np.zeros([1])], [np.zeros([5, 4])])
+  # T's batches of real frames go through SSD's augmentation, ignore boxes moved with the image.
+  assert task.augmentation == augment_lib.RECIPES["ssd"]
+  labels = {key: tf.constant(value[:2]) for key, value in task.real_labels.items()}
+  images, augmented = task.augment(tf.constant(task.real_images[:2], tf.float32) / 255, labels, tf.constant([1, 2]))
+  assert images.shape == (2, 64, 64, 3) and augmented["ignore_boxes"].shape == labels["ignore_boxes"].shape
 
 
 def test_a_product_has_the_aspect_in_composites_that_it_has_in_the_squashed_real_frames(tmp_path):
