@@ -119,6 +119,15 @@ def _mean_defined(values: np.ndarray) -> float:
   return float(defined.mean()) if defined.size else -1.0
 
 
+def mean_row(rows: list[dict[str, float]]) -> dict[str, float]:
+  """The mean of several rows of per-class figures (one arm's rows of the folds of a benchmark), key by key,
+  over the rows that define it: -1 (pycocotools' marker of a class without ground truth in that fold) is
+  left out, and a key no row defines stays -1. Every row must have the same keys."""
+  if not rows or any(set(row) != set(rows[0]) for row in rows):
+    raise ValueError(f"mean_row needs rows with the same keys, got {[sorted(row) for row in rows]}")
+  return {key: _mean_defined(np.array([row[key] for row in rows], np.float64)) for key in rows[0]}
+
+
 def per_class_table(arms: dict[str, dict[str, float]], class_names: list[str],
                     headers: list[str] | None = None, mean: str = "mAP") -> str:
   """A markdown table in the form of the paper's GMU table: one row per arm (real only, Cut-Paste, TERSE,

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from conftest import REPO_ROOT, smoke_config
 from terse_tf import augment as augment_lib
+from terse_tf import evaluation
 from terse_tf import trainer as trainer_lib
 from terse_tf.data import cutouts, gmu
 from terse_tf.errors import ConfigError, DataError
@@ -233,13 +234,36 @@ def test_the_gmu_table_of_three_runs_results():
     figures = {f"test_ap50_{name}_{when}": scale * (k + 1) / 20 for k, name in enumerate(gmu.CLASS_NAMES)
                for when in ("before", "after")}
     return {**figures, "test_ap50_before": scale * 0.3, "test_ap50_after": scale * 0.3}
-  table = gmu_task.per_class_markdown({"real only": gmu_task.per_class_row(results(1.0), "before"),
+  table = gmu_task.per_class_markdown({"real only": gmu_task.per_class_row(results(1.0)),
                                        "Cut-Paste": gmu_task.per_class_row(results(1.0)),
                                        "TERSE": gmu_task.per_class_row(results(2.0))})
   lines = table.splitlines()
   assert lines[0] == "| | " + " | ".join(gmu.SHORT_NAMES) + " | mAP |"
   assert lines[2].startswith("| real only | 5.0 | 10.0 |") and lines[2].endswith("| 55.0 | 30.0 |")
   assert lines[4].startswith("| TERSE | 10.0 |") and lines[4].endswith("| 60.0 |")
+
+
+def test_a_row_of_results_without_its_figures_is_one_error_naming_what_is_wrong():
+  figures = {f"test_ap50_{name}_{when}": 0.5 for name in gmu.CLASS_NAMES for when in ("before", "after")}
+  results = {"task": "gmu", **figures, "test_ap50_before": 0.5, "test_ap50_after": 0.5, "cycles_completed": 4}
+  assert gmu_task.per_class_row(results)["mAP"] == 0.5
+  with pytest.raises(ValueError, match=r"--task=photo_digits have no test_ap50_coca_cola_glass_bottle_after"):
+    gmu_task.per_class_row({"task": "photo_digits", "test_ap50_after": 0.4})
+  with pytest.raises(ValueError, match=r"no val_ap50_coca_cola_glass_bottle_after.*scores the 'val' frames"):
+    gmu_task.per_class_row(results, set_name="val")
+  stopped = {**results, **{key: None for key in results if key.endswith("_after")}, "cycles_completed": 0}
+  with pytest.raises(ValueError, match=r"no figures after its last cycle .*cycles_completed 0\): it stopped"):
+    gmu_task.per_class_row(stopped)
+
+
+def test_an_arms_rows_of_the_folds_average_over_the_folds_with_the_product():
+  # A product without a box in a fold (-1) is left out of that product's mean, not averaged in.
+  folds = [{"red_bull": 0.5, "hunts_sauce": -1.0, "mAP": 0.4}, {"red_bull": 0.7, "hunts_sauce": 0.3, "mAP": 0.6},
+           {"red_bull": 0.6, "hunts_sauce": -1.0, "mAP": 0.5}]
+  assert evaluation.mean_row(folds) == pytest.approx({"red_bull": 0.6, "hunts_sauce": 0.3, "mAP": 0.5})
+  assert evaluation.mean_row([{"a": -1.0}, {"a": -1.0}]) == {"a": -1.0}  # In no fold: stays undefined.
+  with pytest.raises(ValueError, match=r"mean_row needs rows with the same keys"):
+    evaluation.mean_row([{"a": 0.1}, {"b": 0.1}])
 
 
 # ------------------------------------------------------------------------------------ the task
@@ -301,7 +325,8 @@ def test_boxes_too_small_to_score_are_ignore_boxes_in_training_and_crowd_regions
   # T's batches of real frames go through SSD's augmentation, ignore boxes moved with the image.
   assert task.augmentation == augment_lib.RECIPES["ssd"]
   labels = {key: tf.constant(value[:2]) for key, value in task.real_labels.items()}
-  images, augmented = task.augment(tf.constant(task.real_images[:2], tf.float32) / 255, labels, tf.constant([1, 2]))
+  images, augmented = task.augment(tf.constant(task.real_images[:2], tf.float32) / 255, labels,
+                                   tf.constant([1, 2]))
   assert images.shape == (2, 64, 64, 3) and augmented["ignore_boxes"].shape == labels["ignore_boxes"].shape
 
 
@@ -346,6 +371,6 @@ def test_the_gmu_task_trains_end_to_end(tmp_path):
   assert results["cycles_completed"] == 1 and results["hard_examples"] > 0
   assert set(gmu.CLASS_NAMES) <= {key[len("test_ap50_"):-len("_after")] for key in results
                                   if key.startswith("test_ap50_") and key.endswith("_after")}
-  table = gmu_task.per_class_markdown({"real only": gmu_task.per_class_row(results, "before"),
+  table = gmu_task.per_class_markdown({"baseline": gmu_task.per_class_row(results, "before"),
                                        "TERSE": gmu_task.per_class_row(results)})
   assert len(table.splitlines()) == 4

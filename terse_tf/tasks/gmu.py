@@ -15,11 +15,11 @@ and Cut-Paste's composites then show products and kitchens at the real frames' a
 A.3 trains without the discriminator ("we did not see noticeable improvements"): that is the trainer's
 default (--nodiscriminator), and --discriminator switches D on. T is scored by COCO AP with the per-class
 AP@0.5 of the published GMU tables (<set>_ap50_<product>). The table's three rows are three runs of the same
-flagfile, as many cycles each: real only (--sample_source=none, whose T trains as long as the other arms'
-on real frames alone), Cut-Paste (--sample_source=cut_paste) and TERSE; each row is its run's figures
-after the last cycle (per_class_row), a fold's rows are averaged over the folds (mean_row), and
-per_class_markdown writes the table. A run's figures before its first cycle (the baseline) are no real-only
-row: that T trained fewer epochs than the arms.
+flagfile, as many cycles each: real only (--sample_source=none: its T trains as long as the other arms', on
+the real frames alone), Cut-Paste (--sample_source=cut_paste) and TERSE. Each row is its run's figures after
+the last cycle (per_class_row); an arm's rows of the three folds are averaged (evaluation.mean_row, leaving
+out a product without a box in a fold), and per_class_markdown writes the table. A run's figures before its
+first cycle (after the baseline) are no real-only row: that T trained fewer epochs than the arms.
 
 The paper's T is a Faster R-CNN; until the Faster R-CNN target is merged, the SSDs are the targets here.
 """
@@ -138,15 +138,29 @@ _DEFAULT = GmuSettings()
 
 
 def per_class_row(results: dict, when: str = "after", set_name: str = "test") -> dict[str, float]:
-  """One arm's row of the GMU table from a gmu run's results.json: its figures after the baseline (`when`
-  "before": the real-only arm) or after the last cycle ("after": the arm the run trained, TERSE or, with
-  --sample_source=cut_paste, Cut-Paste), on `set_name`'s frames."""
-  row = {name: results[f"{set_name}_ap50_{name}_{when}"] for name in gmu.CLASS_NAMES}
-  return {**row, "mAP": results[f"{set_name}_ap50_{when}"]}
+  """One arm's row of the GMU table from a gmu run's results.json: its per-product AP@0.5 and mAP on
+  `set_name`'s frames after its last cycle ("after": real only with --sample_source=none, Cut-Paste with
+  --sample_source=cut_paste, TERSE by default) or after its baseline ("before", a T trained fewer epochs than
+  the arms: no real-only row). One ValueError naming what is wrong for the results of another task, of a set
+  the run did not score, or of a run that has no such figures yet (no cycle completed)."""
+  if when not in ("before", "after"):
+    raise ValueError(f"when must be 'before' or 'after', got {when!r}")
+  keys = {name: f"{set_name}_ap50_{name}_{when}" for name in gmu.CLASS_NAMES}
+  keys["mAP"] = f"{set_name}_ap50_{when}"  # pycocotools' mean over the products with a box.
+  missing = [key for key in keys.values() if key not in results]
+  if missing:
+    raise ValueError(f"results of --task={results.get('task')} have no {', '.join(missing[:2])}, ...: expected "
+                     f"the results.json of a gmu run that scores the {set_name!r} frames per product")
+  if any(results[key] is None for key in keys.values()):
+    stage = "its last cycle" if when == "after" else "its baseline"
+    raise ValueError(f"the run has no figures after {stage} ({keys['mAP']} is None; cycles_completed "
+                     f"{results.get('cycles_completed')}): it stopped before; resume it")
+  return {name: results[key] for name, key in keys.items()}
 
 
 def per_class_markdown(rows: dict[str, dict[str, float]]) -> str:
-  """The paper's GMU table (11 products + mAP, AP@0.5 in percent) of arms' rows (per_class_row), in order."""
+  """The paper's GMU table (11 products + mAP, AP@0.5 in percent) of arms' rows (per_class_row, or the mean
+  of an arm's rows over the folds: evaluation.mean_row), in order."""
   return evaluation.per_class_table(rows, list(gmu.CLASS_NAMES), list(gmu.SHORT_NAMES))
 
 
