@@ -273,6 +273,11 @@ def test_the_flagfile_is_a3s_protocol_and_the_scene_settings_are_checked():
   assert config.task == "gmu" and not config.discriminator and config.compositor.mask_cleanup  # A.3, A.2.
   assert settings.synth_backbone == "vgg16" and settings.test_scenes == gmu.FOLD1_TEST_SCENES
   assert settings.augment == "ssd"  # A.2's pipeline trains T with SSD's augmentation.
+  # Equal instances per arm, and a generation pass that reaches them with a quarter of its scenes hard
+  # (2.5 products a scene: 1 to 4, uniform).
+  assert config.quota_unit == "instances" and settings.max_objects == 4
+  placed = config.generation_batches * config.synth_batch_size * 2.5
+  assert 0.25 * placed >= config.hard_per_class[0] * len(gmu.CLASS_NAMES) * 1.25
   with pytest.raises(ConfigError, match=r"--gmu_augment must be one of \['photometric', 'ssd', 'none'\]"):
     gmu_task.GmuSettings(augment="flip")
   assert settings.training_scenes() == (1, 3, 6, 7, 8, 9)  # Six scenes train, three test, none is shared.

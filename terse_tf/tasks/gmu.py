@@ -92,7 +92,11 @@ class GmuSettings:
   augment: str = dataclasses.field(default="ssd", metadata={"flag": "gmu_augment"})
   synth_backbone: str = dataclasses.field(default="compact", metadata={"flag": "gmu_synth_backbone"})
   backbone_weights: str = dataclasses.field(default="", metadata={"flag": "gmu_backbone_weights"})
-  seed: int = 0                 # The background crops' and the artefact bank's draws (the run's --seed).
+  # The data's seed: the background crops S and Cut-Paste paste on and the bank §3.1's regions are shaped
+  # from (the real and test frames do not depend on it). Read from the run's --seed, as photo_digits' data
+  # seed is; an experiment's seeds (experiments/common.seeded) change config.seed only, so all its runs share
+  # the data the flags' --seed drew and differ in training (initialisation, shuffling, synthesis) alone.
+  seed: int = 0
 
   def __post_init__(self):
     for name in ("image_size", "frame_stride", "view_stride", "cutout_size", "max_objects", "num_backgrounds"):
