@@ -272,7 +272,7 @@ class GmuTask(StoredCutoutDetection):
     aspects = {name: split.frame_aspect for name, split in self.splits.items()}
     if len(set(aspects.values())) > 1:
       raise DataError(f"--gmu_dir={settings.gmu_dir}: the splits' frames differ in shape (width / height "
-                      f"{aspects}); every frame must have one, the one composites are squashed to")
+                      f"{aspects}); every frame must have one shape, which S's composites are squashed to")
     # Every image T sees has the real frames' geometry: they are squashed to a square, so the products'
     # views (after fitting: their scale is their height's) and the background photos (before their square
     # crops are taken) are squashed the same way.
