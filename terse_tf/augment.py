@@ -73,6 +73,17 @@ class AugmentConfig:
       raise ValueError("AugmentConfig: " + "; ".join(problems))
 
 
+# The named recipes a detection task offers for T (photo_digits' --ssd_augment, gmu's --gmu_augment): SSD's
+# photometric distortion alone; SSD's whole recipe, zooming out at most 2x rather than 4x (4x would take our
+# tasks' small objects, digits 9-40 pixels high at 128 px, GMU products of a few tens of pixels at 300, below
+# the smallest default box); or none.
+RECIPES = {"photometric": AugmentConfig(expand_prob=0.0, crop=False, flip_prob=0.0),
+           "ssd": AugmentConfig(max_expand=2.0),
+           "none": None}
+RECIPES_HELP = ("photometric (SSD's photometric distortion), ssd (SSD's whole recipe: photometric distortion, "
+                "expand up to 2x, IoU-constrained crop, flip) or none")
+
+
 def _between(unit: tf.Tensor, low: float, high: float) -> tf.Tensor:
   return low + unit * (high - low)
 

@@ -54,6 +54,30 @@ def test_a_higher_scored_false_positive_halves_the_precision():
   assert metrics["ap50"] == pytest.approx(0.5)
 
 
+def test_a_detection_on_an_ignore_box_is_neither_true_nor_false_positive():
+  # The case above with the miss's place an ignore box (a crowd region, as pycocotools has it) of class "a":
+  # the higher-scored detection there no longer halves the precision. Of class "b" it still would.
+  hit, small = [0.1, 0.1, 0.4, 0.4], [0.6, 0.6, 0.9, 0.9]
+  detections = [found(small, hit, scores=[0.9, 0.5])]
+
+  def with_ignored(ignore_class):
+    return ImageBoxes(np.array([hit]), np.array([0]), ignore_boxes=np.array([small]),
+                      ignore_classes=np.array([ignore_class]))
+  assert evaluation.evaluate_detections([with_ignored(0)], detections, HW, ["a"])["ap50"] == pytest.approx(1.0)
+  assert evaluation.evaluate_detections([with_ignored(1)], detections, HW, ["a", "b"])["ap50"] == pytest.approx(
+      0.5)
+  dataset, _ = evaluation.to_coco([with_ignored(0)], detections, HW, ["a"])
+  assert [a["iscrowd"] for a in dataset["annotations"]] == [0, 1]
+  # An ignore region is no ground truth: a class with only ignore boxes is undefined (-1), detected or not.
+  only_ignored = ImageBoxes(np.zeros([0, 4]), np.zeros([0], np.int64), ignore_boxes=np.array([small]),
+                            ignore_classes=np.array([1]))
+  for detected in (found(scores=[]), found(small, scores=[0.9], classes=[1])):
+    figures = evaluation.evaluate_detections([only_ignored], [detected], HW, ["a", "b"])
+    assert figures["per_class_ap50"]["b"] == -1
+  with pytest.raises(ValueError, match="ignore_boxes and ignore_classes go together"):
+    ImageBoxes(np.array([hit]), np.array([0]), ignore_boxes=np.array([small]))
+
+
 def test_nothing_detected_scores_zero_and_mismatched_lengths_are_refused():
   metrics = evaluation.evaluate_detections([truth([0.1, 0.1, 0.4, 0.4])], [found(scores=[])], HW, ["a", "b"])
   assert metrics["ap"] == metrics["ap50"] == 0.0 and metrics["per_class"] == {"a": 0.0, "b": -1.0}

@@ -9,6 +9,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO_ROOT, smoke_config
+from terse_tf import augment as augment_lib
+from terse_tf import evaluation
 from terse_tf import trainer as trainer_lib
 from terse_tf.data import cutouts, gmu
 from terse_tf.errors import ConfigError, DataError
@@ -117,9 +119,11 @@ def test_a_scene_parses_into_normalised_boxes_classes_and_frames_in_frame_order(
   # The product's patch lands where its normalised box says in the squashed frame.
   patch = split.images[1, 2:14, 2:14].astype(float).mean(axis=(0, 1))
   np.testing.assert_allclose(patch, np.array([40, 90, 140]) + 10 * gmu.CLASS_NAMES.index("red_bull"), atol=4)
-  # Boxes under the area floor (in full-frame pixels) are left out: the 10x10 one of frame 9.
+  # Boxes under the area floor (in full-frame pixels) are not scored but ignored: the 10x10 one of frame 9.
   small = gmu.load_split(str(tmp_path), (3,), image_size=32, min_box_area=101)
-  assert [len(b) for b in small.boxes] == [1, 1]
+  assert [len(b) for b in small.boxes] == [1, 1] and [len(b) for b in small.ignore_boxes] == [1, 0]
+  np.testing.assert_allclose(small.ignore_boxes[0], frames[0].boxes[1:])
+  assert small.ignore_classes[0].tolist() == [gmu.CLASS_NAMES.index("pop_secret_light_butter")]
 
 
 def test_an_object_outside_the_11_products_is_an_error_unless_skipped(tmp_path):
@@ -160,6 +164,17 @@ def test_a_bad_gmu_folder_gets_one_error_naming_what_is_missing(tmp_path):
     gmu.read_scene(str(root), 2)
 
 
+def test_a_size_or_coordinate_that_is_no_number_is_an_error_naming_the_file(tmp_path):
+  write_scene(tmp_path, 1, {1: [("red_bull", (1, 1, 9, 9))]}, np.random.default_rng(0))
+  path = tmp_path / gmu.scene_folder(1) / gmu.ANNOTATIONS / "rgb_1.xml"
+  good = path.read_text()
+  for bad, message in ((good.replace("<width>96<", "<width>96px<"), r"<size/width> is '96px', not an integer"),
+                       (good.replace("<ymax>9<", "<ymax>9,5<"), r"<bndbox/ymax> is '9,5', not a number")):
+    path.write_text(bad)
+    with pytest.raises(DataError, match=r"rgb_1\.xml: " + message):
+      gmu.read_scene(str(tmp_path), 1)
+
+
 # ------------------------------------------------------------------------------------ objects
 def test_pbm_masks_read_in_binary_and_text_form(tmp_path):
   bits = np.random.default_rng(0).random((5, 11)) > 0.5  # 11 columns: each row padded to 2 bytes in P4.
@@ -170,6 +185,9 @@ def test_pbm_masks_read_in_binary_and_text_form(tmp_path):
     np.testing.assert_array_equal(gmu.read_pbm(str(tmp_path / name)), bits)
   (tmp_path / "p4.pbm").write_bytes(b"P4\n11 5\n\x00")
   with pytest.raises(DataError, match=r"p4\.pbm: truncated P4 bitmap"):
+    gmu.read_pbm(str(tmp_path / "p4.pbm"))
+  (tmp_path / "p4.pbm").write_bytes(b"P4\n11 5x\n\x00")
+  with pytest.raises(DataError, match=r"p4\.pbm: PBM header's size is '11' x '5x', not two whole numbers"):
     gmu.read_pbm(str(tmp_path / "p4.pbm"))
 
 
@@ -216,7 +234,7 @@ def test_the_gmu_table_of_three_runs_results():
     figures = {f"test_ap50_{name}_{when}": scale * (k + 1) / 20 for k, name in enumerate(gmu.CLASS_NAMES)
                for when in ("before", "after")}
     return {**figures, "test_ap50_before": scale * 0.3, "test_ap50_after": scale * 0.3}
-  table = gmu_task.per_class_markdown({"real only": gmu_task.per_class_row(results(1.0), "before"),
+  table = gmu_task.per_class_markdown({"real only": gmu_task.per_class_row(results(1.0)),
                                        "Cut-Paste": gmu_task.per_class_row(results(1.0)),
                                        "TERSE": gmu_task.per_class_row(results(2.0))})
   lines = table.splitlines()
@@ -225,12 +243,43 @@ def test_the_gmu_table_of_three_runs_results():
   assert lines[4].startswith("| TERSE | 10.0 |") and lines[4].endswith("| 60.0 |")
 
 
+def test_a_row_of_results_without_its_figures_is_one_error_naming_what_is_wrong():
+  figures = {f"test_ap50_{name}_{when}": 0.5 for name in gmu.CLASS_NAMES for when in ("before", "after")}
+  results = {"task": "gmu", **figures, "test_ap50_before": 0.5, "test_ap50_after": 0.5, "cycles_completed": 4}
+  assert gmu_task.per_class_row(results)["mAP"] == 0.5
+  with pytest.raises(ValueError, match=r"--task=photo_digits have no test_ap50_coca_cola_glass_bottle_after"):
+    gmu_task.per_class_row({"task": "photo_digits", "test_ap50_after": 0.4})
+  with pytest.raises(ValueError, match=r"no val_ap50_coca_cola_glass_bottle_after.*scores the 'val' frames"):
+    gmu_task.per_class_row(results, set_name="val")
+  stopped = {**results, **{key: None for key in results if key.endswith("_after")}, "cycles_completed": 0}
+  with pytest.raises(ValueError, match=r"no figures after its last cycle .*cycles_completed 0\): it stopped"):
+    gmu_task.per_class_row(stopped)
+
+
+def test_an_arms_rows_of_the_folds_average_over_the_folds_with_the_product():
+  # A product without a box in a fold (-1) is left out of that product's mean, not averaged in.
+  folds = [{"red_bull": 0.5, "hunts_sauce": -1.0, "mAP": 0.4}, {"red_bull": 0.7, "hunts_sauce": 0.3, "mAP": 0.6},
+           {"red_bull": 0.6, "hunts_sauce": -1.0, "mAP": 0.5}]
+  assert evaluation.mean_row(folds) == pytest.approx({"red_bull": 0.6, "hunts_sauce": 0.3, "mAP": 0.5})
+  assert evaluation.mean_row([{"a": -1.0}, {"a": -1.0}]) == {"a": -1.0}  # In no fold: stays undefined.
+  with pytest.raises(ValueError, match=r"mean_row needs rows with the same keys"):
+    evaluation.mean_row([{"a": 0.1}, {"b": 0.1}])
+
+
 # ------------------------------------------------------------------------------------ the task
 def test_the_flagfile_is_a3s_protocol_and_the_scene_settings_are_checked():
   config = smoke_config("unused", os.path.join(REPO_ROOT, "configs", "gmu.flags"))
   settings = config.task_settings
   assert config.task == "gmu" and not config.discriminator and config.compositor.mask_cleanup  # A.3, A.2.
   assert settings.synth_backbone == "vgg16" and settings.test_scenes == gmu.FOLD1_TEST_SCENES
+  assert settings.augment == "ssd"  # A.2's pipeline trains T with SSD's augmentation.
+  # Equal instances per arm, and a generation pass that reaches them with a quarter of its scenes hard
+  # (2.5 products a scene: 1 to 4, uniform).
+  assert config.quota_unit == "instances" and settings.max_objects == 4
+  placed = config.generation_batches * config.synth_batch_size * 2.5
+  assert 0.25 * placed >= config.hard_per_class[0] * len(gmu.CLASS_NAMES) * 1.25
+  with pytest.raises(ConfigError, match=r"--gmu_augment must be one of \['photometric', 'ssd', 'none'\]"):
+    gmu_task.GmuSettings(augment="flip")
   assert settings.training_scenes() == (1, 3, 6, 7, 8, 9)  # Six scenes train, three test, none is shared.
   with pytest.raises(ConfigError, match=r"--gmu_test_scenes must be comma-separated .* got '2,x'"):
     gmu_task._scene_list("2,x", "gmu_test_scenes")
@@ -263,6 +312,60 @@ def test_the_gmu_task_builds_from_fixture_folders(tmp_path):
   assert batch["foreground"].shape == (4, 4, 16, 16, 4)
 
 
+def test_boxes_too_small_to_score_are_ignore_boxes_in_training_and_crowd_regions_in_evaluation(tmp_path):
+  # The fixture frames' first box is 26x37 pixels (962), the second 41x41 (1,681).
+  settings = gmu_task.GmuSettings(**fixture_folders(tmp_path), image_size=64, cutout_size=16,
+                                  num_backgrounds=8, min_box_area=1000, view_stride=3)
+  task = gmu_task.GmuTask(settings, CommonSettings(target="ssd_compact"))
+  first, second = [3 / 54, 4 / 96, 40 / 54, 30 / 96], [9 / 54, 49 / 96, 50 / 54, 90 / 96]
+  assert task.real_labels["count"].tolist() == [1] * 18
+  np.testing.assert_allclose(task.real_labels["boxes"][:, 0], [second] * 18, atol=1e-6)
+  np.testing.assert_allclose(task.real_labels["ignore_boxes"][:, :2], [[first, [0] * 4]] * 18, atol=1e-6)
+  truth = task.test_truth[0]
+  np.testing.assert_allclose(truth.boxes, [second], atol=1e-6)
+  np.testing.assert_allclose(truth.ignore_boxes, [first], atol=1e-6)
+  assert truth.ignore_classes.tolist() == task.splits["test"].ignore_classes[0].tolist() != []
+  with pytest.raises(ValueError, match=r"an image has 5 boxes or ignore boxes, more than the 4 label rows"):
+    task.padded_labels([np.zeros([1, 4])], [np.zeros([1])], [np.zeros([5, 4])])
+  # T's batches of real frames go through SSD's augmentation, ignore boxes moved with the image.
+  assert task.augmentation == augment_lib.RECIPES["ssd"]
+  labels = {key: tf.constant(value[:2]) for key, value in task.real_labels.items()}
+  images, augmented = task.augment(tf.constant(task.real_images[:2], tf.float32) / 255, labels,
+                                   tf.constant([1, 2]))
+  assert images.shape == (2, 64, 64, 3) and augmented["ignore_boxes"].shape == labels["ignore_boxes"].shape
+
+
+def test_a_product_has_the_aspect_in_composites_that_it_has_in_the_squashed_real_frames(tmp_path):
+  # The fixture's product views are 12 pixels wide, 20 high; a real frame shows one at that shape too.
+  write_scene(tmp_path / "real", 1, {1: [("red_bull", (40, 10, 51, 29))]}, np.random.default_rng(0))
+  (real_box,), = gmu.load_split(str(tmp_path / "real"), (1,), image_size=96).boxes
+
+  def aspect(box):  # Width over height, normalised: as T sees it in its square image.
+    return (box[3] - box[1]) / (box[2] - box[0])
+  assert aspect(real_box) == pytest.approx(12 / 20 * FRAME_H / FRAME_W)
+  settings = gmu_task.GmuSettings(**fixture_folders(tmp_path), image_size=96, cutout_size=64,
+                                  num_backgrounds=4, min_box_area=0, view_stride=3)
+  task = gmu_task.GmuTask(settings, CommonSettings(target="ssd_compact"))
+  assert task.frame_aspect == pytest.approx(FRAME_W / FRAME_H)
+  red_bull = gmu.CLASS_NAMES.index("red_bull")
+  view = task.cutouts[task.cutout_classes == red_bull][:1]
+  upright = np.array([[[0, 0, 0, 0, 1, 1]]], np.float32)  # Centred at scale 1, not turned or sheared.
+  _, labels = task._render_scenes(view[None], np.array([[red_bull]]), np.array([[True]]), task.backgrounds[:1],
+                                  upright)
+  assert labels["count"].tolist() == [1]
+  # Unsquashed it would be 12 / 20 = 0.6; the squashed frames' 0.34 within a pixel of the 64-pixel view.
+  assert aspect(labels["boxes"][0, 0]) == pytest.approx(aspect(real_box), abs=1.5 / 64)
+  # The background photos are narrowed the same way before their square crops are taken.
+  (photo,) = gmu.squash_photos([np.zeros((60, 80, 3), np.uint8)], task.frame_aspect)
+  assert photo.shape == (60, 45, 3)
+  # One squash for every frame: a frame of another size is an error naming it.
+  scene = tmp_path / "real" / gmu.scene_folder(1)
+  write_png(str(scene / gmu.IMAGES / "rgb_2.png"), np.zeros((FRAME_H, 80, 3), np.uint8))
+  (scene / gmu.ANNOTATIONS / "rgb_2.xml").write_text(voc_xml("rgb_2.png", [], width=80))
+  with pytest.raises(DataError, match=r"rgb_2\.png: 80x54 pixels, where .*rgb_1\.png has 96x54"):
+    gmu.load_split(str(tmp_path / "real"), (1,), image_size=96)
+
+
 @pytest.mark.slow
 def test_the_gmu_task_trains_end_to_end(tmp_path):
   config = smoke_config(str(tmp_path / "run"), GMU_SMOKE_FLAGFILE, export=False,
@@ -273,6 +376,6 @@ def test_the_gmu_task_trains_end_to_end(tmp_path):
   assert results["cycles_completed"] == 1 and results["hard_examples"] > 0
   assert set(gmu.CLASS_NAMES) <= {key[len("test_ap50_"):-len("_after")] for key in results
                                   if key.startswith("test_ap50_") and key.endswith("_after")}
-  table = gmu_task.per_class_markdown({"real only": gmu_task.per_class_row(results, "before"),
+  table = gmu_task.per_class_markdown({"baseline": gmu_task.per_class_row(results, "before"),
                                        "TERSE": gmu_task.per_class_row(results)})
   assert len(table.splitlines()) == 4

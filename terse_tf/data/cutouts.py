@@ -88,15 +88,35 @@ def read_cutout(path: str) -> np.ndarray:
   return np.concatenate([colour, alpha], axis=-1)
 
 
-def fit(cutout: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """A cut-out [H, W, 4] scaled to fit `size` (aspect kept, antialiased, premultiplied while resampling so
-  no colour bleeds from transparent pixels), centred with transparent padding."""
+def _resample(cutout: np.ndarray, size: tuple[int, int], frame: tuple[int, int], keep_aspect: bool
+              ) -> np.ndarray:
+  """Cut-outs [..., H, W, 4] resized to `size` (to fit it, with `keep_aspect`), antialiased and
+  premultiplied while resampling so no colour bleeds from transparent pixels, centred in a transparent
+  `frame`."""
   premultiplied = np.concatenate([cutout[..., :3] * cutout[..., 3:], cutout[..., 3:]], axis=-1)
-  resized = tf.image.resize(premultiplied, size, preserve_aspect_ratio=True, antialias=True)
-  padded = tf.image.resize_with_crop_or_pad(resized, *size).numpy()
+  resized = tf.image.resize(premultiplied, size, preserve_aspect_ratio=keep_aspect, antialias=True)
+  padded = tf.image.resize_with_crop_or_pad(resized, *frame).numpy()
   alpha = np.clip(padded[..., 3:], 0, 1)
   colour = np.clip(np.where(alpha > 0, padded[..., :3] / np.maximum(alpha, 1e-6), 0), 0, 1)
   return np.concatenate([colour, alpha], axis=-1).astype(np.float32)
+
+
+def fit(cutout: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """A cut-out [H, W, 4] scaled to fit `size` (aspect kept), centred with transparent padding."""
+  return _resample(cutout, size, size, keep_aspect=True)
+
+
+def squashed_size(height: int, width: int, frame_aspect: float) -> tuple[int, int]:
+  """An image's size once squashed as a frame of width / height `frame_aspect` is when it is resized to a
+  square: its width divided by the aspect (a wide frame), or its height multiplied by it (a tall one)."""
+  return max(1, round(height * min(1.0, frame_aspect))), max(1, round(width * min(1.0, 1 / frame_aspect)))
+
+
+def squash(cutouts: np.ndarray, frame_aspect: float) -> np.ndarray:
+  """Cut-outs [..., h, w, 4] squashed as squashed_size says, centred in their h x w with transparent
+  padding: shaped as objects are in frames of `frame_aspect` resized to a square."""
+  frame = cutouts.shape[-3:-1]
+  return _resample(cutouts, squashed_size(*frame, frame_aspect), frame, keep_aspect=False)
 
 
 def load_cutouts(directory: str, size: tuple[int, int], flag: str = "--foregrounds") -> Cutouts:

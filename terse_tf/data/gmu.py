@@ -89,6 +89,15 @@ def _text(node: ElementTree.Element, path: str, where: str) -> str:
   return found.strip()
 
 
+def _number(node: ElementTree.Element, path: str, where: str, kind: type = float) -> float:
+  """The number at `path` (an int or float by `kind`); DataError naming the file when it is not one."""
+  text = _text(node, path, where)
+  try:
+    return kind(text)
+  except ValueError as e:
+    raise DataError(f"{where}: <{path}> is {text!r}, not {'an integer' if kind is int else 'a number'}") from e
+
+
 def read_annotation(path: str, images_dir: str, skip_names: tuple[str, ...] = ()) -> Frame:
   """One VOC annotation file of a scene; DataError naming the file when it is malformed, names a class
   outside CLASS_NAMES (and `skip_names`), or its frame is not in `images_dir`."""
@@ -99,7 +108,7 @@ def read_annotation(path: str, images_dir: str, skip_names: tuple[str, ...] = ()
   image_path = os.path.join(images_dir, os.path.basename(_text(root, "filename", path)))
   if not os.path.exists(image_path):
     raise DataError(f"{path}: its frame {image_path} is missing")
-  width, height = int(_text(root, "size/width", path)), int(_text(root, "size/height", path))
+  width, height = _number(root, "size/width", path, int), _number(root, "size/height", path, int)
   boxes, classes = [], []
   for node in root.findall("object"):
     name = _text(node, "name", path)
@@ -108,8 +117,7 @@ def read_annotation(path: str, images_dir: str, skip_names: tuple[str, ...] = ()
     if name not in CLASS_NAMES:
       raise DataError(f"{path}: unknown object {name!r}; expected one of the 11 GMU products "
                       f"{list(CLASS_NAMES)} (list objects the benchmark does not score in --gmu_skip_objects)")
-    xmin, ymin, xmax, ymax = (float(_text(node, f"bndbox/{key}", path))
-                              for key in ("xmin", "ymin", "xmax", "ymax"))
+    xmin, ymin, xmax, ymax = (_number(node, f"bndbox/{key}", path) for key in ("xmin", "ymin", "xmax", "ymax"))
     if not (1 <= xmin <= xmax <= width and 1 <= ymin <= ymax <= height):
       raise DataError(f"{path}: box of {name} ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) is not inside the "
                       f"{width}x{height} frame (VOC pixels, 1-based, xmin <= xmax, ymin <= ymax)")
@@ -150,33 +158,54 @@ def _frame_order(path: str) -> tuple:
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """Frames of some scenes, resized: uint8 images [N, S, S, 3], and per image boxes and classes."""
+  """Frames of some scenes, resized: uint8 images [N, S, S, 3], and per image the boxes and classes scored,
+  and the boxes (with their classes) too small to score, to be ignored in training and evaluation."""
   images: np.ndarray
   boxes: list[np.ndarray]
   classes: list[np.ndarray]
+  ignore_boxes: list[np.ndarray]
+  ignore_classes: list[np.ndarray]
   scenes: np.ndarray  # [N] the scene of each image.
+  frame_aspect: float  # Width / height of every frame before it was squashed (16 / 9 for GMU's 1920x1080).
 
 
 def load_split(gmu_dir: str, scenes: tuple[int, ...], image_size: int, frame_stride: int = 1,
                skip_names: tuple[str, ...] = (), min_box_area: float = 0.0) -> Split:
   """Every `frame_stride`-th annotated frame of `scenes`, squashed to image_size x image_size (as SSD resizes;
-  normalised boxes are unchanged by it). Boxes of less than `min_box_area` pixels in the full frame are
-  dropped."""
-  images, boxes, classes, scene_of = [], [], [], []
+  normalised boxes are unchanged by it); every frame must have the first one's size, so that one squash
+  (`frame_aspect`) applies to all. Boxes of less than `min_box_area` pixels in the full frame are not
+  scored: they are the split's ignore boxes, neither object nor background (deleting them would teach T
+  that a small product is background, and count a detection of one a false positive)."""
+  images, boxes, classes, ignore_boxes, ignore_classes, scene_of, first = [], [], [], [], [], [], None
   for scene in scenes:
     for frame in read_scene(gmu_dir, scene, skip_names)[::frame_stride]:
       image = read_rgb(frame.image_path)
       if image.shape[:2] != (frame.height, frame.width):
         raise DataError(f"{frame.image_path}: {image.shape[1]}x{image.shape[0]} pixels, its annotation says "
                         f"{frame.width}x{frame.height}")
+      first = first or frame
+      if (frame.height, frame.width) != (first.height, first.width):
+        raise DataError(f"{frame.image_path}: {frame.width}x{frame.height} pixels, where {first.image_path} has "
+                        f"{first.width}x{first.height}; every frame must have one size (all are squashed to a "
+                        "square, and S's composites the same way)")
       images.append(tf.image.resize(image, [image_size, image_size], antialias=True).numpy().round().astype(
           np.uint8))
       sides = (frame.boxes[:, 2:] - frame.boxes[:, :2]) * [frame.height, frame.width]
       keep = sides.prod(axis=1) >= min_box_area
       boxes.append(frame.boxes[keep])
       classes.append(frame.classes[keep])
+      ignore_boxes.append(frame.boxes[~keep])
+      ignore_classes.append(frame.classes[~keep])
       scene_of.append(scene)
-  return Split(np.stack(images), boxes, classes, np.array(scene_of, np.int32))
+  return Split(np.stack(images), boxes, classes, ignore_boxes, ignore_classes, np.array(scene_of, np.int32),
+               first.width / first.height)
+
+
+def squash_photos(photos: list[np.ndarray], frame_aspect: float) -> list[np.ndarray]:
+  """uint8 photos squashed (cutouts.squashed_size) as frames of `frame_aspect` are when resized to a square,
+  so that square crops of them show a kitchen as the frames T sees do."""
+  return [tf.image.resize(photo, cutouts_lib.squashed_size(*photo.shape[:2], frame_aspect),
+                          antialias=True).numpy().round().astype(np.uint8) for photo in photos]
 
 
 # ------------------------------------------------------------------------------------ objects
@@ -191,6 +220,9 @@ def read_pbm(path: str) -> np.ndarray:
       raise DataError(f"{path}: not a PBM bitmap (expected a P4 or P1 header with width and height)")
     tokens.append(match.group(2))
     position = match.end()
+  if not (tokens[1].isdigit() and tokens[2].isdigit()):
+    size = " x ".join(repr(token.decode(errors="replace")) for token in tokens[1:])
+    raise DataError(f"{path}: PBM header's size is {size}, not two whole numbers")
   magic, (width, height) = tokens[0], (int(tokens[1]), int(tokens[2]))
   if magic == b"P4":
     row_bytes, start = (width + 7) // 8, position + 1  # One whitespace byte ends the header.

@@ -161,17 +161,28 @@ class PastedObjectDetection(Task):
       parts.append({k: v.numpy() for k, v in labels.items()})
     return np.concatenate(images), {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-  def padded_labels(self, boxes: list[np.ndarray], classes: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Real images' boxes [n, 4] and classes [n], one pair per image, as detection labels of label_slots
-    rows. Real images carry no ignore boxes; the key is there because the cache's composites have it, and
-    T's batches mix both."""
+  def padded_labels(self, boxes: list[np.ndarray], classes: list[np.ndarray],
+                    ignore_boxes: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Real images' boxes [n, 4] and classes [n], one pair per image, and optionally each image's ignore
+    boxes [m, 4] (objects not to be learnt as objects nor as background), as detection labels of
+    label_slots rows. Without ignore boxes the key holds zero rows (a zero box overlaps nothing): the cache's
+    composites have it, and T's batches mix both."""
     count = len(boxes)
+    ignore_boxes = [np.zeros([0, 4], np.float32)] * count if ignore_boxes is None else ignore_boxes
+    if len(ignore_boxes) != count:
+      raise ValueError(f"padded_labels: boxes of {count} images, ignore boxes of {len(ignore_boxes)}; expected "
+                       "one array of each per image")
+    busiest = max([len(b) for b in (*boxes, *ignore_boxes)], default=0)
+    if busiest > self.label_slots:
+      raise ValueError(f"padded_labels: an image has {busiest} boxes or ignore boxes, more than the "
+                       f"{self.label_slots} label rows (label_slots)")
     labels = {"boxes": np.zeros([count, self.label_slots, 4], np.float32),
               "classes": np.zeros([count, self.label_slots], np.int32),
               "count": np.array([len(b) for b in boxes], np.int32),
               "ignore_boxes": np.zeros([count, self.label_slots, 4], np.float32)}
-    for index, (b, c) in enumerate(zip(boxes, classes)):
+    for index, (b, c, ignored) in enumerate(zip(boxes, classes, ignore_boxes)):
       labels["boxes"][index, :len(b)], labels["classes"][index, :len(c)] = b, c
+      labels["ignore_boxes"][index, :len(ignored)] = ignored
     return labels
 
   def _cut_paste(self, objects: np.ndarray, classes: np.ndarray, valid: np.ndarray, rng: np.random.Generator,

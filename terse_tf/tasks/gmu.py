@@ -3,10 +3,23 @@
 Real training images are the frames of the training scenes, the test set the frames of the test scenes
 (data/gmu.py: the folds and why scenes, not frames, are split); S pastes BigBIRD views of the products
 (BigBIRD's layout or a data/cutouts.py folder) on crops of a folder of background photos, with §3.1's
-background regions in a share of them. A.3 trains without the discriminator ("we did not see noticeable
-improvements"): that is the trainer's default (--nodiscriminator), and --discriminator switches D on. T is
-scored by COCO AP with the per-class AP@0.5 of the published GMU tables (<set>_ap50_<product>);
-per_class_markdown writes the table of real-only, Cut-Paste and TERSE runs' results.json.
+background regions in a share of them. Boxes under --gmu_min_box_area are not scored: ignore boxes in T's
+real labels, crowd regions in evaluation. T trains with SSD's augmentation (--gmu_augment, A.2's pipeline).
+
+Geometry: the 1920x1080 frames are squashed to the square T takes (as SSD resizes), so a product in them is
+9/16 as wide, for its height, as in life. Every other image T sees is squashed the same way: each product
+view, once fitted to --gmu_cutout_size (its scale is its height's), is narrowed by the frames' height / width
+and centred in its square, and each background photo is narrowed so before its square crops are taken. S's
+and Cut-Paste's composites then show products and kitchens at the real frames' aspect.
+
+A.3 trains without the discriminator ("we did not see noticeable improvements"): that is the trainer's
+default (--nodiscriminator), and --discriminator switches D on. T is scored by COCO AP with the per-class
+AP@0.5 of the published GMU tables (<set>_ap50_<product>). The table's three rows are three runs of the same
+flagfile, as many cycles each: real only (--sample_source=none: its T trains as long as the other arms', on
+the real frames alone), Cut-Paste (--sample_source=cut_paste) and TERSE. Each row is its run's figures after
+the last cycle (per_class_row); an arm's rows of the three folds are averaged (evaluation.mean_row, leaving
+out a product without a box in a fold), and per_class_markdown writes the table. A run's figures before its
+first cycle (after the baseline) are no real-only row: that T trained fewer epochs than the arms.
 
 The paper's T is a Faster R-CNN; until the Faster R-CNN target is merged, the SSDs are the targets here.
 """
@@ -19,11 +32,13 @@ import keras
 import numpy as np
 from absl import flags
 
+from terse_tf import augment as augment_lib
 from terse_tf import boxes as boxes_lib
 from terse_tf import compositor as compositor_lib
 from terse_tf import evaluation
+from terse_tf.data import cutouts as cutouts_lib
 from terse_tf.data import gmu, photos
-from terse_tf.errors import ConfigError
+from terse_tf.errors import ConfigError, DataError
 from terse_tf.networks import scene_synthesizer, ssd
 from terse_tf.targets.ssd import SSDTarget
 from terse_tf.tasks import registry
@@ -70,9 +85,18 @@ class GmuSettings:
   max_scale: float = dataclasses.field(default=1.5, metadata={"flag": "gmu_max_scale"})
   max_rotation_deg: float = dataclasses.field(default=30.0, metadata={"flag": "gmu_max_rotation_deg"})
   max_shear: float = dataclasses.field(default=0.2, metadata={"flag": "gmu_max_shear"})
+  # T's training augmentation, one of augment.RECIPES. SSD's (photometric, expand up to 2x, crop, flip) by
+  # default: A.2's pipeline trains its T so and A.3 keeps A.2's strategy, and ~4,000 frames of six videos,
+  # consecutive ones near duplicates, are few views to fine-tune on without it. Not screened (the data is not
+  # here): photo_digits' screen found it did not pay there, on short runs of synthetic digit scenes.
+  augment: str = dataclasses.field(default="ssd", metadata={"flag": "gmu_augment"})
   synth_backbone: str = dataclasses.field(default="compact", metadata={"flag": "gmu_synth_backbone"})
   backbone_weights: str = dataclasses.field(default="", metadata={"flag": "gmu_backbone_weights"})
-  seed: int = 0                 # The background crops' and the artefact bank's draws (the run's --seed).
+  # The data's seed: the background crops S and Cut-Paste paste on and the bank §3.1's regions are shaped
+  # from (the real and test frames do not depend on it). Read from the run's --seed, as photo_digits' data
+  # seed is; an experiment's seeds (experiments/common.seeded) change config.seed only, so all its runs share
+  # the data the flags' --seed drew and differ in training (initialisation, shuffling, synthesis) alone.
+  seed: int = 0
 
   def __post_init__(self):
     for name in ("image_size", "frame_stride", "view_stride", "cutout_size", "max_objects", "num_backgrounds"):
@@ -96,6 +120,8 @@ class GmuSettings:
     if not self.training_scenes():
       raise ConfigError(f"no GMU scene is left to train on (test {list(self.test_scenes)}, validation "
                         f"{list(self.val_scenes)})")
+    if self.augment not in augment_lib.RECIPES:
+      raise ConfigError(f"--gmu_augment must be one of {list(augment_lib.RECIPES)}, got {self.augment!r}")
     if self.synth_backbone not in scene_synthesizer.BACKBONES:
       raise ConfigError(f"--gmu_synth_backbone must be one of {scene_synthesizer.BACKBONES}, got "
                         f"{self.synth_backbone!r}")
@@ -116,15 +142,29 @@ _DEFAULT = GmuSettings()
 
 
 def per_class_row(results: dict, when: str = "after", set_name: str = "test") -> dict[str, float]:
-  """One arm's row of the GMU table from a gmu run's results.json: its figures after the baseline (`when`
-  "before": the real-only arm) or after the last cycle ("after": the arm the run trained, TERSE or, with
-  --sample_source=cut_paste, Cut-Paste), on `set_name`'s frames."""
-  row = {name: results[f"{set_name}_ap50_{name}_{when}"] for name in gmu.CLASS_NAMES}
-  return {**row, "mAP": results[f"{set_name}_ap50_{when}"]}
+  """One arm's row of the GMU table from a gmu run's results.json: its per-product AP@0.5 and mAP on
+  `set_name`'s frames after its last cycle ("after": real only with --sample_source=none, Cut-Paste with
+  --sample_source=cut_paste, TERSE by default) or after its baseline ("before", a T trained fewer epochs than
+  the arms: no real-only row). One ValueError naming what is wrong for the results of another task, of a set
+  the run did not score, or of a run that has no such figures yet (no cycle completed)."""
+  if when not in ("before", "after"):
+    raise ValueError(f"when must be 'before' or 'after', got {when!r}")
+  keys = {name: f"{set_name}_ap50_{name}_{when}" for name in gmu.CLASS_NAMES}
+  keys["mAP"] = f"{set_name}_ap50_{when}"  # pycocotools' mean over the products with a box.
+  missing = [key for key in keys.values() if key not in results]
+  if missing:
+    raise ValueError(f"results of --task={results.get('task')} have no {', '.join(missing[:2])}, ...: expected "
+                     f"the results.json of a gmu run that scores the {set_name!r} frames per product")
+  if any(results[key] is None for key in keys.values()):
+    stage = "its last cycle" if when == "after" else "its baseline"
+    raise ValueError(f"the run has no figures after {stage} ({keys['mAP']} is None; cycles_completed "
+                     f"{results.get('cycles_completed')}): it stopped before; resume it")
+  return {name: results[key] for name, key in keys.items()}
 
 
 def per_class_markdown(rows: dict[str, dict[str, float]]) -> str:
-  """The paper's GMU table (11 products + mAP, AP@0.5 in percent) of arms' rows (per_class_row), in order."""
+  """The paper's GMU table (11 products + mAP, AP@0.5 in percent) of arms' rows (per_class_row, or the mean
+  of an arm's rows over the folds: evaluation.mean_row), in order."""
   return evaluation.per_class_table(rows, list(gmu.CLASS_NAMES), list(gmu.SHORT_NAMES))
 
 
@@ -157,8 +197,9 @@ def define_flags(flag_values: flags.FlagValues) -> None:
       ("gmu_num_backgrounds", _DEFAULT.num_backgrounds, "Random crops of the background photos.")):
     flags.DEFINE_integer(name, default, text, lower_bound=1, flag_values=flag_values)
   for name, default, text in (
-      ("gmu_min_box_area", _DEFAULT.min_box_area, "Boxes of fewer pixels (in the 1920x1080 frame) are left out "
-       "of the real and test labels; Cut-Paste-Learn evaluates boxes of at least 50x30."),
+      ("gmu_min_box_area", _DEFAULT.min_box_area, "Boxes of fewer pixels (in the 1920x1080 frame) are not "
+       "scored: ignore boxes in T's real labels, crowd regions in evaluation (a detection there is neither a "
+       "true nor a false positive); Cut-Paste-Learn evaluates boxes of at least 50x30."),
       ("gmu_min_visible", _DEFAULT.min_visible, "A pasted product with less than this share in view gets no "
        "box (an ignore box if any shows)."),
       ("gmu_background_artifact_fraction", _DEFAULT.background_artifact_fraction, "Share of S's backgrounds "
@@ -168,6 +209,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
       ("gmu_max_rotation_deg", _DEFAULT.max_rotation_deg, "Largest in-plane turn S may give a product."),
       ("gmu_max_shear", _DEFAULT.max_shear, "Largest shear S may give a product.")):
     flags.DEFINE_float(name, default, text, lower_bound=0.0, flag_values=flag_values)
+  flags.DEFINE_enum("gmu_augment", _DEFAULT.augment, list(augment_lib.RECIPES), "T's training augmentation of "
+                    f"its real frames and added scenes: {augment_lib.RECIPES_HELP}.", flag_values=flag_values)
   flags.DEFINE_enum("gmu_synth_backbone", _DEFAULT.synth_backbone, scene_synthesizer.BACKBONES, "S's backbone: "
                     "compact (CPU) or vgg16 (A.2, A.3).", flag_values=flag_values)
   flags.DEFINE_string("gmu_backbone_weights", _DEFAULT.backbone_weights, "VGG16 weights for S and SSD300: '' "
@@ -185,7 +228,8 @@ def settings_from_flags(f: flags.FlagValues) -> GmuSettings:
       max_objects=f.gmu_max_objects, num_backgrounds=f.gmu_num_backgrounds, min_visible=f.gmu_min_visible,
       background_artifact_fraction=f.gmu_background_artifact_fraction, min_scale=f.gmu_min_scale,
       max_scale=f.gmu_max_scale, max_rotation_deg=f.gmu_max_rotation_deg, max_shear=f.gmu_max_shear,
-      synth_backbone=f.gmu_synth_backbone, backbone_weights=f.gmu_backbone_weights, seed=f.seed)
+      augment=f.gmu_augment, synth_backbone=f.gmu_synth_backbone, backbone_weights=f.gmu_backbone_weights,
+      seed=f.seed)
 
 
 @registry.register("gmu", settings=GmuSettings, define_flags=define_flags,
@@ -216,33 +260,49 @@ class GmuTask(StoredCutoutDetection):
     self.max_objects, self.min_visible = settings.max_objects, settings.min_visible
     self.background_artifact_fraction = settings.background_artifact_fraction
     self._set_compositing(common.compositor.with_ranges(settings.ranges()), common.synthesizer.jit_compile)
-    load = lambda scenes: gmu.load_split(settings.gmu_dir, scenes, size, settings.frame_stride,
-                                         settings.skip_objects, settings.min_box_area)
+    self.augmentation = augment_lib.RECIPES[settings.augment]
+
+    def load(scenes: tuple[int, ...]) -> gmu.Split:
+      return gmu.load_split(settings.gmu_dir, scenes, size, settings.frame_stride, settings.skip_objects,
+                            settings.min_box_area)
+
     self.splits = {"train": load(settings.training_scenes()), "test": load(settings.test_scenes)}
     if settings.val_scenes:
       self.splits["val"] = load(settings.val_scenes)
+    aspects = {name: split.frame_aspect for name, split in self.splits.items()}
+    if len(set(aspects.values())) > 1:
+      raise DataError(f"--gmu_dir={settings.gmu_dir}: the splits' frames differ in shape (width / height "
+                      f"{aspects}); every frame must have one shape, which S's composites are squashed to")
+    # Every image T sees has the real frames' geometry: they are squashed to a square, so the products'
+    # views (after fitting: their scale is their height's) and the background photos (before their square
+    # crops are taken) are squashed the same way.
+    self.frame_aspect = aspects["train"]
     objects = gmu.load_objects(settings.objects_dir, self.cutout_shape, settings.view_stride)
-    self.cutouts, self.cutout_classes = objects.images, objects.classes
+    self.cutouts = cutouts_lib.squash(objects.images, self.frame_aspect)
+    self.cutout_classes = objects.classes
     rng = np.random.default_rng([settings.seed, 19])
-    self.backgrounds = photos.random_crops(
+    self.backgrounds = photos.random_crops(gmu.squash_photos(
         photos.read_photos(photos.image_paths(settings.backgrounds_dir),
                            f"--gmu_backgrounds_dir={settings.backgrounds_dir}", min_side=size // 2),
-        settings.num_backgrounds, size, rng)
+        self.frame_aspect), settings.num_backgrounds, size, rng)
     self._set_artifact_masks(self.cutouts[..., -1], rng)
     train = self.splits["train"]
-    # Every label has as many rows as the busiest real frame or S's scenes, whichever is more, so that
-    # real and cached examples batch together.
-    self.label_slots = max(settings.max_objects, max(len(b) for b in train.boxes))
-    self.real_images, self.real_labels = train.images, self.padded_labels(train.boxes, train.classes)
+    # Every label has as many rows as the busiest real frame (its boxes or its ignore boxes) or S's scenes,
+    # whichever is more, so that real and cached examples batch together.
+    self.label_slots = max(settings.max_objects, *(len(b) for b in (*train.boxes, *train.ignore_boxes)))
+    self.real_images = train.images
+    self.real_labels = self.padded_labels(train.boxes, train.classes, train.ignore_boxes)
+    # Boxes under --gmu_min_box_area are not scored: crowd regions, where a detection is no false positive.
     self._evaluation_sets = {
-        name: (split.images, [evaluation.ImageBoxes(boxes=b, classes=c)
-                              for b, c in zip(split.boxes, split.classes)])
+        name: (split.images, [evaluation.ImageBoxes(boxes=b, classes=c, ignore_boxes=ib, ignore_classes=ic)
+                              for b, c, ib, ic in zip(split.boxes, split.classes, split.ignore_boxes,
+                                                      split.ignore_classes)])
         for name, split in self.splits.items() if name != "train"}
     self.test_images, self.test_truth = self._evaluation_sets["test"]
 
   def describe(self) -> str:
     scenes = {name: ",".join(str(s) for s in np.unique(split.scenes)) for name, split in self.splits.items()}
-    return (f"GMU Kitchen at {self.image_shape[0]} px: " + ", ".join(
+    return (f"GMU Kitchen at {self.image_shape[0]} px, squashed from {self.frame_aspect:.2f}:1: " + ", ".join(
         f"{len(split.images)} {name} frames (scenes {scenes[name]})" for name, split in self.splits.items()) +
         f"; {len(self.cutouts)} product views at {self.cutout_shape[0]} px, up to {self.max_objects} per scene, "
         f"{len(self.backgrounds)} backgrounds")

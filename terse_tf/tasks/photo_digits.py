@@ -47,16 +47,6 @@ CUTOUT_SIZE = mnist.IMAGE_SIZE  # A digit padded to 40x40, so rotation and shear
 SSD_VGG16_SIZE = 300
 
 
-# T's training augmentation (--ssd_augment): SSD's photometric distortion alone (the task's default); SSD's
-# whole recipe, zooming out at most 2x rather than 4x (the digits are 9-40 pixels high at 128 px, 4x would
-# take them below the smallest default box); or none. On the validation scenes at these run lengths (a few
-# hundred steps) SSD's flip cost AP (a mirrored digit is no digit), its expand and crop more so, and even the
-# photometric distortion did not pay, so the shipped flagfiles say none (BENCHMARKS.md has the screen).
-AUGMENTATIONS = {"photometric": augment_lib.AugmentConfig(expand_prob=0.0, crop=False, flip_prob=0.0),
-                 "ssd": augment_lib.AugmentConfig(max_expand=2.0),
-                 "none": None}
-
-
 @dataclasses.dataclass(frozen=True)
 class PhotoDigitsConfig:
   image_size: int = dataclasses.field(default=128, metadata={"flag": "photo_image_size"})
@@ -75,7 +65,10 @@ class PhotoDigitsConfig:
   unseen_bank: str = dataclasses.field(default="", metadata={"flag": "photo_unseen_bank"})  # "" no unseen set.
   # The Gaussian (pixels) that feathers the wide-range sets' object edges.
   test_edge_sigma: float = dataclasses.field(default=0.6, metadata={"flag": "photo_test_edge_sigma"})
-  # T's training augmentation, one of AUGMENTATIONS.
+  # T's training augmentation, one of augment.RECIPES (--ssd_augment). On the validation scenes at these run
+  # lengths (a few hundred steps) SSD's flip cost AP (a mirrored digit is no digit), its expand and crop more
+  # so, and even the photometric distortion did not pay, so the shipped flagfiles say none (BENCHMARKS.md has
+  # the screen).
   augment: str = dataclasses.field(default="photometric", metadata={"flag": "ssd_augment"})
   # Random crops of the train photos that S and the baselines paste on.
   num_backgrounds: int = dataclasses.field(default=2000, metadata={"flag": "photo_num_backgrounds"})
@@ -118,8 +111,8 @@ class PhotoDigitsConfig:
     if missing:
       raise ConfigError(f"--photo_dir={self.photo_dir}: expected the subfolders {', '.join(photos.SPLITS)} "
                         f"(photos disjoint by content); missing: {', '.join(missing)}")
-    if self.augment not in AUGMENTATIONS:
-      raise ConfigError(f"--ssd_augment must be one of {list(AUGMENTATIONS)}, got {self.augment!r}")
+    if self.augment not in augment_lib.RECIPES:
+      raise ConfigError(f"--ssd_augment must be one of {list(augment_lib.RECIPES)}, got {self.augment!r}")
     if self.synth_backbone not in scene_synthesizer.BACKBONES:
       raise ConfigError(f"--synth_backbone must be one of {scene_synthesizer.BACKBONES}, got "
                         f"{self.synth_backbone!r}")
@@ -177,10 +170,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                     f"photographs: {photos.DEBIAN_INSTALL}).", flag_values=flag_values)
   flags.DEFINE_string("photo_unseen_bank", _DEFAULT.unseen_bank, "A second photo bank for an 'unseen' test set "
                       "on a source no training scene came from ('' none).", flag_values=flag_values)
-  flags.DEFINE_enum("ssd_augment", _DEFAULT.augment, list(AUGMENTATIONS), "T's training augmentation of its "
-                    "real and added scenes: photometric (SSD's photometric distortion), ssd (SSD's whole "
-                    "recipe: photometric distortion, expand, IoU-constrained crop, flip) or none.",
-                    flag_values=flag_values)
+  flags.DEFINE_enum("ssd_augment", _DEFAULT.augment, list(augment_lib.RECIPES), "T's training augmentation of "
+                    f"its real and added scenes: {augment_lib.RECIPES_HELP}.", flag_values=flag_values)
   flags.DEFINE_enum("synth_backbone", _DEFAULT.synth_backbone, scene_synthesizer.BACKBONES, "photo_digits S's "
                     "backbone: compact (CPU) or vgg16 (A.2).", flag_values=flag_values)
   flags.DEFINE_string("backbone_weights", _DEFAULT.backbone_weights, "VGG16 weights for S and SSD300: '' none "
@@ -241,7 +232,7 @@ class PhotoDigitsTask(PastedObjectDetection):
     self.background_artifact_fraction = settings.background_artifact_fraction
     self._set_compositing(common.compositor.with_ranges(settings.ranges()), common.synthesizer.jit_compile)
     self.splits = mnist.load_splits(task_settings.data)
-    self.augmentation = AUGMENTATIONS[settings.augment]
+    self.augmentation = augment_lib.RECIPES[settings.augment]
     # One random stream per set (keyed by the data's seed and the set's name), so that no set's size or
     # recipe changes another's scenes.
     streams = {name: np.random.default_rng([task_settings.data.seed, 17, index]) for index, name in enumerate(
