@@ -251,3 +251,20 @@ def test_a_short_photo_digits_run_trains_faster_rcnn_end_to_end(tmp_path):
   assert results["cycles_completed"] == 1 and results["hard_examples"] > 0
   assert all(np.isfinite(results[f"test_ap50_{when}"]) for when in ("before", "after"))
   assert os.path.exists(os.path.join(run_dir, "export", "target", "1", "saved_model.pb"))
+
+
+@pytest.mark.slow
+def test_a_model_garden_checkpoint_gives_its_backbone_and_decoder_only_where_they_fit(trained, tmp_path):
+  source = trained[0].model
+  prefix = tf.train.Checkpoint(backbone=source.backbone, decoder=source.decoder).write(str(tmp_path / "mg"))
+  settings = dataclasses.replace(frcnn.PRESETS["frcnn_resnet18"], norm_momentum=0.9, init_checkpoint=prefix)
+  loaded = frcnn.FasterRCNNTarget.build("frcnn_resnet18", settings, (SIDE, SIDE, 3), 2, "image_size").model
+  for name in ("backbone", "decoder"):
+    for a, b in zip(getattr(source, name).variables, getattr(loaded, name).variables):
+      np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=b.name)
+  # The box head is not read: it starts afresh.
+  assert any(not np.array_equal(a.numpy(), b.numpy()) for a, b in zip(
+      source.detection_head[0].variables, loaded.detection_head[0].variables))
+  with pytest.raises(ConfigError, match="--frcnn_init_checkpoint=.*do not fit this model"):
+    frcnn.FasterRCNNTarget.build("frcnn_resnet18", dataclasses.replace(settings, fpn_filters=32),
+                                 (SIDE, SIDE, 3), 2, "image_size")
