@@ -135,7 +135,8 @@ def test_s_gets_gradients_through_the_frozen_faster_rcnn_which_does_not_move(tra
     np.testing.assert_array_equal(a, b.numpy(), err_msg=b.name)
   # T's own step, in training mode, moves its BatchNorm statistics: the check above can fail.
   tf.function(lambda: target.loss(images, labels, training=True))()
-  assert any(not np.array_equal(a, b.numpy()) for a, b in zip(before, target.model.variables) if "moving" in b.name)
+  assert any(not np.array_equal(a, b.numpy()) for a, b in zip(before, target.model.variables)
+             if "moving" in b.name)
 
 
 def test_image_sides_and_flags_are_checked():

@@ -106,8 +106,6 @@ class DetectorTarget(Target):
   """A detector: labels {"boxes", "classes", "count"} (module docstring), detections for evaluation, and
   the exported serving_default {boxes, scores, classes 0-based, num_detections} from them."""
 
-  max_detections: int = 100
-
   @abc.abstractmethod
   def detect(self, images: tf.Tensor) -> boxes.Detections:
     """T's detections on float images [B, H, W, 3] in [0, 1] (inference mode)."""

@@ -66,7 +66,7 @@ class FasterRCNNSettings:
   # near their initial values.
   norm_momentum: float = dataclasses.field(default=0.997, metadata={"flag": "frcnn_norm_momentum"})
   # Anchors: side anchor_size * 2^level pixels at each FPN level, anchor_scales octave steps per level, and
-  # these aspect ratios (as Model Garden's Anchor takes them).
+  # these aspect ratios, width over height (as Model Garden's Anchor takes them).
   anchor_size: float = dataclasses.field(default=8.0, metadata={"flag": "frcnn_anchor_size"})
   anchor_scales: int = dataclasses.field(default=1, metadata={"flag": "frcnn_anchor_scales"})
   aspect_ratios: tuple[float, ...] = dataclasses.field(default=(0.5, 1.0, 2.0),
@@ -102,7 +102,7 @@ class FasterRCNNSettings:
 
   @property
   def min_level(self) -> int:
-    # MobileNetV2 gives no stride-4 features to Model Garden's FPN.
+    # Model Garden's FPN on MobileNetV2 starts at stride 8 (at stride 4 the build fails).
     return 3 if self.backbone == "mobilenetv2" else 2
 
 
@@ -253,8 +253,9 @@ class FasterRCNNTarget(DetectorTarget):
       status = tf.train.Checkpoint(**{m: getattr(self.model, m) for m in modules}).read(prefix)
       status.expect_partial().assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as e:
+      first_line = str(e).splitlines()[0][:300]
       raise ConfigError(f"--frcnn_init_checkpoint={path}: its {', '.join(modules)} do not fit this model "
-                        f"({str(e).splitlines()[0][:300]}); check --frcnn_backbone and --frcnn_fpn_filters") from e
+                        f"({first_line}); check --frcnn_backbone and --frcnn_fpn_filters") from e
 
   # ------------------------------------------------------------------------------------ Model Garden's form
   def _resized(self, images: tf.Tensor) -> tf.Tensor:

@@ -225,7 +225,8 @@ def cutouts(digits: np.ndarray, colours: np.ndarray) -> np.ndarray:
 
 @registry.register("photo_digits", settings=PhotoDigitsSettings, define_flags=define_flags,
                    settings_from_flags=settings_from_flags,
-                   summary="digit detection on photographs with an SSD (the offline stand-in for §4.2)")
+                   summary="digit detection on photographs with an SSD or Faster R-CNN (the offline stand-in for "
+                   "§4.2)")
 class PhotoDigitsTask(PastedObjectDetection):
   targets = ("ssd_compact", "ssd_vgg16", *target_registry.names())
 
