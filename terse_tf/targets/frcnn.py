@@ -213,15 +213,15 @@ class FasterRCNNTarget(DetectorTarget):
   hardness_range = (0.0, 1.0)  # A detection score.
   default_hard_threshold = 0.5  # As the SSD's: T finds the object at even odds at best.
 
-  def __init__(self, task, image_side: int):
-    """`task`: model_garden_task's; `image_side`: the side of the images T is handed (resized to the
-    model's input where they differ)."""
+  def __init__(self, task, image_size: tuple[int, int]):
+    """`task`: model_garden_task's; `image_size`: (height, width) of the images T is handed (resized to the
+    model's square input where they differ)."""
     from official.vision.ops import anchor  # pylint: disable=import-outside-toplevel
     self._task = task
     config = task.task_config
     self.model = task.build_model()
     model_config, parser = config.model, config.train_data.parser
-    self.side, self.image_side = model_config.input_size[0], image_side
+    self.side, self.image_size = model_config.input_size[0], tuple(image_size)
     self._anchors = anchor.Anchor(
         min_level=model_config.min_level, max_level=model_config.max_level,
         num_scales=model_config.anchor.num_scales, aspect_ratios=model_config.anchor.aspect_ratios,
@@ -237,7 +237,7 @@ class FasterRCNNTarget(DetectorTarget):
     decoder (as settings.checkpoint_modules say) from settings.init_checkpoint if set."""
     del target  # The preset is already in `settings`.
     side = input_side(settings, image_shape, size_flag)
-    built = cls(model_garden_task(settings, side, num_classes), image_shape[0])
+    built = cls(model_garden_task(settings, side, num_classes), image_shape[:2])
     if settings.init_checkpoint:
       built.load_model_garden_checkpoint(settings.init_checkpoint, settings.checkpoint_modules)
     return built
@@ -260,7 +260,7 @@ class FasterRCNNTarget(DetectorTarget):
   # ------------------------------------------------------------------------------------ Model Garden's form
   def _resized(self, images: tf.Tensor) -> tf.Tensor:
     images = tf.cast(images, tf.float32)
-    return images if self.side == self.image_side else tf.image.resize(images, [self.side, self.side])
+    return images if self.image_size == (self.side, self.side) else tf.image.resize(images, [self.side] * 2)
 
   def _model_inputs(self, images: tf.Tensor) -> dict[str, Any]:
     batch = tf.shape(images)[0]
@@ -297,8 +297,8 @@ class FasterRCNNTarget(DetectorTarget):
         tf.distribute.get_strategy().num_replicas_in_sync)
 
   def model_garden_losses(self, images: tf.Tensor, labels: Labels, training: bool) -> dict[str, tf.Tensor]:
-    """MaskRCNNTask.build_losses on this replica's images: rpn_score_loss, rpn_box_loss, frcnn_cls_loss,
-    frcnn_box_loss and their sum model_loss, each a mean over the replica's images."""
+    """MaskRCNNTask.build_losses on this replica's images, as Model Garden's train_step takes them:
+    rpn_score_loss, rpn_box_loss, frcnn_cls_loss, frcnn_box_loss and their sum model_loss."""
     images = self._resized(images)
     gt_boxes, gt_classes = self.model_garden_labels(labels)
     score_targets, box_targets = self._rpn_targets(gt_boxes, gt_classes, labels["count"])
