@@ -2,6 +2,8 @@ r"""Cost of one TERSE step against one plain target step, on the detection task 
 
     python bench/detection_step.py [--repeats=20] [--out=bench/results/detection_step.json]
     python bench/detection_step.py --flagfile=configs/photo_digits.flags   # any terse_tf.train flags apply
+    python bench/detection_step.py --flagfile=configs/photo_digits.flags --target=frcnn_resnet18 \
+        --out=bench/results/detection_step_frcnn_resnet18.json            # Faster R-CNN as T
 
 A TERSE step is one update of each player on a batch: S's step (S forward, the compositor, T forward and
 backward through the composite, D's verdict, S's update, T's hardness verdict), D's step in lockstep, and

@@ -19,6 +19,14 @@ import tensorflow as tf
 CENTRE_VARIANCE, SIZE_VARIANCE = 0.1, 0.2
 
 
+class Detections(NamedTuple):
+  """A detector's detections on a batch, padded to N per image (every detector's, SSD or not)."""
+  boxes: tf.Tensor           # [B, N, 4] normalised ymin, xmin, ymax, xmax; zeros past num_detections.
+  scores: tf.Tensor          # [B, N]
+  classes: tf.Tensor         # [B, N] 0-based class (float, as NMS returns it); 0 past num_detections.
+  num_detections: tf.Tensor  # [B] int32: how many of the N are real.
+
+
 @dataclasses.dataclass(frozen=True)
 class DefaultBoxSpec:
   """Default boxes over several square feature maps (SSD §2.2).
@@ -66,8 +74,9 @@ def centres_to_corners(boxes: tf.Tensor) -> tf.Tensor:
 
 
 def iou(boxes_a: tf.Tensor, boxes_b: tf.Tensor) -> tf.Tensor:
-  """Intersection over union [N, M] of corner boxes [N, 4] and [M, 4]; 0 where both are empty."""
-  a, b = boxes_a[:, None, :], boxes_b[None, :, :]
+  """Intersection over union [..., N, M] of corner boxes [..., N, 4] and [..., M, 4] (leading axes alike, a
+  batch's say); 0 where both are empty."""
+  a, b = boxes_a[..., :, None, :], boxes_b[..., None, :, :]
   height = tf.maximum(tf.minimum(a[..., 2], b[..., 2]) - tf.maximum(a[..., 0], b[..., 0]), 0.0)
   width = tf.maximum(tf.minimum(a[..., 3], b[..., 3]) - tf.maximum(a[..., 1], b[..., 1]), 0.0)
   intersection = height * width

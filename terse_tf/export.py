@@ -25,7 +25,7 @@ affNIST: (foreground [B,40,40,2] colour + straight alpha, background [B,40,40,1]
 warped_mask}. Detection tasks: (foreground [B,N,h,w,4], background [B,H,W,3], classes [B,N]) -> {params,
 composite, boxes, classes, num_objects, masks}. The target's serving_default is Target.serving_outputs:
 {probabilities} for a classifier; {boxes, scores, classes, num_detections} for a detector. Its `hardness`
-signature, (images, *labels) -> {hardness [B]}, is the trainer's cache criterion (Target.judge): a composite
+signature, (images, *labels) -> {hardness [B]}, is the trainer's cache criterion (Target.verdict): a composite
 is hard when its hardness is below --hard_threshold.
 """
 
@@ -66,7 +66,7 @@ def target_archive(target: Target, image_shape: tuple[int, int, int]) -> keras.e
   label_names = list(target.label_specs())
 
   def hardness(images: tf.Tensor, *labels: tf.Tensor) -> dict[str, tf.Tensor]:
-    judgement = target.judge(target.model(images, training=False), dict(zip(label_names, labels)))
+    judgement = target.verdict(images, dict(zip(label_names, labels)))
     return {"hardness": judgement.hardness}
 
   archive.add_endpoint(HARDNESS, hardness, input_signature=[images, *target.label_specs().values()])

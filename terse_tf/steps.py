@@ -4,7 +4,7 @@ the players, the strategy, the step's settings and a global batch (TF-GAN's GANM
 spirit), called by the trainer inside its own tf.function.
 
 Losses are summed over replicas: every per-example loss is divided by the global batch
-(tf.nn.compute_average_loss, or the target's replica_loss), and every batch-level term (decay, a model's own
+(tf.nn.compute_average_loss, or the target's loss), and every batch-level term (decay, a model's own
 penalties, the diversity penalty) by the number of replicas, so that the optimizer's sum over replicas is the
 single-device loss.
 """
@@ -136,7 +136,7 @@ def target_step(players: Players, strategy: tf.distribute.Strategy, settings: St
   def replica_step(images, labels):
     variables = target.model.trainable_variables
     with tf.GradientTape() as tape:
-      loss = target.replica_loss(target.model(images, training=True), labels)
+      loss = target.loss(images, labels, training=True)
       regularized = (loss + decay_term(variables, settings.target_weight_decay, settings, replicas) +
                      model_penalties(target.model, replicas))
     optimizer.apply_gradients(zip(tape.gradient(regularized, variables), variables))
@@ -197,8 +197,7 @@ def synth_step(players: Players, strategy: tf.distribute.Strategy, settings: Ste
           synth_batch)
       # T judges the composite the cache would store (8-bit), so what is cached as hard is hard.
       images = as_stored(composition.images)
-      target_outputs = target.model(images, training=False)  # T frozen: inference mode, no update.
-      target_loss = target.replica_loss(target_outputs, composition.labels)
+      target_loss, judgement = target.frozen_loss_and_verdict(images, composition.labels)  # T not updated.
       # Each replica's batch-level penalty counts 1/replicas, so the sum over replicas is their mean.
       spread = diversity(composition, diversity_seed, settings) / replicas
       adversarial = tf.constant(0.0)
@@ -209,7 +208,6 @@ def synth_step(players: Players, strategy: tf.distribute.Strategy, settings: Ste
       regularized = (loss + decay_term(variables, settings.synth_weight_decay, settings, replicas) +
                      model_penalties(synthesizer, replicas))
     players.synth_optimizer.apply_gradients(zip(tape.gradient(regularized, variables), variables))
-    judgement = target.judge(target_outputs, composition.labels)
     pasted = tf.cast(composition.pasted, tf.int32)  # strategy.gather takes no bool.
     return ((loss, target_loss, spread, adversarial),
             (composition.params, pasted, images, composition.labels, judgement.hardness, judgement.quota_class))
@@ -245,7 +243,7 @@ def generation_step(players: Players, strategy: tf.distribute.Strategy, sample: 
     composition = compose(lambda foreground, background: sample(foreground, background, replica_seed),
                           synth_batch)
     images = as_stored(composition.images)
-    judgement = target.judge(target.model(images, training=False), composition.labels)
+    judgement = target.verdict(images, composition.labels)
     pasted = tf.cast(composition.pasted, tf.int32)
     return composition.params, pasted, images, composition.labels, judgement.hardness, judgement.quota_class
 

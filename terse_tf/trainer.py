@@ -108,8 +108,7 @@ class Trainer:
     sample = synthesizer_lib.seeded_sampler(self.synthesizer)
     self._generate = tf.function(functools.partial(steps.generation_step, self.players, self.strategy, sample,
                                                    self.task.compose))
-    self._judge = tf.function(
-        lambda images, labels: self.target.judge(self.target.model(images, training=False), labels))
+    self._judge = tf.function(self.target.verdict)
 
   # ----------------------------------------------------------------------------------------- state
   def _build_checkpoint(self) -> None:

@@ -16,8 +16,6 @@ box (`boxes.DefaultBoxSpec`). The model returns {"class_logits": [B, A, C+1], "b
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import keras
 import tensorflow as tf
 from keras import layers
@@ -103,20 +101,13 @@ def build_ssd(backbone: str, image_size: int, num_classes: int, spec: boxes.Defa
   return model
 
 
-class Detections(NamedTuple):
-  boxes: tf.Tensor           # [B, N, 4] normalised ymin, xmin, ymax, xmax; zeros past num_detections.
-  scores: tf.Tensor          # [B, N]
-  classes: tf.Tensor         # [B, N] 0-based class (float, as NMS returns it); 0 past num_detections.
-  num_detections: tf.Tensor  # [B] int32: how many of the N are real.
-
-
 def detect(outputs: dict[str, tf.Tensor], anchors: tf.Tensor, max_detections: int = 100,
-           score_threshold: float = 0.01, iou_threshold: float = 0.45) -> Detections:
+           score_threshold: float = 0.01, iou_threshold: float = 0.45) -> boxes.Detections:
   """Decoded, per-class non-max-suppressed detections from SSD's outputs and its default boxes [A, 4]."""
   scores = tf.nn.softmax(outputs["class_logits"])[..., 1:]  # Background dropped: [B, A, C].
   decoded = tf.clip_by_value(boxes.decode(outputs["box_regression"], anchors), 0.0, 1.0)
   result = tf.image.combined_non_max_suppression(
       decoded[:, :, None, :], scores, max_output_size_per_class=max_detections, max_total_size=max_detections,
       iou_threshold=iou_threshold, score_threshold=score_threshold, clip_boxes=False)
-  return Detections(boxes=result.nmsed_boxes, scores=result.nmsed_scores, classes=result.nmsed_classes,
-                    num_detections=result.valid_detections)
+  return boxes.Detections(boxes=result.nmsed_boxes, scores=result.nmsed_scores, classes=result.nmsed_classes,
+                          num_detections=result.valid_detections)

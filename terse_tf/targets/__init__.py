@@ -1,1 +1,1 @@
-"""Targets T behind one interface (base.Target): a classifier and an SSD detector."""
+"""Targets T behind one interface (base.Target): a classifier, an SSD, and Faster R-CNN from Model Garden."""

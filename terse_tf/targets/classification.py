@@ -7,10 +7,10 @@ import tensorflow as tf
 
 from terse_tf import losses
 from terse_tf.networks import classifier
-from terse_tf.targets.base import Judgement, Labels, Target
+from terse_tf.targets.base import Judgement, Labels, SinglePassTarget
 
 
-class ClassifierTarget(Target):
+class ClassifierTarget(SinglePassTarget):
   """Labels: {"label": [B] int}."""
 
   hardness_range = (-1.0, 1.0)  # p_gt - max_other

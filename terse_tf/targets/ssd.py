@@ -16,13 +16,13 @@ import tensorflow as tf
 from terse_tf import boxes as boxes_lib
 from terse_tf import losses
 from terse_tf.networks import ssd
-from terse_tf.targets.base import Judgement, Labels, Target
+from terse_tf.targets.base import DetectorTarget, Judgement, Labels, SinglePassTarget
 
 # Matching threshold of SSD's training, reused to find the default boxes that "see" an object.
 MATCH_IOU = 0.5
 
 
-class SSDTarget(Target):
+class SSDTarget(SinglePassTarget, DetectorTarget):
   """A single-shot detector over default boxes (anchors). Labels: {"boxes": [B, G, 4], "classes": [B, G],
   "count": [B]} and optionally "ignore_boxes" [B, I, 4] (the loss only; hardness does not read them, and the
   exported `hardness` signature does not take them).
@@ -40,8 +40,6 @@ class SSDTarget(Target):
     self.model = model
     self.anchors = tf.convert_to_tensor(anchors, tf.float32)
     self.max_detections = max_detections
-    # Traced once per target, so that each evaluation does not trace detection again.
-    self.detections = tf.function(self.detect)
 
   @classmethod
   def build(cls, backbone: str, image_size: int, num_classes: int, spec: boxes_lib.DefaultBoxSpec,
@@ -98,15 +96,5 @@ class SSDTarget(Target):
     return Judgement(hardness=tf.reduce_min(confidence, axis=1),
                      quota_class=tf.cast(tf.gather(labels["classes"], hardest, batch_dims=1), tf.int64))
 
-  def detect(self, images: tf.Tensor) -> ssd.Detections:
+  def detect(self, images: tf.Tensor) -> boxes_lib.Detections:
     return ssd.detect(self.model(images, training=False), self.anchors, max_detections=self.max_detections)
-
-  def label_specs(self) -> dict[str, tf.TensorSpec]:
-    return {"boxes": tf.TensorSpec([None, None, 4], tf.float32, name="boxes"),
-            "classes": tf.TensorSpec([None, None], tf.int32, name="classes"),
-            "count": tf.TensorSpec([None], tf.int32, name="count")}
-
-  def serving_outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-    detections = self.detect(images)
-    return {"boxes": detections.boxes, "scores": detections.scores,
-            "classes": tf.cast(detections.classes, tf.int32), "num_detections": detections.num_detections}

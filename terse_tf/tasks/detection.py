@@ -23,7 +23,7 @@ from terse_tf import compositor as compositor_lib
 from terse_tf import evaluation
 from terse_tf.data import photos
 from terse_tf.networks import synthesizer
-from terse_tf.targets.ssd import SSDTarget
+from terse_tf.targets.base import DetectorTarget
 from terse_tf.tasks.base import Composition, RawParamsFn, Task, image_grid
 
 FOREGROUND_CHANNELS = 4  # RGB + straight alpha.
@@ -91,7 +91,7 @@ def blur_alpha(cutout: tf.Tensor, mode: tf.Tensor) -> tf.Tensor:
 
 
 class PastedObjectDetection(Task):
-  """Scenes of up to `max_objects` cut-outs [cutout_shape, 4] on backgrounds; T a detector (SSDTarget).
+  """Scenes of up to `max_objects` cut-outs [cutout_shape, 4] on backgrounds; T a detector (DetectorTarget).
 
   Subclasses call `_set_compositing` and set, before any method here runs: image_shape, num_classes,
   class_names, cutout_shape (h, w), max_objects, label_slots (>= max_objects: the rows of every label),
@@ -280,7 +280,7 @@ class PastedObjectDetection(Task):
                        object_classes=tf.boolean_mask(tf.reshape(batch["classes"], [-1]), valid))
 
   # ------------------------------------------------------------------------------------ evaluation
-  def detect(self, target: SSDTarget, images: np.ndarray, batch_size: int) -> list[evaluation.ImageBoxes]:
+  def detect(self, target: DetectorTarget, images: np.ndarray, batch_size: int) -> list[evaluation.ImageBoxes]:
     """T's detections on uint8 `images`, one entry per image."""
     found = []
     for start in range(0, len(images), batch_size):
@@ -294,7 +294,7 @@ class PastedObjectDetection(Task):
     others a subclass adds (validation sets, another photo source)."""
     return {"test": (self.test_images, self.test_truth)}
 
-  def evaluate(self, target: SSDTarget, batch_size: int) -> dict[str, float]:
+  def evaluate(self, target: DetectorTarget, batch_size: int) -> dict[str, float]:
     """COCO AP of T on each evaluation set: <set>_ap50 (test_ap50 the headline), <set>_ap (AP@[.5:.95]) and
     <set>_ap75; with per_class_figures, <set>_ap50_<class> too (-1 for a class without a box in the set, as
     pycocotools marks it)."""

@@ -16,15 +16,16 @@ Every set has its own random stream, so no training-set setting changes the scen
 wide-range sets are rendered with a feathered edge (`test_edge_sigma`) that no way of adding samples uses
 exactly (they paste hard edges, or Cut-Paste-Learn's blend modes), so no arm wins by matching the renderer.
 The headline is one class, "digit" (as VOC person is one class); `ten_classes` detects the digits' classes
-instead. T is an SSD; S places each object in the scene (scene_synthesizer); a share of backgrounds carries
-pasted background regions (§3.1), so a blending edge is no sign of an object.
+instead. T is an SSD, or a detector registered in targets/registry.py (Faster R-CNN); S places each object in
+the scene (scene_synthesizer); a share of backgrounds carries pasted background regions (§3.1), so a blending
+edge is no sign of an object.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -38,6 +39,8 @@ from terse_tf import evaluation
 from terse_tf.data import mnist, photos
 from terse_tf.errors import ConfigError
 from terse_tf.networks import scene_synthesizer, ssd
+from terse_tf.targets import registry as target_registry
+from terse_tf.targets.base import DetectorTarget
 from terse_tf.targets.ssd import SSDTarget
 from terse_tf.tasks import detection, mnist_flags, registry
 from terse_tf.tasks.base import CommonSettings
@@ -132,6 +135,8 @@ class PhotoDigitsSettings:
   same test scenes), and the scenes'."""
   data: mnist.DataConfig = mnist.DataConfig()
   photo_digits: PhotoDigitsConfig = PhotoDigitsConfig()
+  # The settings of a registered detector (targets/registry.py) when --target names one; None: its preset.
+  detector: Any = None
 
 
 _DEFAULT = PhotoDigitsConfig()
@@ -139,6 +144,7 @@ _DEFAULT = PhotoDigitsConfig()
 
 def define_flags(flag_values: flags.FlagValues) -> None:
   mnist_flags.define_flags(flag_values)
+  target_registry.define_flags(flag_values)
   for define, name, default, text, bound in (
       (flags.DEFINE_integer, "photo_image_size", _DEFAULT.image_size, "Scene size in pixels (SSD300: 300).", 1),
       (flags.DEFINE_integer, "photo_num_real", _DEFAULT.num_real, "Real training scenes (1 to "
@@ -185,7 +191,8 @@ def settings_from_flags(f: flags.FlagValues) -> PhotoDigitsSettings:
       num_val=f.photo_num_val, photo_dir=f.photo_dir, photo_bank=f.photo_bank, unseen_bank=f.photo_unseen_bank,
       test_edge_sigma=f.photo_test_edge_sigma, augment=f.ssd_augment, num_backgrounds=f.photo_num_backgrounds,
       background_artifact_fraction=f.background_artifact_fraction, min_visible=f.min_visible,
-      synth_backbone=f.synth_backbone, backbone_weights=f.backbone_weights))
+      synth_backbone=f.synth_backbone, backbone_weights=f.backbone_weights),
+      detector=target_registry.settings_from_flags(f.target, f))
 
 
 class Scenes(NamedTuple):
@@ -209,13 +216,14 @@ def cutouts(digits: np.ndarray, colours: np.ndarray) -> np.ndarray:
 
 @registry.register("photo_digits", settings=PhotoDigitsSettings, define_flags=define_flags,
                    settings_from_flags=settings_from_flags,
-                   summary="digit detection on photographs with an SSD (the offline stand-in for §4.2)")
+                   summary="digit detection on photographs with an SSD or Faster R-CNN (the offline stand-in for "
+                   "§4.2)")
 class PhotoDigitsTask(PastedObjectDetection):
-  targets = ("ssd_compact", "ssd_vgg16")
+  targets = ("ssd_compact", "ssd_vgg16", *target_registry.names())
 
   def __init__(self, task_settings: PhotoDigitsSettings, common: CommonSettings):
     if common.target not in self.targets:
-      raise ConfigError(f"--target must be one of {self.targets} for --task=photo_digits (an SSD), got "
+      raise ConfigError(f"--target must be one of {self.targets} for --task=photo_digits, got "
                         f"{common.target!r}")
     settings = task_settings.photo_digits
     self.task_settings, self.settings, self.common = task_settings, settings, common
@@ -314,8 +322,11 @@ class PhotoDigitsTask(PastedObjectDetection):
 
   def identity(self) -> dict:
     settings = dataclasses.asdict(self.settings)
-    return {"task": self.name, "data": dataclasses.asdict(self.task_settings.data), "photo_digits": settings,
-            "target": self.common.target}
+    identity = {"task": self.name, "data": dataclasses.asdict(self.task_settings.data), "photo_digits": settings,
+                "target": self.common.target}
+    if self.task_settings.detector is not None:
+      identity["detector"] = dataclasses.asdict(self.task_settings.detector)
+    return identity
 
   def real_examples(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return self.real_images, self.real_labels
@@ -324,8 +335,11 @@ class PhotoDigitsTask(PastedObjectDetection):
   def _backbone_weights(self) -> str | None:
     return self.settings.backbone_weights or None
 
-  def build_target(self) -> SSDTarget:
+  def build_target(self) -> DetectorTarget:
     size = self.settings.image_size
+    if self.common.target in target_registry.names():
+      return target_registry.build(self.common.target, self.task_settings.detector, self.image_shape,
+                                   self.num_classes, "photo_image_size")
     backbone = self.common.target.removeprefix("ssd_")
     sizes = ssd.feature_sizes(backbone, size)
     if backbone == "compact":
