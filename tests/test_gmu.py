@@ -2,6 +2,7 @@
 a bad folder gets, the per-class table of runs' results, and the gmu task built from fixture folders and
 trained a few steps."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -273,6 +274,9 @@ def test_the_flagfile_is_a3s_protocol_and_the_scene_settings_are_checked():
   assert config.task == "gmu" and not config.discriminator and config.compositor.mask_cleanup  # A.3, A.2.
   assert settings.synth_backbone == "vgg16" and settings.test_scenes == gmu.FOLD1_TEST_SCENES
   assert settings.augment == "ssd"  # A.2's pipeline trains T with SSD's augmentation.
+  # A.3's T: Faster R-CNN, Model Garden's ResNet-50 FPN, on frames whose side the FPN takes (a multiple of 32).
+  assert config.target == "frcnn_resnet50_fpn" and settings.detector is not None
+  assert settings.image_size % 32 == 0
   # Equal instances per arm, and a generation pass that reaches them with a quarter of its scenes hard
   # (2.5 products a scene: 1 to 4, uniform).
   assert config.quota_unit == "instances" and settings.max_objects == 4
@@ -310,6 +314,21 @@ def test_the_gmu_task_builds_from_fixture_folders(tmp_path):
   assert task.cutouts.shape == (11 * 2 * 2, 16, 16, 4) and task.backgrounds.shape == (8, 64, 64, 3)
   batch = next(iter(task.synth_dataset(4, 0, tf.distribute.InputContext())))
   assert batch["foreground"].shape == (4, 4, 16, 16, 4)
+
+
+@pytest.mark.slow  # Model Garden's import and a Faster R-CNN build: ~20 s.
+def test_the_gmu_task_builds_a_faster_rcnn_for_its_products(tmp_path):
+  settings = gmu_task.GmuSettings(**fixture_folders(tmp_path), image_size=64, cutout_size=16,
+                                  num_backgrounds=8, min_box_area=0, view_stride=3)
+  task = gmu_task.GmuTask(settings, CommonSettings(target="frcnn_mobilenetv2"))
+  target = task.build_target()
+  detections = target.detections(tf.zeros([2, 64, 64, 3]))
+  assert detections.boxes.shape[0] == 2
+  # 11 products: nothing the detector returns is outside them.
+  assert set(np.unique(detections.classes.numpy())) <= set(range(len(gmu.CLASS_NAMES)))
+  settings_odd = dataclasses.replace(settings, image_size=72)
+  with pytest.raises(ConfigError, match=r"--gmu_image_size"):
+    gmu_task.GmuTask(settings_odd, CommonSettings(target="frcnn_mobilenetv2")).build_target()
 
 
 def test_boxes_too_small_to_score_are_ignore_boxes_in_training_and_crowd_regions_in_evaluation(tmp_path):

@@ -21,12 +21,14 @@ the last cycle (per_class_row); an arm's rows of the three folds are averaged (e
 out a product without a box in a fold), and per_class_markdown writes the table. A run's figures before its
 first cycle (after the baseline) are no real-only row: that T trained fewer epochs than the arms.
 
-The paper's T is a Faster R-CNN; until the Faster R-CNN target is merged, the SSDs are the targets here.
+The paper's T is a Faster R-CNN: --target=frcnn_resnet50_fpn (Model Garden's heads, a GPU's size) or the slim
+frcnn_resnet18 / frcnn_mobilenetv2 (any detector targets/registry.py registers); the SSDs work too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import keras
 import numpy as np
@@ -40,6 +42,8 @@ from terse_tf.data import cutouts as cutouts_lib
 from terse_tf.data import gmu, photos
 from terse_tf.errors import ConfigError, DataError
 from terse_tf.networks import scene_synthesizer, ssd
+from terse_tf.targets import registry as target_registry
+from terse_tf.targets.base import DetectorTarget
 from terse_tf.targets.ssd import SSDTarget
 from terse_tf.tasks import registry
 from terse_tf.tasks.base import CommonSettings
@@ -97,6 +101,8 @@ class GmuSettings:
   # seed is; an experiment's seeds (experiments/common.seeded) change config.seed only, so all its runs share
   # the data the flags' --seed drew and differ in training (initialisation, shuffling, synthesis) alone.
   seed: int = 0
+  # The settings of a registered detector (targets/registry.py) when --target names one; None: its preset.
+  detector: Any = None
 
   def __post_init__(self):
     for name in ("image_size", "frame_stride", "view_stride", "cutout_size", "max_objects", "num_backgrounds"):
@@ -229,16 +235,16 @@ def settings_from_flags(f: flags.FlagValues) -> GmuSettings:
       background_artifact_fraction=f.gmu_background_artifact_fraction, min_scale=f.gmu_min_scale,
       max_scale=f.gmu_max_scale, max_rotation_deg=f.gmu_max_rotation_deg, max_shear=f.gmu_max_shear,
       augment=f.gmu_augment, synth_backbone=f.gmu_synth_backbone, backbone_weights=f.gmu_backbone_weights,
-      seed=f.seed)
+      seed=f.seed, detector=target_registry.settings_from_flags(f.target, f))
 
 
 @registry.register("gmu", settings=GmuSettings, define_flags=define_flags,
                    settings_from_flags=settings_from_flags,
                    summary="GMU Kitchen instance detection of 11 products (§4.3, A.3; your copy of the data)")
 class GmuTask(StoredCutoutDetection):
-  # The paper's Faster R-CNN (frcnn_resnet18, frcnn_mobilenetv2, frcnn_resnet50_fpn) joins when its target is
-  # merged; until then, the SSDs.
-  targets = ("ssd_compact", "ssd_vgg16")
+  # The paper's Faster R-CNN first (A.3), then the other registered detectors and the SSDs.
+  targets = ("frcnn_resnet50_fpn", *(name for name in target_registry.names() if name != "frcnn_resnet50_fpn"),
+             "ssd_compact", "ssd_vgg16")
   per_class_figures = True  # The published GMU results are per-product tables.
 
   def __init__(self, settings: GmuSettings, common: CommonSettings):
@@ -320,8 +326,11 @@ class GmuTask(StoredCutoutDetection):
   def _backbone_weights(self) -> str | None:
     return self.settings.backbone_weights or None
 
-  def build_target(self) -> SSDTarget:
+  def build_target(self) -> DetectorTarget:
     size = self.settings.image_size
+    if self.common.target in target_registry.names():
+      return target_registry.build(self.common.target, self.settings.detector, self.image_shape,
+                                   self.num_classes, "gmu_image_size")
     backbone = self.common.target.removeprefix("ssd_")
     # Products fill 1-25% of a kitchen frame's side and stand upright (bottles, boxes): small scales and tall
     # ratios as well as wide.
