@@ -365,14 +365,14 @@ class Trainer:
                      "%s",
                      self._where(), in_cycle, step_cap, stage, d_accuracy,
                      100 * losses.is_hard(hardness, self.hard_threshold).mean(), filled.sum(),
-                     quota * self.task.num_classes, config.quota_unit, filled.min(),
+                     quota * self.task.num_classes, self._quota_items(), filled.min(),
                      self._progress(min(phase_done, 1)))
         self._save()
 
     counts, filled = self.cache.class_counts(cycle), self.cache.quota_filled(cycle)
     logging.info("%s: %d hard composites cached in %d steps (%d/%d %s of the quota); %s", self._where(),
                  counts.sum(), int(self.synth_step.numpy()), filled.sum(), quota * self.task.num_classes,
-                 config.quota_unit, self._progress(1.0))
+                 self._quota_items(), self._progress(1.0))
     if not counts.sum():
       # A normal event (T already gets every composite S can make right, or a strict --hard_threshold): the
       # cycle adds nothing and T fine-tunes on what it had.
@@ -381,8 +381,8 @@ class Trainer:
     elif filled.min() < quota:
       cap = (f"--generation_batches={config.generation_batches}" if config.generation_batches
              else f"step cap --synth_max_steps={config.synth_max_steps}")
-      logging.warning("cycle %d: %s reached with %d/%d %s of hard examples (fewest in a class: %d)", cycle, cap,
-                      filled.sum(), quota * self.task.num_classes, config.quota_unit, filled.min())
+      logging.warning("cycle %d: %s reached with %d/%d hard %s (fewest in a class: %d)", cycle, cap,
+                      filled.sum(), quota * self.task.num_classes, self._quota_items(), filled.min())
     hard_examples.write(self.writer, cycle, int(self.synth_step.numpy()), self.task.preview,
                         self.target.hardness_range)
 
@@ -473,9 +473,13 @@ class Trainer:
     logging.info("%s: kept %d of %d random samples T finds hard (hardness below %g); %s", self._where(),
                  counts.sum(), drawn, self.hard_threshold, self._progress(1.0))
     if filled.min() < quota:
-      logging.warning("cycle %d: %d random draws (S's step cap x batch) gave %d/%d %s of hard samples "
-                      "(fewest in a class: %d)", cycle, drawn, filled.sum(), quota * self.task.num_classes,
-                      config.quota_unit, filled.min())
+      logging.warning("cycle %d: %d random draws (S's step cap x batch) gave %d/%d hard %s (fewest in a "
+                      "class: %d)", cycle, drawn, filled.sum(), quota * self.task.num_classes, self._quota_items(),
+                      filled.min())
+
+  def _quota_items(self) -> str:
+    """What the quota counts, for the log: "samples", or "objects" (--quota_unit=instances)."""
+    return "objects" if self.config.quota_unit == config_lib.QUOTA_INSTANCES else "samples"
 
   def _quota_weights(self, labels: dict[str, np.ndarray]) -> np.ndarray | None:
     """What each sample counts for towards its class's quota: 1 (None) unless quotas count instances."""
