@@ -261,8 +261,8 @@ def write_outputs(experiment: ExperimentConfig, rows: list[dict], summary: dict,
            f"Training time: {training_s / 60:.1f} min (sum of the runs' own times); "
            f"seeds {list(experiment.seeds)}; target `{experiment.base.target}`; data "
            f"`{mnist.resolve_source(experiment.base.task_settings.data)}`.", "",
-           "affNIST-test accuracy, mean +- sample SD over seeds (error rate = 1 - accuracy). k is the sample total "
-           "the schedule aims at; TERSE can add fewer when a cycle hits its step cap (last column); the "
+           "affNIST-test accuracy, mean +- sample SD over seeds (error rate = 1 - accuracy). k is the sample "
+           "total the schedule aims at; TERSE can add fewer when a cycle hits its step cap (last column); the "
            "no-sample control fine-tunes on the same schedule.", "",
            "| k | " + " | ".join(ARM_TITLES[a] for a in arms) + " | TERSE samples added |",
            "|---|" + "---|" * (len(arms) + 1)]
