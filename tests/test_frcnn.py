@@ -160,6 +160,11 @@ def test_image_sides_and_flags_are_checked():
   flag_values(["test", "--task=photo_digits", "--target=frcnn_resnet18", "--frcnn_aspect_ratios=wide"])
   with pytest.raises(ConfigError, match="--frcnn_aspect_ratios expects"):
     train.config_from_flags(flag_values)
+  # A Faster R-CNN flag with an SSD target would change nothing: an error, not silence.
+  flag_values = copy.deepcopy(train.FLAGS)
+  flag_values(["test", "--task=photo_digits", "--target=ssd_compact", "--frcnn_anchor_size=2"])
+  with pytest.raises(ConfigError, match=r"--frcnn_anchor_size sets up frcnn_.*not --target=ssd_compact"):
+    train.config_from_flags(flag_values)
 
 
 MIRRORED_SCRIPT = textwrap.dedent("""

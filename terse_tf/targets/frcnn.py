@@ -346,4 +346,4 @@ class FasterRCNNTarget(DetectorTarget):
 
 registry.register_detectors(registry.DetectorFamily(
     names=tuple(PRESETS), define_flags=define_flags, settings_from_flags=settings_from_flags,
-    default_settings=PRESETS.__getitem__, build=FasterRCNNTarget.build))
+    default_settings=PRESETS.__getitem__, build=FasterRCNNTarget.build, flag_prefix="frcnn_"))

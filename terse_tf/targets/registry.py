@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from absl import flags
 
+from terse_tf.errors import ConfigError
 from terse_tf.targets.base import DetectorTarget
 
 BUILTIN_DETECTOR_MODULES = ("terse_tf.targets.frcnn",)
@@ -28,6 +29,9 @@ class DetectorFamily:
   default_settings: Callable[[str], Any]
   # (--target, settings, the task's image shape [H, W, 3], its class count, the task's image-size flag) -> T.
   build: Callable[[str, Any, tuple[int, int, int], int, str], DetectorTarget]
+  # Its flags' common prefix ("frcnn_"); each flag is unset (None) unless given: given with another --target
+  # it would be silently ignored, so it is an error.
+  flag_prefix: str
 
 
 _FAMILIES: dict[str, DetectorFamily] = {}
@@ -63,9 +67,16 @@ def define_flags(flag_values: flags.FlagValues) -> None:
 
 
 def settings_from_flags(target: str, flag_values: flags.FlagValues) -> Any:
-  """The settings of `target` read from its family's flags; None for a target no family registered."""
+  """The settings of `target` read from its family's flags; None for a target no family registered. A
+  ConfigError when another family's flag is given: it would change nothing."""
   _load_builtin()
   family = _FAMILIES.get(target)
+  for other in dict.fromkeys(_FAMILIES.values()):
+    given = sorted(name for name in flag_values if name.startswith(other.flag_prefix)
+                   and flag_values[name].value is not None)
+    if other is not family and given:
+      raise ConfigError(f"--{given[0]} sets up {', '.join(other.names)}, not --target={target}: drop it, or "
+                        f"choose one of those targets")
   return None if family is None else family.settings_from_flags(target, flag_values)
 
 
