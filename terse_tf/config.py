@@ -240,34 +240,33 @@ def common_settings(config: TrainConfig) -> CommonSettings:
 def result_settings(config: Any, prefix: str = "") -> dict[str, Any]:
   """Every setting that changes what a run computes, by its full name ("synth_lr",
   "task_settings.data.num_train"), its value as JSON has it: what a resume must keep."""
-  return {name: json.loads(json.dumps(value))  # Tuples as lists, as stored.
-          for name, (value, _) in _leaf_settings(config, prefix).items()}
+  return {name: _as_json(value) for name, (value, _) in _leaf_settings(config, prefix).items()}
 
 
-def setting_defaults(config: Any, prefix: str = "") -> dict[str, Any]:
+def setting_defaults(config: Any) -> dict[str, Any]:
   """{full name: default, as JSON has it} of the settings result_settings names whose field has a default:
   what a run started before the setting existed ran with (a new setting's default keeps the old behaviour)."""
   defaults = {}
-  for field in dataclasses.fields(config):
-    if not field.metadata.get("changes_results", True):
-      continue
-    value = getattr(config, field.name)
-    if dataclasses.is_dataclass(value):
-      defaults.update(setting_defaults(value, f"{prefix}{field.name}."))
-    elif field.default is not dataclasses.MISSING:
-      defaults[f"{prefix}{field.name}"] = json.loads(json.dumps(field.default))
+  for name, (_, field) in _leaf_settings(config).items():
+    if field.default is not dataclasses.MISSING:
+      defaults[name] = _as_json(field.default)
     elif field.default_factory is not dataclasses.MISSING:
-      defaults[f"{prefix}{field.name}"] = json.loads(json.dumps(field.default_factory()))
+      defaults[name] = _as_json(field.default_factory())
   return defaults
 
 
 def setting_flags(config: Any) -> dict[str, str]:
   """The flag of each setting result_settings names: a field's `flag` metadata, else its own name."""
-  return {name: flag for name, (_, flag) in _leaf_settings(config).items()}
+  return {name: field.metadata.get("flag", field.name) for name, (_, field) in _leaf_settings(config).items()}
 
 
-def _leaf_settings(config: Any, prefix: str = "") -> dict[str, tuple[Any, str]]:
-  """{full name: (value, flag)} of the settings that change results (SAME_RESULTS fields left out)."""
+def _as_json(value: Any) -> Any:
+  return json.loads(json.dumps(value))  # Tuples as lists, as config.json stores them.
+
+
+def _leaf_settings(config: Any, prefix: str = "") -> dict[str, tuple[Any, dataclasses.Field]]:
+  """{full name: (value, its dataclass field)} of the settings that change results (SAME_RESULTS fields left
+  out)."""
   settings = {}
   for field in dataclasses.fields(config):
     if not field.metadata.get("changes_results", True):
@@ -276,5 +275,5 @@ def _leaf_settings(config: Any, prefix: str = "") -> dict[str, tuple[Any, str]]:
     if dataclasses.is_dataclass(value):
       settings.update(_leaf_settings(value, f"{prefix}{field.name}."))
     else:
-      settings[f"{prefix}{field.name}"] = (value, field.metadata.get("flag", field.name))
+      settings[f"{prefix}{field.name}"] = (value, field)
   return settings
