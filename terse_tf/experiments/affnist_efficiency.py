@@ -125,10 +125,7 @@ def run_seed(experiment: ExperimentConfig, seed: int, trainers: common.Trainers)
                            eval_after_cycles=grid_cycles, sample_source=arm, synth_max_steps=step_cap,
                            # Checkpoints (and cache shards) at phase ends, not every few steps.
                            checkpoint_every_steps=max(base.checkpoint_every_steps, step_cap))
-    trainer = trainers(config)
-    # Every arm starts from the baseline's T on the baseline's task object: its figures, not recomputed.
-    results = trainer.run(baseline_record=common.baseline_record(baseline_results)
-                          if trainer.task is baseline.task else None)
+    _, results = trainers.run_arm(config, baseline, baseline_results)
     training_s += results["wall_time_s"]
     history = results["history"]
     rows.append({"arm": arm, "k": 0, "k_added": 0, "seed": seed,

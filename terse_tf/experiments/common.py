@@ -40,10 +40,13 @@ class Trainers:
     self._tasks[key] = trainer.task
     return trainer
 
-
-def baseline_record(results: dict) -> dict:
-  """The baseline's evaluation record in a run's results (Trainer.run's `baseline_record`)."""
-  return next(record for record in results["history"] if record["after"] == "baseline")
+  def run_arm(self, config: TrainConfig, baseline: Trainer, baseline_results: dict) -> tuple[Trainer, dict]:
+    """Makes and runs an arm that starts from `baseline`'s T (its --init_checkpoint); on the baseline's task
+    object the arm takes the baseline's evaluation instead of recomputing it. Returns it and its results."""
+    trainer = self(config)
+    record = (next(r for r in baseline_results["history"] if r["after"] == "baseline")
+              if trainer.task is baseline.task else None)
+    return trainer, trainer.run(baseline_record=record)
 
 
 def run_seeds(seeds: tuple[int, ...], run_seed: Callable[[int], tuple[list[dict], float]]

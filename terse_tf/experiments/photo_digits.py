@@ -135,10 +135,7 @@ def run_seed(experiment: ExperimentConfig, seed: int, trainers: common.Trainers)
   for arm in experiment.arms:
     config = common.seeded(base, seed, os.path.join(seed_dir, arm), baseline_epochs=0,
                            init_checkpoint=checkpoint, **ARMS[arm])
-    trainer = trainers(config)
-    # Every arm starts from the baseline's T on the baseline's task object: its figures, not recomputed.
-    results = trainer.run(baseline_record=common.baseline_record(baseline_results)
-                          if trainer.task is baseline.task else None)
+    trainer, results = trainers.run_arm(config, baseline, baseline_results)
     result.training_s += results["wall_time_s"]
     task, cache = trainer.task, trainer.cache
     _, cached_labels = cache.contents() if len(cache) else (None, {"count": np.zeros([0], np.int32)})
