@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from terse_tf import boxes as boxes_lib
 from terse_tf import config as config_lib
+from terse_tf import evaluation
 from terse_tf import pipelines
 from terse_tf.data import photos
 from terse_tf.errors import ConfigError
@@ -86,6 +87,27 @@ def test_no_training_setting_changes_the_evaluation_sets():
       continue
     np.testing.assert_array_equal(images, other_images, err_msg=name)
     assert all(np.array_equal(a.boxes, b.boxes) for a, b in zip(truth, other_truth)), name
+
+
+def test_digits_below_min_visible_are_crowd_regions_in_evaluation():
+  """A detection on a digit in view but below --min_visible (T's ignore band) is neither a true nor a false
+  positive: detecting every object and every such digit scores AP 1, and without the regions it would not."""
+  task = small_task(num_test=60, ten_classes=True, min_visible=0.95)  # Overlapping digits fall below it.
+  images, truth = task.evaluation_sets()["test"]
+  with_regions = [t for t in truth if len(t.ignore_boxes)]
+  assert with_regions, "no test scene has a partly visible digit: the case is not covered"
+  for t in with_regions:  # One region per class for each digit, whose class the labels do not keep.
+    assert len(t.ignore_boxes) % task.num_classes == 0
+    assert sorted(t.ignore_classes[:task.num_classes]) == list(range(task.num_classes))
+  found = []
+  for t in truth:
+    regions = t.ignore_boxes[::task.num_classes]
+    found.append(evaluation.ImageBoxes(
+        boxes=np.concatenate([t.boxes, regions]), scores=np.r_[np.ones(len(t.boxes)), np.full(len(regions), 2.0)],
+        classes=np.r_[t.classes, np.full(len(regions), 3)].astype(np.int32)))
+  assert evaluation.evaluate_detections(truth, found, images.shape[1:3], task.class_names)["ap50"] == 1.0
+  plain = [evaluation.ImageBoxes(t.boxes, t.classes) for t in truth]
+  assert evaluation.evaluate_detections(plain, found, images.shape[1:3], task.class_names)["ap50"] < 1.0
 
 
 def test_each_evaluation_scene_names_the_photo_it_was_cropped_from():

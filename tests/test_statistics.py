@@ -22,12 +22,14 @@ def boxes_at(centres: np.ndarray, sizes: np.ndarray) -> np.ndarray:
   return np.clip(np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1), 0, 1).astype(np.float32)
 
 
-def random_case(seed: int, n_images: int = 40, n_classes: int = 3, inverted: bool = False
+def random_case(seed: int, n_images: int = 40, n_classes: int = 3, inverted: bool = False, crowd: bool = False
                 ) -> tuple[list[ImageBoxes], list[ImageBoxes]]:
   """Images with 0-6 objects of sizes from 2% to 60% of the side; detections: jittered copies (some far
   enough to miss, some duplicated, some of the wrong class), copies shrunk to IoU ~0.5 or ~0.75, random
   boxes, scores tied (one decimal) in half the images; images without detections; one image with 130
-  detections of one class and one with 70 of each of two (more than 100 per image, not per class)."""
+  detections of one class and one with 70 of each of two (more than 100 per image, not per class). With
+  `crowd`, 0-3 crowd regions (ignore boxes) per image: around some detections (which they then hold, several
+  at a time), over objects, and at random."""
   rng = np.random.default_rng(seed)
   truth, found = [], []
   for i in range(n_images):
@@ -65,7 +67,16 @@ def random_case(seed: int, n_images: int = 40, n_classes: int = 3, inverted: boo
     scores = rng.random(len(dets))
     if i % 2:
       scores = np.round(scores, 1)
-    truth.append(ImageBoxes(gt, gt_classes.astype(np.int32)))
+    regions = {}
+    if crowd:
+      n_regions = int(rng.integers(0, 4))
+      around = [dets[j] for j in rng.choice(len(dets), min(n_regions, len(dets)), replace=False)] + list(gt[:1])
+      grown = [np.clip(box + rng.uniform(-0.1, 0.1, 4) * 0.3 - np.array([0.05, 0.05, -0.05, -0.05]), 0, 1)
+               for box in around] + list(boxes_at(rng.uniform(0, 1, (1, 2)), rng.uniform(0.1, 0.5, (1, 2))))
+      ignore_boxes = np.array(grown, np.float32).reshape(-1, 4)
+      regions = dict(ignore_boxes=ignore_boxes,
+                     ignore_classes=rng.integers(0, n_classes, len(ignore_boxes)).astype(np.int32))
+    truth.append(ImageBoxes(gt, gt_classes.astype(np.int32), **regions))
     found.append(ImageBoxes(dets, np.array(det_classes, np.int32).reshape(-1), scores.astype(np.float32)))
   return truth, found
 
@@ -79,11 +90,13 @@ def fast_ap(truth, found, iou=0.5, hw=(120, 160), names=NAMES, indices=None):
   return ap_at_iou(match_at_iou(truth, found, iou, image_hw=hw, num_classes=len(names)), indices)
 
 
-@pytest.mark.parametrize("seed, n_classes, inverted", [(0, 1, False), (1, 1, False), (2, 3, False),
-                                                       (3, 3, False), (4, 3, True)])
-def test_ap_equals_pycocotools_at_every_table4_threshold(seed, n_classes, inverted):
+@pytest.mark.parametrize("seed, n_classes, inverted, crowd", [(0, 1, False, False), (1, 1, False, False),
+                                                              (2, 3, False, False), (3, 3, False, False),
+                                                              (4, 3, True, False), (5, 1, False, True),
+                                                              (6, 3, False, True)])
+def test_ap_equals_pycocotools_at_every_table4_threshold(seed, n_classes, inverted, crowd):
   names = NAMES[:n_classes]
-  truth, found = random_case(seed, n_classes=n_classes, inverted=inverted)
+  truth, found = random_case(seed, n_classes=n_classes, inverted=inverted, crowd=crowd)
   metrics = evaluate_detections(truth, found, (120, 160), names)
   matches = match_at_iou(truth, found, 0.5, image_hw=(120, 160), num_classes=n_classes)
   assert ap_at_iou(matches) == pytest.approx(metrics["ap50"], abs=1e-9)

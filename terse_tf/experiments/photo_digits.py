@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from terse_tf import compositor
+from terse_tf import compositor, evaluation
 from terse_tf import config as config_lib
 from terse_tf import losses, pipelines
 from terse_tf import train  # Declares the shared flags; config_from_flags reads them.
@@ -116,6 +116,7 @@ class SeedResult:
   # arm -> S's placements (SD of each parameter) and D's accuracy at the end of the arm's run.
   players: dict[str, dict] = dataclasses.field(default_factory=dict)
   task_description: str = ""
+  class_names: list[str] = dataclasses.field(default_factory=list)
   scene_photos: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # set -> photo of each scene
 
 
@@ -138,12 +139,16 @@ def run_seed(experiment: ExperimentConfig, seed: int, trainers: common.Trainers)
     trainer, results = trainers.run_arm(config, baseline, baseline_results)
     result.training_s += results["wall_time_s"]
     task, cache = trainer.task, trainer.cache
+    # A task with per-class figures (the ten digit classes) records each class's AP@0.5 on the paired sets.
+    per_class_prefixes = tuple(f"{name}_ap50_" for name in PAIRED_SETS) if task.per_class_figures else ()
+    result.class_names = list(task.class_names)
     _, cached_labels = cache.contents() if len(cache) else (None, {"count": np.zeros([0], np.int32)})
     cycles_of_entries = cache.cycles()
     for record in results["history"]:
       cycle = record["cycle"] if record["after"] != "baseline" else 0
       instances = int(np.sum(cached_labels["count"][cycles_of_entries <= cycle])) if len(cache) else 0
-      figures = {key: value for key, value in record.items() if key.endswith(("_ap50", "_ap", "_ap75"))}
+      figures = {key: value for key, value in record.items()
+                 if key.endswith(("_ap50", "_ap", "_ap75")) or key.startswith(per_class_prefixes)}
       result.rows.append({"arm": arm, "seed": seed, "cycle": cycle, "samples": record["cache_size"],
                           "instances": instances, **figures})
     sets = task.evaluation_sets()
@@ -234,6 +239,21 @@ def summarise(rows: list[dict], arms: tuple[str, ...]) -> dict:
            for arm, points in curves.items()}
   spread = {arm: {m: points[-1][m]["sd"] for m in metric_names(rows)} for arm, points in curves.items()}
   return {"curves": curves, "final": final, "spread": spread}
+
+
+def per_class_summary(rows: list[dict], arms: tuple[str, ...], class_names: list[str]) -> dict:
+  """{set: {arm: {class: AP@0.5, "mAP": AP@0.5}}} after the last cycle, means over seeds (evaluation.mean_row:
+  a class without a box in a set stays -1), for the paired sets whose rows carry per-class figures."""
+  summary = {}
+  for name in PAIRED_SETS:
+    if not any(key.startswith(f"{name}_ap50_") for key in rows[0]):
+      continue
+    for arm in arms:
+      last = max(r["cycle"] for r in rows if r["arm"] == arm)
+      summary.setdefault(name, {})[arm] = evaluation.mean_row(
+          [{**{label: r[f"{name}_ap50_{label}"] for label in class_names}, "mAP": r[f"{name}_ap50"]}
+           for r in rows if r["arm"] == arm and r["cycle"] == last])
+  return summary
 
 
 def compare(seed_results: list[SeedResult], arms: tuple[str, ...], resamples: int) -> dict:
@@ -348,6 +368,10 @@ def write_outputs(experiment: ExperimentConfig, report: dict) -> dict[str, str]:
              else "n/a")
     lines.append(f"| {name} | {figures['mean_difference']:+.3f} | [{figures['low']:+.3f}, "
                  f"{figures['high']:+.3f}] | {seeds} |")
+  for name, table in report["per_class_ap50"].items():
+    lines += ["", f"Per-class AP@0.5 on the {name} scenes after the last cycle, in percent (mean over seeds; "
+              "the GMU table's form):", "", evaluation.per_class_table(
+                  {ARM_TITLES[arm]: figures for arm, figures in table.items()}, report["class_names"]).rstrip()]
   if report["players"]:
     names = compositor.PARAM_NAMES
     uniform = next(iter(report["players"].values()))["uniform_sd"]
@@ -376,7 +400,8 @@ def run(experiment: ExperimentConfig, command: str = "") -> dict:
             "seeds": list(experiment.seeds),
             "config": dataclasses.asdict(experiment.base), "task": seed_results[0].task_description,
             "final": summary["final"], "spread": summary["spread"],
-            "paired": paired,
+            "paired": paired, "class_names": seed_results[0].class_names,
+            "per_class_ap50": per_class_summary(rows, experiment.arms, seed_results[0].class_names),
             "per_photo": per_photo(seed_results, experiment.arms, seed_results[0].scene_photos),
             "hardness_histogram": hardness_histogram(seed_results, experiment.arms),
             "players": players_summary(seed_results, experiment.arms),

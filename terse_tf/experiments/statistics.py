@@ -119,15 +119,17 @@ def _coco_iou_threshold(iou: float) -> float:
   return float(nearest) if abs(nearest - iou) < 1e-9 else float(iou)
 
 
-def _bbox_iou(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
+def _bbox_iou(found: np.ndarray, truth: np.ndarray, crowd: np.ndarray) -> np.ndarray:
   """[D, G] IoU of COCO [x, y, w, h] boxes, pycocotools' bbIou (maskApi.c) operation for operation: the
-  overlap's width and height from min(x + w) - max(x) (0 unless both are positive), then i / (da + ga - i)."""
+  overlap's width and height from min(x + w) - max(x) (0 unless both are positive), then i / (da + ga - i),
+  or i / da against a crowd region (`crowd` [G]: the share of the detection inside it)."""
   d, g = found[:, None, :], truth[None, :, :]
   width = np.minimum(d[..., 2] + d[..., 0], g[..., 2] + g[..., 0]) - np.maximum(d[..., 0], g[..., 0])
   height = np.minimum(d[..., 3] + d[..., 1], g[..., 3] + g[..., 1]) - np.maximum(d[..., 1], g[..., 1])
   overlap = (width > 0) & (height > 0)
   intersection = np.where(overlap, width * height, 0.0)
-  union = (d[..., 2] * d[..., 3] + g[..., 2] * g[..., 3]) - intersection
+  found_area = d[..., 2] * d[..., 3]
+  union = np.where(crowd[None, :], found_area, (found_area + g[..., 2] * g[..., 3]) - intersection)
   with np.errstate(divide="ignore", invalid="ignore"):
     return np.where(overlap, intersection / np.where(overlap, union, 1.0), 0.0)
 
@@ -136,25 +138,27 @@ def _out_of_range(areas: np.ndarray) -> np.ndarray:
   return (areas < AREA_ALL[0]) | (areas > AREA_ALL[1])
 
 
-def _match_class(truth_boxes: np.ndarray, found_boxes: np.ndarray, found_scores: np.ndarray, threshold: float,
-                 max_detections: int) -> tuple[np.ndarray, np.ndarray, int]:
+def _match_class(truth_boxes: np.ndarray, truth_crowd: np.ndarray, found_boxes: np.ndarray,
+                 found_scores: np.ndarray, threshold: float, max_detections: int) -> tuple[np.ndarray, np.ndarray, int]:
   """COCOeval.evaluateImg for one image and class at one threshold: (scores, true positive) of the
-  detections it does not ignore, in its order, and the number of ground-truth boxes it does not ignore."""
-  truth_ignored = _out_of_range(truth_boxes[:, 2] * truth_boxes[:, 3])
+  detections it does not ignore, in its order, and the number of ground-truth boxes it does not ignore.
+  Crowd regions (`truth_crowd`) are ignored ground truth that any number of detections may match."""
+  truth_ignored = truth_crowd | _out_of_range(truth_boxes[:, 2] * truth_boxes[:, 3])
   truth_order = np.argsort(truth_ignored, kind="mergesort")  # Ignored ground truth last.
   truth_boxes, truth_ignored = truth_boxes[truth_order], truth_ignored[truth_order]
+  truth_crowd = truth_crowd[truth_order]
   order = np.argsort(-found_scores, kind="mergesort")[:max_detections]
   found_boxes, found_scores = found_boxes[order], found_scores[order]
   matched = np.zeros(len(found_boxes), bool)
   matched_ignored = np.zeros(len(found_boxes), bool)
   if len(found_boxes) and len(truth_boxes):
-    ious = _bbox_iou(found_boxes, truth_boxes).tolist()
+    ious = _bbox_iou(found_boxes, truth_boxes, truth_crowd).tolist()
     taken = [False] * len(truth_boxes)
-    ignored = truth_ignored.tolist()
+    ignored, crowd = truth_ignored.tolist(), truth_crowd.tolist()
     for d, row in enumerate(ious):
       best, m = min(threshold, 1 - 1e-10), -1
       for g, value in enumerate(row):
-        if taken[g]:
+        if taken[g] and not crowd[g]:
           continue
         if m > -1 and not ignored[m] and ignored[g]:
           break
@@ -190,15 +194,21 @@ def match_at_iou(truth: list[ImageBoxes], found: list[ImageBoxes], iou: float = 
   height, width = image_hw
   threshold = _coco_iou_threshold(iou)
 
-  def coco_boxes(boxes: ImageBoxes) -> tuple[np.ndarray, np.ndarray]:
+  def coco_boxes(boxes: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # terse_tf.evaluation's own conversion, box by box, so the doubles are those pycocotools receives.
-    pixel = np.array([_coco_box(box, height, width) for box in boxes.boxes], np.float64).reshape(-1, 4)
-    return pixel, np.array([int(c) for c in np.asarray(boxes.classes).reshape(-1)], np.int64)
+    pixel = np.array([_coco_box(box, height, width) for box in boxes], np.float64).reshape(-1, 4)
+    return pixel, np.array([int(c) for c in np.asarray(classes).reshape(-1)], np.int64)
 
   images = []
   for image_truth, image_found in zip(truth, found):
-    truth_boxes, truth_classes = coco_boxes(image_truth)
-    found_boxes, found_classes = coco_boxes(image_found)
+    truth_boxes, truth_classes = coco_boxes(image_truth.boxes, image_truth.classes)
+    truth_crowd = np.zeros(len(truth_boxes), bool)
+    if image_truth.ignore_boxes is not None:  # Crowd regions after the objects, as to_coco writes them.
+      crowd_boxes, crowd_classes = coco_boxes(image_truth.ignore_boxes, image_truth.ignore_classes)
+      truth_boxes, truth_classes = np.concatenate([truth_boxes, crowd_boxes]), np.concatenate(
+          [truth_classes, crowd_classes])
+      truth_crowd = np.concatenate([truth_crowd, np.ones(len(crowd_boxes), bool)])
+    found_boxes, found_classes = coco_boxes(image_found.boxes, image_found.classes)
     found_scores = np.array([float(s) for s in np.asarray(image_found.scores).reshape(-1)], np.float64)
     scores, true_positive, classes = [], [], []
     truth_counts = np.zeros(num_classes, np.int64)
@@ -207,7 +217,8 @@ def match_at_iou(truth: list[ImageBoxes], found: list[ImageBoxes], iou: float = 
       if not in_truth.any() and not in_found.any():
         continue
       class_scores, class_tp, truth_counts[k] = _match_class(
-          truth_boxes[in_truth], found_boxes[in_found], found_scores[in_found], threshold, max_detections)
+          truth_boxes[in_truth], truth_crowd[in_truth], found_boxes[in_found], found_scores[in_found], threshold,
+          max_detections)
       scores.append(class_scores)
       true_positive.append(class_tp)
       classes.append(np.full(len(class_scores), k, np.int64))

@@ -201,10 +201,19 @@ class Scenes(NamedTuple):
   photo_index: np.ndarray  # [N] the photo each scene was cropped from
 
 
-def evaluation_truth(labels: dict[str, np.ndarray]) -> list[evaluation.ImageBoxes]:
-  """Detection labels -> the true boxes of each image, for COCO AP."""
-  return [evaluation.ImageBoxes(boxes=b[:n], classes=c[:n]) for b, c, n in zip(
-      labels["boxes"], labels["classes"], labels["count"])]
+def evaluation_truth(labels: dict[str, np.ndarray], num_classes: int) -> list[evaluation.ImageBoxes]:
+  """Detection labels -> the true boxes of each image, for COCO AP, and its digits in view but below
+  --min_visible (the ignore band T trains with) as crowd regions: a detection on one is neither a true nor a
+  false positive. The labels do not keep those digits' classes, so each region stands for every class."""
+  truth = []
+  for boxes, classes, count, ignore_boxes in zip(labels["boxes"], labels["classes"], labels["count"],
+                                                 labels["ignore_boxes"]):
+    ignored = ignore_boxes[np.any(ignore_boxes != 0, axis=-1)]
+    truth.append(evaluation.ImageBoxes(boxes=boxes[:count], classes=classes[:count],
+                                       ignore_boxes=np.repeat(ignored, num_classes, axis=0),
+                                       ignore_classes=np.tile(np.arange(num_classes, dtype=np.int32),
+                                                              len(ignored))))
+  return truth
 
 
 def cutouts(digits: np.ndarray, colours: np.ndarray) -> np.ndarray:
@@ -275,12 +284,17 @@ class PhotoDigitsTask(PastedObjectDetection):
       scene_sets["unseen"] = self._scenes(splits.test_images, splits.test_labels, unseen_photos,
                                           settings.num_test, rng=streams["unseen"], **wide)
       self._photo_counts["unseen"] = len(unseen_photos)
-    self._evaluation_sets = {name: (scenes.images, evaluation_truth(scenes.labels))
+    self._evaluation_sets = {name: (scenes.images, evaluation_truth(scenes.labels, self.num_classes))
                              for name, scenes in scene_sets.items()}
     # The photo each evaluation scene was cropped from (the name of that photo in its source), for per-photo AP.
     self.scene_photos = {name: np.array(photo_names[name])[scenes.photo_index]
                          for name, scenes in scene_sets.items()}
     self.test_images, self.test_truth = self._evaluation_sets["test"]
+
+  @property
+  def per_class_figures(self) -> bool:
+    """Per-class AP (the GMU table's form) for the ten digit classes; one class needs none."""
+    return self.settings.ten_classes
 
   # ------------------------------------------------------------------------------------ data
   def _object_class(self, digit_labels: np.ndarray) -> np.ndarray:
