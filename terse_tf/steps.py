@@ -228,20 +228,25 @@ class Generated(NamedTuple):
   quota_class: tf.Tensor         # [B]
 
 
+def _frozen_composition(sample: Callable[..., tf.Tensor], compose: Callable[..., Composition], synth_batch,
+                        step_seed: tf.Tensor) -> Composition:
+  """One replica's composition by S frozen as `sample` draws it, keyed by `step_seed` [2] and the replica."""
+  replica_seed = tf.random.experimental.stateless_fold_in(
+      step_seed, tf.distribute.get_replica_context().replica_id_in_sync_group)
+  return compose(lambda foreground, background: sample(foreground, background, replica_seed), synth_batch)
+
+
 def generation_step(players: Players, strategy: tf.distribute.Strategy, sample: Callable[..., tf.Tensor],
                     compose: Callable[..., Composition], batch, step_seed: tf.Tensor
                     ) -> tuple[Generated, object]:
-  """S's composites of a global batch with every player frozen, T's judgement of them (A.2's generation
-  pass; and the fakes D trains on while S is fixed). `sample` is `synthesizer.seeded_sampler(S)`: S in
-  inference mode with its dropout (and noise) on, keyed by `step_seed` [2] and the replica, so a resumed run
-  composes what an uninterrupted one would. Returns the gathered outputs and the composites per replica."""
+  """S's composites of a global batch with every player frozen, and T's judgement of them (A.2's generation
+  pass). `sample` is `synthesizer.seeded_sampler(S)`: S in inference mode with its dropout (and noise) on,
+  keyed by `step_seed` [2] and the replica, so a resumed run composes what an uninterrupted one would.
+  Returns the gathered outputs and the composites per replica."""
   target = players.target
 
   def replica_step(synth_batch, step_seed):
-    replica_seed = tf.random.experimental.stateless_fold_in(
-        step_seed, tf.distribute.get_replica_context().replica_id_in_sync_group)
-    composition = compose(lambda foreground, background: sample(foreground, background, replica_seed),
-                          synth_batch)
+    composition = _frozen_composition(sample, compose, synth_batch, step_seed)
     images = as_stored(composition.images)
     judgement = target.verdict(images, composition.labels)
     pasted = tf.cast(composition.pasted, tf.int32)
@@ -250,4 +255,12 @@ def generation_step(players: Players, strategy: tf.distribute.Strategy, sample: 
   per_example = strategy.run(replica_step, args=(batch, step_seed))
   gathered = tf.nest.map_structure(lambda x: strategy.gather(x, axis=0), per_example)
   return Generated(*gathered), per_example[2]
+
+
+def frozen_composites(strategy: tf.distribute.Strategy, sample: Callable[..., tf.Tensor],
+                      compose: Callable[..., Composition], batch, step_seed: tf.Tensor):
+  """generation_step's composites per replica, without T's judgement: the fakes D trains on while S is fixed
+  (D's pre-training, D beside T), where a verdict would cost a T forward pass per batch for nothing."""
+  return strategy.run(lambda synth_batch, seed: as_stored(
+      _frozen_composition(sample, compose, synth_batch, seed).images), args=(batch, step_seed))
 

@@ -108,6 +108,8 @@ class Trainer:
     sample = synthesizer_lib.seeded_sampler(self.synthesizer)
     self._generate = tf.function(functools.partial(steps.generation_step, self.players, self.strategy, sample,
                                                    self.task.compose))
+    self._frozen_composites = tf.function(functools.partial(steps.frozen_composites, self.strategy, sample,
+                                                            self.task.compose))
     self._judge = tf.function(self.target.verdict)
 
   # ----------------------------------------------------------------------------------------- state
@@ -416,7 +418,7 @@ class Trainer:
   def _discriminator_step_against_frozen_s(self, synth_batch, real, seed: tf.Tensor) -> float:
     """One D step on `real` images against S's frozen composites of `synth_batch` (drawn with `seed`), as in
     D's pre-training and beside T; returns D's patch accuracy."""
-    _, composites = self._generate(synth_batch, seed)
+    composites = self._frozen_composites(synth_batch, seed)
     return float(self._discriminator_step(real, composites)[1].numpy())
 
   def _step_seed(self, step: tf.Variable | int, stream: int = 0) -> tf.Tensor:
