@@ -165,7 +165,8 @@ def _pair_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
   width = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
   inter = height * width
   areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-  return inter / ((box[2] - box[0]) * (box[3] - box[1]) + areas - inter)
+  union = (box[2] - box[0]) * (box[3] - box[1]) + areas - inter
+  return inter / np.maximum(union, np.finfo(np.float64).tiny)  # Two empty boxes: 0, not NaN.
 
 
 def voc07_ap(groundtruth: list[ImageBoxes], detections: list[ImageBoxes], class_names: list[str],
@@ -186,8 +187,9 @@ def voc07_ap(groundtruth: list[ImageBoxes], detections: list[ImageBoxes], class_
   Two departures from the devkit's MATLAB, neither a change of definition: IoU is of the normalised boxes as
   they are, which is exactly the devkit's "+1 pixel" IoU for boxes normalised from VOC pixels as
   data/voc.py does (the +1 is the span of the last pixel; scaling the axes scales every area alike). And
-  recall >= t is compared exactly (10 tp >= i npos in integers), where the devkit's floating 0:0.1:1 misses
-  a recall that equals a threshold such as 3/10 (0.3 < 3 * 0.1 in floating point).
+  recall >= t is compared exactly (10 tp >= i npos in integers), where floating thresholds (the devkit's
+  0:0.1:1; numpy.arange(0, 1.1, 0.1) in the Python ports) can miss a recall equal to one: 3/10 is below
+  0.30000000000000004, arange's fourth threshold.
 
   Unlike pycocotools, a detection whose best box is already matched is a false positive even when another
   box of its class would take it, and the interpolation samples 11 recalls where COCO samples 101.

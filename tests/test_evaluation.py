@@ -193,7 +193,8 @@ def test_voc07_ap_by_hand_with_a_difficult_box_a_duplicate_and_a_miss():
 
 def test_voc07_ap_counts_a_recall_equal_to_a_threshold():
   # 3 of 10 boxes found, each at precision 1: recall 3/10 reaches thresholds 0, .1, .2 and .3, so AP = 4/11.
-  # (The devkit's floating 0:0.1:1 puts the fourth threshold at 0.30000000000000004 > 3/10, and would say 3/11.)
+  # (numpy.arange(0, 1.1, 0.1), the Python ports' thresholds, puts the fourth at 0.30000000000000004 > 3/10,
+  # and would say 3/11.)
   boxes = [[0.1 * i, 0.0, 0.1 * i + 0.05, 0.05] for i in range(10)]
   figures = evaluation.voc07_ap([truth(*boxes)], [found(*boxes[:3], scores=[0.9, 0.8, 0.7])], ["a"])
   assert figures["map"] == pytest.approx(4 / 11)

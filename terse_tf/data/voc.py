@@ -55,7 +55,7 @@ CLASS_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                "tvmonitor")
 PERSON = CLASS_NAMES.index("person")
-BACKGROUND, VOID = 0, 255  # Segmentation PNG indices that are no object.
+VOID = 255  # Segmentation PNG index of VOC's object outlines and unlabelled regions.
 YEARS = ("2007", "2012")
 JPEGS, ANNOTATIONS, MAIN_SETS = "JPEGImages", "Annotations", os.path.join("ImageSets", "Main")
 OBJECT_PNGS, CLASS_PNGS = "SegmentationObject", "SegmentationClass"
@@ -384,8 +384,8 @@ def recover_instances(voc_dir: str, size: int, years: tuple[str, ...] = YEARS, s
 
   Instance i of an image is the pixels of value i in SegmentationObject, the i-th <object> of its XML (the
   devkit's convention); its class is the most common SegmentationClass index under it. An instance is dropped,
-  and counted by reason (InstanceReport), when: the XML object is of the class but has no pixel (VOC leaves
-  difficult objects unsegmented, as void); XML and SegmentationClass disagree on whether it is of the class;
+  and counted by reason (InstanceReport), when: the XML object is of the class but has no pixel (an object VOC
+  left unsegmented, or void); XML and SegmentationClass disagree on whether it is of the class;
   the IoU of its mask's tight box with its XML box is under `min_iou`; the longer side of that tight box is
   under `min_size` pixels. Void pixels (255) are never object: the void band straddles the outline, so it
   holds the old background as much as the person, and pasted it would carry that background into a new scene
@@ -393,8 +393,8 @@ def recover_instances(voc_dir: str, size: int, years: tuple[str, ...] = YEARS, s
   2-3 pixels of the person, which the compositor's A.2 clean-up blurs at paste time anyway.
 
   min_iou 0.5 by default, VOC's own criterion for a box to be the object: the void band shrinks a mask's tight
-  box by about 2 pixels on each side, which alone puts a correct small person (20 x 40 pixels) near IoU 0.7,
-  while an instance paired with the wrong <object> (Fig. 10's disagreements) is typically far below 0.5.
+  box by about 2 pixels on each side, which alone puts a correct small person (20 x 40 pixels) near IoU 0.7, so
+  a stricter threshold trades correct small persons for fewer wrong masks (the paper inspected them by eye).
   min_size 32 (an upsampling of at most about 3x to cut-outs of 100 pixels) and box_share 0.8 (a margin for the
   STN's bilinear sampling and the clean-up's blur) are our choices; the paper gives neither.
 
