@@ -1,8 +1,9 @@
-"""Detection evaluation through pycocotools: COCO's AP@[.5:.95], AP@0.5 and AP@0.75, per-class AP (and the
+"""Detection evaluation: through pycocotools, COCO's AP@[.5:.95], AP@0.5 and AP@0.75, per-class AP (and the
 per-class table of the paper's GMU results), and the single-threshold AP at IoU 0.5 ... 0.9 of the paper's
-Table 4.
+Table 4; and, for the paper's VOC person figure, PASCAL VOC 2007's 11-point AP (voc07_ap).
 
-Every figure comes out of one `COCOeval` run; nothing here computes a precision-recall curve of its own.
+Every COCO figure comes out of one `COCOeval` run. voc07_ap is the one precision-recall curve computed here:
+pycocotools has no 11-point AP, and VOC matches detections to ground truth by a different rule.
 Boxes travel as the rest of terse_tf carries them: normalised (ymin, xmin, ymax, xmax), classes 0-based.
 """
 
@@ -25,7 +26,8 @@ class ImageBoxes:
   """One image's boxes [N, 4] (normalised ymin, xmin, ymax, xmax), classes [N] and, for detections,
   scores [N]. Ground truth may also carry regions not scored, `ignore_boxes` [M, 4] of `ignore_classes` [M]
   (objects too small to score, say): a detection of that class on one is neither a true nor a false
-  positive (to_coco writes them as COCO crowd regions)."""
+  positive (to_coco writes them as COCO crowd regions; voc07_ap applies VOC's rule for difficult objects, which
+  is what a VOC task passes as ignore boxes)."""
   boxes: np.ndarray
   classes: np.ndarray
   scores: np.ndarray | None = None
@@ -151,3 +153,87 @@ def per_class_table(arms: dict[str, dict[str, float]], class_names: list[str],
     cells = ("n/a" if v < 0 else f"{100 * v:.1f}" for v in (*values, overall))
     lines.append(f"| {arm} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
+
+
+# VOC 2007's recall thresholds 0, 0.1, ..., 1 are i / VOC07_STEPS for i = 0 .. VOC07_STEPS.
+VOC07_STEPS = 10
+
+
+def _pair_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+  """IoU [M] of one normalised box with boxes [M, 4]."""
+  height = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+  width = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+  inter = height * width
+  areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+  union = (box[2] - box[0]) * (box[3] - box[1]) + areas - inter
+  return inter / np.maximum(union, np.finfo(np.float64).tiny)  # Two empty boxes: 0, not NaN.
+
+
+def voc07_ap(groundtruth: list[ImageBoxes], detections: list[ImageBoxes], class_names: list[str],
+             iou_threshold: float = 0.5) -> dict:
+  """PASCAL VOC 2007's 11-point interpolated AP (the devkit's VOCevaldet with VOC2007's VOCap), the figure the
+  paper reports on VOC. Returns {"map": the mean over classes with ground truth, "per_class": {name: AP}}; a
+  class without ground truth has AP -1 (pycocotools' marker) and is left out of the mean.
+
+  Per class, the detections of every image are ranked by score (ties in image, then detection, order). Each
+  is matched to the ground-truth box of its class in its image with the highest IoU, scored and ignore boxes
+  alike; at IoU >= `iou_threshold` it is a true positive if that box is scored and not yet matched, a false
+  positive if already matched, and neither if it is an ignore box (VOC's rule for its "difficult" objects: a
+  task passes VOC's difficult boxes as ignore boxes; several detections may land on one). Below the
+  threshold, or with no box of its class there, it is a false positive. Recall counts the scored boxes only.
+  AP is the mean over recall thresholds t = 0, 0.1, ..., 1 of the highest precision at a recall >= t (0 when
+  no recall reaches t).
+
+  Two departures from the devkit's MATLAB, neither a change of definition: IoU is of the normalised boxes as
+  they are, which is exactly the devkit's "+1 pixel" IoU for boxes normalised from VOC pixels as
+  data/voc.py does (the +1 is the span of the last pixel; scaling the axes scales every area alike). And
+  recall >= t is compared exactly (10 tp >= i npos in integers), where floating thresholds (the devkit's
+  0:0.1:1; numpy.arange(0, 1.1, 0.1) in the Python ports) can miss a recall equal to one: 3/10 is below
+  0.30000000000000004, arange's fourth threshold.
+
+  Unlike pycocotools, a detection whose best box is already matched is a false positive even when another
+  box of its class would take it, and the interpolation samples 11 recalls where COCO samples 101.
+  """
+  if len(groundtruth) != len(detections):
+    raise ValueError(f"expected one detection entry per image: {len(groundtruth)} images, "
+                     f"{len(detections)} detection entries")
+  if any(found.scores is None for found in detections):
+    raise ValueError("voc07_ap ranks detections by score: every detection entry needs scores")
+  per_class = {}
+  for k, name in enumerate(class_names):
+    scored = [np.asarray(truth.boxes)[np.asarray(truth.classes) == k] for truth in groundtruth]
+    ignored = [np.zeros([0, 4]) if truth.ignore_boxes is None else
+               np.asarray(truth.ignore_boxes)[np.asarray(truth.ignore_classes) == k] for truth in groundtruth]
+    positives = sum(len(boxes) for boxes in scored)
+    if not positives:
+      per_class[name] = -1.0
+      continue
+    ranked = [(score, image, box) for image, found in enumerate(detections)
+              for box, label, score in zip(np.asarray(found.boxes), np.asarray(found.classes), found.scores)
+              if label == k]
+    order = sorted(range(len(ranked)), key=lambda i: -ranked[i][0])  # sorted() is stable: ties keep order.
+    matched = [np.zeros(len(boxes), bool) for boxes in scored]
+    hits = []  # 1 true positive, 0 false positive; a detection on an ignore box adds no point to the curve.
+    for i in order:
+      _, image, box = ranked[i]
+      candidates = np.concatenate([scored[image], ignored[image]]).reshape(-1, 4)
+      overlaps = _pair_iou(np.asarray(box, np.float64), candidates) if len(candidates) else np.zeros(0)
+      best = int(np.argmax(overlaps)) if len(overlaps) else -1
+      if best < 0 or overlaps[best] < iou_threshold:
+        hits.append(0)
+      elif best >= len(scored[image]):
+        continue
+      elif not matched[image][best]:
+        matched[image][best] = True
+        hits.append(1)
+      else:
+        hits.append(0)
+    true_positives = np.cumsum(hits, dtype=np.int64)
+    precision = true_positives / np.arange(1, len(hits) + 1)
+    ap = 0.0
+    for step in range(VOC07_STEPS + 1):
+      reached = VOC07_STEPS * true_positives >= step * positives
+      ap += precision[reached].max() if reached.any() else 0.0
+    per_class[name] = float(ap / (VOC07_STEPS + 1))
+  defined = [ap for ap in per_class.values() if ap >= 0]
+  return {"map": float(np.mean(defined)) if defined else -1.0, "per_class": per_class}

@@ -161,3 +161,66 @@ def test_per_class_ap_is_pycocotools_per_category_ap_and_a_class_without_truth_i
   row = f"{100 * figures['per_class_ap50']['a']:.1f} | 0.0 | n/a | {100 * defined:.1f} |"
   assert table.splitlines() == ["| | A | B | C | mAP |", "|---|---:|---:|---:|---:|", f"| TERSE | {row}",
                                 f"| real only | {row}"]
+
+
+# ------------------------------------------------------------------------------------ VOC07 11-point AP
+def test_voc07_ap_by_hand_with_a_difficult_box_a_duplicate_and_a_miss():
+  a, b, c = [0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.2, 0.2, 0.6, 0.6]
+  difficult, far = [0.0, 0.5, 0.5, 1.0], [0.7, 0.7, 0.9, 0.9]
+  groundtruth = [ImageBoxes(np.array([a, b]), np.array([0, 0]), ignore_boxes=np.array([difficult]),
+                            ignore_classes=np.array([0])), truth(c)]
+  detections = [found(a, difficult, a, scores=[0.9, 0.8, 0.6]), found(far, c, scores=[0.7, 0.5])]
+  # Ranked, with 3 scored boxes (a, b, c; the difficult one is not counted):
+  #   0.9 a          TP              recall 1/3, precision 1/1
+  #   0.8 difficult  neither: no point on the curve
+  #   0.7 far        FP              recall 1/3, precision 1/2
+  #   0.6 a again    FP (a matched)  recall 1/3, precision 1/3
+  #   0.5 c          TP              recall 2/3, precision 2/4
+  # Recall thresholds 0, .1, .2, .3 (<= 1/3): best precision 1; .4, .5, .6 (<= 2/3): 1/2; .7 ... 1: none, 0.
+  # AP = (4 * 1 + 3 * 1/2) / 11 = 5.5 / 11 = 0.5.
+  figures = evaluation.voc07_ap(groundtruth, detections, ["person"])
+  assert figures == {"map": pytest.approx(0.5), "per_class": {"person": pytest.approx(0.5)}}
+  # Without the difficult box the detection there is a false positive: precisions 1, 1/2, 1/3, 1/4, then
+  # 2/5 at recall 2/3: AP = (4 * 1 + 3 * 2/5) / 11 = 5.2 / 11.
+  plain = [truth(a, b), truth(c)]
+  assert evaluation.voc07_ap(plain, detections, ["person"])["map"] == pytest.approx(5.2 / 11)
+  # A class without ground truth is undefined (-1) and left out of the mean.
+  figures = evaluation.voc07_ap(plain, detections, ["person", "dog"])
+  assert figures["per_class"]["dog"] == -1 and figures["map"] == pytest.approx(5.2 / 11)
+  with pytest.raises(ValueError, match="one detection entry per image"):
+    evaluation.voc07_ap(plain, detections[:1], ["person"])
+
+
+def test_voc07_ap_counts_a_recall_equal_to_a_threshold():
+  # 3 of 10 boxes found, each at precision 1: recall 3/10 reaches thresholds 0, .1, .2 and .3, so AP = 4/11.
+  # (numpy.arange(0, 1.1, 0.1), the Python ports' thresholds, puts the fourth at 0.30000000000000004 > 3/10,
+  # and would say 3/11.)
+  boxes = [[0.1 * i, 0.0, 0.1 * i + 0.05, 0.05] for i in range(10)]
+  figures = evaluation.voc07_ap([truth(*boxes)], [found(*boxes[:3], scores=[0.9, 0.8, 0.7])], ["a"])
+  assert figures["map"] == pytest.approx(4 / 11)
+
+
+def test_voc07_ap_agrees_with_pycocotools_where_the_curves_allow_and_differs_where_they_do_not():
+  def both(groundtruth, detections):
+    return (evaluation.voc07_ap(groundtruth, detections, ["a"])["map"],
+            evaluation.evaluate_detections(groundtruth, detections, HW, ["a"])["ap50"])
+
+  # Perfect detections: 1 either way.
+  groundtruth = [truth([0.1, 0.1, 0.5, 0.6], [0.5, 0.5, 0.9, 0.8]), truth([0.2, 0.3, 0.7, 0.9])]
+  assert both(groundtruth, [found(*g.boxes, scores=[0.9] * len(g.boxes)) for g in groundtruth]) == (
+      pytest.approx(1.0), pytest.approx(1.0))
+  # A miss ranked above the hit: precision 1/2 at recall 1, the best at every recall, 11 points or 101.
+  assert both([truth([0.1, 0.1, 0.4, 0.4])], [found([0.6, 0.6, 0.9, 0.9], [0.1, 0.1, 0.4, 0.4],
+                                                     scores=[0.9, 0.5])]) == (pytest.approx(0.5),
+                                                                              pytest.approx(0.5))
+  # Hit, miss, hit of 3 boxes: precision 1 up to recall 1/3, 2/3 up to recall 2/3. 11 points: 4 thresholds
+  # (0 ... .3) at 1 and 3 (.4 ... .6) at 2/3: 6/11. COCO's 101: 34 (0 ... .33) at 1 and 33 (.34 ... .66) at 2/3:
+  # 56/101.
+  boxes = [[0.0, 0.0, 0.2, 0.2], [0.4, 0.4, 0.6, 0.6], [0.8, 0.8, 1.0, 1.0]]
+  assert both([truth(*boxes)], [found(boxes[0], [0.2, 0.7, 0.3, 0.9], boxes[1], scores=[0.9, 0.8, 0.7])]) == (
+      pytest.approx(6 / 11), pytest.approx(56 / 101))
+  # Matching: the second detection overlaps the already matched box A best (IoU 2/3) and box B at 0.54.
+  # VOC makes it a false positive (1 then 1/2 at recall 1/2: 6/11); COCO gives it to B (recall 1: AP 1).
+  box_a, box_b = [0.0, 0.0, 0.5, 0.5], [0.0, 0.25, 0.5, 0.75]
+  assert both([truth(box_a, box_b)], [found(box_a, [0.0, 0.1, 0.5, 0.6], scores=[0.9, 0.8])]) == (
+      pytest.approx(6 / 11), pytest.approx(1.0))

@@ -40,13 +40,13 @@ import dataclasses
 import glob
 import os
 import re
-import xml.etree.ElementTree as ElementTree
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from terse_tf.data import cutouts as cutouts_lib
+from terse_tf.data import voc
 from terse_tf.data.photos import read_rgb
 from terse_tf.errors import DataError
 
@@ -81,50 +81,25 @@ class Frame:
   classes: np.ndarray
 
 
-def _text(node: ElementTree.Element, path: str, where: str) -> str:
-  found = node.findtext(path)
-  if found is None or not found.strip():
-    raise DataError(f"{where}: no <{path}> (expected a PASCAL VOC annotation: filename, size/width, "
-                    "size/height, object/name, object/bndbox/xmin..ymax)")
-  return found.strip()
-
-
-def _number(node: ElementTree.Element, path: str, where: str, kind: type = float) -> float:
-  """The number at `path` (an int or float by `kind`); DataError naming the file when it is not one."""
-  text = _text(node, path, where)
-  try:
-    return kind(text)
-  except ValueError as e:
-    raise DataError(f"{where}: <{path}> is {text!r}, not {'an integer' if kind is int else 'a number'}") from e
-
-
 def read_annotation(path: str, images_dir: str, skip_names: tuple[str, ...] = ()) -> Frame:
-  """One VOC annotation file of a scene; DataError naming the file when it is malformed, names a class
-  outside CLASS_NAMES (and `skip_names`), or its frame is not in `images_dir`."""
-  try:
-    root = ElementTree.parse(path).getroot()
-  except (ElementTree.ParseError, OSError) as e:
-    raise DataError(f"{path}: cannot parse this annotation ({e})") from e
-  image_path = os.path.join(images_dir, os.path.basename(_text(root, "filename", path)))
+  """One VOC annotation file of a scene (voc.parse_annotation); DataError naming the file when it is malformed,
+  names a class outside CLASS_NAMES (and `skip_names`), or its frame is not in `images_dir`."""
+  annotation = voc.parse_annotation(path)
+  if not annotation.filename:
+    raise DataError(f"{path}: no <filename> (expected a PASCAL VOC annotation naming its frame in {IMAGES}/)")
+  image_path = os.path.join(images_dir, os.path.basename(annotation.filename))
   if not os.path.exists(image_path):
     raise DataError(f"{path}: its frame {image_path} is missing")
-  width, height = _number(root, "size/width", path, int), _number(root, "size/height", path, int)
   boxes, classes = [], []
-  for node in root.findall("object"):
-    name = _text(node, "name", path)
-    if name in skip_names:
+  for obj in annotation.objects:
+    if obj.name in skip_names:
       continue
-    if name not in CLASS_NAMES:
-      raise DataError(f"{path}: unknown object {name!r}; expected one of the 11 GMU products "
+    if obj.name not in CLASS_NAMES:
+      raise DataError(f"{path}: unknown object {obj.name!r}; expected one of the 11 GMU products "
                       f"{list(CLASS_NAMES)} (list objects the benchmark does not score in --gmu_skip_objects)")
-    xmin, ymin, xmax, ymax = (_number(node, f"bndbox/{key}", path) for key in ("xmin", "ymin", "xmax", "ymax"))
-    if not (1 <= xmin <= xmax <= width and 1 <= ymin <= ymax <= height):
-      raise DataError(f"{path}: box of {name} ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) is not inside the "
-                      f"{width}x{height} frame (VOC pixels, 1-based, xmin <= xmax, ymin <= ymax)")
-    # VOC pixels are 1-based and inclusive: pixel i covers [i - 1, i] of the frame.
-    boxes.append([(ymin - 1) / height, (xmin - 1) / width, ymax / height, xmax / width])
-    classes.append(CLASS_NAMES.index(name))
-  return Frame(image_path, height, width, np.array(boxes, np.float32).reshape(-1, 4),
+    boxes.append(voc.box_to_normalised(obj.name, obj.box, annotation.height, annotation.width, path))
+    classes.append(CLASS_NAMES.index(obj.name))
+  return Frame(image_path, annotation.height, annotation.width, np.array(boxes, np.float32).reshape(-1, 4),
                np.array(classes, np.int32))
 
 
