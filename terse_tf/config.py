@@ -240,14 +240,14 @@ def common_settings(config: TrainConfig) -> CommonSettings:
 def result_settings(config: Any, prefix: str = "") -> dict[str, Any]:
   """Every setting that changes what a run computes, by its full name ("synth_lr",
   "task_settings.data.num_train"), its value as JSON has it: what a resume must keep."""
-  return {name: _as_json(value) for name, (value, _) in _leaf_settings(config, prefix).items()}
+  return {name: _as_json(value) for name, (value, _, _) in _leaf_settings(config, prefix).items()}
 
 
 def setting_defaults(config: Any) -> dict[str, Any]:
   """{full name: default, as JSON has it} of the settings result_settings names whose field has a default:
   what a run started before the setting existed ran with (a new setting's default keeps the old behaviour)."""
   defaults = {}
-  for name, (_, field) in _leaf_settings(config).items():
+  for name, (_, field, _) in _leaf_settings(config).items():
     if field.default is not dataclasses.MISSING:
       defaults[name] = _as_json(field.default)
     elif field.default_factory is not dataclasses.MISSING:
@@ -256,17 +256,18 @@ def setting_defaults(config: Any) -> dict[str, Any]:
 
 
 def setting_flags(config: Any) -> dict[str, str]:
-  """The flag of each setting result_settings names: a field's `flag` metadata, else its own name."""
-  return {name: field.metadata.get("flag", field.name) for name, (_, field) in _leaf_settings(config).items()}
+  """The flag of each setting result_settings names: a field's `flag` metadata, else its own name after its
+  settings class's FLAG_PREFIX (a class whose flags share a prefix says it once: tasks/scenes.py's)."""
+  return {name: flag for name, (_, _, flag) in _leaf_settings(config).items()}
 
 
 def _as_json(value: Any) -> Any:
   return json.loads(json.dumps(value))  # Tuples as lists, as config.json stores them.
 
 
-def _leaf_settings(config: Any, prefix: str = "") -> dict[str, tuple[Any, dataclasses.Field]]:
-  """{full name: (value, its dataclass field)} of the settings that change results (SAME_RESULTS fields left
-  out)."""
+def _leaf_settings(config: Any, prefix: str = "") -> dict[str, tuple[Any, dataclasses.Field, str]]:
+  """{full name: (value, its dataclass field, its flag)} of the settings that change results (SAME_RESULTS
+  fields left out)."""
   settings = {}
   for field in dataclasses.fields(config):
     if not field.metadata.get("changes_results", True):
@@ -275,5 +276,6 @@ def _leaf_settings(config: Any, prefix: str = "") -> dict[str, tuple[Any, datacl
     if dataclasses.is_dataclass(value):
       settings.update(_leaf_settings(value, f"{prefix}{field.name}."))
     else:
-      settings[f"{prefix}{field.name}"] = (value, field)
+      flag = field.metadata.get("flag", getattr(config, "FLAG_PREFIX", "") + field.name)
+      settings[f"{prefix}{field.name}"] = (value, field, flag)
   return settings

@@ -375,7 +375,7 @@ def test_a_product_has_the_aspect_in_composites_that_it_has_in_the_squashed_real
   # Unsquashed it would be 12 / 20 = 0.6; the squashed frames' 0.34 within a pixel of the 64-pixel view.
   assert aspect(labels["boxes"][0, 0]) == pytest.approx(aspect(real_box), abs=1.5 / 64)
   # The background photos are narrowed the same way before their square crops are taken.
-  (photo,) = gmu.squash_photos([np.zeros((60, 80, 3), np.uint8)], task.frame_aspect)
+  (photo,) = cutouts.squash_photos([np.zeros((60, 80, 3), np.uint8)], task.frame_aspect)
   assert photo.shape == (60, 45, 3)
   # One squash for every frame: a frame of another size is an error naming it.
   scene = tmp_path / "real" / gmu.scene_folder(1)

@@ -28,7 +28,7 @@ from absl import logging
 
 from terse_tf import files
 from terse_tf.data import mnist
-from terse_tf.data.photos import IMAGE_EXTENSIONS, luminance, to_uint8
+from terse_tf.data.photos import IMAGE_EXTENSIONS, luminance, resized, to_uint8
 from terse_tf.errors import ConfigError, DataError
 
 MASK_SUFFIX = ".mask.png"
@@ -117,6 +117,12 @@ def squash(cutouts: np.ndarray, frame_aspect: float) -> np.ndarray:
   padding: shaped as objects are in frames of `frame_aspect` resized to a square."""
   frame = cutouts.shape[-3:-1]
   return _resample(cutouts, squashed_size(*frame, frame_aspect), frame, keep_aspect=False)
+
+
+def squash_photos(photos: list[np.ndarray], frame_aspect: float) -> list[np.ndarray]:
+  """uint8 photos squashed (squashed_size) as frames of `frame_aspect` are when resized to a square, so that
+  square crops of them show a scene as the squashed frames T sees do."""
+  return [resized(photo, *squashed_size(*photo.shape[:2], frame_aspect)) for photo in photos]
 
 
 def load_cutouts(directory: str, size: tuple[int, int], flag: str = "--foregrounds") -> Cutouts:

@@ -42,12 +42,10 @@ import os
 import re
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from terse_tf.data import cutouts as cutouts_lib
-from terse_tf.data import voc
-from terse_tf.data.photos import read_rgb
+from terse_tf.data import photos, voc
 from terse_tf.errors import DataError
 
 # The 11 products, in the order of Georgakis et al. 2017's Table I (alphabetical), BigBIRD's names.
@@ -154,7 +152,7 @@ def load_split(gmu_dir: str, scenes: tuple[int, ...], image_size: int, frame_str
   images, boxes, classes, ignore_boxes, ignore_classes, scene_of, first = [], [], [], [], [], [], None
   for scene in scenes:
     for frame in read_scene(gmu_dir, scene, skip_names)[::frame_stride]:
-      image = read_rgb(frame.image_path)
+      image = photos.read_rgb(frame.image_path)
       if image.shape[:2] != (frame.height, frame.width):
         raise DataError(f"{frame.image_path}: {image.shape[1]}x{image.shape[0]} pixels, its annotation says "
                         f"{frame.width}x{frame.height}")
@@ -163,8 +161,7 @@ def load_split(gmu_dir: str, scenes: tuple[int, ...], image_size: int, frame_str
         raise DataError(f"{frame.image_path}: {frame.width}x{frame.height} pixels, where {first.image_path} has "
                         f"{first.width}x{first.height}; every frame must have one size (all are squashed to a "
                         "square, and S's composites the same way)")
-      images.append(tf.image.resize(image, [image_size, image_size], antialias=True).numpy().round().astype(
-          np.uint8))
+      images.append(photos.resized(image, image_size, image_size))
       sides = (frame.boxes[:, 2:] - frame.boxes[:, :2]) * [frame.height, frame.width]
       keep = sides.prod(axis=1) >= min_box_area
       boxes.append(frame.boxes[keep])
@@ -174,13 +171,6 @@ def load_split(gmu_dir: str, scenes: tuple[int, ...], image_size: int, frame_str
       scene_of.append(scene)
   return Split(np.stack(images), boxes, classes, ignore_boxes, ignore_classes, np.array(scene_of, np.int32),
                first.width / first.height)
-
-
-def squash_photos(photos: list[np.ndarray], frame_aspect: float) -> list[np.ndarray]:
-  """uint8 photos squashed (cutouts.squashed_size) as frames of `frame_aspect` are when resized to a square,
-  so that square crops of them show a kitchen as the frames T sees do."""
-  return [tf.image.resize(photo, cutouts_lib.squashed_size(*photo.shape[:2], frame_aspect),
-                          antialias=True).numpy().round().astype(np.uint8) for photo in photos]
 
 
 # ------------------------------------------------------------------------------------ objects
@@ -224,7 +214,7 @@ def read_bigbird_view(image_path: str, mask_path: str) -> np.ndarray:
   """float32 [h, w, 4] RGB + alpha of one BigBIRD view, cropped to its mask's box."""
   if not os.path.exists(mask_path):
     raise DataError(f"{image_path}: no mask {mask_path}")
-  image = read_rgb(image_path).astype(np.float32) / 255
+  image = photos.read_rgb(image_path).astype(np.float32) / 255
   mask = object_mask(read_pbm(mask_path))
   if mask.shape != image.shape[:2]:
     raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} pixels, its image is "

@@ -90,6 +90,11 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
   return np.clip(np.rint(np.asarray(images) * 255), 0, 255).astype(np.uint8)
 
 
+def resized(photo: np.ndarray, height: int, width: int) -> np.ndarray:
+  """A uint8 photo [h, w, 3] resized to height x width (antialiased, aspect not kept), uint8."""
+  return tf.image.resize(photo, [height, width], antialias=True).numpy().round().astype(np.uint8)
+
+
 def read_rgb(path: str) -> np.ndarray:
   """uint8 [H, W, 3] of an image file (grey replicated, alpha dropped); DataError naming a file that cannot
   be read or decoded."""
