@@ -103,7 +103,8 @@ def test_digits_below_min_visible_are_crowd_regions_in_evaluation():
   for t in truth:
     regions = t.ignore_boxes[::task.num_classes]
     found.append(evaluation.ImageBoxes(
-        boxes=np.concatenate([t.boxes, regions]), scores=np.r_[np.ones(len(t.boxes)), np.full(len(regions), 2.0)],
+        boxes=np.concatenate([t.boxes, regions]),
+        scores=np.r_[np.ones(len(t.boxes)), np.full(len(regions), 2.0)],
         classes=np.r_[t.classes, np.full(len(regions), 3)].astype(np.int32)))
   assert evaluation.evaluate_detections(truth, found, images.shape[1:3], task.class_names)["ap50"] == 1.0
   plain = [evaluation.ImageBoxes(t.boxes, t.classes) for t in truth]

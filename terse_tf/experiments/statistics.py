@@ -139,7 +139,8 @@ def _out_of_range(areas: np.ndarray) -> np.ndarray:
 
 
 def _match_class(truth_boxes: np.ndarray, truth_crowd: np.ndarray, found_boxes: np.ndarray,
-                 found_scores: np.ndarray, threshold: float, max_detections: int) -> tuple[np.ndarray, np.ndarray, int]:
+                 found_scores: np.ndarray, threshold: float, max_detections: int
+                 ) -> tuple[np.ndarray, np.ndarray, int]:
   """COCOeval.evaluateImg for one image and class at one threshold: (scores, true positive) of the
   detections it does not ignore, in its order, and the number of ground-truth boxes it does not ignore.
   Crowd regions (`truth_crowd`) are ignored ground truth that any number of detections may match."""
