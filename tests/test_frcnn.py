@@ -114,6 +114,43 @@ def test_classes_go_in_1_based_and_boxes_in_pixels(trained):
 
 
 @pytest.mark.slow
+def test_rpn_anchors_on_an_ignore_box_are_neither_object_nor_background(trained):
+  """An object mostly out of view (an ignore box) must not teach the RPN background where it lies: no anchor
+  on it is a sampled negative, while the images without one keep theirs. Model Garden samples 256 of an
+  image's ~1,000 anchors at random: without the band about a quarter of the ~50 on the box are negatives (all
+  left out: chance 0.75^50 < 1e-6)."""
+  target, images, labels, _ = trained
+  gt_boxes, gt_classes = target.model_garden_labels(labels)
+  ignore = np.zeros([len(images), 1, 4], np.float32)
+  ignore[1, 0] = [2, 2, 50, 62]  # Pixels: most of an image without objects.
+
+  def negatives_on_the_box(ignore_boxes) -> tuple[int, int]:
+    """(sampled negatives on the ignore box in image 1, sampled negatives in image 3, which has none)."""
+    scores, _ = target._rpn_targets(gt_boxes, gt_classes, labels["count"],  # pylint: disable=protected-access
+                                    tf.constant(ignore_boxes))
+    on_box = elsewhere = 0
+    for level, anchors in target._anchors.items():  # pylint: disable=protected-access
+      overlap = target_iou(anchors.numpy().reshape(-1, 4), ignore[1, 0]).reshape(scores[level].shape[1:])
+      on_box += int(np.sum((scores[level][1].numpy() == 0) & (overlap >= 0.3)))
+      elsewhere += int(np.sum(scores[level][3].numpy() == 0))
+    return on_box, elsewhere
+
+  without_band, elsewhere = negatives_on_the_box(np.zeros([len(images), 0, 4], np.float32))
+  assert without_band > 0 and elsewhere > 100
+  with_band, elsewhere = negatives_on_the_box(ignore)
+  assert with_band == 0 and elsewhere > 100
+
+
+def target_iou(anchors: np.ndarray, box: np.ndarray) -> np.ndarray:
+  """IoU of yxyx anchors [N, 4] with one box [4]."""
+  height = np.clip(np.minimum(anchors[:, 2], box[2]) - np.maximum(anchors[:, 0], box[0]), 0, None)
+  width = np.clip(np.minimum(anchors[:, 3], box[3]) - np.maximum(anchors[:, 1], box[1]), 0, None)
+  intersection = height * width
+  area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+  return intersection / (area(anchors) + area(box) - intersection)
+
+
+@pytest.mark.slow
 def test_s_gets_gradients_through_the_frozen_faster_rcnn_which_does_not_move(trained):
   target, images, labels, _ = trained
   synthesizer = keras.layers.Conv2D(3, 1)  # A Keras 3 stand-in for S: composites from images.

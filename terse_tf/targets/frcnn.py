@@ -18,8 +18,11 @@ What Model Garden wants and our labels are not (the adapter converts; tests/test
     inside, BatchNorm included, see no training call context and stay in inference mode (T unchanged);
   - its box losses all-reduce their normalisers: the loss must be taken in a replica context (inside
     strategy.run, as the trainer's steps do). Its RPN and ROI samplers are unseeded.
-Ignore boxes (objects mostly out of view) have no counterpart in Model Garden's losses: they are left out,
-so T learns them as background where a sampled ROI falls on one.
+Ignore boxes (objects mostly out of view): an anchor the RPN would learn as background (its IoU with every
+object below the unmatched threshold) but that overlaps an ignore box by at least that threshold is left out
+of the RPN's score loss, as the SSD leaves out its default boxes on one; the labeler's own "not negative"
+band. The Fast R-CNN head's ROI sampler has no such hook: an ROI sampled on an ignore box still trains as
+background there.
 
 Hardness (as the SSD's, A.2): each pasted object's score is the best detection score of its class at
 IoU >= 0.5 with its box (0 when T misses it); a composite is as hard as its hardest object and counts
@@ -207,8 +210,8 @@ def model_garden_task(settings: FasterRCNNSettings, side: int, num_classes: int)
 
 
 class FasterRCNNTarget(DetectorTarget):
-  """Model Garden's Faster R-CNN on square images. Labels as the SSD's (targets/base.py), "ignore_boxes"
-  left out; `model` is the tf_keras MaskRCNNModel."""
+  """Model Garden's Faster R-CNN on square images. Labels as the SSD's (targets/base.py), "ignore_boxes" for
+  the RPN only (module doc); `model` is the tf_keras MaskRCNNModel."""
 
   hardness_range = (0.0, 1.0)  # A detection score.
   default_hard_threshold = 0.5  # As the SSD's: T finds the object at even odds at best.
@@ -229,6 +232,7 @@ class FasterRCNNTarget(DetectorTarget):
     self._anchors_per_cell = model_config.anchor.num_scales * len(model_config.anchor.aspect_ratios)
     self._labeler = anchor.RpnAnchorLabeler(parser.rpn_match_threshold, parser.rpn_unmatched_threshold,
                                             parser.rpn_batch_size_per_im, parser.rpn_fg_fraction)
+    self._rpn_unmatched_threshold = parser.rpn_unmatched_threshold
 
   @classmethod
   def build(cls, target: str, settings: FasterRCNNSettings, image_shape: tuple[int, int, int],
@@ -276,19 +280,27 @@ class FasterRCNNTarget(DetectorTarget):
     real = tf.range(tf.shape(classes)[1])[None, :] < tf.cast(labels["count"], tf.int32)[:, None]
     return tf.where(real[..., None], boxes, -1.0), tf.where(real, classes + 1, -1)
 
-  def _rpn_targets(self, gt_boxes: tf.Tensor, gt_classes: tf.Tensor, count: tf.Tensor):
+  def _rpn_targets(self, gt_boxes: tf.Tensor, gt_classes: tf.Tensor, count: tf.Tensor, ignore_boxes: tf.Tensor):
     """RPN score and box targets per level, as Model Garden's parser makes them, from each image's real
-    rows only."""
+    rows only; negatives on an ignore box (pixels, zero rows for none) are made "don't care" (-1)."""
     def per_image(x):
-      image_boxes, image_classes, n = x
-      return self._labeler.label_anchors(self._anchors, image_boxes[:n],
-                                         tf.cast(image_classes[:n, None], tf.float32))
+      image_boxes, image_classes, n, image_ignore_boxes = x
+      scores, box_targets = self._labeler.label_anchors(self._anchors, image_boxes[:n],
+                                                        tf.cast(image_classes[:n, None], tf.float32))
+      for level, anchors in self._anchors.items():
+        shape = tf.shape(scores[level])
+        overlap = boxes_lib.iou(tf.reshape(anchors, [-1, 4]), image_ignore_boxes)  # [H * W * A, I]
+        on_ignore_box = tf.reshape(tf.reduce_max(overlap, axis=1) >= self._rpn_unmatched_threshold,
+                                   shape)
+        scores[level] = tf.where(on_ignore_box & tf.equal(scores[level], 0), -1, scores[level])
+      return scores, box_targets
 
     shapes = {level: boxes.shape[:2] for level, boxes in self._anchors.items()}
     per_cell = self._anchors_per_cell
     signature = ({level: tf.TensorSpec([*shape, per_cell], tf.int32) for level, shape in shapes.items()},
                  {level: tf.TensorSpec([*shape, 4 * per_cell], tf.float32) for level, shape in shapes.items()})
-    return tf.map_fn(per_image, (gt_boxes, gt_classes, tf.cast(count, tf.int32)), fn_output_signature=signature)
+    return tf.map_fn(per_image, (gt_boxes, gt_classes, tf.cast(count, tf.int32), ignore_boxes),
+                     fn_output_signature=signature)
 
   # ------------------------------------------------------------------------------------ Target
   def loss(self, images: tf.Tensor, labels: Labels, training: bool) -> tf.Tensor:
@@ -301,7 +313,10 @@ class FasterRCNNTarget(DetectorTarget):
     rpn_score_loss, rpn_box_loss, frcnn_cls_loss, frcnn_box_loss and their sum model_loss."""
     images = self._resized(images)
     gt_boxes, gt_classes = self.model_garden_labels(labels)
-    score_targets, box_targets = self._rpn_targets(gt_boxes, gt_classes, labels["count"])
+    # A missing key means no ignore boxes (labels written before the key existed, or by hand), as the SSD's.
+    ignore_boxes = (tf.cast(labels["ignore_boxes"], tf.float32) * float(self.side) if "ignore_boxes" in labels
+                    else tf.zeros([tf.shape(gt_boxes)[0], 0, 4]))
+    score_targets, box_targets = self._rpn_targets(gt_boxes, gt_classes, labels["count"], ignore_boxes)
     inputs = dict(self._model_inputs(images), gt_boxes=gt_boxes, gt_classes=gt_classes, training=True)
     # Frozen: `call` sets no training context, so BatchNorm stays in inference mode while the ROI sampler,
     # which the loss needs, runs.
