@@ -4,16 +4,19 @@ the launcher's error handling."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import shlex
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+import numpy as np
 from absl import app, logging
 
 from terse_tf import config as config_lib
 from terse_tf import train
+from terse_tf.cache import HardExampleCache
 from terse_tf.config import TrainConfig
-from terse_tf.errors import TerseError
+from terse_tf.errors import ConfigError, TerseError
 from terse_tf.tasks.base import Task
 from terse_tf.trainer import Trainer
 
@@ -47,6 +50,57 @@ class Trainers:
     record = (next(r for r in baseline_results["history"] if r["after"] == "baseline")
               if trainer.task is baseline.task else None)
     return trainer, trainer.run(baseline_record=record)
+
+
+def check_experiment(base: TrainConfig, task: str, seeds: tuple[int, ...], arms: tuple[str, ...],
+                     known_arms: tuple[str, ...]) -> None:
+  """The checks every arms-from-a-baseline experiment makes of its flags: one ConfigError naming the flag."""
+  if base.task != task:
+    raise ConfigError(f"this experiment runs --task={task}, got --task={base.task}")
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise ConfigError(f"--seeds needs at least one seed and no repeats, got {list(seeds)}")
+  if not arms or set(arms) - set(known_arms) or len(set(arms)) != len(arms):
+    raise ConfigError(f"--arms must be distinct arms from {list(known_arms)}, got {list(arms)}")
+  if not base.cycles:
+    raise ConfigError("--cycles must be >= 1: the arms differ only in what their cycles add")
+
+
+def baseline_and_arms(base: TrainConfig, seed: int, seed_dir: str, arms: dict[str, dict[str, Any]],
+                      trainers: Trainers) -> Iterator[tuple[str, Trainer, dict]]:
+  """One seed of a detection experiment: ("baseline", its trainer, its results) for a T trained on the real
+  set alone (no cycles, no D), then (arm, trainer, results) for each arm, in order, each a run from the
+  baseline's checkpoint with no baseline epochs of its own and `arms[arm]`'s changes to `base`. Runs live
+  under `seed_dir`/<arm>."""
+  baseline = trainers(seeded(base, seed, os.path.join(seed_dir, "baseline"), cycles=0, discriminator=False,
+                             sample_source=config_lib.NO_SAMPLES))
+  baseline_results = baseline.run()
+  yield "baseline", baseline, baseline_results
+  checkpoint = baseline.checkpoint_manager.latest_checkpoint
+  for arm, changes in arms.items():
+    config = seeded(base, seed, os.path.join(seed_dir, arm), baseline_epochs=0, init_checkpoint=checkpoint,
+                    **changes)
+    yield (arm, *trainers.run_arm(config, baseline, baseline_results))
+
+
+# Fig. 8's bins of the baseline T's confidence.
+HARDNESS_BINS = np.linspace(0.0, 1.0, 11)
+
+
+def first_cycle_hardness(cache: HardExampleCache) -> list[float]:
+  """The hardness of an arm's first-cycle samples: the confidence of the T that judged them, the baseline's."""
+  return [float(h) for h in cache.margins()[cache.cycles() == 1]]
+
+
+def hardness_histogram(hardness: dict[str, list[list[float]]]) -> dict:
+  """Fig. 8: {"bins": HARDNESS_BINS, arm: the share of its first-cycle samples (first_cycle_hardness, pooled
+  over seeds) in each bin}; an arm that added nothing has no entry."""
+  histogram = {"bins": HARDNESS_BINS.tolist()}
+  for arm, per_seed in hardness.items():
+    values = np.concatenate([np.asarray(v, np.float64) for v in per_seed]) if per_seed else np.zeros(0)
+    if values.size:
+      counts, _ = np.histogram(np.clip(values, 0, 1), HARDNESS_BINS)
+      histogram[arm] = (counts / values.size).tolist()
+  return histogram
 
 
 def run_seeds(seeds: tuple[int, ...], run_seed: Callable[[int], tuple[list[dict], float]]

@@ -46,7 +46,6 @@ from terse_tf import config as config_lib
 from terse_tf import losses, pipelines
 from terse_tf import train  # Declares the shared flags; config_from_flags reads them.
 from terse_tf.config import TrainConfig
-from terse_tf.errors import ConfigError
 from terse_tf.experiments import common, statistics
 from terse_tf.tasks import detection
 from terse_tf.trainer import Trainer
@@ -73,7 +72,6 @@ ARM_COLOURS = {"real_only": "tab:gray", "cut_paste": "tab:red", "cut_paste_blend
 REFERENCES = ("cut_paste", "uniform_filter")
 # The sets whose per-image detections feed the paired bootstrap and per-photo AP.
 PAIRED_SETS = ("test", "unseen")
-HARDNESS_BINS = np.linspace(0.0, 1.0, 11)
 
 flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds; each trains its own baseline and runs every arm.")
 flags.DEFINE_list("arms", list(ARMS), f"Arms to run, from {list(ARMS)}.")
@@ -94,14 +92,7 @@ class ExperimentConfig:
   bootstrap_resamples: int = 1000
 
   def __post_init__(self):
-    if self.base.task != "photo_digits":
-      raise ConfigError(f"this experiment runs --task=photo_digits, got --task={self.base.task}")
-    if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-      raise ConfigError(f"--seeds needs at least one seed and no repeats, got {list(self.seeds)}")
-    if not self.arms or set(self.arms) - set(ARMS):
-      raise ConfigError(f"--arms must be a non-empty subset of {list(ARMS)}, got {list(self.arms)}")
-    if not self.base.cycles:
-      raise ConfigError("--cycles must be >= 1: the arms differ only in what their cycles add")
+    common.check_experiment(self.base, "photo_digits", self.seeds, self.arms, tuple(ARMS))
 
 
 @dataclasses.dataclass
@@ -126,17 +117,13 @@ def _digest(images: np.ndarray) -> str:
 
 def run_seed(experiment: ExperimentConfig, seed: int, trainers: common.Trainers) -> SeedResult:
   """Baseline, then every arm from the baseline's checkpoint."""
-  base = experiment.base
-  seed_dir = os.path.join(base.run_dir, experiment.label, f"seed{seed}")
-  baseline = trainers(common.seeded(base, seed, os.path.join(seed_dir, "baseline"), cycles=0,
-                                    discriminator=False, sample_source=config_lib.NO_SAMPLES))
-  baseline_results = baseline.run()
+  runs = common.baseline_and_arms(experiment.base, seed, os.path.join(experiment.base.run_dir, experiment.label,
+                                                                       f"seed{seed}"),
+                                  {arm: ARMS[arm] for arm in experiment.arms}, trainers)
+  _, _, baseline_results = next(runs)
   result = SeedResult(rows=[], training_s=baseline_results["wall_time_s"], matches={}, fairness={}, hardness={})
-  checkpoint = baseline.checkpoint_manager.latest_checkpoint
-  for arm in experiment.arms:
-    config = common.seeded(base, seed, os.path.join(seed_dir, arm), baseline_epochs=0,
-                           init_checkpoint=checkpoint, **ARMS[arm])
-    trainer, results = trainers.run_arm(config, baseline, baseline_results)
+  for arm, trainer, results in runs:
+    config = trainer.config
     result.training_s += results["wall_time_s"]
     task, cache = trainer.task, trainer.cache
     # A task with per-class figures (the ten digit classes) records each class's AP@0.5 on the paired sets.
@@ -159,7 +146,7 @@ def run_seed(experiment: ExperimentConfig, seed: int, trainers: common.Trainers)
     result.fairness[arm] = {"target_steps": int(trainer.target_global_step.numpy()),
                             "test_set": _digest(sets["test"][0]), "samples": len(cache),
                             "instances": result.rows[-1]["instances"]}
-    result.hardness[arm] = [float(h) for h in cache.margins()[cycles_of_entries == 1]]
+    result.hardness[arm] = common.first_cycle_hardness(cache)
     result.players[arm] = players_at_the_end(trainer)
     result.task_description, result.scene_photos = task.describe(), task.scene_photos
     logging.info("seed %d arm %s: test AP@0.5 %.4f -> %.4f in %.0f s", seed, arm,
@@ -292,17 +279,6 @@ def per_photo(seed_results: list[SeedResult], arms: tuple[str, ...], scene_photo
   return table
 
 
-def hardness_histogram(seed_results: list[SeedResult], arms: tuple[str, ...]) -> dict:
-  """Fig. 8: the share of each arm's first-cycle samples in each bin of the baseline T's confidence."""
-  histogram = {"bins": HARDNESS_BINS.tolist()}
-  for arm in arms:
-    values = np.concatenate([np.asarray(r.hardness[arm], np.float64) for r in seed_results])
-    if values.size:
-      counts, _ = np.histogram(np.clip(values, 0, 1), HARDNESS_BINS)
-      histogram[arm] = (counts / values.size).tolist()
-  return histogram
-
-
 def write_outputs(experiment: ExperimentConfig, report: dict) -> dict[str, str]:
   os.makedirs(experiment.results_dir, exist_ok=True)
   stem = os.path.join(experiment.results_dir, experiment.label)
@@ -403,7 +379,8 @@ def run(experiment: ExperimentConfig, command: str = "") -> dict:
             "paired": paired, "class_names": seed_results[0].class_names,
             "per_class_ap50": per_class_summary(rows, experiment.arms, seed_results[0].class_names),
             "per_photo": per_photo(seed_results, experiment.arms, seed_results[0].scene_photos),
-            "hardness_histogram": hardness_histogram(seed_results, experiment.arms),
+            "hardness_histogram": common.hardness_histogram(
+                {arm: [r.hardness[arm] for r in seed_results] for arm in experiment.arms}),
             "players": players_summary(seed_results, experiment.arms),
             "fairness": {f"seed{seed}": result.fairness for seed, result in zip(experiment.seeds, seed_results)},
             "curves": summary["curves"], "rows": rows}

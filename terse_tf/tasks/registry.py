@@ -31,7 +31,7 @@ from terse_tf.tasks.base import CommonSettings, Task
 
 # The registry's own loading: the one place that names the built-in tasks' modules.
 BUILTIN_TASK_MODULES = ("terse_tf.tasks.affnist", "terse_tf.tasks.photo_digits", "terse_tf.tasks.gmu",
-                        "terse_tf.tasks.folders", "terse_tf.tasks.custom")
+                        "terse_tf.tasks.folders", "terse_tf.tasks.voc_person", "terse_tf.tasks.custom")
 # What --task (and TrainConfig.task) is when unset: the paper's first experiment.
 DEFAULT_TASK = "affnist"
 
