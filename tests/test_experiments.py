@@ -284,3 +284,24 @@ def test_detection_experiment_at_smoke_size(tmp_path):
   for arm, has_d in (("terse", True), ("terse_no_d", False)):
     keys = [name for name, _ in tf.train.list_variables(str(seed_dir / arm / "checkpoints"))]
     assert any(key.startswith("discriminator_optimizer/") for key in keys) == has_d, arm
+
+
+def test_per_class_table_averages_each_class_over_seeds_leaving_out_undefined_ones():
+  """The ten-class detection experiment's per-class AP@0.5 (the GMU table's form): each arm's last cycle,
+  each class's mean over the seeds that define it (-1: no box of the class in that seed's set)."""
+  from terse_tf.experiments import common  # pylint: disable=import-outside-toplevel
+  names, arms = ["0", "1"], ("cut_paste", "terse")
+
+  def row(arm, seed, cycle, ap0, ap1, overall):
+    return {"arm": arm, "seed": seed, "cycle": cycle, "test_ap50": overall, "test_ap50_0": ap0,
+            "test_ap50_1": ap1}
+
+  rows = [row("cut_paste", 0, 0, 0.9, 0.9, 0.9),  # An earlier cycle: not in the table.
+          row("cut_paste", 0, 1, 0.2, 0.4, 0.3), row("cut_paste", 1, 1, 0.4, -1.0, 0.4),
+          row("terse", 0, 1, 0.1, 0.3, 0.2), row("terse", 1, 1, 0.3, 0.5, 0.4)]
+  summary = common.per_class_summary(rows, arms, names, ("test", "unseen"))
+  assert set(summary) == {"test"}  # The rows carry no unseen figures.
+  assert summary["test"]["cut_paste"] == pytest.approx({"0": 0.3, "1": 0.4, "mAP": 0.35})
+  assert summary["test"]["terse"] == pytest.approx({"0": 0.2, "1": 0.4, "mAP": 0.3})
+  one_class = [{k: v for k, v in r.items() if not k.startswith("test_ap50_")} for r in rows]
+  assert common.per_class_summary(one_class, arms, names, ("test", "unseen")) == {}

@@ -13,6 +13,7 @@ import numpy as np
 from absl import app, logging
 
 from terse_tf import config as config_lib
+from terse_tf import evaluation
 from terse_tf import train
 from terse_tf.cache import HardExampleCache
 from terse_tf.config import TrainConfig
@@ -129,3 +130,20 @@ def main(argv: list[str], module: str, experiment_from_flags: Callable[[], Any],
     sys.exit(f"terse_tf: error: {e}")
   except KeyboardInterrupt:
     sys.exit(train.interrupted_message(experiment and experiment.base))
+
+
+def per_class_summary(rows: list[dict], arms: tuple[str, ...], class_names: list[str], sets: tuple[str, ...]
+                      ) -> dict:
+  """{set: {arm: {class: AP@0.5, "mAP": AP@0.5}}} after each arm's last cycle, means over seeds
+  (evaluation.mean_row: a class without a box in a seed's set is left out of its mean), for the `sets` whose
+  rows (one per arm, seed and cycle) carry per-class figures (<set>_ap50_<class>)."""
+  summary = {}
+  for name in sets:
+    if not any(key.startswith(f"{name}_ap50_") for key in rows[0]):
+      continue
+    for arm in arms:
+      last = max(r["cycle"] for r in rows if r["arm"] == arm)
+      summary.setdefault(name, {})[arm] = evaluation.mean_row(
+          [{**{label: r[f"{name}_ap50_{label}"] for label in class_names}, "mAP": r[f"{name}_ap50"]}
+           for r in rows if r["arm"] == arm and r["cycle"] == last])
+  return summary

@@ -228,21 +228,6 @@ def summarise(rows: list[dict], arms: tuple[str, ...]) -> dict:
   return {"curves": curves, "final": final, "spread": spread}
 
 
-def per_class_summary(rows: list[dict], arms: tuple[str, ...], class_names: list[str]) -> dict:
-  """{set: {arm: {class: AP@0.5, "mAP": AP@0.5}}} after the last cycle, means over seeds (evaluation.mean_row:
-  a class without a box in a set stays -1), for the paired sets whose rows carry per-class figures."""
-  summary = {}
-  for name in PAIRED_SETS:
-    if not any(key.startswith(f"{name}_ap50_") for key in rows[0]):
-      continue
-    for arm in arms:
-      last = max(r["cycle"] for r in rows if r["arm"] == arm)
-      summary.setdefault(name, {})[arm] = evaluation.mean_row(
-          [{**{label: r[f"{name}_ap50_{label}"] for label in class_names}, "mAP": r[f"{name}_ap50"]}
-           for r in rows if r["arm"] == arm and r["cycle"] == last])
-  return summary
-
-
 def compare(seed_results: list[SeedResult], arms: tuple[str, ...], resamples: int) -> dict:
   """Each arm against each reference arm on each paired set: the mean over seeds of the AP@0.5 difference,
   with its 95% bootstrap interval over test images (the trained networks held fixed), and beside it the
@@ -377,7 +362,8 @@ def run(experiment: ExperimentConfig, command: str = "") -> dict:
             "config": dataclasses.asdict(experiment.base), "task": seed_results[0].task_description,
             "final": summary["final"], "spread": summary["spread"],
             "paired": paired, "class_names": seed_results[0].class_names,
-            "per_class_ap50": per_class_summary(rows, experiment.arms, seed_results[0].class_names),
+            "per_class_ap50": common.per_class_summary(rows, experiment.arms, seed_results[0].class_names,
+                                                       PAIRED_SETS),
             "per_photo": per_photo(seed_results, experiment.arms, seed_results[0].scene_photos),
             "hardness_histogram": common.hardness_histogram(
                 {arm: [r.hardness[arm] for r in seed_results] for arm in experiment.arms}),
