@@ -3,8 +3,8 @@ sleep cycles, for eight ways of adding samples, with the controls that say what 
 
     python -m terse_tf.experiments.photo_digits --flagfile=configs/photo_digits_experiment.flags
 
-For each seed, one baseline T (an SSD) is trained on the real training scenes; every arm then starts from
-that checkpoint and goes through the same sleep cycles: each adds --hard_per_class samples (or objects, with
+For each seed, one baseline T (the flagfile's SSD; any --target) is trained on the real training scenes;
+every arm then starts from that checkpoint and goes through the same sleep cycles: each adds --hard_per_class samples (or objects, with
 --quota_unit=instances: the flagfile's equal-instance protocol) per class, then fine-tunes T for
 --finetune_steps steps on real scenes + everything added so far (--cache_fraction of each batch from the added
 samples); T is scored after every cycle on every evaluation set of the task (test, val, val_upright, and
@@ -24,7 +24,8 @@ Settings are chosen on the validation sets; the test set is only reported. Write
 over seeds at the last cycle) with `seeds` beside it, `spread` the sample SDs, and `paired` each arm's
 difference from cut_paste and from uniform_filter on the test and unseen sets, with 95% bootstrap intervals
 over test images (the same resample for every seed); `per_photo` AP, `hardness_histogram` (Fig. 8: each arm's
-first-cycle samples by the baseline T's confidence) and `fairness` (the invariants every arm shares). Runs
+first-cycle samples by the baseline T's confidence), `fairness` (the invariants every arm shares) and, with
+--photo_ten_classes, `per_class_ap50` (each digit's AP@0.5 on the paired sets, the GMU table's form). Runs
 live under <run_dir>/<label>/seed<N>/<arm>. All flags of terse_tf.train apply; the ones below are the
 experiment's.
 """
