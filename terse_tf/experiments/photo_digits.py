@@ -3,12 +3,12 @@ sleep cycles, for eight ways of adding samples, with the controls that say what 
 
     python -m terse_tf.experiments.photo_digits --flagfile=configs/photo_digits_experiment.flags
 
-For each seed, one baseline T (the flagfile's SSD; any --target) is trained on the real training scenes;
-every arm then starts from that checkpoint and goes through the same sleep cycles: each adds --hard_per_class
+For each seed, one baseline T (the flagfile's SSD; any --target) is trained on the real training scenes; every
+arm then starts from that checkpoint and goes through the same sleep cycles: each adds --hard_per_class
 samples (or objects, with --quota_unit=instances: the flagfile's equal-instance protocol) per class, then
 fine-tunes T for --finetune_steps steps on real scenes + everything added so far (--cache_fraction of each
-batch from the added samples); T is scored after every cycle on every evaluation set of the task (test, val, val_upright, and
-unseen with --photo_unseen_bank). The arms differ only in where the samples come from:
+batch from the added samples); T is scored after every cycle on every evaluation set of the task (test, val,
+val_upright, and unseen with --photo_unseen_bank). The arms differ only in where the samples come from:
   real_only              nothing is added: T fine-tunes on the real scenes alone for the same steps;
   cut_paste              Cut-Paste-Learn's random placement over the same ranges, on the same backgrounds
                          with the same §3.1 regions, pasted as S pastes;
