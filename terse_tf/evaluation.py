@@ -159,7 +159,7 @@ def per_class_table(arms: dict[str, dict[str, float]], class_names: list[str],
 VOC07_STEPS = 10
 
 
-def _pair_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+def pair_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
   """IoU [M] of one normalised box with boxes [M, 4]."""
   height = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
   width = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
@@ -184,12 +184,12 @@ def voc07_ap(groundtruth: list[ImageBoxes], detections: list[ImageBoxes], class_
   AP is the mean over recall thresholds t = 0, 0.1, ..., 1 of the highest precision at a recall >= t (0 when
   no recall reaches t).
 
-  Two departures from the devkit's MATLAB, neither a change of definition: IoU is of the normalised boxes as
-  they are, which is exactly the devkit's "+1 pixel" IoU for boxes normalised from VOC pixels as
-  data/voc.py does (the +1 is the span of the last pixel; scaling the axes scales every area alike). And
-  recall >= t is compared exactly (10 tp >= i npos in integers), where floating thresholds (the devkit's
-  0:0.1:1; numpy.arange(0, 1.1, 0.1) in the Python ports) can miss a recall equal to one: 3/10 is below
-  0.30000000000000004, arange's fourth threshold.
+  Two departures from the devkit's MATLAB: IoU is of the normalised boxes as they are. For boxes normalised from
+  VOC pixels as data/voc.py does (the +1 is the span of the last pixel; scaling the axes scales every area alike)
+  that is the devkit's "+1 pixel" IoU up to rounding: the boxes are float32, so an IoU exactly at the threshold
+  in whole pixels (say 0.5) may fall just below or above it here. And recall >= t is compared exactly (10 tp >= i
+  npos in integers), where floating thresholds (the devkit's 0:0.1:1; numpy.arange(0, 1.1, 0.1) in the Python
+  ports) can miss a recall equal to one: 3/10 is below 0.30000000000000004, arange's fourth threshold.
 
   Unlike pycocotools, a detection whose best box is already matched is a false positive even when another
   box of its class would take it, and the interpolation samples 11 recalls where COCO samples 101.
@@ -217,7 +217,7 @@ def voc07_ap(groundtruth: list[ImageBoxes], detections: list[ImageBoxes], class_
     for i in order:
       _, image, box = ranked[i]
       candidates = np.concatenate([scored[image], ignored[image]]).reshape(-1, 4)
-      overlaps = _pair_iou(np.asarray(box, np.float64), candidates) if len(candidates) else np.zeros(0)
+      overlaps = pair_iou(np.asarray(box, np.float64), candidates) if len(candidates) else np.zeros(0)
       best = int(np.argmax(overlaps)) if len(overlaps) else -1
       if best < 0 or overlaps[best] < iou_threshold:
         hits.append(0)

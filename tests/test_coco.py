@@ -149,25 +149,37 @@ def test_backgrounds_leave_out_every_image_with_the_category_crowds_included(tmp
     coco.backgrounds_without(str(tmp_path), path, "persn")
 
 
-def tfds_example(name, labels, crowd=None):
-  """One example as TFDS's coco/2017 gives it through tfds.as_numpy."""
+def tfds_example(name, labels, crowd=None, size=(24, 32)):
+  """One example as TFDS's coco/2017 gives it through tfds.as_numpy with its image left encoded
+  (tfds.decode.SkipDecoding): a PNG whose every pixel is the name's length."""
   count = len(labels)
-  return {"image": np.full((24, 32, 3), len(name), np.uint8), "image/filename": name.encode(),
-          "image/id": np.int64(len(name)),
+  return {"image": tf.io.encode_png(np.full((*size, 3), len(name), np.uint8)).numpy(),
+          "image/filename": name.encode(), "image/id": np.int64(len(name)),
           "objects": {"area": np.full(count, 50, np.int64), "bbox": np.tile(np.float32([[0.1, 0.1, 0.5, 0.5]]),
                                                                             (count, 1)),
                       "id": np.arange(count, dtype=np.int64), "is_crowd": np.array(crowd or [False] * count),
                       "label": np.array(labels, np.int64)}}
 
 
-def test_tfds_shaped_examples_give_backgrounds_without_the_category():
+def test_tfds_shaped_examples_give_a_random_draw_of_backgrounds_without_the_category():
   label_names = ["person", "bicycle", "car"]  # TFDS's ClassLabel names, in its order: person is 0.
   examples = [tfds_example("a.jpg", [0, 2]), tfds_example("bb.jpg", [2, 1]), tfds_example("ccc.jpg", []),
-              tfds_example("dddd.jpg", [0], crowd=[True]), tfds_example("eeeee.jpg", [1])]
-  kept, excluded = coco.tfds_backgrounds_without(iter(examples), label_names, "person")
+              tfds_example("dddd.jpg", [0], crowd=[True]), tfds_example("eeeee.jpg", [1]),
+              tfds_example("ffffff.jpg", [], size=(8, 40))]
+
+  def draw(count, seed, min_side=16):
+    return coco.tfds_backgrounds_without(iter(examples), label_names, "person", count,
+                                         np.random.default_rng(seed), min_side)
+
+  # Fewer without a person than asked for: all of them, decoded, in the stream's order, except the one whose
+  # shorter side is under min_side (skipped as photos.read_photos skips a small file).
+  kept, excluded = draw(10, 0)
   assert kept.names == ["bb.jpg", "ccc.jpg", "eeeee.jpg"] and excluded == 2
   assert kept[0].shape == (24, 32, 3) and kept[0].dtype == np.uint8 and kept[1][0, 0, 0] == 7
-  limited, _ = coco.tfds_backgrounds_without(iter(examples), label_names, "person", limit=2)
-  assert limited.names == ["bb.jpg", "ccc.jpg"]
+  assert draw(10, 0, min_side=8)[0].names[-1] == "ffffff.jpg"
+  # More than asked for: a draw by the seed, the same for the same seed, not always the stream's first ones.
+  draws = {seed: tuple(draw(2, seed, min_side=8)[0].names) for seed in range(12)}
+  assert draws[3] == tuple(draw(2, 3, min_side=8)[0].names) and all(len(names) == 2 for names in draws.values())
+  assert len(set(draws.values())) > 2 and {"eeeee.jpg", "ffffff.jpg"} <= set().union(*draws.values())
   with pytest.raises(ConfigError, match=r"TFDS coco/2017 has no category 'people'; its categories are "):
-    coco.tfds_backgrounds_without(iter(examples), label_names, "people")
+    coco.tfds_backgrounds_without(iter(examples), label_names, "people", 2, np.random.default_rng(0))

@@ -143,6 +143,12 @@ def test_records_hold_normalised_voc_boxes_flags_and_classes(tmp_path):
   assert truth.classes.tolist() == [0, 0, 0, 0] and truth.ignore_classes.tolist() == [0]
   assert voc.ground_truth(first).classes.tolist() == [voc.PERSON] * 2 + [voc.CLASS_NAMES.index("dog")] + [
       voc.PERSON] * 2
+  # Persons spanning fewer pixels than min_box_area (VOC's +1 widths: 30 x 70 = 2100, 10 x 30, 11 x 12, 12 x 41)
+  # are ignore boxes too, beside the difficult one; a box of exactly min_box_area pixels is scored.
+  small = voc.ground_truth(first, ("person",), min_box_area=2100)
+  np.testing.assert_array_equal(small.boxes, first.boxes[[0]])
+  np.testing.assert_array_equal(small.ignore_boxes, first.boxes[[1, 3, 4, 5]])
+  assert len(voc.ground_truth(first, ("person",), min_box_area=2101).boxes) == 0
   # The VOCdevkit folder itself works as well as its parent.
   assert voc.year_folder(os.path.join(root, "VOCdevkit"), "2007") == voc.year_folder(root, "2007")
 
@@ -203,6 +209,25 @@ def test_person_instances_are_recovered_matched_and_dropped_by_reason(tmp_path):
   with pytest.raises(DataError, match=r"no usable person instance in VOC 2007 trainval segmentations \(VOC "
                                       r"instances: kept 0 of 5 .*: 3 mask's box and XML box disagree"):
     voc.recover_instances(root, size=40, years=("2007",), min_iou=0.85)
+
+
+def test_an_unreadable_image_is_a_counted_skip_and_leaves_its_other_years_copy_in(tmp_path):
+  root = write_devkit(str(tmp_path))
+  voc2007 = os.path.join(root, "VOCdevkit", "VOC2007")
+  # VOC2007's 000005 has a malformed XML: skipped, named, counted; VOC2012's copy 2007_000005 is read instead.
+  with open(os.path.join(voc2007, voc.ANNOTATIONS, "000005.xml"), "w") as f:
+    f.write("<annotation><size><width>120</wid")
+  found = voc.recover_instances(root, size=32)
+  assert found.sources == (("2012", "2007_000005", 1), ("2012", "2008_000002", 1))
+  assert (found.report.duplicates, found.report.images, len(found.report.skipped)) == (0, 2, 2)
+  assert "VOC2007/Annotations/000005.xml: cannot parse this annotation" in found.report.skipped[0]
+  # An unreadable JPEG likewise: 000005's copy in VOC2012 gives its cut-out.
+  write_image(voc2007, "000005", OBJECTS_000005, segmentation=SEGMENTATION_000005)
+  with open(os.path.join(voc2007, voc.JPEGS, "000005.jpg"), "wb") as f:
+    f.write(b"not a jpeg")
+  found = voc.recover_instances(root, size=32)
+  assert found.sources[0] == ("2012", "2007_000005", 1) and found.report.duplicates == 0
+  assert "VOC2007/JPEGImages/000005.jpg: cannot read this image" in found.report.skipped[0]
 
 
 def test_a_cutout_is_its_mask_centred_with_its_longer_side_the_box_share(tmp_path):

@@ -87,6 +87,20 @@ def test_the_task_builds_real_test_cutouts_and_person_free_backgrounds(tmp_path)
                                    CommonSettings("ssd_compact"))
   assert len(loose.cutouts) == 3 and loose.person_instances.report.box_mismatch == 0
   assert ("2007", "000005", 2) in loose.person_instances.sources
+  # The two tasks differ in the cut-outs' recovery alone: they share the VOC images, read once.
+  assert loose.real_images is task.real_images and loose.test_images is task.test_images
+  # --voc_min_box_area: persons spanning fewer pixels of the full-size image are ignore boxes in T's labels and
+  # in evaluation (000005's 10x30, 11x12 and 12x41 persons and 2008_000002's 40x40 under 2100; 000005's and
+  # 000007's 30x70 ones and VOC2007 test's 40x70 one not).
+  small = voc_person.VocPersonTask(voc_person.VocPersonSettings(**data, **SMALL, min_box_area=2100),
+                                   CommonSettings("ssd_compact"))
+  assert small.real_labels["count"].tolist() == [1, 1, 0, 0]
+  ignored = (small.real_labels["ignore_boxes"] > 0).any(axis=2).sum(axis=1)
+  assert ignored.tolist() == [4, 0, 0, 1]  # 000005's three small persons and its difficult one.
+  assert [len(t.boxes) for t in small.test_truth] == [1, 0]
+  tiny = voc_person.VocPersonTask(voc_person.VocPersonSettings(**data, **SMALL, min_box_area=2801),
+                                  CommonSettings("ssd_compact"))
+  assert [len(t.boxes) for t in tiny.test_truth] == [0, 0] and len(tiny.test_truth[0].ignore_boxes) == 2
 
 
 def test_the_task_records_voc07_ap_at_table_4s_ious_beside_coco_ap(tmp_path):
@@ -166,6 +180,8 @@ def test_the_flagfiles_parse_and_the_grid_sets_table_2s_switches():
     assert switches(changes) == on and changes["sample_source"] == "terse", column
   assert experiment.arm_changes(config, "column1")["task_settings"] == settings
   assert experiment.arm_changes(config, "cut_paste") == {"sample_source": "cut_paste", "discriminator": False}
+  assert experiment.arm_changes(config, "cut_paste_filter") == {"sample_source": config_lib.FILTERED,
+                                                                "discriminator": False}
   with pytest.raises(ConfigError, match=r"--cache_fraction must be > 0: it is Table 2's switch on"):
     experiment.ExperimentConfig(base=dataclasses.replace(config, cache_fraction=0.0), seeds=(0,),
                                 arms=experiment.ARMS, results_dir="unused", label="x")
@@ -173,7 +189,7 @@ def test_the_flagfiles_parse_and_the_grid_sets_table_2s_switches():
     experiment.ExperimentConfig(base=config, seeds=(0,), arms=("column7",), results_dir="unused", label="x")
 
 
-@pytest.mark.slow  # ~65 s on a shared core: a baseline and the seven arms at toy size, in a subprocess.
+@pytest.mark.slow  # ~70 s on a shared core: a baseline and the eight arms at toy size, in a subprocess.
 def test_the_ablation_command_writes_tables_2_to_4_and_fig_8(tmp_path):
   data = write_data(str(tmp_path / "data"))
   result = subprocess.run(
@@ -190,12 +206,14 @@ def test_the_ablation_command_writes_tables_2_to_4_and_fig_8(tmp_path):
     assert all(0 <= figure["mean"] <= 1 and figure["sd"] is None for figure in figures.values()), arm
   assert all(count > 0 for count in report["samples"]["seed0"].values())  # Every arm added composites.
   histogram = report["hardness_histogram"]
-  for arm in ("cut_paste", "column1"):
+  for arm in ("cut_paste", "cut_paste_filter", "column1"):
     assert len(histogram[arm]) == 10 and sum(histogram[arm]) == pytest.approx(1.0), arm
+  # The filter keeps only samples the baseline T scores below --hard_threshold, as TERSE's cache does.
+  assert sum(histogram["cut_paste_filter"][5:]) == 0
   markdown = (tmp_path / "results" / "smoke.md").read_text()
   for heading in ("## Table 2", "| Ann. Cleanup | ✓ | ✓ | ✓ | ✓ | ✓ |  |",
                   "| Discriminator | ✓ |  |  |  |  |  |", "| AP0.8 |", "## Table 3", "| Baseline SSD |",
-                  "## Table 4", "| TERSE without D |",
+                  "## Table 4", "| TERSE without D |", "| Cut-Paste [7] + filter |",
                   "| AP0.5 | AP0.6 | AP0.7 | AP0.8 | AP0.9 |", "## Fig. 8", "| 0.9-1.0 |"):
     assert heading in markdown, heading
   assert (tmp_path / "results" / "smoke.png").stat().st_size > 0

@@ -234,37 +234,53 @@ def backgrounds_without(coco_dir: str, annotations: str, exclude_category: str) 
 
 
 def tfds_backgrounds_without(examples: Iterable[dict[str, Any]], label_names: list[str], exclude_category: str,
-                             limit: int = 0) -> tuple[photos.Photos, int]:
-  """From examples shaped as TFDS's `coco/2017` gives them as NumPy ({"image": uint8 [H, W, 3],
-  "image/filename": bytes, "objects": {"label": int [n], "is_crowd": bool [n], ...}}), with `label_names` the
-  dataset's (info.features["objects"]["label"].names): (the images without an object of `exclude_category`,
-  named by their file names, at most `limit` of them when > 0; how many were left out for having one)."""
+                             count: int, rng: np.random.Generator, min_side: int = 64
+                             ) -> tuple[photos.Photos, int]:
+  """From examples shaped as TFDS's `coco/2017` gives them with its images left encoded (tfds.as_numpy over
+  load_tfds_backgrounds' dataset: {"image": JPEG bytes, "image/filename": bytes, "objects": {"label": int [n],
+  "is_crowd": bool [n], ...}}), with `label_names` the dataset's (info.features["objects"]["label"].names):
+  (`count` of the images without an object of `exclude_category`, drawn uniformly at random by `rng` (all of
+  them when there are fewer), decoded in the stream's order and named by their file names, those under
+  `min_side` pixels skipped as photos.read_photos skips them; how many images were left out for having one).
+
+  One pass over the stream that holds at most `count` encoded images (reservoir sampling, Algorithm R) and
+  decodes only the drawn ones: a draw as random as the COCO folder's, for the cost of reading the split once."""
   label = _category_id(list(label_names), exclude_category, f"TFDS {TFDS_NAME}")
-  kept, excluded = photos.Photos(), 0
+  drawn, without, excluded = [], 0, 0  # drawn: (position among the images without it, name, bytes).
   for example in examples:
     if np.any(np.asarray(example["objects"]["label"]) == label):
       excluded += 1
       continue
-    kept.append(np.asarray(example["image"], np.uint8))
     name = example["image/filename"]
-    kept.names.append(name.decode() if isinstance(name, bytes) else str(name))
-    if limit and len(kept) == limit:
-      break
-  return kept, excluded
+    entry = (without, name.decode() if isinstance(name, bytes) else str(name), example["image"])
+    if without < count:
+      drawn.append(entry)
+    else:
+      slot = int(rng.integers(without + 1))
+      if slot < count:
+        drawn[slot] = entry
+    without += 1
+  drawn.sort(key=lambda entry: entry[0])
+  source = f"TFDS {TFDS_NAME}"
+  encoded = {f"{source} {name}": image for _, name, image in drawn}  # COCO's file names are unique.
+  found = photos.read_photos(list(encoded), source, min_side, names=[name for _, name, _ in drawn],
+                             read=lambda where: photos.decode_rgb(encoded[where], where))
+  return found, excluded
 
 
-def load_tfds_backgrounds(data_dir: str, exclude_category: str, split: str = "train", limit: int = 0
-                          ) -> tuple[photos.Photos, int]:
+def load_tfds_backgrounds(data_dir: str, exclude_category: str, count: int, rng: np.random.Generator,
+                          min_side: int = 64, split: str = "train") -> tuple[photos.Photos, int]:
   """tfds_backgrounds_without over TFDS's `coco/2017` `split`, prepared under `data_dir` ('' TFDS's
-  default); never downloads (COCO is 25 GB). A DataError naming the folder when it is not prepared there."""
+  default), its images read undecoded (tfds.decode.SkipDecoding); never downloads (COCO is 25 GB). A
+  DataError naming the folder when it is not prepared there."""
   import tensorflow_datasets as tfds  # Imported here: only this source needs it.
 
   try:
     dataset, info = tfds.load(TFDS_NAME, split=split, data_dir=data_dir or None, download=False,
-                              with_info=True)
+                              with_info=True, decoders={"image": tfds.decode.SkipDecoding()})
   except Exception as e:  # TFDS raises assorted types for "not prepared".
     raise DataError(f"TFDS {TFDS_NAME} is not prepared under data_dir={data_dir or '(TFDS default)'} "
                     f"({type(e).__name__}: {e}); prepare it with `tfds build {TFDS_NAME}`, or give a COCO "
                     "folder and its instances JSON") from e
   return tfds_backgrounds_without(tfds.as_numpy(dataset), info.features["objects"]["label"].names,
-                                  exclude_category, limit)
+                                  exclude_category, count, rng, min_side)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -96,14 +97,23 @@ def resized(photo: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def read_rgb(path: str) -> np.ndarray:
-  """uint8 [H, W, 3] of an image file (grey replicated, alpha dropped); DataError naming a file that cannot
-  be read or decoded."""
+  """uint8 [H, W, 3] of an image file (decode_rgb); DataError naming a file that cannot be read or decoded."""
   try:
     with open(path, "rb") as f:
       encoded = f.read()
-    image = tf.io.decode_image(encoded, expand_animations=False).numpy()
-  except (OSError, tf.errors.OpError) as e:
+  except OSError as e:
     raise DataError(f"{path}: cannot read this image ({type(e).__name__}); expected a PNG, JPEG, BMP or "
+                    "GIF file") from e
+  return decode_rgb(encoded, path)
+
+
+def decode_rgb(encoded: bytes, where: str) -> np.ndarray:
+  """uint8 [H, W, 3] of an encoded image (grey replicated, alpha dropped); DataError naming `where` (its file,
+  or the dataset example it came from) when it cannot be decoded."""
+  try:
+    image = tf.io.decode_image(encoded, expand_animations=False).numpy()
+  except tf.errors.OpError as e:
+    raise DataError(f"{where}: cannot read this image ({type(e).__name__}); expected a PNG, JPEG, BMP or "
                     "GIF file") from e
   if image.dtype != np.uint8:
     image = (image.astype(np.float32) / np.iinfo(image.dtype).max * 255).round().astype(np.uint8)
@@ -127,15 +137,16 @@ class Photos(list):
 
 
 def read_photos(paths: list[str], source: str, min_side: int = 64, strict: bool = False,
-                names: list[str] | None = None) -> Photos:
-  """uint8 photos [H, W, 3] from `paths`, named `names` (default: the files' names). A file that cannot be
-  decoded, or is smaller than `min_side`, is skipped with a warning naming it and the count is logged (with
-  `strict`, an undecodable file is an error). `source` names where the paths came from (the flag and its
-  folder) in the messages; no usable photo at all is a DataError naming it."""
+                names: list[str] | None = None, read: Callable[[str], np.ndarray] = read_rgb) -> Photos:
+  """uint8 photos [H, W, 3] from `paths`, named `names` (default: the files' names), each read by `read`
+  (read_rgb; a caller whose images are in memory passes its own, raising DataError as read_rgb does). A file
+  that cannot be decoded, or is smaller than `min_side`, is skipped with a warning naming it and the count is
+  logged (with `strict`, an undecodable file is an error). `source` names where the paths came from (the flag
+  and its folder) in the messages; no usable photo at all is a DataError naming it."""
   photos, skipped = Photos(), 0
   for path, name in zip(paths, names or [os.path.basename(path) for path in paths]):
     try:
-      photo = read_rgb(path)
+      photo = read(path)
     except DataError as e:
       if strict:
         raise

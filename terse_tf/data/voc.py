@@ -16,10 +16,10 @@ not label, as void (255).
 
 Boxes. VOC's <bndbox> is in 1-based inclusive pixels: pixel i covers [i - 1, i] of the frame, so a box xmin..xmax
 spans xmax - xmin + 1 pixels (the devkit's "+1" widths). A record's box is that span over the frame, normalised:
-(ymin - 1) / H, (xmin - 1) / W, ymax / H, xmax / W. The continuous IoU of two boxes so normalised is exactly the
-devkit's IoU of the pixel boxes (the normalisation scales every area by one factor), which is what
-evaluation.voc07_ap relies on. TFDS writes ymin / H, xmin / W, ymax / H, xmax / W (no -1); record_from_tfds
-undoes that, so both sources give equal records for an image.
+(ymin - 1) / H, (xmin - 1) / W, ymax / H, xmax / W. The continuous IoU of two boxes so normalised is the
+devkit's IoU of the pixel boxes (the normalisation scales every area by one factor) up to float32 rounding,
+which is what evaluation.voc07_ap relies on. TFDS writes ymin / H, xmin / W, ymax / H, xmax / W (no -1);
+record_from_tfds undoes that, so both sources give equal records for an image.
 
 Difficult objects stay in the records with their flag: VOC's evaluation neither rewards nor penalises a
 detection of one (a task passes them as evaluation.ImageBoxes' ignore boxes). An image whose XML has no object
@@ -215,10 +215,13 @@ def load_records(voc_dir: str, year: str, split: str) -> list[Record]:
   return records
 
 
-def ground_truth(record: Record, class_names: tuple[str, ...] = CLASS_NAMES) -> evaluation.ImageBoxes:
+def ground_truth(record: Record, class_names: tuple[str, ...] = CLASS_NAMES, min_box_area: float = 0.0
+                 ) -> evaluation.ImageBoxes:
   """A record's objects of `class_names` as evaluation ground truth, classes re-indexed in that order (say
-  ("person",) for the person protocol; other classes' objects are left out): the difficult ones as ignore
-  boxes, which evaluation.voc07_ap treats by VOC's rule for them and evaluate_detections as COCO crowd
+  ("person",) for the person protocol; other classes' objects are left out): the difficult ones, and those
+  whose box spans fewer than `min_box_area` pixels of the full-size image (VOC's +1 widths, rounded to a
+  thousandth of a pixel against float32's noise; coco.read_scenes' rule), as ignore boxes, which
+  evaluation.voc07_ap treats by VOC's rule for difficult objects and evaluate_detections as COCO crowd
   regions."""
   unknown = [name for name in class_names if name not in CLASS_NAMES]
   if unknown:
@@ -226,7 +229,10 @@ def ground_truth(record: Record, class_names: tuple[str, ...] = CLASS_NAMES) -> 
   order = np.full(len(CLASS_NAMES), -1, np.int32)
   order[[CLASS_NAMES.index(name) for name in class_names]] = np.arange(len(class_names))
   classes = order[record.classes]
-  scored, ignored = (classes >= 0) & ~record.difficult, (classes >= 0) & record.difficult
+  sides = np.round((record.boxes[:, 2:] - record.boxes[:, :2]).astype(np.float64) * [record.height,
+                                                                                      record.width], 3)
+  unscored = record.difficult | (sides.prod(axis=1) < min_box_area)
+  scored, ignored = (classes >= 0) & ~unscored, (classes >= 0) & unscored
   return evaluation.ImageBoxes(record.boxes[scored], classes[scored], ignore_boxes=record.boxes[ignored],
                                ignore_classes=classes[ignored])
 
@@ -282,8 +288,9 @@ def load_tfds(name: str, split: str, data_dir: str) -> Iterator[tuple[Record, np
 class InstanceReport:
   """What recover_instances kept and why it dropped the rest. Counts are of instances of the class (an XML
   object of it, or a mask its SegmentationClass labels so), except the image-level ones: `skipped` (one line
-  naming the file and why per image left out: unreadable, or sizes of JPEG, XML and PNGs that disagree),
-  `duplicates` (a VOC2012 copy of a VOC2007 image already read) and `excluded` (images the caller left out)."""
+  naming the file and why per image left out: an unreadable XML, JPEG or PNG, or sizes of JPEG, XML and PNGs
+  that disagree), `duplicates` (a VOC2012 copy of a VOC2007 image already read) and `excluded` (images the
+  caller left out)."""
   images: int = 0
   kept: int = 0
   box_mismatch: int = 0     # The mask's tight box has IoU < min_iou with its XML box.
@@ -347,13 +354,13 @@ def voc2007_id(year: str, image_id: str) -> str:
   return image_id[len("2007_"):] if year != "2007" and image_id.startswith("2007_") else image_id
 
 
-def _iou(a: tuple[float, float, float, float], b: np.ndarray) -> float:
-  """IoU of two normalised (ymin, xmin, ymax, xmax) boxes."""
-  height = min(a[2], b[2]) - max(a[0], b[0])
-  width = min(a[3], b[3]) - max(a[1], b[1])
-  inter = max(height, 0) * max(width, 0)
-  union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-  return float(inter / union)
+def left_out(year: str, image_id: str, seen: set[str], exclude: frozenset[str] | set[str]) -> str:
+  """Why an image of VOC `year` stays out of a set that holds each image once and none of `exclude`:
+  "excluded" when its VOC2007 id (voc2007_id) is in `exclude`, "duplicates" when it is in `seen`, else "".
+  `seen` is the VOC2007 ids of the images read so far: a caller adds an id only once its image is read, so
+  that a copy it could not read leaves the other year's copy in."""
+  canonical = voc2007_id(year, image_id)
+  return "excluded" if canonical in exclude else "duplicates" if canonical in seen else ""
 
 
 def normalised_cutout(image: np.ndarray, mask: np.ndarray, size: int, box_share: float) -> np.ndarray:
@@ -398,11 +405,13 @@ def recover_instances(voc_dir: str, size: int, years: tuple[str, ...] = YEARS, s
   min_size 32 (an upsampling of at most about 3x to cut-outs of 100 pixels) and box_share 0.8 (a margin for the
   STN's bilinear sampling and the clean-up's blur) are our choices; the paper gives neither.
 
-  An image whose JPEG, XML <size> and PNGs disagree in size, or that cannot be read, is skipped with a warning
-  naming the file and counted. A VOC2012 image that is a copy of a VOC2007 image already read (2007_<id>) is
-  read once, and images whose VOC2007 id (voc2007_id) is in `exclude` are left out: pass the VOC2007 test ids
-  there when testing on VOC2007 test, since VOC2012's segmented images include VOC2007 ones. A class name
-  outside CLASS_NAMES in an XML is a DataError; so is a run that keeps no instance at all."""
+  An image that cannot be read (its XML malformed, naming a class outside CLASS_NAMES or a box outside the
+  frame; its JPEG or a PNG missing or undecodable), or whose JPEG, XML <size> and PNGs disagree in size, is
+  skipped with a warning naming the file and counted. A VOC2012 image that is a copy of a VOC2007 image
+  already read (2007_<id>) is read once (left_out: a copy that was skipped leaves the other one in), and images
+  whose VOC2007 id (voc2007_id) is in `exclude` are left out: pass the VOC2007 test ids there when testing on
+  VOC2007 test, since VOC2012's segmented images include VOC2007 ones. A run that keeps no instance at all is
+  a DataError."""
   if class_name not in CLASS_NAMES:
     raise ValueError(f"class_name must be one of VOC's classes {CLASS_NAMES}, got {class_name!r}")
   if not (0 < box_share <= 1 and 0 <= min_iou <= 1):
@@ -414,18 +423,18 @@ def recover_instances(voc_dir: str, size: int, years: tuple[str, ...] = YEARS, s
   for year in years:
     folder = year_folder(voc_dir, year, SEGMENTATION_FOLDERS)
     for image_id in read_image_ids(folder, split, SEGMENTATION_SETS):
-      canonical = voc2007_id(year, image_id)
-      if canonical in exclude or canonical in seen:
-        counts["excluded" if canonical in exclude else "duplicates"] += 1
+      reason = left_out(year, image_id, seen, exclude)
+      if reason:
+        counts[reason] += 1
         continue
-      seen.add(canonical)
-      record = read_record(folder, image_id)
       try:
+        record = read_record(folder, image_id)
         image, objects, classes = _read_segmented(folder, record)
       except DataError as e:
         logging.warning("skipping %s", e)
         skipped.append(str(e))
         continue
+      seen.add(voc2007_id(year, image_id))
       counts["images"] += 1
       for index, mask, reason in _instances(record, objects, classes, target, min_iou, min_size):
         if reason:
@@ -480,7 +489,7 @@ def _instances(record: Record, objects: np.ndarray, classes: np.ndarray, target:
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     tight = (rows[0] / record.height, cols[0] / record.width, (rows[-1] + 1) / record.height,
              (cols[-1] + 1) / record.width)
-    if _iou(tight, record.boxes[index - 1]) < min_iou:
+    if evaluation.pair_iou(np.array(tight), record.boxes[index - 1][None])[0] < min_iou:
       yield index, None, "box_mismatch"
     elif max(rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]) < min_size:
       yield index, None, "too_small"

@@ -179,10 +179,15 @@ class SceneDetection(StoredCutoutDetection):
     self._set_compositing(common.compositor.with_ranges(settings.ranges()), common.synthesizer.jit_compile)
     self.augmentation = augment_lib.RECIPES[settings.augment]
 
+  @property
+  def min_background_side(self) -> int:
+    """The shortest side a background photo may have: half the image's."""
+    return self.settings.image_size // 2
+
   def _background_photos(self, paths: list[str], source: str) -> photos.Photos:
     """The background photos at `paths` (photos.read_photos: `source` names where they came from, a flag and
-    its folder, in its messages) of at least half the image's side."""
-    return photos.read_photos(paths, source, min_side=self.settings.image_size // 2)
+    its folder, in its messages) of at least min_background_side."""
+    return photos.read_photos(paths, source, min_side=self.min_background_side)
 
   def _set_data(self, splits: dict[str, Split], cutouts: cutouts_lib.Cutouts,
                 background_photos: list[np.ndarray], frame_aspect: float) -> None:

@@ -3,7 +3,9 @@
 T's real training set is the person boxes of VOC 2007 trainval + VOC 2012 trainval (--voc_train_years), every
 image of them, those without a person as negatives (VOC scores T on every test image); the test set is VOC 2007
 test. Difficult persons are not scored: ignore boxes in T's real labels, and in evaluation VOC's rule for them
-(voc.ground_truth). Other classes' objects are background.
+(voc.ground_truth); nor are persons whose box spans fewer than --voc_min_box_area pixels of the full-size image
+(0 by default: VOC scores every size), as coco.read_scenes treats small boxes. Other classes' objects are
+background.
 
 S pastes person cut-outs recovered from VOC's instance segmentations (data/voc.py recover_instances: A.2's
 clean-up drops an instance whose mask and XML box disagree, IoU under --voc_min_mask_box_iou; 0 keeps them,
@@ -11,7 +13,12 @@ Table 2's "no annotation clean-up"), VOC 2007 test images left out (VOC 2012's s
 images again, renamed 2007_<id>). Its backgrounds are images without a person, from one source
 (--voc_background_source): COCO (a folder of its images and its instances JSON; the images in which a person
 is annotated, crowds included, left out), TFDS's coco/2017 prepared on disk (the same filter), or a folder of
-photos you vouch for.
+photos you vouch for; --voc_background_photos of them, a random draw by --seed from every source. The VOC
+images and the backgrounds are read once per process (load_voc, load_backgrounds) and shared by every task
+built from them, the ablation's columns included.
+
+VOC comes from the devkit's folders only: the cut-outs need SegmentationObject and SegmentationClass, which
+TFDS's voc does not keep (data/voc.py's load_tfds reads TFDS's voc for boxes, and this task does not use it).
 
 Figures: the scene tasks' COCO AP (test_ap50, test_ap, test_ap75) and beside them VOC 2007's 11-point AP, the
 paper's figure, at the IoUs of its Tables 2-4: test_voc07_ap50 (the headline), test_voc07_ap60 ... _ap90
@@ -23,12 +30,13 @@ the cut-outs and background photos squashed by the training images' median width
 
 T: ssd_vgg16 (SSD300, A.2; VGG16 from ImageNet with --voc_backbone_weights), ssd_compact for a CPU, or any
 registered detector. configs/voc_person.flags is the protocol; terse_tf.experiments.voc_person runs Table 2's
-ablation grid with Cut-Paste beside it (Table 4, Fig. 8).
+ablation grid with Cut-Paste and Cut-Paste + TERSE's hardness filter beside it (Table 4, Fig. 8).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 from absl import flags, logging
@@ -66,8 +74,8 @@ class VocPersonSettings(SceneSettings):
   coco_annotations: str = ""
   tfds_data_dir: str = ""         # '' TFDS's default folder.
   backgrounds_dir: str = ""
-  # Photos read from the source (a random draw of them, by the seed), num_backgrounds crops taken of them:
-  # COCO train2017 has ~54,000 images without a person, more than memory holds at full size.
+  # Photos read from the source (a random draw of them, by the seed, from every source), num_backgrounds crops
+  # taken of them: COCO train2017 has ~54,000 images without a person, more than memory holds at full size.
   background_photos: int = 2000
   # SSD300 (A.2); cut-outs of 128 px, persons 0.25-2x that (the person's longer side 0.8 of it): 26-205 px.
   image_size: int = 300
@@ -120,8 +128,9 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   for name, text in (
       ("min_instance_size", "Person instances whose mask's box is shorter on its longer side (pixels) are "
        "dropped."),
-      ("background_photos", "Photos read from the background source (a random draw, by --seed); "
-       "--voc_num_backgrounds crops are taken of them.")):
+      ("background_photos", "Photos read from the background source, a random draw by --seed where it has "
+       "more (tfds: one pass over coco/2017's train split, only the drawn images decoded); those with a side "
+       "under half --voc_image_size are skipped. --voc_num_backgrounds crops are taken of them.")):
     flags.DEFINE_integer(f"voc_{name}", getattr(_DEFAULT, name), text, lower_bound=1, flag_values=flag_values)
 
 
@@ -134,11 +143,12 @@ def settings_from_flags(f: flags.FlagValues) -> VocPersonSettings:
                                "background_photos")})
 
 
-def read_split(records: list[voc.Record], image_size: int, source: str) -> coco.Scenes:
+def read_split(records: list[voc.Record], image_size: int, source: str, min_box_area: float = 0.0
+               ) -> coco.Scenes:
   """VOC records as person scenes (coco.Scenes): their images squashed to image_size, the persons' boxes
-  scored and the difficult ones ignored (voc.ground_truth). An image that cannot be read, or whose size is not
-  its annotation's, is skipped with a warning naming it and counted; none left is a DataError naming
-  `source`."""
+  scored, the difficult ones and those of fewer than `min_box_area` pixels in the full-size image ignored
+  (voc.ground_truth). An image that cannot be read, or whose size is not its annotation's, is skipped with a
+  warning naming it and counted; none left is a DataError naming `source`."""
   images, names, aspects, parts, skipped = [], [], [], [], 0
   for record in records:
     try:
@@ -150,7 +160,7 @@ def read_split(records: list[voc.Record], image_size: int, source: str) -> coco.
       logging.warning("skipping %s", e)
       skipped += 1
       continue
-    truth = voc.ground_truth(record, (CLASS_NAME,))
+    truth = voc.ground_truth(record, (CLASS_NAME,), min_box_area)
     images.append(photos.resized(image, image_size, image_size))
     names.append(record.image_id)
     aspects.append(record.width / record.height)
@@ -162,6 +172,62 @@ def read_split(records: list[voc.Record], image_size: int, source: str) -> coco.
   boxes, classes, ignore_boxes, ignore_classes = (list(column) for column in zip(*parts))
   return coco.Scenes(np.stack(images), boxes, classes, ignore_boxes, ignore_classes, names, np.array(aspects),
                      skipped)
+
+
+# The loaders below keep their last result for the process: an experiment's arms build a task each where their
+# task settings differ (Table 2's clean-up and blending columns), and the VOC images and the background photos,
+# which none of those settings touch, are decoded once and shared (~6 GB of VOC images at 300 px). A changed
+# folder on disk is not read again within the process.
+@functools.lru_cache(maxsize=1)
+def load_voc(voc_dir: str, train_years: tuple[str, ...], image_size: int, min_box_area: float
+             ) -> tuple[dict[str, coco.Scenes], frozenset[str]]:
+  """({"train": VOC `train_years` trainval, "test": VOC 2007 test} as person scenes (read_split), the VOC2007
+  test ids). Training holds each image once: a VOC 2012 copy of a VOC 2007 image read already, or of a VOC
+  2007 test image, is left out and counted (voc.left_out)."""
+  test_folder = voc.year_folder(voc_dir, TEST_YEAR)
+  test_records = [voc.read_record(test_folder, image_id) for image_id in voc.read_image_ids(test_folder,
+                                                                                            TEST_SPLIT)]
+  test_ids = frozenset(record.image_id for record in test_records)
+  records, seen, left_out = [], set(), 0
+  for year in train_years:
+    for record in voc.load_records(voc_dir, year, "trainval"):
+      if voc.left_out(year, record.image_id, seen, test_ids):
+        left_out += 1
+        continue
+      seen.add(voc.voc2007_id(year, record.image_id))
+      records.append(record)
+  if left_out:
+    logging.info("VOC trainval: %d copies of VOC2007 images (trainval read already, or test) left out",
+                 left_out)
+  splits = {"train": read_split(records, image_size, f"VOC {'+'.join(train_years)} trainval", min_box_area),
+            "test": read_split(test_records, image_size, f"VOC{TEST_YEAR} {TEST_SPLIT}", min_box_area)}
+  return splits, test_ids
+
+
+@functools.lru_cache(maxsize=1)
+def load_backgrounds(source: str, coco_dir: str, coco_annotations: str, tfds_data_dir: str,
+                     backgrounds_dir: str, count: int, seed: int, min_side: int) -> photos.Photos:
+  """Photos without a person from `source` (a BACKGROUND_SOURCES key, read from the paths of its flags), at
+  most `count` of them, a random draw by `seed` wherever there are more, those under `min_side` pixels skipped
+  (photos.read_photos)."""
+  rng = np.random.default_rng([seed, 23])
+  if source == "tfds":
+    found, excluded = coco.load_tfds_backgrounds(tfds_data_dir, CLASS_NAME, count, rng, min_side)
+    logging.info("TFDS %s: %d images without a person drawn (%d with one left out)", coco.TFDS_NAME, len(found),
+                 excluded)
+    return found
+  if source == "coco":
+    found = coco.backgrounds_without(coco_dir, coco_annotations, CLASS_NAME)
+    logging.info("backgrounds: %s", found.report(CLASS_NAME))
+    paths, where = found.paths, f"--voc_coco_dir={coco_dir}"
+  else:
+    where = f"--voc_backgrounds_dir={backgrounds_dir}"
+    paths = photos.image_paths(backgrounds_dir)
+    if not paths:
+      raise DataError(f"{where}: no image files (expected PNG, JPEG, BMP or GIF photos without people)")
+  if len(paths) > count:
+    paths = [paths[i] for i in np.sort(rng.choice(len(paths), count, replace=False))]
+  return photos.read_photos(paths, where, min_side)
 
 
 @registry.register("voc_person", settings=VocPersonSettings, define_flags=define_flags,
@@ -184,58 +250,15 @@ class VocPersonTask(SceneDetection):
     if missing:
       raise ConfigError(f"--voc_background_source={settings.background_source} needs {', '.join(missing)}")
     self._set_scene(settings, common, [CLASS_NAME])
-    test_folder = voc.year_folder(settings.voc_dir, TEST_YEAR)
-    test_records = [voc.read_record(test_folder, image_id)
-                    for image_id in voc.read_image_ids(test_folder, TEST_SPLIT)]
-    test_ids = frozenset(record.image_id for record in test_records)
-    splits = {"train": read_split(self._training_records(test_ids), settings.image_size,
-                                  f"VOC {'+'.join(settings.train_years)} trainval"),
-              "test": read_split(test_records, settings.image_size, f"VOC{TEST_YEAR} {TEST_SPLIT}")}
+    splits, test_ids = load_voc(settings.voc_dir, settings.train_years, settings.image_size,
+                                settings.min_box_area)
     self.person_instances = voc.recover_instances(
         settings.voc_dir, settings.cutout_size, settings.train_years, "trainval", CLASS_NAME,
         settings.min_mask_box_iou, settings.min_instance_size, settings.box_share, exclude=test_ids)
-    self._set_data(splits, self.person_instances.cutouts, self._backgrounds(),
-                   float(np.median(splits["train"].aspects)))
-
-  def _training_records(self, test_ids: frozenset[str]) -> list[voc.Record]:
-    """The trainval records of the training years, each image once: a VOC 2012 copy of a VOC 2007 image read
-    already, or of a VOC 2007 test image, is left out and counted."""
-    records, seen, left_out = [], set(), 0
-    for year in self.settings.train_years:
-      for record in voc.load_records(self.settings.voc_dir, year, "trainval"):
-        canonical = voc.voc2007_id(year, record.image_id)
-        if canonical in seen or canonical in test_ids:
-          left_out += 1
-          continue
-        seen.add(canonical)
-        records.append(record)
-    if left_out:
-      logging.info("VOC trainval: %d copies of VOC2007 images (trainval read already, or test) left out",
-                   left_out)
-    return records
-
-  def _backgrounds(self) -> photos.Photos:
-    """Photos without a person from the chosen source, at most background_photos of them (a random draw)."""
-    settings = self.settings
-    rng = np.random.default_rng([settings.seed, 23])
-    if settings.background_source == "tfds":
-      found, excluded = coco.load_tfds_backgrounds(settings.tfds_data_dir, CLASS_NAME,
-                                                   limit=settings.background_photos)
-      logging.info("TFDS %s: %d images without a person read (%d with one left out)", coco.TFDS_NAME,
-                   len(found), excluded)
-      return found
-    if settings.background_source == "coco":
-      found = coco.backgrounds_without(settings.coco_dir, settings.coco_annotations, CLASS_NAME)
-      logging.info("backgrounds: %s", found.report(CLASS_NAME))
-      paths, source = found.paths, f"--voc_coco_dir={settings.coco_dir}"
-    else:
-      source = f"--voc_backgrounds_dir={settings.backgrounds_dir}"
-      paths = photos.image_paths(settings.backgrounds_dir)
-      if not paths:
-        raise DataError(f"{source}: no image files (expected PNG, JPEG, BMP or GIF photos without people)")
-    if len(paths) > settings.background_photos:
-      paths = [paths[i] for i in np.sort(rng.choice(len(paths), settings.background_photos, replace=False))]
-    return self._background_photos(paths, source)
+    backgrounds = load_backgrounds(settings.background_source, settings.coco_dir, settings.coco_annotations,
+                                   settings.tfds_data_dir, settings.backgrounds_dir, settings.background_photos,
+                                   settings.seed, self.min_background_side)
+    self._set_data(splits, self.person_instances.cutouts, backgrounds, float(np.median(splits["train"].aspects)))
 
   def describe(self) -> str:
     sets = ", ".join(f"{len(split.images)} {name} images ({sum(map(len, split.boxes))} persons)"
