@@ -125,6 +125,9 @@ def test_missing_flags_and_bad_folders_are_one_error_naming_them(tmp_path):
   for name in os.listdir(os.path.join(paths["cutouts"], "bottle")):
     if name.endswith(".mask.png"):
       os.unlink(os.path.join(paths["cutouts"], "bottle", name))
+  # One class left without a usable cut-out while another has them: it would never be pasted.
+  with pytest.raises(ConfigError, match=r"--folders_cutouts=.*: no usable cut-out of class bottle \(each needs"):
+    folders.FoldersTask(folders.FoldersSettings(**paths, **small), common)
   unmasked = {**paths, "cutouts": str(tmp_path / "only_bottles")}
   os.renames(os.path.join(paths["cutouts"], "bottle"), os.path.join(unmasked["cutouts"], "bottle"))
   with pytest.raises(DataError, match=r"--folders_cutouts=.*only_bottles: no usable cut-out"):

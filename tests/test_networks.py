@@ -152,3 +152,16 @@ def test_scene_synthesizer_has_a2s_branches_and_its_sampler_runs_them_on_moving_
   np.testing.assert_allclose(sample(foreground[:1], background[:1]).numpy(), whole[:1], atol=1e-5)
   np.testing.assert_allclose(whole, model([foreground, background], training=False).numpy(), atol=1e-5)
   assert np.abs(whole - model([foreground, background], training=True).numpy()).max() > 1e-5
+
+
+def test_a_missing_vgg16_weights_file_is_one_clear_error(tmp_path):
+  """Keras's own message for a missing file lists the argument's allowed values; ours names the file."""
+  from terse_tf.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from terse_tf.networks import vgg16  # pylint: disable=import-outside-toplevel
+  missing = str(tmp_path / "vgg16_notop.h5")
+  with pytest.raises(ConfigError, match=r"VGG16 weights .*vgg16_notop\.h5: no such file; expected"):
+    vgg16.vgg16(missing, input_shape=(32, 32, 3))
+  with pytest.raises(ConfigError, match=r"--folders_backbone_weights=.*vgg16_notop\.h5: no such file"):
+    from terse_tf.tasks.folders import FoldersSettings  # pylint: disable=import-outside-toplevel
+    FoldersSettings(backbone_weights=missing)
+  assert len(vgg16.vgg16(None, input_shape=(32, 32, 3)).layers) > 10  # No weights: builds offline.

@@ -143,6 +143,15 @@ def test_bad_flags_and_a_missing_folder_are_one_error_naming_them(tmp_path):
     voc_person.VocPersonSettings(train_years=("2008",))
   with pytest.raises(ConfigError, match=r"--target=ssd_vgg16 is SSD300: it needs --voc_image_size=300"):
     voc_person.VocPersonTask(voc_person.VocPersonSettings(**data, **SMALL), CommonSettings("ssd_vgg16"))
+  # A background folder that is not there: named before VOC's reading, not after it.
+  with pytest.raises(ConfigError, match=r"--voc_coco_dir=.*nowhere: no such folder"):
+    voc_person.VocPersonTask(voc_person.VocPersonSettings(**{**data, "coco_dir": str(tmp_path / "nowhere")},
+                                                          **SMALL), common)
+  # A devkit without a year it is asked to read: the flag that names the years.
+  os.rename(os.path.join(data["voc_dir"], "VOCdevkit", "VOC2012"), os.path.join(data["voc_dir"], "elsewhere"))
+  with pytest.raises(DataError, match=r"VOC2012 exists; .*--voc_train_years=2007,2012 names the trainval years"):
+    voc_person.VocPersonTask(voc_person.VocPersonSettings(**data, **SMALL), common)
+  os.rename(os.path.join(data["voc_dir"], "elsewhere"), os.path.join(data["voc_dir"], "VOCdevkit", "VOC2012"))
   # A devkit without VOC2007's test set: the folder and the image set named.
   os.unlink(os.path.join(data["voc_dir"], "VOCdevkit", "VOC2007", voc.MAIN_SETS, "test.txt"))
   with pytest.raises(DataError, match=r"ImageSets/Main/test\.txt: no such image set; .* lists "

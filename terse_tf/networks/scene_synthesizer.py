@@ -26,6 +26,7 @@ import keras
 from keras import layers
 
 from terse_tf.compositor import NUM_PARAMS
+from terse_tf.networks import vgg16
 from terse_tf.networks.synthesizer import DROPOUT_LAYER, OUTPUT_LAYER, layer_seeds, xavier_initializer
 
 BACKBONES = ("compact", "vgg16")
@@ -45,7 +46,7 @@ def _compact_backbone(width: int, seeds) -> tuple[keras.Model, keras.Model]:
 
 
 def _vgg16_backbone(weights: str | None) -> tuple[keras.Model, keras.Model]:
-  vgg = keras.applications.VGG16(include_top=False, weights=weights, input_shape=(None, None, 3))
+  vgg = vgg16.vgg16(weights, input_shape=(None, None, 3))
   return vgg, keras.Model(vgg.input, vgg.get_layer("block3_conv3").output, name="vgg16_block3")
 
 

@@ -21,12 +21,13 @@ import tensorflow as tf
 from keras import layers
 
 from terse_tf import boxes
+from terse_tf.networks import vgg16
 
 BACKBONES = ("vgg16", "compact")
 
 
 def _vgg16_features(images: keras.KerasTensor, weights: str | None) -> list[keras.KerasTensor]:
-  vgg = keras.applications.VGG16(include_top=False, weights=weights, input_tensor=images)
+  vgg = vgg16.vgg16(weights, input_tensor=images)
   conv4_3 = vgg.get_layer("block4_conv3").output                       # 37x37 at 300 px
   x = layers.MaxPooling2D(3, strides=1, padding="same", name="pool5")(vgg.get_layer("block5_conv3").output)
   x = layers.Conv2D(1024, 3, dilation_rate=6, padding="same", activation="relu", name="fc6")(x)

@@ -104,6 +104,11 @@ class FoldersTask(SceneDetection):
                         "validation set, or neither")
     size = (settings.cutout_size, settings.cutout_size)
     objects = cutouts_lib.load_cutouts(settings.cutouts, size, flag="--folders_cutouts")
+    # A class without a cut-out would never be pasted, and S's cycles would run to their step cap waiting for it.
+    empty = [name for index, name in enumerate(objects.class_names) if not np.any(objects.classes == index)]
+    if empty:
+      raise ConfigError(f"--folders_cutouts={settings.cutouts}: no usable cut-out of class {', '.join(empty)} "
+                        "(each needs RGBA PNGs or images with <name>.mask.png; the log names what was skipped)")
     self._set_scene(settings, common, objects.class_names)
     splits = {name: coco.read_scenes(getattr(settings, images), getattr(settings, annotations), self.class_names,
                                      settings.image_size, settings.skip_categories, settings.min_box_area,

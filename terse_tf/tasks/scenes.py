@@ -17,6 +17,7 @@ show objects and backgrounds at the real images' aspect.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, ClassVar, Protocol
 
 import keras
@@ -88,6 +89,10 @@ class SceneSettings:
                         f"{self.max_scale}")
     if self.augment not in augment_lib.RECIPES:
       raise ConfigError(f"--{prefix}augment must be one of {list(augment_lib.RECIPES)}, got {self.augment!r}")
+    if self.backbone_weights not in ("", "imagenet") and not os.path.isfile(self.backbone_weights):
+      # Checked before any data is read: the networks are built after it, minutes later on a real dataset.
+      raise ConfigError(f"--{prefix}backbone_weights={self.backbone_weights}: no such file; expected '' (none), "
+                        "'imagenet' (Keras downloads them once) or a local VGG16 weights file")
     if self.synth_backbone not in scene_synthesizer.BACKBONES:
       raise ConfigError(f"--{prefix}synth_backbone must be one of {scene_synthesizer.BACKBONES}, got "
                         f"{self.synth_backbone!r}")

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import numpy as np
 from absl import flags, logging
@@ -249,15 +250,27 @@ class VocPersonTask(SceneDetection):
                if not getattr(settings, name)]
     if missing:
       raise ConfigError(f"--voc_background_source={settings.background_source} needs {', '.join(missing)}")
+    for flag, path, exists in (("coco_dir", settings.coco_dir, os.path.isdir),
+                               ("coco_annotations", settings.coco_annotations, os.path.isfile),
+                               ("backgrounds_dir", settings.backgrounds_dir, os.path.isdir)):
+      if flag in BACKGROUND_SOURCES[settings.background_source] and not exists(path):
+        raise ConfigError(f"--voc_{flag}={path}: no such {'folder' if exists is os.path.isdir else 'file'}")
     self._set_scene(settings, common, [CLASS_NAME])
+    for year in sorted({*settings.train_years, TEST_YEAR}):
+      try:
+        voc.year_folder(settings.voc_dir, year)
+      except DataError as e:
+        raise DataError(f"{e}. --voc_train_years={','.join(settings.train_years)} names the trainval years "
+                        f"read (VOC {TEST_YEAR}'s test set is always needed)") from e
+    # The backgrounds first: a wrong background source fails in seconds, not after VOC's minutes of reading.
+    backgrounds = load_backgrounds(settings.background_source, settings.coco_dir, settings.coco_annotations,
+                                   settings.tfds_data_dir, settings.backgrounds_dir, settings.background_photos,
+                                   settings.seed, self.min_background_side)
     splits, test_ids = load_voc(settings.voc_dir, settings.train_years, settings.image_size,
                                 settings.min_box_area)
     self.person_instances = voc.recover_instances(
         settings.voc_dir, settings.cutout_size, settings.train_years, "trainval", CLASS_NAME,
         settings.min_mask_box_iou, settings.min_instance_size, settings.box_share, exclude=test_ids)
-    backgrounds = load_backgrounds(settings.background_source, settings.coco_dir, settings.coco_annotations,
-                                   settings.tfds_data_dir, settings.backgrounds_dir, settings.background_photos,
-                                   settings.seed, self.min_background_side)
     self._set_data(splits, self.person_instances.cutouts, backgrounds, float(np.median(splits["train"].aspects)))
 
   def describe(self) -> str:
