@@ -10,7 +10,7 @@ import sys
 from typing import Any, Callable, Iterator
 
 import numpy as np
-from absl import app, logging
+from absl import app
 
 from terse_tf import config as config_lib
 from terse_tf import evaluation
@@ -125,8 +125,7 @@ def main(argv: list[str], module: str, experiment_from_flags: Callable[[], Any],
   try:
     experiment = experiment_from_flags()
     run(experiment, command=shlex.join(["python", "-m", module, *sys.argv[1:]]))
-  except TerseError as e:
-    logging.error("%s: %s", type(e).__name__, e)
+  except TerseError as e:  # One line on stderr, as terse_tf.train ends: a log line too would print it twice.
     sys.exit(f"terse_tf: error: {e}")
   except KeyboardInterrupt:
     sys.exit(train.interrupted_message(experiment and experiment.base))
