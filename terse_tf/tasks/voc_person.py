@@ -213,7 +213,10 @@ def load_backgrounds(source: str, coco_dir: str, coco_annotations: str, tfds_dat
   (photos.read_photos)."""
   rng = np.random.default_rng([seed, 23])
   if source == "tfds":
-    found, excluded = coco.load_tfds_backgrounds(tfds_data_dir, CLASS_NAME, count, rng, min_side)
+    try:
+      found, excluded = coco.load_tfds_backgrounds(tfds_data_dir, CLASS_NAME, count, rng, min_side)
+    except DataError as e:
+      raise DataError(f"--voc_background_source=tfds --voc_tfds_data_dir={tfds_data_dir}: {e}") from e
     logging.info("TFDS %s: %d images without a person drawn (%d with one left out)", coco.TFDS_NAME, len(found),
                  excluded)
     return found
