@@ -237,12 +237,11 @@ def _frozen_composition(sample: Callable[..., tf.Tensor], compose: Callable[...,
 
 
 def generation_step(players: Players, strategy: tf.distribute.Strategy, sample: Callable[..., tf.Tensor],
-                    compose: Callable[..., Composition], batch, step_seed: tf.Tensor
-                    ) -> tuple[Generated, object]:
+                    compose: Callable[..., Composition], batch, step_seed: tf.Tensor) -> Generated:
   """S's composites of a global batch with every player frozen, and T's judgement of them (A.2's generation
   pass). `sample` is `synthesizer.seeded_sampler(S)`: S in inference mode with its dropout (and noise) on,
   keyed by `step_seed` [2] and the replica, so a resumed run composes what an uninterrupted one would.
-  Returns the gathered outputs and the composites per replica."""
+  Returns the outputs gathered from the replicas."""
   target = players.target
 
   def replica_step(synth_batch, step_seed):
@@ -254,7 +253,7 @@ def generation_step(players: Players, strategy: tf.distribute.Strategy, sample: 
 
   per_example = strategy.run(replica_step, args=(batch, step_seed))
   gathered = tf.nest.map_structure(lambda x: strategy.gather(x, axis=0), per_example)
-  return Generated(*gathered), per_example[2]
+  return Generated(*gathered)
 
 
 def frozen_composites(strategy: tf.distribute.Strategy, sample: Callable[..., tf.Tensor],

@@ -339,7 +339,7 @@ class Trainer:
         if self.discriminator is not None:
           discriminator = self._discriminator_step(real, composites)
       else:  # The generation pass: S frozen.
-        outputs, _ = self._generate(synth_batch, self._step_seed(self.synth_global_step))
+        outputs = self._generate(synth_batch, self._step_seed(self.synth_global_step))
         self.synth_global_step.assign_add(1)
       hardness = outputs.hardness.numpy()
       hard = losses.is_hard(hardness, self.hard_threshold) & (in_cycle >= caches_from)

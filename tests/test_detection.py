@@ -63,16 +63,20 @@ def test_ds_real_scenes_carry_the_artefacts_s_backgrounds_do(trainer, share, mon
 
 
 def test_the_generation_step_moves_no_player_and_is_a_function_of_its_seed(trainer):
-  """S frozen (A.2's generation pass, D's fakes beside T): no variable changes, BatchNorm statistics
+  """S frozen (A.2's generation pass, and D's fakes while S is fixed): no variable changes, BatchNorm statistics
   included; the same seed composes the same scenes, another seed others (S's dropout and noise)."""
   synth_batch, _ = next(iter(synth_batches(trainer, 0)))
   seed = tf.constant([0, 5], tf.int64)
-  moved, (generated, _) = moved_by(trainer, lambda: trainer._generate(synth_batch, seed))
+  moved, generated = moved_by(trainer, lambda: trainer._generate(synth_batch, seed))
   assert moved == set()
-  again, _ = trainer._generate(synth_batch, seed)
-  other, _ = trainer._generate(synth_batch, tf.constant([0, 6], tf.int64))
+  again = trainer._generate(synth_batch, seed)
+  other = trainer._generate(synth_batch, tf.constant([0, 6], tf.int64))
   np.testing.assert_array_equal(generated.composites.numpy(), again.composites.numpy())
   assert not np.allclose(generated.params.numpy(), other.params.numpy())
+  # D's fakes while S is fixed are these composites, composed without T's verdict.
+  moved, fakes = moved_by(trainer, lambda: trainer._frozen_composites(synth_batch, seed))
+  assert moved == set()
+  np.testing.assert_array_equal(fakes.numpy(), generated.composites.numpy())
 
 
 @pytest.mark.slow
@@ -89,7 +93,7 @@ def test_a_generation_pass_caches_only_what_the_trained_s_composes_frozen(tmp_pa
                                         config.seed * 1000 + 100, with_real=False, skip_steps=3))
   expected = []
   for step in (3, 4):
-    generated, _ = run._generate(next(stream), tf.constant([config.seed, step], tf.int64))
+    generated = run._generate(next(stream), tf.constant([config.seed, step], tf.int64))
     hard = generated.hardness.numpy() < run.hard_threshold
     expected.append(photos.to_uint8(generated.composites.numpy()[hard]))
   assert len(run.cache) == sum(len(e) for e in expected) > 0

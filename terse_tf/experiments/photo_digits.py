@@ -170,7 +170,7 @@ def players_at_the_end(trainer: Trainer, batches: int = 4) -> dict:
   for index in range(batches):
     batch = next(stream)
     synth_batch, real = batch if trainer.discriminator is not None else (batch, None)
-    generated, _ = trainer._generate(synth_batch, tf.constant([7, index], tf.int64))
+    generated = trainer._generate(synth_batch, tf.constant([7, index], tf.int64))
     params.append(generated.params.numpy()[generated.pasted.numpy() > 0])
     if trainer.discriminator is not None:
       real_images = tf.concat(trainer.strategy.experimental_local_results(real), axis=0)
