@@ -7,7 +7,7 @@ import dataclasses
 import os
 import shlex
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 from absl import app
@@ -53,17 +53,35 @@ class Trainers:
     return trainer, trainer.run(baseline_record=record)
 
 
-def check_experiment(base: TrainConfig, task: str, seeds: tuple[int, ...], arms: tuple[str, ...],
-                     known_arms: tuple[str, ...]) -> None:
-  """The checks every arms-from-a-baseline experiment makes of its flags: one ConfigError naming the flag."""
-  if base.task != task:
-    raise ConfigError(f"this experiment runs --task={task}, got --task={base.task}")
-  if not seeds or len(set(seeds)) != len(seeds):
-    raise ConfigError(f"--seeds needs at least one seed and no repeats, got {list(seeds)}")
-  if not arms or set(arms) - set(known_arms) or len(set(arms)) != len(arms):
-    raise ConfigError(f"--arms must be distinct arms from {list(known_arms)}, got {list(arms)}")
-  if not base.cycles:
-    raise ConfigError("--cycles must be >= 1: the arms differ only in what their cycles add")
+@dataclasses.dataclass(frozen=True)
+class ArmsExperiment:
+  """An arms-from-a-baseline experiment's settings: a subclass names its task (TASK) and arms (ARMS) and adds
+  fields of its own; the checks every such experiment makes of its flags raise one ConfigError naming the
+  flag."""
+  TASK: ClassVar[str]
+  ARMS: ClassVar[tuple[str, ...]]
+  base: TrainConfig
+  seeds: tuple[int, ...]
+  arms: tuple[str, ...]
+  results_dir: str
+  label: str
+
+  def __post_init__(self):
+    if self.base.task != self.TASK:
+      raise ConfigError(f"this experiment runs --task={self.TASK}, got --task={self.base.task}")
+    if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+      raise ConfigError(f"--seeds needs at least one seed and no repeats, got {list(self.seeds)}")
+    if not self.arms or set(self.arms) - set(self.ARMS) or len(set(self.arms)) != len(self.arms):
+      raise ConfigError(f"--arms must be distinct arms from {list(self.ARMS)}, got {list(self.arms)}")
+    if not self.base.cycles:
+      raise ConfigError("--cycles must be >= 1: the arms differ only in what their cycles add")
+
+  @staticmethod
+  def fields_from_flags(flag_values) -> dict[str, Any]:
+    """The shared fields' values from the experiment's flags (--seeds, --arms, --results_dir, --label) and
+    terse_tf.train's."""
+    return dict(base=train.config_from_flags(flag_values), seeds=train.integers_flag("seeds", flag_values.seeds),
+                arms=tuple(flag_values.arms), results_dir=flag_values.results_dir, label=flag_values.label)
 
 
 def baseline_and_arms(base: TrainConfig, seed: int, seed_dir: str, arms: dict[str, dict[str, Any]],

@@ -45,8 +45,6 @@ from absl import app, flags, logging
 from terse_tf import compositor, evaluation
 from terse_tf import config as config_lib
 from terse_tf import losses, pipelines
-from terse_tf import train  # Declares the shared flags; config_from_flags reads them.
-from terse_tf.config import TrainConfig
 from terse_tf.experiments import common, statistics
 from terse_tf.tasks import detection
 from terse_tf.trainer import Trainer
@@ -84,16 +82,10 @@ FLAGS = flags.FLAGS
 
 
 @dataclasses.dataclass(frozen=True)
-class ExperimentConfig:
-  base: TrainConfig
-  seeds: tuple[int, ...]
-  arms: tuple[str, ...]
-  results_dir: str
-  label: str
+class ExperimentConfig(common.ArmsExperiment):
+  TASK = "photo_digits"
+  ARMS = tuple(ARMS)
   bootstrap_resamples: int = 1000
-
-  def __post_init__(self):
-    common.check_experiment(self.base, "photo_digits", self.seeds, self.arms, tuple(ARMS))
 
 
 @dataclasses.dataclass
@@ -380,9 +372,7 @@ def run(experiment: ExperimentConfig, command: str = "") -> dict:
 
 
 def experiment_from_flags(flag_values: flags.FlagValues = FLAGS) -> ExperimentConfig:
-  return ExperimentConfig(base=train.config_from_flags(flag_values),
-                          seeds=train.integers_flag("seeds", flag_values.seeds), arms=tuple(flag_values.arms),
-                          results_dir=flag_values.results_dir, label=flag_values.label,
+  return ExperimentConfig(**ExperimentConfig.fields_from_flags(flag_values),
                           bootstrap_resamples=flag_values.bootstrap_resamples)
 
 

@@ -64,7 +64,6 @@ from absl import app, flags, logging
 
 from terse_tf import config as config_lib
 from terse_tf import evaluation
-from terse_tf import train  # Declares the shared flags; config_from_flags reads them.
 from terse_tf.config import TrainConfig
 from terse_tf.errors import ConfigError
 from terse_tf.experiments import common
@@ -95,15 +94,12 @@ def figure_name(iou: float) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class ExperimentConfig:
-  base: TrainConfig
-  seeds: tuple[int, ...]
-  arms: tuple[str, ...]
-  results_dir: str
-  label: str
+class ExperimentConfig(common.ArmsExperiment):
+  TASK = "voc_person"
+  ARMS = tuple(ARMS)
 
   def __post_init__(self):
-    common.check_experiment(self.base, "voc_person", self.seeds, self.arms, tuple(ARMS))
+    super().__post_init__()
     # A switch on keeps the flagfile's value, off sets 0: the flagfile must set each on.
     settings = self.base.task_settings
     for flag, value in (("voc_min_mask_box_iou", settings.min_mask_box_iou), ("synth_dropout",
@@ -305,9 +301,7 @@ def run(experiment: ExperimentConfig, command: str = "") -> dict:
 
 
 def experiment_from_flags(flag_values: flags.FlagValues = FLAGS) -> ExperimentConfig:
-  return ExperimentConfig(base=train.config_from_flags(flag_values),
-                          seeds=train.integers_flag("seeds", flag_values.seeds), arms=tuple(flag_values.arms),
-                          results_dir=flag_values.results_dir, label=flag_values.label)
+  return ExperimentConfig(**ExperimentConfig.fields_from_flags(flag_values))
 
 
 def define_flags() -> None:
