@@ -209,7 +209,7 @@ class Trainer:
   # ----------------------------------------------------------------------------------------- the schedule
   def run(self, baseline_record: dict | None = None) -> dict:
     """Runs every remaining phase; returns the results written to results.json. `baseline_record`: the
-    "baseline" evaluation record of the T in --init_checkpoint, made on this very task object; a fresh run
+    "baseline" evaluation record of the T in --init_checkpoint, made on an equal task; a fresh run
     with no baseline epochs records it instead of evaluating that T again (an experiment's arms start from
     its baseline's T, whose figures they would otherwise each recompute); any other run evaluates."""
     if baseline_record is not None and baseline_record.get("after") != "baseline":

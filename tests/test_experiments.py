@@ -251,7 +251,7 @@ def test_detection_experiment_at_smoke_size(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "terse_tf.experiments.photo_digits", f"--flagfile={detection_smoke}",
        f"--run_dir={tmp_path / 'runs'}", f"--results_dir={tmp_path}", "--label=smoke", "--seeds=0,1",
-       "--cycles=1", "--bootstrap_resamples=50", "--quota_unit=instances", "--hard_per_class=8"],
+       "--cycles=1", "--bootstrap_resamples=50", "--quota_unit=instances", "--hard_per_class=8", "--workers=2"],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-4000:]
   report = check_detection_report(tmp_path, "smoke", seeds=(0, 1), cycles=1)
@@ -305,3 +305,14 @@ def test_per_class_table_averages_each_class_over_seeds_leaving_out_undefined_on
   assert summary["test"]["terse"] == pytest.approx({"0": 0.2, "1": 0.4, "mAP": 0.3})
   one_class = [{k: v for k, v in r.items() if not k.startswith("test_ap50_")} for r in rows]
   assert common.per_class_summary(one_class, arms, names, ("test", "unseen")) == {}
+
+
+def test_more_workers_than_cpus_is_one_error_naming_the_flag():
+  from terse_tf.errors import ConfigError
+  from terse_tf.experiments import common
+
+  cpus = len(os.sched_getaffinity(0))
+  shares = common.cpu_shares(cpus)
+  assert sorted(cpu for share in shares for cpu in share) == sorted(os.sched_getaffinity(0))
+  with pytest.raises(ConfigError, match="--workers"):
+    common.cpu_shares(cpus + 1)

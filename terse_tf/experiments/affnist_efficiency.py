@@ -109,8 +109,8 @@ def run_seed(experiment: ExperimentConfig, seed: int, trainers: common.Trainers)
   """
   base = experiment.base
   seed_dir = os.path.join(base.run_dir, experiment.label, f"seed{seed}")
-  baseline = trainers(common.seeded(base, seed, os.path.join(seed_dir, "baseline"), cycles=0,
-                                    hard_per_class=(1,)))
+  baseline_config = common.seeded(base, seed, os.path.join(seed_dir, "baseline"), cycles=0, hard_per_class=(1,))
+  baseline = trainers(baseline_config)
   baseline_results = baseline.run()
   training_s = baseline_results["wall_time_s"]
   checkpoint = baseline.checkpoint_manager.latest_checkpoint
@@ -125,7 +125,7 @@ def run_seed(experiment: ExperimentConfig, seed: int, trainers: common.Trainers)
                            eval_after_cycles=grid_cycles, sample_source=arm, synth_max_steps=step_cap,
                            # Checkpoints (and cache shards) at phase ends, not every few steps.
                            checkpoint_every_steps=max(base.checkpoint_every_steps, step_cap))
-    _, results = trainers.run_arm(config, baseline, baseline_results)
+    _, results = trainers.run_arm(config, baseline_config, common.baseline_record(baseline_results))
     training_s += results["wall_time_s"]
     history = results["history"]
     rows.append({"arm": arm, "k": 0, "k_added": 0, "seed": seed,

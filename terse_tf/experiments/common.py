@@ -1,16 +1,18 @@
-"""What every experiment shares: runs that differ from the base config only where the experiment says, and
-the launcher's error handling."""
+"""What every experiment shares: runs that differ from the base config only where the experiment says, run in
+this process or in worker processes, and the launcher's error handling."""
 
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
+import queue
 import shlex
 import sys
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar
 
 import numpy as np
-from absl import app
+from absl import app, flags, logging
 
 from terse_tf import config as config_lib
 from terse_tf import evaluation
@@ -38,19 +40,29 @@ class Trainers:
     self._tasks: dict[str, Task] = {}
 
   def __call__(self, config: TrainConfig) -> Trainer:
-    # Everything a task is built from; two configs with equal keys build equal tasks.
-    key = repr((config.task, config.task_settings, config_lib.common_settings(config)))
+    key = task_key(config)
     trainer = Trainer(config, task=self._tasks.get(key), command_line=self.command_line)
     self._tasks[key] = trainer.task
     return trainer
 
-  def run_arm(self, config: TrainConfig, baseline: Trainer, baseline_results: dict) -> tuple[Trainer, dict]:
-    """Makes and runs an arm that starts from `baseline`'s T (its --init_checkpoint); on the baseline's task
-    object the arm takes the baseline's evaluation instead of recomputing it. Returns it and its results."""
+  def run_arm(self, config: TrainConfig, baseline_config: TrainConfig, baseline_record: dict
+              ) -> tuple[Trainer, dict]:
+    """Makes and runs an arm that starts from the T of the run `baseline_config` made (its --init_checkpoint);
+    on an equal task the arm takes that baseline's evaluation `baseline_record` instead of recomputing it.
+    Returns it and its results."""
     trainer = self(config)
-    record = (next(r for r in baseline_results["history"] if r["after"] == "baseline")
-              if trainer.task is baseline.task else None)
-    return trainer, trainer.run(baseline_record=record)
+    same_task = task_key(config) == task_key(baseline_config)
+    return trainer, trainer.run(baseline_record=baseline_record if same_task else None)
+
+
+def task_key(config: TrainConfig) -> str:
+  """Everything a task is built from: two configs with equal keys build equal tasks."""
+  return repr((config.task, config.task_settings, config_lib.common_settings(config)))
+
+
+def baseline_record(results: dict) -> dict:
+  """The "baseline" evaluation record in a run's results."""
+  return next(record for record in results["history"] if record["after"] == "baseline")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +77,7 @@ class ArmsExperiment:
   arms: tuple[str, ...]
   results_dir: str
   label: str
+  workers: int = 1
 
   def __post_init__(self):
     if self.base.task != self.TASK:
@@ -75,30 +88,132 @@ class ArmsExperiment:
       raise ConfigError(f"--arms must be distinct arms from {list(self.ARMS)}, got {list(self.arms)}")
     if not self.base.cycles:
       raise ConfigError("--cycles must be >= 1: the arms differ only in what their cycles add")
+    cpu_shares(self.workers)
 
   @staticmethod
   def fields_from_flags(flag_values) -> dict[str, Any]:
     """The shared fields' values from the experiment's flags (--seeds, --arms, --results_dir, --label) and
     terse_tf.train's."""
     return dict(base=train.config_from_flags(flag_values), seeds=train.integers_flag("seeds", flag_values.seeds),
-                arms=tuple(flag_values.arms), results_dir=flag_values.results_dir, label=flag_values.label)
+                arms=tuple(flag_values.arms), results_dir=flag_values.results_dir, label=flag_values.label,
+                workers=flag_values.workers)
 
 
-def baseline_and_arms(base: TrainConfig, seed: int, seed_dir: str, arms: dict[str, dict[str, Any]],
-                      trainers: Trainers) -> Iterator[tuple[str, Trainer, dict]]:
-  """One seed of a detection experiment: ("baseline", its trainer, its results) for a T trained on the real
-  set alone (no cycles, no D), then (arm, trainer, results) for each arm, in order, each a run from the
-  baseline's checkpoint with no baseline epochs of its own and `arms[arm]`'s changes to `base`. Runs live
-  under `seed_dir`/<arm>."""
-  baseline = trainers(seeded(base, seed, os.path.join(seed_dir, "baseline"), cycles=0, discriminator=False,
-                             sample_source=config_lib.NO_SAMPLES))
-  baseline_results = baseline.run()
-  yield "baseline", baseline, baseline_results
-  checkpoint = baseline.checkpoint_manager.latest_checkpoint
-  for arm, changes in arms.items():
-    config = seeded(base, seed, os.path.join(seed_dir, arm), baseline_epochs=0, init_checkpoint=checkpoint,
-                    **changes)
-    yield (arm, *trainers.run_arm(config, baseline, baseline_results))
+def define_workers_flag() -> None:
+  flags.DEFINE_integer("workers", 1, "Processes the runs go to, each pinned to its own share of the CPUs "
+                       "(at most one per CPU); 1 runs them in this process, one after another.", lower_bound=1)
+
+
+BASELINE = "baseline"
+# What an experiment keeps of an arm's run, made by the experiment's function from (arm, seed, trainer,
+# results) in the process that ran it: with --workers a worker process, so it must pickle.
+Summarise = Callable[[str, int, Trainer, dict], Any]
+
+
+def cpu_shares(workers: int) -> list[set[int]]:
+  """The CPUs this process may use, dealt out to `workers` processes; one ConfigError naming --workers when
+  there are fewer CPUs than workers."""
+  available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
+  if workers > len(available):
+    raise ConfigError(f"--workers={workers}: this process may use {len(available)} CPUs, and each worker "
+                      "needs one of its own")
+  return [set(available[index::workers]) for index in range(workers)]
+
+
+def baseline_config(base: TrainConfig, seed: int, seed_dir: str) -> TrainConfig:
+  """A seed's baseline: T trained on the real set alone (no cycles, no D), under `seed_dir`/baseline."""
+  return seeded(base, seed, os.path.join(seed_dir, BASELINE), cycles=0, discriminator=False,
+                sample_source=config_lib.NO_SAMPLES)
+
+
+def _run_baseline(trainers: Trainers, base: TrainConfig, seed: int, seed_dir: str) -> tuple[dict, str]:
+  """Trains a seed's baseline T; its results and its checkpoint."""
+  trainer = trainers(baseline_config(base, seed, seed_dir))
+  return trainer.run(), trainer.checkpoint_manager.latest_checkpoint
+
+
+def _run_arm(trainers: Trainers, base: TrainConfig, seed: int, seed_dir: str, arm: str, changes: dict[str, Any],
+             checkpoint: str, baseline_results: dict, summarise: Summarise) -> Any:
+  """An arm of a seed: a run from its baseline's checkpoint with no baseline epochs of its own and `changes`
+  to `base`, under `seed_dir`/<arm>; what `summarise` keeps of it."""
+  config = seeded(base, seed, os.path.join(seed_dir, arm), baseline_epochs=0, init_checkpoint=checkpoint,
+                  **changes)
+  trainer, results = trainers.run_arm(config, baseline_config(base, seed, seed_dir), baseline_record(
+      baseline_results))
+  return summarise(arm, seed, trainer, results)
+
+
+def run_arms(base: TrainConfig, seeds: tuple[int, ...], seed_dirs: Callable[[int], str],
+             arms: dict[str, dict[str, Any]], summarise: Summarise, workers: int = 1, command: str = ""
+             ) -> dict[int, dict[str, Any]]:
+  """An arms-from-a-baseline experiment's runs: for each seed a baseline T (baseline_config), then each arm
+  (_run_arm: `arms[arm]`'s changes to `base`). Returns {seed: {BASELINE: the baseline's results, arm: what
+  `summarise` kept of its run, ...}}, arms in `arms`' order.
+
+  With workers > 1 the runs go to that many worker processes, each pinned to its own CPUs (cpu_shares):
+  these runs are small, and two single-core runs side by side do about 1.5x the work of one run on two cores
+  (BENCHMARKS.md). Every baseline is queued first, and a seed's arms as soon as its baseline is done, so the
+  workers stay busy to the end. Runs do not depend on the process they ran in (each seeds its own streams),
+  but multi-threaded CPU training is not bit-reproducible: single-core workers are, run for run."""
+  if workers == 1:
+    trainers, runs = Trainers(command), {}
+    for seed in seeds:
+      baseline_results, checkpoint = _run_baseline(trainers, base, seed, seed_dirs(seed))
+      runs[seed] = {BASELINE: baseline_results}
+      for arm, changes in arms.items():
+        runs[seed][arm] = _run_arm(trainers, base, seed, seed_dirs(seed), arm, changes, checkpoint,
+                                   baseline_results, summarise)
+    return runs
+
+  context = multiprocessing.get_context("spawn")  # Forking a process that has started TensorFlow is unsafe.
+  shares = context.SimpleQueue()
+  for share in cpu_shares(workers):
+    shares.put(share)
+  finished: queue.Queue = queue.Queue()  # (seed, arm, outcome or the worker's exception)
+  pool = context.Pool(workers, initializer=_start_worker, initargs=(shares, command, logging.get_verbosity()))
+
+  def submit(seed: int, arm: str, job: Callable, *args) -> None:
+    pool.apply_async(_in_worker, (job, *args), callback=lambda outcome: finished.put((seed, arm, outcome)),
+                     error_callback=lambda error: finished.put((seed, arm, error)))
+
+  try:
+    for seed in seeds:
+      submit(seed, BASELINE, _run_baseline, base, seed, seed_dirs(seed))
+    outcomes: dict[tuple[int, str], Any] = {}
+    while len(outcomes) < len(seeds) * (1 + len(arms)):
+      seed, arm, outcome = finished.get()
+      if isinstance(outcome, BaseException):
+        raise outcome
+      if arm == BASELINE:
+        outcome, checkpoint = outcome
+        for other, changes in arms.items():
+          submit(seed, other, _run_arm, base, seed, seed_dirs(seed), other, changes, checkpoint, outcome,
+                 summarise)
+      outcomes[seed, arm] = outcome
+    pool.close()
+    pool.join()
+  finally:
+    pool.terminate()  # On an error or Ctrl-C, the runs still going stop with this process.
+  return {seed: {arm: outcomes[seed, arm] for arm in (BASELINE, *arms)} for seed in seeds}
+
+
+# A worker process's trainers: it builds each distinct task once, for every run it is given.
+_worker_trainers: Trainers | None = None
+
+
+def _start_worker(shares, command: str, verbosity: int) -> None:
+  global _worker_trainers
+  share = shares.get()
+  if hasattr(os, "sched_setaffinity"):  # Linux; elsewhere the workers share every CPU.
+    os.sched_setaffinity(0, share)  # Before TensorFlow sizes its thread pools by the CPUs it may use.
+  flags.FLAGS.mark_as_parsed()  # The parent read the flags into the configs each job carries.
+  logging.use_absl_handler()  # As app.run installs it in the parent: the same log format.
+  logging.set_verbosity(verbosity)
+  _worker_trainers = Trainers(command)
+
+
+def _in_worker(job: Callable, *args) -> Any:
+  return job(_worker_trainers, *args)
 
 
 # Fig. 8's bins of the baseline T's confidence.

@@ -72,12 +72,6 @@ REFERENCES = ("cut_paste", "uniform_filter")
 # The sets whose per-image detections feed the paired bootstrap and per-photo AP.
 PAIRED_SETS = ("test", "unseen")
 
-flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds; each trains its own baseline and runs every arm.")
-flags.DEFINE_list("arms", list(ARMS), f"Arms to run, from {list(ARMS)}.")
-flags.DEFINE_integer("bootstrap_resamples", 1000, "Bootstrap resamples of the test images for the paired "
-                     "intervals.", lower_bound=1)
-flags.DEFINE_string("results_dir", "bench/results", "Where the summary, table and plot go.")
-flags.DEFINE_string("label", "photo_digits", "Name of the result files.")
 FLAGS = flags.FLAGS
 
 
@@ -89,62 +83,81 @@ class ExperimentConfig(common.ArmsExperiment):
 
 
 @dataclasses.dataclass
+class ArmOutcome:
+  """What the experiment keeps of one arm's run of one seed (common.Summarise: it pickles)."""
+  rows: list[dict]                   # one per cycle
+  training_s: float
+  # evaluation set -> statistics.match_at_iou of the last cycle's T (per-image TP/FP).
+  matches: dict[str, statistics.Matches]
+  fairness: dict                     # what every arm must share (fine-tuning steps, test set), what it added
+  hardness: list[float]              # first-cycle samples' hardness under the baseline T
+  players: dict                      # S's placements (SD of each parameter) and D's accuracy at the end
+  task_description: str
+  class_names: list[str]
+  scene_photos: dict[str, np.ndarray]  # set -> photo of each scene
+
+
+@dataclasses.dataclass
 class SeedResult:
   rows: list[dict]                   # one per (arm, cycle)
   training_s: float
-  # arm -> evaluation set -> statistics.match_at_iou of the last cycle's T (per-image TP/FP).
-  matches: dict[str, dict[str, object]]
-  # arm -> what every arm must share (fine-tuning steps, test set) and what it added.
+  # arm -> each of ArmOutcome's per-arm fields.
+  matches: dict[str, dict[str, statistics.Matches]]
   fairness: dict[str, dict]
-  hardness: dict[str, list[float]]   # arm -> first-cycle samples' hardness under the baseline T
-  # arm -> S's placements (SD of each parameter) and D's accuracy at the end of the arm's run.
-  players: dict[str, dict] = dataclasses.field(default_factory=dict)
-  task_description: str = ""
-  class_names: list[str] = dataclasses.field(default_factory=list)
-  scene_photos: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # set -> photo of each scene
+  hardness: dict[str, list[float]]
+  players: dict[str, dict]
+  task_description: str
+  class_names: list[str]
+  scene_photos: dict[str, np.ndarray]
 
 
 def _digest(images: np.ndarray) -> str:
   return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()[:16]
 
 
-def run_seed(experiment: ExperimentConfig, seed: int, trainers: common.Trainers) -> SeedResult:
-  """Baseline, then every arm from the baseline's checkpoint."""
-  runs = common.baseline_and_arms(experiment.base, seed, os.path.join(experiment.base.run_dir, experiment.label,
-                                                                       f"seed{seed}"),
-                                  {arm: ARMS[arm] for arm in experiment.arms}, trainers)
-  _, _, baseline_results = next(runs)
-  result = SeedResult(rows=[], training_s=baseline_results["wall_time_s"], matches={}, fairness={}, hardness={})
-  for arm, trainer, results in runs:
-    config = trainer.config
-    result.training_s += results["wall_time_s"]
-    task, cache = trainer.task, trainer.cache
-    # A task with per-class figures (the ten digit classes) records each class's AP@0.5 on the paired sets.
-    per_class_prefixes = tuple(f"{name}_ap50_" for name in PAIRED_SETS) if task.per_class_figures else ()
-    result.class_names = list(task.class_names)
-    _, cached_labels = cache.contents() if len(cache) else (None, {"count": np.zeros([0], np.int32)})
-    cycles_of_entries = cache.cycles()
-    for record in results["history"]:
-      cycle = record["cycle"] if record["after"] != "baseline" else 0
-      instances = int(np.sum(cached_labels["count"][cycles_of_entries <= cycle])) if len(cache) else 0
-      figures = {key: value for key, value in record.items()
-                 if key.endswith(("_ap50", "_ap", "_ap75")) or key.startswith(per_class_prefixes)}
-      result.rows.append({"arm": arm, "seed": seed, "cycle": cycle, "samples": record["cache_size"],
-                          "instances": instances, **figures})
-    sets = task.evaluation_sets()
-    result.matches[arm] = {
-        name: statistics.match_at_iou(truth, task.detect(trainer.target, images, config.eval_batch_size),
-                                      image_hw=task.image_shape[:2], num_classes=task.num_classes)
-        for name, (images, truth) in sets.items() if name in PAIRED_SETS}
-    result.fairness[arm] = {"target_steps": int(trainer.target_global_step.numpy()),
-                            "test_set": _digest(sets["test"][0]), "samples": len(cache),
-                            "instances": result.rows[-1]["instances"]}
-    result.hardness[arm] = common.first_cycle_hardness(cache)
-    result.players[arm] = players_at_the_end(trainer)
-    result.task_description, result.scene_photos = task.describe(), task.scene_photos
-    logging.info("seed %d arm %s: test AP@0.5 %.4f -> %.4f in %.0f s", seed, arm,
-                 results["test_ap50_before"], results["test_ap50_after"], results["wall_time_s"])
-  return result
+def arm_outcome(arm: str, seed: int, trainer: Trainer, results: dict) -> ArmOutcome:
+  """An arm's rows (its figures after each cycle, samples and instances added), its last T's per-image matches
+  on the paired sets, and what the report says of its players."""
+  task, cache = trainer.task, trainer.cache
+  # A task with per-class figures (the ten digit classes) records each class's AP@0.5 on the paired sets.
+  per_class_prefixes = tuple(f"{name}_ap50_" for name in PAIRED_SETS) if task.per_class_figures else ()
+  _, cached_labels = cache.contents() if len(cache) else (None, {"count": np.zeros([0], np.int32)})
+  cycles_of_entries = cache.cycles()
+  rows = []
+  for record in results["history"]:
+    cycle = record["cycle"] if record["after"] != "baseline" else 0
+    instances = int(np.sum(cached_labels["count"][cycles_of_entries <= cycle])) if len(cache) else 0
+    figures = {key: value for key, value in record.items()
+               if key.endswith(("_ap50", "_ap", "_ap75")) or key.startswith(per_class_prefixes)}
+    rows.append({"arm": arm, "seed": seed, "cycle": cycle, "samples": record["cache_size"],
+                 "instances": instances, **figures})
+  sets = task.evaluation_sets()
+  matches = {name: statistics.match_at_iou(truth, task.detect(trainer.target, images,
+                                                               trainer.config.eval_batch_size),
+                                           image_hw=task.image_shape[:2], num_classes=task.num_classes)
+             for name, (images, truth) in sets.items() if name in PAIRED_SETS}
+  logging.info("seed %d arm %s: test AP@0.5 %.4f -> %.4f in %.0f s", seed, arm, results["test_ap50_before"],
+               results["test_ap50_after"], results["wall_time_s"])
+  return ArmOutcome(rows=rows, training_s=results["wall_time_s"], matches=matches,
+                    fairness={"target_steps": int(trainer.target_global_step.numpy()),
+                              "test_set": _digest(sets["test"][0]), "samples": len(cache),
+                              "instances": rows[-1]["instances"]},
+                    hardness=common.first_cycle_hardness(cache), players=players_at_the_end(trainer),
+                    task_description=task.describe(), class_names=list(task.class_names),
+                    scene_photos=task.scene_photos)
+
+
+def seed_result(runs: dict[str, object], arms: tuple[str, ...]) -> SeedResult:
+  """One seed's arms' outcomes (common.run_arms' entry for the seed) as one record."""
+  outcomes = [runs[arm] for arm in arms]
+  return SeedResult(rows=[row for outcome in outcomes for row in outcome.rows],
+                    training_s=runs[common.BASELINE]["wall_time_s"] + sum(o.training_s for o in outcomes),
+                    matches={arm: runs[arm].matches for arm in arms},
+                    fairness={arm: runs[arm].fairness for arm in arms},
+                    hardness={arm: runs[arm].hardness for arm in arms},
+                    players={arm: runs[arm].players for arm in arms},
+                    task_description=outcomes[0].task_description, class_names=outcomes[0].class_names,
+                    scene_photos=outcomes[0].scene_photos)
 
 
 def players_at_the_end(trainer: Trainer, batches: int = 4) -> dict:
@@ -344,8 +357,10 @@ def write_outputs(experiment: ExperimentConfig, report: dict) -> dict[str, str]:
 
 def run(experiment: ExperimentConfig, command: str = "") -> dict:
   started = time.monotonic()
-  trainers = common.Trainers(command)
-  seed_results = [run_seed(experiment, seed, trainers) for seed in experiment.seeds]
+  runs = common.run_arms(experiment.base, experiment.seeds,
+                         lambda seed: os.path.join(experiment.base.run_dir, experiment.label, f"seed{seed}"),
+                         {arm: ARMS[arm] for arm in experiment.arms}, arm_outcome, experiment.workers, command)
+  seed_results = [seed_result(runs[seed], experiment.arms) for seed in experiment.seeds]
   rows = [row for result in seed_results for row in result.rows]
   summary = summarise(rows, experiment.arms)
   paired = compare(seed_results, experiment.arms, experiment.bootstrap_resamples)
@@ -376,9 +391,23 @@ def experiment_from_flags(flag_values: flags.FlagValues = FLAGS) -> ExperimentCo
                           bootstrap_resamples=flag_values.bootstrap_resamples)
 
 
+def define_flags() -> None:
+  """The experiment's flags, defined when it is the program (not on import: the other experiments' modules
+  define flags of the same names, and its worker processes import this module)."""
+  flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds; each trains its own baseline and runs every "
+                    "arm.")
+  flags.DEFINE_list("arms", list(ARMS), f"Arms to run, from {list(ARMS)}.")
+  flags.DEFINE_integer("bootstrap_resamples", 1000, "Bootstrap resamples of the test images for the paired "
+                       "intervals.", lower_bound=1)
+  flags.DEFINE_string("results_dir", "bench/results", "Where the summary, table and plot go.")
+  flags.DEFINE_string("label", "photo_digits", "Name of the result files.")
+  common.define_workers_flag()
+
+
 def main(argv: list[str]) -> None:
   common.main(argv, "terse_tf.experiments.photo_digits", experiment_from_flags, run)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -5,7 +5,7 @@ and Fig. 8's hardness histogram, from one command.
       --voc_background_source=coco --voc_coco_dir=... --voc_coco_annotations=...
 
 For each seed one baseline T (SSD) trains on VOC 2007 + 2012 trainval alone; every arm then starts from its
-checkpoint and runs the flagfile's sleep cycles (experiments/common.baseline_and_arms), the arms differing only
+checkpoint and runs the flagfile's sleep cycles (experiments/common.run_arms), the arms differing only
 in Table 2's five switches, or in where their samples come from:
 
   annotation clean-up  A.2's: person instances whose mask and XML box disagree are dropped
@@ -68,6 +68,7 @@ from terse_tf.config import TrainConfig
 from terse_tf.errors import ConfigError
 from terse_tf.experiments import common
 from terse_tf.tasks import detection
+from terse_tf.trainer import Trainer
 
 # Table 2's switches, in the order the paper lists them, and the settings each turns off.
 SWITCHES = ("cleanup", "dropout", "blending", "ratio", "discriminator")
@@ -81,7 +82,7 @@ ARMS = (*COLUMNS, CUT_PASTE, CUT_PASTE_FILTER)
 TABLE4_ARMS = {CUT_PASTE: "Cut-Paste [7]", CUT_PASTE_FILTER: "Cut-Paste [7] + filter",
                "column2": "TERSE without D", "column1": "TERSE"}
 FIG8_ARMS = {CUT_PASTE: "Cut-Paste [7]", CUT_PASTE_FILTER: "Cut-Paste [7] + filter", "column1": "TERSE"}
-BASELINE = "baseline"
+BASELINE = common.BASELINE
 # The figures each table reads, VOC 2007's 11-point AP at an IoU (tasks/voc_person.py's set_figures).
 IOUS = evaluation.TABLE4_IOUS
 FIGURE = "test_voc07_ap{}"
@@ -123,24 +124,31 @@ def arm_changes(base: TrainConfig, arm: str) -> dict:
               cache_fraction=base.cache_fraction if "ratio" in on else 0.0, discriminator="discriminator" in on)
 
 
-def run_seed(experiment: ExperimentConfig, seed: int, trainers: common.Trainers) -> dict:
+def arm_outcome(arm: str, seed: int, trainer: Trainer, results: dict) -> dict:
+  """An arm's figures after its last cycle, its first-cycle samples' hardness, the samples it added and its
+  training time (common.Summarise)."""
+  figures = last_figures(results)
+  logging.info("seed %d %s: VOC07 AP@0.5 %.4f, AP@0.8 %.4f", seed, arm, figures[figure_name(0.5)],
+               figures[figure_name(0.8)])
+  return {"figures": figures, "hardness": common.first_cycle_hardness(trainer.cache),
+          "samples": len(trainer.cache), "training_s": results["wall_time_s"], "task": trainer.task.describe()}
+
+
+def last_figures(results: dict) -> dict[str, float]:
+  last = results["history"][-1]
+  return {key: last[key] for key in (*map(figure_name, IOUS), "test_ap50", "test_ap")}
+
+
+def seed_result(runs: dict[str, object], arms: tuple[str, ...]) -> dict:
   """One seed's {"figures": {arm: its figures after its last cycle, "baseline": the baseline T's},
   "hardness": {arm: its first-cycle samples' hardness}, "samples": {arm: samples added}, "training_s",
-  "task"}."""
-  seed_dir = os.path.join(experiment.base.run_dir, experiment.label, f"seed{seed}")
-  arms = {arm: arm_changes(experiment.base, arm) for arm in experiment.arms}
-  result = {"figures": {}, "hardness": {}, "training_s": 0.0, "samples": {}}
-  for arm, trainer, results in common.baseline_and_arms(experiment.base, seed, seed_dir, arms, trainers):
-    last = results["history"][-1]
-    result["figures"][arm] = {key: last[key] for key in (*map(figure_name, IOUS), "test_ap50", "test_ap")}
-    result["training_s"] += results["wall_time_s"]
-    result["task"] = trainer.task.describe()
-    if arm != BASELINE:
-      result["hardness"][arm] = common.first_cycle_hardness(trainer.cache)
-      result["samples"][arm] = len(trainer.cache)
-    logging.info("seed %d %s: VOC07 AP@0.5 %.4f, AP@0.8 %.4f", seed, arm, last[figure_name(0.5)],
-                 last[figure_name(0.8)])
-  return result
+  "task"}, from common.run_arms' entry for the seed."""
+  baseline = runs[BASELINE]
+  return {"figures": {BASELINE: last_figures(baseline), **{arm: runs[arm]["figures"] for arm in arms}},
+          "hardness": {arm: runs[arm]["hardness"] for arm in arms},
+          "samples": {arm: runs[arm]["samples"] for arm in arms},
+          "training_s": baseline["wall_time_s"] + sum(runs[arm]["training_s"] for arm in arms),
+          "task": runs[arms[0]]["task"]}
 
 
 def summarise(per_seed: list[dict], arms: tuple[str, ...]) -> dict:
@@ -283,8 +291,11 @@ def _to_tensorboard(log_dir: str, report: dict, markdown: str, png: bytes) -> No
 
 def run(experiment: ExperimentConfig, command: str = "") -> dict:
   started = time.monotonic()
-  trainers = common.Trainers(command)
-  per_seed = [run_seed(experiment, seed, trainers) for seed in experiment.seeds]
+  runs = common.run_arms(experiment.base, experiment.seeds,
+                         lambda seed: os.path.join(experiment.base.run_dir, experiment.label, f"seed{seed}"),
+                         {arm: arm_changes(experiment.base, arm) for arm in experiment.arms}, arm_outcome,
+                         experiment.workers, command)
+  per_seed = [seed_result(runs[seed], experiment.arms) for seed in experiment.seeds]
   hardness = {arm: [result["hardness"][arm] for result in per_seed] for arm in experiment.arms}
   report = {"command": command, "wall_time_s": round(time.monotonic() - started, 1),
             "training_time_s": round(sum(result["training_s"] for result in per_seed), 1),
@@ -306,12 +317,13 @@ def experiment_from_flags(flag_values: flags.FlagValues = FLAGS) -> ExperimentCo
 
 def define_flags() -> None:
   """The experiment's flags, defined when it is the program (not on import: the other experiments' modules
-  define flags of the same names, and a test imports several)."""
+  define flags of the same names, a test imports several, and its worker processes import this module)."""
   flags.DEFINE_list("seeds", ["0"], "Seeds; each trains its own baseline and runs every arm.")
   flags.DEFINE_list("arms", list(ARMS), f"Arms to run, from {list(ARMS)} (Table 2's columns, Cut-Paste and "
                     "Cut-Paste with TERSE's hardness filter).")
   flags.DEFINE_string("results_dir", "bench/results", "Where the tables, figure and JSON go.")
   flags.DEFINE_string("label", "voc_person", "Name of the result files and of the runs' folder.")
+  common.define_workers_flag()
 
 
 def main(argv: list[str]) -> None:
