@@ -316,3 +316,36 @@ def test_more_workers_than_cpus_is_one_error_naming_the_flag():
   assert sorted(cpu for share in shares for cpu in share) == sorted(os.sched_getaffinity(0))
   with pytest.raises(ConfigError, match="--workers"):
     common.cpu_shares(cpus + 1)
+
+
+class ArmFailed(Exception):
+  pass
+
+
+def summary_failing_in_arm_b(arm, seed, trainer, results):
+  """A Summarise that fails for arm "b", as a run's own error would."""
+  if arm == "b":
+    raise ArmFailed(f"arm {arm} of seed {seed}")
+  return {"arm": arm, "seed": seed, "steps": int(trainer.target_global_step.numpy()), "cache": len(trainer.cache)}
+
+
+def test_runs_in_worker_processes_come_back_in_order_and_a_runs_error_ends_the_experiment(tmp_path):
+  """Two single-core workers: each seed's baseline, then its arms from the baseline's checkpoint, returned
+  as in one process; an error in one run reaches the caller as itself, with no worker left behind."""
+  import multiprocessing
+
+  from terse_tf.experiments import common
+
+  base = smoke_config(str(tmp_path / "runs"), cycles=1, baseline_epochs=1, finetune_steps=5)
+  arms = {"a": dict(sample_source="none"), "c": dict(sample_source="random_affine")}
+  runs = common.run_arms(base, (0, 1), lambda seed: str(tmp_path / f"seed{seed}"), arms, summary_failing_in_arm_b,
+                         workers=2)
+  assert list(runs) == [0, 1] and all(list(runs[seed]) == [common.BASELINE, "a", "c"] for seed in runs)
+  for seed in (0, 1):
+    assert runs[seed][common.BASELINE]["history"][0]["after"] == "baseline"
+    assert runs[seed]["a"]["cache"] == 0 and runs[seed]["c"]["cache"] > 0, runs[seed]
+    assert runs[seed]["a"]["steps"] == runs[seed]["c"]["steps"] > 0  # Both went on from the same baseline T.
+  with pytest.raises(ArmFailed, match="arm b of seed 0"):
+    common.run_arms(base, (0,), lambda seed: str(tmp_path / f"failing{seed}"), {"b": {}, **arms},
+                    summary_failing_in_arm_b, workers=2)
+  assert not multiprocessing.active_children()

@@ -3,10 +3,10 @@ this process or in worker processes, and the launcher's error handling."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import multiprocessing
 import os
-import queue
 import shlex
 import sys
 from typing import Any, Callable, ClassVar
@@ -169,31 +169,33 @@ def run_arms(base: TrainConfig, seeds: tuple[int, ...], seed_dirs: Callable[[int
   shares = context.SimpleQueue()
   for share in cpu_shares(workers):
     shares.put(share)
-  finished: queue.Queue = queue.Queue()  # (seed, arm, outcome or the worker's exception)
-  pool = context.Pool(workers, initializer=_start_worker, initargs=(shares, command, logging.get_verbosity()))
+  executor = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                                    initargs=(shares, command, logging.get_verbosity()))
+  pending: dict[concurrent.futures.Future, tuple[int, str]] = {}
 
   def submit(seed: int, arm: str, job: Callable, *args) -> None:
-    pool.apply_async(_in_worker, (job, *args), callback=lambda outcome: finished.put((seed, arm, outcome)),
-                     error_callback=lambda error: finished.put((seed, arm, error)))
+    pending[executor.submit(_in_worker, job, *args)] = seed, arm
 
+  outcomes: dict[tuple[int, str], Any] = {}
   try:
     for seed in seeds:
       submit(seed, BASELINE, _run_baseline, base, seed, seed_dirs(seed))
-    outcomes: dict[tuple[int, str], Any] = {}
-    while len(outcomes) < len(seeds) * (1 + len(arms)):
-      seed, arm, outcome = finished.get()
-      if isinstance(outcome, BaseException):
-        raise outcome
-      if arm == BASELINE:
-        outcome, checkpoint = outcome
-        for other, changes in arms.items():
-          submit(seed, other, _run_arm, base, seed, seed_dirs(seed), other, changes, checkpoint, outcome,
-                 summarise)
-      outcomes[seed, arm] = outcome
-    pool.close()
-    pool.join()
+    while pending:
+      done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+      for future in done:
+        seed, arm = pending.pop(future)
+        outcome = future.result()  # A run's error, or a worker's death (BrokenProcessPool), ends it here.
+        if arm == BASELINE:
+          outcome, checkpoint = outcome
+          for other, changes in arms.items():
+            submit(seed, other, _run_arm, base, seed, seed_dirs(seed), other, changes, checkpoint, outcome,
+                   summarise)
+        outcomes[seed, arm] = outcome
   finally:
-    pool.terminate()  # On an error or Ctrl-C, the runs still going stop with this process.
+    if pending:  # A run's error or Ctrl-C: the runs under way stop too, as in one process (each resumes).
+      for worker in multiprocessing.active_children():
+        worker.terminate()
+    executor.shutdown(cancel_futures=True)
   return {seed: {arm: outcomes[seed, arm] for arm in (BASELINE, *arms)} for seed in seeds}
 
 

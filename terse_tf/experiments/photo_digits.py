@@ -311,7 +311,8 @@ def write_outputs(experiment: ExperimentConfig, report: dict) -> dict[str, str]:
   sets = [m.removesuffix("_ap50") for m in metric_names(report["rows"]) if m.endswith("_ap50")]
   lines = [f"# {experiment.label}", "", f"Command: `{report['command']}`  ",
            f"Wall time: {report['wall_time_s'] / 60:.1f} min ({report['training_time_s'] / 60:.1f} min in the "
-           f"runs themselves); seeds {list(experiment.seeds)}; target `{experiment.base.target}`.", "",
+           f"runs themselves, on {experiment.workers} worker(s)); seeds {list(experiment.seeds)}; target "
+           f"`{experiment.base.target}`.", "",
            "AP@0.5 after the last cycle, mean +- sample SD over seeds, per evaluation set; samples and object "
            "instances added (means).", "",
            "| arm | " + " | ".join(sets) + " | samples | instances |", "|---|" + "---|" * (len(sets) + 2)]
@@ -366,7 +367,7 @@ def run(experiment: ExperimentConfig, command: str = "") -> dict:
   paired = compare(seed_results, experiment.arms, experiment.bootstrap_resamples)
   report = {"command": command, "wall_time_s": round(time.monotonic() - started, 1),
             "training_time_s": round(sum(r.training_s for r in seed_results), 1),
-            "seeds": list(experiment.seeds),
+            "seeds": list(experiment.seeds), "workers": experiment.workers,
             "config": dataclasses.asdict(experiment.base), "task": seed_results[0].task_description,
             "final": summary["final"], "spread": summary["spread"],
             "paired": paired, "class_names": seed_results[0].class_names,
