@@ -37,7 +37,7 @@ def commit() -> str:
     return subprocess.run(["git", *arguments], cwd=os.path.dirname(os.path.abspath(__file__)),
                           capture_output=True, text=True, check=True).stdout.strip()
   try:
-    return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain") else "")
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
   except (OSError, subprocess.CalledProcessError):
     return ""
 

@@ -212,7 +212,13 @@ def check_detection_report(results_dir, label, seeds, cycles):
     assert len({f["test_set"] for f in fairness.values()}) == 1, fairness      # The same test scenes.
     for arm, figures in fairness.items():
       assert figures["instances"] >= figures["samples"], (arm, figures)        # Each sample holds >= 1 object.
+      # Whether the arm filled its quota: real_only adds nothing; random placement keeps every draw.
+      expected = (None,) if arm == "real_only" else (True,) if arm.startswith("cut_paste") else (True, False)
+      assert figures["quota_reached"] in expected, (arm, figures)
   table = (results_dir / f"{label}.md").read_text()
+  missed = [(seed, arm) for seed in seeds for arm, figures in report["fairness"][f"seed{seed}"].items()
+            if figures["quota_reached"] is False]
+  assert ("Every adding arm filled its quota on every seed." in table) == (not missed)
   assert set(report["curves"]) == set(report["final"]) == set(DETECTION_ARMS)
   for arm, points in report["curves"].items():
     assert [p["cycle"] for p in points] == list(range(cycles + 1))
@@ -251,7 +257,8 @@ def test_detection_experiment_at_smoke_size(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "terse_tf.experiments.photo_digits", f"--flagfile={detection_smoke}",
        f"--run_dir={tmp_path / 'runs'}", f"--results_dir={tmp_path}", "--label=smoke", "--seeds=0,1",
-       "--cycles=1", "--bootstrap_resamples=50", "--quota_unit=instances", "--hard_per_class=8", "--workers=2"],
+       "--cycles=1", "--bootstrap_resamples=50", "--quota_unit=instances", "--hard_per_class=8",
+       "--workers=2"],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-4000:]
   report = check_detection_report(tmp_path, "smoke", seeds=(0, 1), cycles=1)
@@ -323,28 +330,33 @@ class ArmFailed(Exception):
 
 
 def summary_failing_in_arm_b(arm, seed, trainer, results):
-  """A Summarise that fails for arm "b", as a run's own error would."""
+  """A common.ArmSummariser that fails for arm "b", as a run's own error would."""
   if arm == "b":
     raise ArmFailed(f"arm {arm} of seed {seed}")
-  return {"arm": arm, "seed": seed, "steps": int(trainer.target_global_step.numpy()), "cache": len(trainer.cache)}
+  return {"arm": arm, "seed": seed, "steps": int(trainer.target_global_step.numpy()),
+          "cache": len(trainer.cache)}
 
 
-def test_runs_in_worker_processes_come_back_in_order_and_a_runs_error_ends_the_experiment(tmp_path):
+def test_runs_in_worker_processes_are_the_runs_of_one_process_and_a_runs_error_ends_the_experiment(tmp_path):
   """Two single-core workers: each seed's baseline, then its arms from the baseline's checkpoint, returned
-  as in one process; an error in one run reaches the caller as itself, with no worker left behind."""
+  in order and with what one process gives (steps, samples added); an error in one run reaches the caller
+  as itself, with no worker left behind."""
   import multiprocessing
 
   from terse_tf.experiments import common
 
   base = smoke_config(str(tmp_path / "runs"), cycles=1, baseline_epochs=1, finetune_steps=5)
   arms = {"a": dict(sample_source="none"), "c": dict(sample_source="random_affine")}
-  runs = common.run_arms(base, (0, 1), lambda seed: str(tmp_path / f"seed{seed}"), arms, summary_failing_in_arm_b,
-                         workers=2)
-  assert list(runs) == [0, 1] and all(list(runs[seed]) == [common.BASELINE, "a", "c"] for seed in runs)
+  in_workers, in_process = (
+      common.run_arms(base, (0, 1), lambda seed: str(tmp_path / f"{workers}" / f"seed{seed}"), arms,
+                      summary_failing_in_arm_b, workers=workers) for workers in (2, 1))
+  assert list(in_workers) == [0, 1] and all(list(runs) == [common.BASELINE, "a", "c"]
+                                            for runs in in_workers.values())
   for seed in (0, 1):
-    assert runs[seed][common.BASELINE]["history"][0]["after"] == "baseline"
-    assert runs[seed]["a"]["cache"] == 0 and runs[seed]["c"]["cache"] > 0, runs[seed]
-    assert runs[seed]["a"]["steps"] == runs[seed]["c"]["steps"] > 0  # Both went on from the same baseline T.
+    assert in_workers[seed][common.BASELINE]["history"][0]["after"] == "baseline"
+    assert in_workers[seed]["a"]["cache"] == 0 and in_workers[seed]["c"]["cache"] > 0
+    assert in_workers[seed]["a"]["steps"] == in_workers[seed]["c"]["steps"] > 0  # From the same baseline T.
+    assert {arm: in_workers[seed][arm] for arm in arms} == {arm: in_process[seed][arm] for arm in arms}
   with pytest.raises(ArmFailed, match="arm b of seed 0"):
     common.run_arms(base, (0,), lambda seed: str(tmp_path / f"failing{seed}"), {"b": {}, **arms},
                     summary_failing_in_arm_b, workers=2)

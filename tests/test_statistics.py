@@ -366,3 +366,12 @@ def test_the_paired_t_interval_is_scipys_one_sample_t_interval_of_the_difference
   expected = scipy.stats.ttest_1samp(differences, 0.0).confidence_interval(0.95)
   np.testing.assert_allclose(statistics.paired_t_interval(differences), (expected.low, expected.high))
   assert all(np.isnan(statistics.paired_t_interval([0.1])))
+
+
+def test_a_memo_kept_across_comparisons_scores_each_arms_draws_once_and_changes_no_figure():
+  truth, found_a, found_b = _arms()
+  a, b = _matched(truth, found_a), _matched(truth, found_b)
+  memo = {}
+  assert paired_bootstrap(a, b, resamples=50, memo=memo) == paired_bootstrap(a, b, resamples=50)
+  assert paired_bootstrap(b, a, resamples=50, memo=memo) == paired_bootstrap(b, a, resamples=50)
+  assert len(memo) == len(a) + len(b)  # One entry per seed's matches of each arm, reused by the second call.

@@ -7,11 +7,13 @@ import concurrent.futures
 import dataclasses
 import multiprocessing
 import os
+import signal
 import shlex
 import sys
 from typing import Any, Callable, ClassVar
 
 import numpy as np
+import tensorflow as tf
 from absl import app, flags, logging
 
 from terse_tf import config as config_lib
@@ -88,7 +90,7 @@ class ArmsExperiment:
       raise ConfigError(f"--arms must be distinct arms from {list(self.ARMS)}, got {list(self.arms)}")
     if not self.base.cycles:
       raise ConfigError("--cycles must be >= 1: the arms differ only in what their cycles add")
-    cpu_shares(self.workers)
+    check_workers(self.workers, self.base)
 
   @staticmethod
   def fields_from_flags(flag_values) -> dict[str, Any]:
@@ -100,6 +102,7 @@ class ArmsExperiment:
 
 
 def define_workers_flag() -> None:
+  """--workers, read by ArmsExperiment.fields_from_flags and run by run_arms."""
   flags.DEFINE_integer("workers", 1, "Processes the runs go to, each pinned to its own share of the CPUs "
                        "(at most one per CPU); 1 runs them in this process, one after another.", lower_bound=1)
 
@@ -107,17 +110,32 @@ def define_workers_flag() -> None:
 BASELINE = "baseline"
 # What an experiment keeps of an arm's run, made by the experiment's function from (arm, seed, trainer,
 # results) in the process that ran it: with --workers a worker process, so it must pickle.
-Summarise = Callable[[str, int, Trainer, dict], Any]
+ArmSummariser = Callable[[str, int, Trainer, dict], Any]
 
 
 def cpu_shares(workers: int) -> list[set[int]]:
   """The CPUs this process may use, dealt out to `workers` processes; one ConfigError naming --workers when
   there are fewer CPUs than workers."""
-  available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
+  available = (sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else list(range(os.cpu_count())))
   if workers > len(available):
     raise ConfigError(f"--workers={workers}: this process may use {len(available)} CPUs, and each worker "
                       "needs one of its own")
   return [set(available[index::workers]) for index in range(workers)]
+
+
+def check_workers(workers: int, base: TrainConfig) -> None:
+  """One ConfigError naming --workers where worker processes cannot share the machine: more workers than
+  CPUs, a GPU (each worker's TensorFlow would take the whole device), or a strategy that spans processes."""
+  if workers == 1:
+    return
+  cpu_shares(workers)
+  if base.strategy == "multi_worker":
+    raise ConfigError(f"--workers={workers} runs the experiment's runs in processes of one machine; with "
+                      "--strategy=multi_worker keep --workers=1")
+  if tf.config.list_physical_devices("GPU"):
+    raise ConfigError(f"--workers={workers} splits the CPUs between worker processes, which would each take "
+                      "the whole GPU: pass --workers=1 on a machine with a GPU")
 
 
 def baseline_config(base: TrainConfig, seed: int, seed_dir: str) -> TrainConfig:
@@ -132,8 +150,8 @@ def _run_baseline(trainers: Trainers, base: TrainConfig, seed: int, seed_dir: st
   return trainer.run(), trainer.checkpoint_manager.latest_checkpoint
 
 
-def _run_arm(trainers: Trainers, base: TrainConfig, seed: int, seed_dir: str, arm: str, changes: dict[str, Any],
-             checkpoint: str, baseline_results: dict, summarise: Summarise) -> Any:
+def _run_arm(trainers: Trainers, base: TrainConfig, seed: int, seed_dir: str, arm: str,
+             changes: dict[str, Any], checkpoint: str, baseline_results: dict, summarise: ArmSummariser) -> Any:
   """An arm of a seed: a run from its baseline's checkpoint with no baseline epochs of its own and `changes`
   to `base`, under `seed_dir`/<arm>; what `summarise` keeps of it."""
   config = seeded(base, seed, os.path.join(seed_dir, arm), baseline_epochs=0, init_checkpoint=checkpoint,
@@ -143,25 +161,26 @@ def _run_arm(trainers: Trainers, base: TrainConfig, seed: int, seed_dir: str, ar
   return summarise(arm, seed, trainer, results)
 
 
-def run_arms(base: TrainConfig, seeds: tuple[int, ...], seed_dirs: Callable[[int], str],
-             arms: dict[str, dict[str, Any]], summarise: Summarise, workers: int = 1, command: str = ""
+def run_arms(base: TrainConfig, seeds: tuple[int, ...], seed_dir_of: Callable[[int], str],
+             arms: dict[str, dict[str, Any]], summarise: ArmSummariser, workers: int = 1, command: str = ""
              ) -> dict[int, dict[str, Any]]:
   """An arms-from-a-baseline experiment's runs: for each seed a baseline T (baseline_config), then each arm
   (_run_arm: `arms[arm]`'s changes to `base`). Returns {seed: {BASELINE: the baseline's results, arm: what
   `summarise` kept of its run, ...}}, arms in `arms`' order.
 
   With workers > 1 the runs go to that many worker processes, each pinned to its own CPUs (cpu_shares):
-  these runs are small, and two single-core runs side by side do about 1.5x the work of one run on two cores
-  (BENCHMARKS.md). Every baseline is queued first, and a seed's arms as soon as its baseline is done, so the
-  workers stay busy to the end. Runs do not depend on the process they ran in (each seeds its own streams),
-  but multi-threaded CPU training is not bit-reproducible: single-core workers are, run for run."""
+  photo_digits' runs are small, and two single-core runs side by side do more work than the same runs one
+  after another on both cores (bench/experiment_workers.py). Every baseline is queued first, and a seed's arms
+  as soon as its baseline is done, so the workers stay busy to the end. Runs do not depend on the process
+  they ran in (each seeds its own streams), but multi-threaded CPU training is not bit-reproducible:
+  single-core workers are, run for run."""
   if workers == 1:
     trainers, runs = Trainers(command), {}
     for seed in seeds:
-      baseline_results, checkpoint = _run_baseline(trainers, base, seed, seed_dirs(seed))
+      baseline_results, checkpoint = _run_baseline(trainers, base, seed, seed_dir_of(seed))
       runs[seed] = {BASELINE: baseline_results}
       for arm, changes in arms.items():
-        runs[seed][arm] = _run_arm(trainers, base, seed, seed_dirs(seed), arm, changes, checkpoint,
+        runs[seed][arm] = _run_arm(trainers, base, seed, seed_dir_of(seed), arm, changes, checkpoint,
                                    baseline_results, summarise)
     return runs
 
@@ -169,6 +188,7 @@ def run_arms(base: TrainConfig, seeds: tuple[int, ...], seed_dirs: Callable[[int
   shares = context.SimpleQueue()
   for share in cpu_shares(workers):
     shares.put(share)
+  others = set(multiprocessing.active_children())
   executor = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                                     initargs=(shares, command, logging.get_verbosity()))
   pending: dict[concurrent.futures.Future, tuple[int, str]] = {}
@@ -179,21 +199,25 @@ def run_arms(base: TrainConfig, seeds: tuple[int, ...], seed_dirs: Callable[[int
   outcomes: dict[tuple[int, str], Any] = {}
   try:
     for seed in seeds:
-      submit(seed, BASELINE, _run_baseline, base, seed, seed_dirs(seed))
+      submit(seed, BASELINE, _run_baseline, base, seed, seed_dir_of(seed))
     while pending:
       done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
       for future in done:
         seed, arm = pending.pop(future)
-        outcome = future.result()  # A run's error, or a worker's death (BrokenProcessPool), ends it here.
+        try:
+          outcome = future.result()  # A run's own error ends the experiment as it would in one process.
+        except concurrent.futures.BrokenExecutor as e:  # A worker killed (BrokenProcessPool).
+          raise TerseError(f"a worker process died during seed {seed}'s {arm} run (out of memory?); the same "
+                           "command resumes every run where its last checkpoint left it") from e
         if arm == BASELINE:
           outcome, checkpoint = outcome
           for other, changes in arms.items():
-            submit(seed, other, _run_arm, base, seed, seed_dirs(seed), other, changes, checkpoint, outcome,
+            submit(seed, other, _run_arm, base, seed, seed_dir_of(seed), other, changes, checkpoint, outcome,
                    summarise)
         outcomes[seed, arm] = outcome
   finally:
     if pending:  # A run's error or Ctrl-C: the runs under way stop too, as in one process (each resumes).
-      for worker in multiprocessing.active_children():
+      for worker in set(multiprocessing.active_children()) - others:
         worker.terminate()
     executor.shutdown(cancel_futures=True)
   return {seed: {arm: outcomes[seed, arm] for arm in (BASELINE, *arms)} for seed in seeds}
@@ -203,12 +227,16 @@ def run_arms(base: TrainConfig, seeds: tuple[int, ...], seed_dirs: Callable[[int
 _worker_trainers: Trainers | None = None
 
 
-def _start_worker(shares, command: str, verbosity: int) -> None:
+def _start_worker(shares: multiprocessing.queues.SimpleQueue, command: str, verbosity: int) -> None:
   global _worker_trainers
+  # Ctrl-C reaches every process of the terminal's group: the parent alone handles it, stopping the workers.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   share = shares.get()
   if hasattr(os, "sched_setaffinity"):  # Linux; elsewhere the workers share every CPU.
     os.sched_setaffinity(0, share)  # Before TensorFlow sizes its thread pools by the CPUs it may use.
-  flags.FLAGS.mark_as_parsed()  # The parent read the flags into the configs each job carries.
+  # The parent read every flag into the configs each job carries, and nothing a run calls reads FLAGS;
+  # marked parsed, the absl logging below does not warn that it runs before flag parsing.
+  flags.FLAGS.mark_as_parsed()
   logging.use_absl_handler()  # As app.run installs it in the parent: the same log format.
   logging.set_verbosity(verbosity)
   _worker_trainers = Trainers(command)

@@ -33,6 +33,7 @@ experiment's.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -71,6 +72,7 @@ ARM_COLOURS = {"real_only": "tab:gray", "cut_paste": "tab:red", "cut_paste_blend
 REFERENCES = ("cut_paste", "uniform_filter")
 # The sets whose per-image detections feed the paired bootstrap and per-photo AP.
 PAIRED_SETS = ("test", "unseen")
+BOOTSTRAP_SEED = 0  # One stream of draws of the test images for every arm and seed: the pairing.
 
 FLAGS = flags.FLAGS
 
@@ -84,15 +86,17 @@ class ExperimentConfig(common.ArmsExperiment):
 
 @dataclasses.dataclass
 class ArmOutcome:
-  """What the experiment keeps of one arm's run of one seed (common.Summarise: it pickles)."""
+  """What the experiment keeps of one arm's run of one seed (a common.ArmSummariser's: it pickles)."""
   rows: list[dict]                   # one per cycle
   training_s: float
-  # evaluation set -> statistics.match_at_iou of the last cycle's T (per-image TP/FP).
+  # evaluation set -> statistics.match_at_iou of the last cycle's T (per-image TP/FP), and its AP@0.5 on each
+  # of the paired bootstrap's draws (statistics.resampled_aps), scored where the arm ran: with --workers in
+  # parallel, instead of every comparison scoring the same draws again in the report.
   matches: dict[str, statistics.Matches]
+  resampled_ap50: dict[str, np.ndarray]
   fairness: dict                     # what every arm must share (fine-tuning steps, test set), what it added
   hardness: list[float]              # first-cycle samples' hardness under the baseline T
   players: dict                      # S's placements (SD of each parameter) and D's accuracy at the end
-  task_description: str
   class_names: list[str]
   scene_photos: dict[str, np.ndarray]  # set -> photo of each scene
 
@@ -103,6 +107,7 @@ class SeedResult:
   training_s: float
   # arm -> each of ArmOutcome's per-arm fields.
   matches: dict[str, dict[str, statistics.Matches]]
+  resampled_ap50: dict[str, dict[str, np.ndarray]]
   fairness: dict[str, dict]
   hardness: dict[str, list[float]]
   players: dict[str, dict]
@@ -115,9 +120,10 @@ def _digest(images: np.ndarray) -> str:
   return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()[:16]
 
 
-def arm_outcome(arm: str, seed: int, trainer: Trainer, results: dict) -> ArmOutcome:
+def arm_outcome(arm: str, seed: int, trainer: Trainer, results: dict, resamples: int) -> ArmOutcome:
   """An arm's rows (its figures after each cycle, samples and instances added), its last T's per-image matches
-  on the paired sets, and what the report says of its players."""
+  on the paired sets and their AP@0.5 on `resamples` bootstrap draws, and what the report says of its
+  players."""
   task, cache = trainer.task, trainer.cache
   # A task with per-class figures (the ten digit classes) records each class's AP@0.5 on the paired sets.
   per_class_prefixes = tuple(f"{name}_ap50_" for name in PAIRED_SETS) if task.per_class_figures else ()
@@ -138,25 +144,32 @@ def arm_outcome(arm: str, seed: int, trainer: Trainer, results: dict) -> ArmOutc
              for name, (images, truth) in sets.items() if name in PAIRED_SETS}
   logging.info("seed %d arm %s: test AP@0.5 %.4f -> %.4f in %.0f s", seed, arm, results["test_ap50_before"],
                results["test_ap50_after"], results["wall_time_s"])
+  # Equal instances hold only where every adding arm filled each cycle's quota within its step or draw budget.
+  quota_reached = (None if trainer.config.sample_source == config_lib.NO_SAMPLES else
+                   all(cache.quota_filled(cycle).min() >= trainer.config.quota(cycle)
+                       for cycle in range(1, trainer.config.cycles + 1)))
   return ArmOutcome(rows=rows, training_s=results["wall_time_s"], matches=matches,
+                    resampled_ap50={name: statistics.resampled_aps(m, resamples, BOOTSTRAP_SEED)
+                                    for name, m in matches.items()},
                     fairness={"target_steps": int(trainer.target_global_step.numpy()),
                               "test_set": _digest(sets["test"][0]), "samples": len(cache),
-                              "instances": rows[-1]["instances"]},
+                              "instances": rows[-1]["instances"], "quota_reached": quota_reached},
                     hardness=common.first_cycle_hardness(cache), players=players_at_the_end(trainer),
-                    task_description=task.describe(), class_names=list(task.class_names),
+                    class_names=list(task.class_names),
                     scene_photos=task.scene_photos)
 
 
-def seed_result(runs: dict[str, object], arms: tuple[str, ...]) -> SeedResult:
+def seed_result(runs: dict[str, ArmOutcome | dict], arms: tuple[str, ...]) -> SeedResult:
   """One seed's arms' outcomes (common.run_arms' entry for the seed) as one record."""
   outcomes = [runs[arm] for arm in arms]
   return SeedResult(rows=[row for outcome in outcomes for row in outcome.rows],
                     training_s=runs[common.BASELINE]["wall_time_s"] + sum(o.training_s for o in outcomes),
                     matches={arm: runs[arm].matches for arm in arms},
+                    resampled_ap50={arm: runs[arm].resampled_ap50 for arm in arms},
                     fairness={arm: runs[arm].fairness for arm in arms},
                     hardness={arm: runs[arm].hardness for arm in arms},
                     players={arm: runs[arm].players for arm in arms},
-                    task_description=outcomes[0].task_description, class_names=outcomes[0].class_names,
+                    task_description=runs[common.BASELINE]["data"], class_names=outcomes[0].class_names,
                     scene_photos=outcomes[0].scene_photos)
 
 
@@ -238,6 +251,9 @@ def compare(seed_results: list[SeedResult], arms: tuple[str, ...], resamples: in
   """Each arm against each reference arm on each paired set: the mean over seeds of the AP@0.5 difference,
   with its 95% bootstrap interval over test images (the trained networks held fixed), and beside it the
   seeds' own differences with a paired t interval over seeds (what another training seed would give)."""
+  # Each arm's draws were scored where it ran (ArmOutcome.resampled_ap50).
+  memo = {(r.matches[arm][name], resamples, BOOTSTRAP_SEED): r.resampled_ap50[arm][name]
+          for r in seed_results for arm in arms for name in r.matches[arm]}
   paired = {}
   for reference in REFERENCES:
     if reference not in arms:
@@ -247,7 +263,8 @@ def compare(seed_results: list[SeedResult], arms: tuple[str, ...], resamples: in
         continue
       for name in seed_results[0].matches[arm]:
         mine, theirs = ([r.matches[a][name] for r in seed_results] for a in (arm, reference))
-        figures = statistics.paired_bootstrap(mine, theirs, resamples=resamples, seed=0)
+        figures = statistics.paired_bootstrap(mine, theirs, resamples=resamples, seed=BOOTSTRAP_SEED,
+                                              memo=memo)
         differences = [statistics.ap_at_iou(a) - statistics.ap_at_iou(b) for a, b in zip(mine, theirs)]
         figures["seed_differences"] = differences
         if len(differences) > 1:
@@ -321,6 +338,12 @@ def write_outputs(experiment: ExperimentConfig, report: dict) -> dict[str, str]:
     cells = [f"{last[f'{s}_ap50']['mean']:.3f} +- {last[f'{s}_ap50']['sd']:.3f}" for s in sets]
     lines.append(f"| {ARM_TITLES[arm]} | " + " | ".join(cells) +
                  f" | {last['samples_mean']:.0f} | {last['instances_mean']:.0f} |")
+  missed = [f"seed {seed[4:]} {ARM_TITLES[arm]} ({figures['instances']})"
+            for seed, arms_fairness in report["fairness"].items() for arm, figures in arms_fairness.items()
+            if figures["quota_reached"] is False]
+  lines += ["", "Every adding arm filled its quota on every seed." if not missed else
+            "Quota not filled within the arm's step or draw budget (instances added): " + ", ".join(missed)
+            + "."]
   lines += ["", "Test AP@0.5 after each cycle (mean +- sample SD):", "",
             "| cycle | " + " | ".join(ARM_TITLES[a] for a in arms) + " |", "|---|" + "---|" * len(arms)]
   for index, point in enumerate(curves[arms[0]]):
@@ -360,7 +383,9 @@ def run(experiment: ExperimentConfig, command: str = "") -> dict:
   started = time.monotonic()
   runs = common.run_arms(experiment.base, experiment.seeds,
                          lambda seed: os.path.join(experiment.base.run_dir, experiment.label, f"seed{seed}"),
-                         {arm: ARMS[arm] for arm in experiment.arms}, arm_outcome, experiment.workers, command)
+                         {arm: ARMS[arm] for arm in experiment.arms},
+                         functools.partial(arm_outcome, resamples=experiment.bootstrap_resamples),
+                         experiment.workers, command)
   seed_results = [seed_result(runs[seed], experiment.arms) for seed in experiment.seeds]
   rows = [row for result in seed_results for row in result.rows]
   summary = summarise(rows, experiment.arms)

@@ -304,8 +304,17 @@ def ap_at_iou(matches: Matches, image_indices: Sequence[int] | np.ndarray | None
   return float(np.mean(np.ascontiguousarray(per_point.T).reshape(-1)))
 
 
+def resampled_aps(matches: Matches, resamples: int, seed: int = 0) -> np.ndarray:
+  """AP (ap_at_iou) of `matches` on each of `resamples` bootstrap draws of its images: indices
+  np.random.default_rng(seed).integers(0, n, n), draw after draw, the same draws for every Matches of n
+  images, so that arms and seeds scored on them are paired."""
+  rng = np.random.default_rng(seed)
+  n_images = len(matches)
+  return np.array([ap_at_iou(matches, rng.integers(0, n_images, n_images)) for _ in range(resamples)])
+
+
 def paired_bootstrap(matches_a: list[Matches], matches_b: list[Matches], resamples: int = 1000, seed: int = 0,
-                     confidence: float = 0.95) -> dict:
+                     confidence: float = 0.95, memo: dict | None = None) -> dict:
   """Percentile bootstrap interval of mean over seeds of AP_a - AP_b, over test images.
 
   matches_a[i] and matches_b[i] are the two arms' matches for training seed i on the same test images.
@@ -316,7 +325,8 @@ def paired_bootstrap(matches_a: list[Matches], matches_b: list[Matches], resampl
 
   Returns {"mean_difference": on the full test set, "low", "high": the interval's ends (percentiles
   (1 - confidence) / 2 and (1 + confidence) / 2 of the draws), "resamples", "seeds", "share_above_zero": the
-  share of draws with a difference above 0}.
+  share of draws with a difference above 0}. `memo`, a dict kept across calls, keeps each Matches' resampled
+  APs (resampled_aps), so that comparing one arm with several others scores its draws once.
   """
   if not matches_a or len(matches_a) != len(matches_b):
     raise ValueError(f"expected the same positive number of seeds per arm: {len(matches_a)} and "
@@ -331,14 +341,19 @@ def paired_bootstrap(matches_a: list[Matches], matches_b: list[Matches], resampl
   if resamples < 1 or not 0 < confidence < 1:
     raise ValueError(f"need resamples >= 1 and 0 < confidence < 1: got {resamples}, {confidence}")
 
-  def difference(indices: np.ndarray | None) -> float:
-    return float(np.mean([ap_at_iou(a, indices) - ap_at_iou(b, indices) for a, b in zip(matches_a, matches_b)]))
+  memo = {} if memo is None else memo
 
-  rng = np.random.default_rng(seed)
-  draws = np.array([difference(rng.integers(0, n_images, n_images)) for _ in range(resamples)])
+  def draws_of(matches: Matches) -> np.ndarray:
+    key = (matches, resamples, seed)  # Matches hash by identity.
+    if key not in memo:
+      memo[key] = resampled_aps(matches, resamples, seed)
+    return memo[key]
+
+  draws = np.mean([draws_of(a) - draws_of(b) for a, b in zip(matches_a, matches_b)], axis=0)
+  mean_difference = float(np.mean([ap_at_iou(a) - ap_at_iou(b) for a, b in zip(matches_a, matches_b)]))
   tail = (1 - confidence) / 2 * 100
   low, high = np.percentile(draws, [tail, 100 - tail])
-  return {"mean_difference": difference(None), "low": float(low), "high": float(high), "resamples": resamples,
+  return {"mean_difference": mean_difference, "low": float(low), "high": float(high), "resamples": resamples,
           "seeds": len(matches_a), "share_above_zero": float(np.mean(draws > 0))}
 
 

@@ -126,12 +126,12 @@ def arm_changes(base: TrainConfig, arm: str) -> dict:
 
 def arm_outcome(arm: str, seed: int, trainer: Trainer, results: dict) -> dict:
   """An arm's figures after its last cycle, its first-cycle samples' hardness, the samples it added and its
-  training time (common.Summarise)."""
+  training time (a common.ArmSummariser)."""
   figures = last_figures(results)
   logging.info("seed %d %s: VOC07 AP@0.5 %.4f, AP@0.8 %.4f", seed, arm, figures[figure_name(0.5)],
                figures[figure_name(0.8)])
   return {"figures": figures, "hardness": common.first_cycle_hardness(trainer.cache),
-          "samples": len(trainer.cache), "training_s": results["wall_time_s"], "task": trainer.task.describe()}
+          "samples": len(trainer.cache), "training_s": results["wall_time_s"]}
 
 
 def last_figures(results: dict) -> dict[str, float]:
@@ -139,7 +139,7 @@ def last_figures(results: dict) -> dict[str, float]:
   return {key: last[key] for key in (*map(figure_name, IOUS), "test_ap50", "test_ap")}
 
 
-def seed_result(runs: dict[str, object], arms: tuple[str, ...]) -> dict:
+def seed_result(runs: dict[str, dict], arms: tuple[str, ...]) -> dict:
   """One seed's {"figures": {arm: its figures after its last cycle, "baseline": the baseline T's},
   "hardness": {arm: its first-cycle samples' hardness}, "samples": {arm: samples added}, "training_s",
   "task"}, from common.run_arms' entry for the seed."""
@@ -148,7 +148,7 @@ def seed_result(runs: dict[str, object], arms: tuple[str, ...]) -> dict:
           "hardness": {arm: runs[arm]["hardness"] for arm in arms},
           "samples": {arm: runs[arm]["samples"] for arm in arms},
           "training_s": baseline["wall_time_s"] + sum(runs[arm]["training_s"] for arm in arms),
-          "task": runs[arms[0]]["task"]}
+          "task": baseline["data"]}
 
 
 def summarise(per_seed: list[dict], arms: tuple[str, ...]) -> dict:
