@@ -30,10 +30,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_integer("workers", 2, "Runs side by side, each pinned to its own CPUs.", lower_bound=2)
 flags.DEFINE_integer("rounds", 1, "Rounds of (the runs one after another, the runs side by side).",
                      lower_bound=1)
-flags.DEFINE_list("run_flags", [f"--flagfile={REPO}/configs/photo_digits.flags", "--photo_num_test=400",
+flags.DEFINE_list("run_flags", ["--flagfile=configs/photo_digits.flags", "--photo_num_test=400",
                                 "--photo_num_val=200", "--baseline_epochs=1", "--cycles=1", "--nodiscriminator",
                                 "--synth_warmup_steps=0", "--synth_max_steps=20", "--hard_per_class=100",
-                                "--finetune_steps=40", "--noexport"], "terse_tf.train's flags for one run.")
+                                "--finetune_steps=40", "--noexport"],
+                  "terse_tf.train's flags for one run, which runs in the repository root.")
 flags.DEFINE_string("out", os.path.join(REPO, "bench", "results", "experiment_workers.json"),
                     "Where to write the figures.")
 FLAGS = flags.FLAGS

@@ -337,13 +337,20 @@ def summary_failing_in_arm_b(arm, seed, trainer, results):
           "cache": len(trainer.cache)}
 
 
-def test_runs_in_worker_processes_are_the_runs_of_one_process_and_a_runs_error_ends_the_experiment(tmp_path):
+@pytest.mark.slow
+def test_runs_in_worker_processes_are_the_runs_of_one_process_and_a_runs_error_ends_the_experiment(tmp_path,
+                                                                                                    capfd):
   """Two single-core workers: each seed's baseline, then its arms from the baseline's checkpoint, returned
-  in order and with what one process gives (steps, samples added); an error in one run reaches the caller
-  as itself, with no worker left behind."""
+  in order and with what one process gives (steps, samples added), each worker's log lines labelled with
+  their run; an error in one run reaches the caller as itself, with no worker left behind."""
   import multiprocessing
 
+  from absl import logging
+
   from terse_tf.experiments import common
+
+  previous_verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.INFO)  # The workers log at the caller's verbosity.
 
   base = smoke_config(str(tmp_path / "runs"), cycles=1, baseline_epochs=1, finetune_steps=5)
   arms = {"a": dict(sample_source="none"), "c": dict(sample_source="random_affine")}
@@ -357,6 +364,9 @@ def test_runs_in_worker_processes_are_the_runs_of_one_process_and_a_runs_error_e
     assert in_workers[seed]["a"]["cache"] == 0 and in_workers[seed]["c"]["cache"] > 0
     assert in_workers[seed]["a"]["steps"] == in_workers[seed]["c"]["steps"] > 0  # From the same baseline T.
     assert {arm: in_workers[seed][arm] for arm in arms} == {arm: in_process[seed][arm] for arm in arms}
+  logging.set_verbosity(previous_verbosity)
+  worker_log = capfd.readouterr().err
+  assert all(f"[seed {seed} {run}] " in worker_log for seed in (0, 1) for run in (common.BASELINE, "a", "c"))
   with pytest.raises(ArmFailed, match="arm b of seed 0"):
     common.run_arms(base, (0,), lambda seed: str(tmp_path / f"failing{seed}"), {"b": {}, **arms},
                     summary_failing_in_arm_b, workers=2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import logging as std_logging
 import multiprocessing
 import os
 import signal
@@ -18,7 +19,7 @@ from absl import app, flags, logging
 
 from terse_tf import config as config_lib
 from terse_tf import evaluation
-from terse_tf import train
+from terse_tf import launch, train
 from terse_tf.cache import HardExampleCache
 from terse_tf.config import TrainConfig
 from terse_tf.errors import ConfigError, TerseError
@@ -102,7 +103,8 @@ class ArmsExperiment:
 
 
 def define_workers_flag() -> None:
-  """--workers, read by ArmsExperiment.fields_from_flags and run by run_arms."""
+  """--workers, read by ArmsExperiment.fields_from_flags and run by run_arms (an experiment declares it a key
+  flag, so that its --helpshort lists it)."""
   flags.DEFINE_integer("workers", 1, "Processes the runs go to, each pinned to its own share of the CPUs "
                        "(at most one per CPU); 1 runs them in this process, one after another.", lower_bound=1)
 
@@ -227,6 +229,20 @@ def run_arms(base: TrainConfig, seeds: tuple[int, ...], seed_dir_of: Callable[[i
 _worker_trainers: Trainers | None = None
 
 
+class _RunLabel(std_logging.Filter):
+  """Starts each log line of a worker with the run it belongs to ("[seed 1 cut_paste] ..."): two workers'
+  lines interleave in one log."""
+  label = ""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if self.label and isinstance(record.msg, str):
+      record.msg = f"[{self.label}] {record.msg}"
+    return True
+
+
+_run_label = _RunLabel()
+
+
 def _start_worker(shares: multiprocessing.queues.SimpleQueue, command: str, verbosity: int) -> None:
   global _worker_trainers
   # Ctrl-C reaches every process of the terminal's group: the parent alone handles it, stopping the workers.
@@ -238,12 +254,19 @@ def _start_worker(shares: multiprocessing.queues.SimpleQueue, command: str, verb
   # marked parsed, the absl logging below does not warn that it runs before flag parsing.
   flags.FLAGS.mark_as_parsed()
   logging.use_absl_handler()  # As app.run installs it in the parent: the same log format.
+  logging.get_absl_handler().addFilter(_run_label)
   logging.set_verbosity(verbosity)
   _worker_trainers = Trainers(command)
 
 
-def _in_worker(job: Callable, *args) -> Any:
-  return job(_worker_trainers, *args)
+def _in_worker(job: Callable, base: TrainConfig, seed: int, seed_dir: str, *args) -> Any:
+  """Runs `job` (_run_baseline, or _run_arm with the arm first in `args`) with this worker's trainers, its
+  log lines labelled with the run."""
+  _run_label.label = f"seed {seed} {args[0] if args else BASELINE}"
+  try:
+    return job(_worker_trainers, base, seed, seed_dir, *args)
+  finally:
+    _run_label.label = ""
 
 
 # Fig. 8's bins of the baseline T's confidence.
@@ -291,7 +314,7 @@ def main(argv: list[str], module: str, experiment_from_flags: Callable[[], Any],
   except TerseError as e:  # One line on stderr, as terse_tf.train ends: a log line too would print it twice.
     sys.exit(f"terse_tf: error: {e}")
   except KeyboardInterrupt:
-    sys.exit(train.interrupted_message(experiment and experiment.base))
+    launch.exit_interrupted(train.interrupted_message(experiment and experiment.base))
 
 
 def per_class_summary(rows: list[dict], arms: tuple[str, ...], class_names: list[str], sets: tuple[str, ...]

@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from terse_tf import compositor, evaluation
+from terse_tf import compositor, evaluation, provenance
 from terse_tf import config as config_lib
 from terse_tf import losses, pipelines
 from terse_tf.experiments import common, statistics
@@ -326,10 +326,11 @@ def write_outputs(experiment: ExperimentConfig, report: dict) -> dict[str, str]:
 
   arms = list(curves)
   sets = [m.removesuffix("_ap50") for m in metric_names(report["rows"]) if m.endswith("_ap50")]
+  machine = report["provenance"]
   lines = [f"# {experiment.label}", "", f"Command: `{report['command']}`  ",
            f"Wall time: {report['wall_time_s'] / 60:.1f} min ({report['training_time_s'] / 60:.1f} min in the "
            f"runs themselves, on {experiment.workers} worker(s)); seeds {list(experiment.seeds)}; target "
-           f"`{experiment.base.target}`.", "",
+           f"`{experiment.base.target}`; commit {machine['commit']}, {machine['date']}, {machine['cpu']}.", "",
            "AP@0.5 after the last cycle, mean +- sample SD over seeds, per evaluation set; samples and object "
            "instances added (means).", "",
            "| arm | " + " | ".join(sets) + " | samples | instances |", "|---|" + "---|" * (len(sets) + 2)]
@@ -337,7 +338,7 @@ def write_outputs(experiment: ExperimentConfig, report: dict) -> dict[str, str]:
     last = curves[arm][-1]
     cells = [f"{last[f'{s}_ap50']['mean']:.3f} +- {last[f'{s}_ap50']['sd']:.3f}" for s in sets]
     lines.append(f"| {ARM_TITLES[arm]} | " + " | ".join(cells) +
-                 f" | {last['samples_mean']:.0f} | {last['instances_mean']:.0f} |")
+                 f" | {last['samples_mean']:.1f} | {last['instances_mean']:.1f} |")
   missed = [f"seed {seed[4:]} {ARM_TITLES[arm]} ({figures['instances']})"
             for seed, arms_fairness in report["fairness"].items() for arm, figures in arms_fairness.items()
             if figures["quota_reached"] is False]
@@ -392,7 +393,7 @@ def run(experiment: ExperimentConfig, command: str = "") -> dict:
   paired = compare(seed_results, experiment.arms, experiment.bootstrap_resamples)
   report = {"command": command, "wall_time_s": round(time.monotonic() - started, 1),
             "training_time_s": round(sum(r.training_s for r in seed_results), 1),
-            "seeds": list(experiment.seeds), "workers": experiment.workers,
+            "seeds": list(experiment.seeds), "workers": experiment.workers, "provenance": provenance.describe(),
             "config": dataclasses.asdict(experiment.base), "task": seed_results[0].task_description,
             "final": summary["final"], "spread": summary["spread"],
             "paired": paired, "class_names": seed_results[0].class_names,
@@ -428,6 +429,7 @@ def define_flags() -> None:
   flags.DEFINE_string("results_dir", "bench/results", "Where the summary, table and plot go.")
   flags.DEFINE_string("label", "photo_digits", "Name of the result files.")
   common.define_workers_flag()
+  flags.declare_key_flag("workers")
 
 
 def main(argv: list[str]) -> None:

@@ -63,7 +63,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from terse_tf import config as config_lib
-from terse_tf import evaluation
+from terse_tf import evaluation, provenance
 from terse_tf.config import TrainConfig
 from terse_tf.errors import ConfigError
 from terse_tf.experiments import common
@@ -299,7 +299,7 @@ def run(experiment: ExperimentConfig, command: str = "") -> dict:
   hardness = {arm: [result["hardness"][arm] for result in per_seed] for arm in experiment.arms}
   report = {"command": command, "wall_time_s": round(time.monotonic() - started, 1),
             "training_time_s": round(sum(result["training_s"] for result in per_seed), 1),
-            "seeds": list(experiment.seeds), "arms": list(experiment.arms),
+            "seeds": list(experiment.seeds), "arms": list(experiment.arms), "provenance": provenance.describe(),
             "columns": {column: list(on) for column, on in COLUMNS.items()},
             "config": dataclasses.asdict(experiment.base), "task": per_seed[0]["task"],
             "summary": summarise(per_seed, experiment.arms),
@@ -324,6 +324,7 @@ def define_flags() -> None:
   flags.DEFINE_string("results_dir", "bench/results", "Where the tables, figure and JSON go.")
   flags.DEFINE_string("label", "voc_person", "Name of the result files and of the runs' folder.")
   common.define_workers_flag()
+  flags.declare_key_flag("workers")
 
 
 def main(argv: list[str]) -> None:
