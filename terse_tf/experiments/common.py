@@ -68,6 +68,12 @@ def baseline_record(results: dict) -> dict:
   return next(record for record in results["history"] if record["after"] == "baseline")
 
 
+BASELINE = "baseline"
+# What an experiment keeps of an arm's run, made by the experiment's function from (arm, seed, trainer,
+# results) in the process that ran it: with --workers a worker process, so it must pickle.
+ArmSummariser = Callable[[str, int, Trainer, dict], Any]
+
+
 @dataclasses.dataclass(frozen=True)
 class ArmsExperiment:
   """An arms-from-a-baseline experiment's settings: a subclass names its task (TASK) and arms (ARMS) and adds
@@ -93,6 +99,15 @@ class ArmsExperiment:
       raise ConfigError("--cycles must be >= 1: the arms differ only in what their cycles add")
     check_workers(self.workers, self.base)
 
+  def seed_dir(self, seed: int) -> str:
+    """Where a seed's runs live: <run_dir>/<label>/seed<N>, one folder per arm and the baseline's."""
+    return os.path.join(self.base.run_dir, self.label, f"seed{seed}")
+
+  def runs(self, arms: dict[str, dict[str, Any]], summarise: ArmSummariser, command: str = ""
+           ) -> dict[int, dict[str, Any]]:
+    """run_arms over this experiment's seeds, in its seed folders, on its --workers."""
+    return run_arms(self.base, self.seeds, self.seed_dir, arms, summarise, self.workers, command)
+
   @staticmethod
   def fields_from_flags(flag_values) -> dict[str, Any]:
     """The shared fields' values from the experiment's flags (--seeds, --arms, --results_dir, --label) and
@@ -107,12 +122,6 @@ def define_workers_flag() -> None:
   flag, so that its --helpshort lists it)."""
   flags.DEFINE_integer("workers", 1, "Processes the runs go to, each pinned to its own share of the CPUs "
                        "(at most one per CPU); 1 runs them in this process, one after another.", lower_bound=1)
-
-
-BASELINE = "baseline"
-# What an experiment keeps of an arm's run, made by the experiment's function from (arm, seed, trainer,
-# results) in the process that ran it: with --workers a worker process, so it must pickle.
-ArmSummariser = Callable[[str, int, Trainer, dict], Any]
 
 
 def cpu_shares(workers: int) -> list[set[int]]:

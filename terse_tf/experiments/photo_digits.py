@@ -382,11 +382,8 @@ def write_outputs(experiment: ExperimentConfig, report: dict) -> dict[str, str]:
 
 def run(experiment: ExperimentConfig, command: str = "") -> dict:
   started = time.monotonic()
-  runs = common.run_arms(experiment.base, experiment.seeds,
-                         lambda seed: os.path.join(experiment.base.run_dir, experiment.label, f"seed{seed}"),
-                         {arm: ARMS[arm] for arm in experiment.arms},
-                         functools.partial(arm_outcome, resamples=experiment.bootstrap_resamples),
-                         experiment.workers, command)
+  runs = experiment.runs({arm: ARMS[arm] for arm in experiment.arms},
+                         functools.partial(arm_outcome, resamples=experiment.bootstrap_resamples), command)
   seed_results = [seed_result(runs[seed], experiment.arms) for seed in experiment.seeds]
   rows = [row for result in seed_results for row in result.rows]
   summary = summarise(rows, experiment.arms)

@@ -291,10 +291,8 @@ def _to_tensorboard(log_dir: str, report: dict, markdown: str, png: bytes) -> No
 
 def run(experiment: ExperimentConfig, command: str = "") -> dict:
   started = time.monotonic()
-  runs = common.run_arms(experiment.base, experiment.seeds,
-                         lambda seed: os.path.join(experiment.base.run_dir, experiment.label, f"seed{seed}"),
-                         {arm: arm_changes(experiment.base, arm) for arm in experiment.arms}, arm_outcome,
-                         experiment.workers, command)
+  runs = experiment.runs({arm: arm_changes(experiment.base, arm) for arm in experiment.arms}, arm_outcome,
+                         command)
   per_seed = [seed_result(runs[seed], experiment.arms) for seed in experiment.seeds]
   hardness = {arm: [result["hardness"][arm] for result in per_seed] for arm in experiment.arms}
   report = {"command": command, "wall_time_s": round(time.monotonic() - started, 1),
